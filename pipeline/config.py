@@ -1,0 +1,215 @@
+"""Dataclass schemas of the pipeline's Hydra config (``conf/pipeline.yaml``).
+
+Each component receives its own slice (``cfg.source``, ``cfg.instances``...),
+never the whole tree. Invariants are checked in ``__post_init__`` so a bad
+value fails when the config is composed, not an hour into a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class SourceConfig:
+    """How input files are read."""
+
+    text_format: str = "book"
+    """How a .txt file is read: "book" (one book per file) or "bert_lines"
+    (one sentence per line, blank line between documents)."""
+    keep_lists: bool = False
+    """Keep wiki list items as prose (BERT's extraction dropped lists)."""
+    max_line_bytes: int = 1_000_000
+    """A text or JSON line longer than this is rejected as oversized (read in bounded pieces)."""
+    max_page_bytes: int = 16_000_000
+    """A wiki <page> longer than this is rejected as oversized."""
+
+    def __post_init__(self):
+        if self.text_format not in ("book", "bert_lines"):
+            raise ValueError(f"source.text_format must be 'book' or 'bert_lines', got {self.text_format!r}")
+        if self.max_line_bytes < 1024 or self.max_page_bytes < 1024:
+            raise ValueError("source.max_line_bytes and source.max_page_bytes must be at least 1024")
+
+
+@dataclass
+class CleaningConfig:
+    """Document-level filters applied after markup removal and normalisation."""
+
+    min_document_chars: int = 200
+    """Documents with fewer characters after cleaning are rejected as too short."""
+    min_sentences: int = 1
+    """Documents with fewer sentences are rejected as too short."""
+    drop_duplicates: bool = True
+    """Drop exact duplicate documents (same cleaned text), keeping one."""
+
+    def __post_init__(self):
+        if self.min_document_chars < 0 or self.min_sentences < 1:
+            raise ValueError("cleaning.min_document_chars must be >= 0 and cleaning.min_sentences >= 1")
+
+
+@dataclass
+class TokenizerConfig:
+    """WordPiece: an existing vocab.txt (vocab_file set) or one trained on the corpus."""
+
+    vocab_file: Optional[str] = None
+    """Path to an existing BERT vocab.txt; when null, the job trains a vocabulary."""
+    lowercase: Optional[bool] = None
+    """Lowercase + strip accents; null: true when training, detected from an existing vocabulary."""
+    vocab_size: int = 30522
+    """Size of a trained vocabulary (BERT's 30,522 by default)."""
+    min_frequency: int = 2
+    """A trained piece must occur at least this often."""
+    limit_alphabet: int = 1000
+    """At most this many distinct characters in a trained vocabulary."""
+    train_sample_documents: int = 200_000
+    """Train on at most this many documents, chosen by a hash of their id (bounded memory)."""
+
+    def __post_init__(self):
+        if self.vocab_size < 128:
+            raise ValueError(f"tokenizer.vocab_size must be at least 128, got {self.vocab_size}")
+        if self.train_sample_documents < 1:
+            raise ValueError("tokenizer.train_sample_documents must be >= 1")
+
+
+@dataclass
+class InstancesConfig:
+    """Building examples: the original create_pretraining_data.py parameters."""
+
+    max_seq_length: int = 128
+    """Tokens per example including [CLS] and [SEP] (512 for phase 2)."""
+    short_seq_prob: float = 0.1
+    """Probability of a shorter random target length for a document pass."""
+    objective: str = "nsp"
+    """Sentence-pair objective: nsp (BERT), sop (ALBERT) or none (RoBERTa-style packing)."""
+    pool_size: int = 2000
+    """Documents per pool: an NSP negative's B comes from another document of the same pool."""
+    eval_fraction: float = 0.01
+    """Fraction of documents held out for evaluation, chosen by a hash of the document id."""
+
+    def __post_init__(self):
+        if self.objective not in ("nsp", "sop", "none"):
+            raise ValueError(f"instances.objective must be nsp, sop or none, got {self.objective!r}")
+        if not 8 <= self.max_seq_length <= 65535:
+            raise ValueError(f"instances.max_seq_length must be in [8, 65535], got {self.max_seq_length}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError("instances.short_seq_prob must be in [0, 1]")
+        if self.pool_size < 2:
+            raise ValueError("instances.pool_size must be at least 2 (NSP negatives need another document)")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError("instances.eval_fraction must be in [0, 1)")
+
+
+@dataclass
+class MaskingConfig:
+    """Masked-LM parameters; mode static stores masks, dynamic leaves it to the trainer."""
+
+    mode: str = "static"
+    """static: dupe_factor masked copies written; dynamic: examples stored unmasked."""
+    masked_lm_prob: float = 0.15
+    """Fraction of tokens to predict."""
+    max_predictions_per_seq: int = 20
+    """Cap on predictions per example (80 at length 512)."""
+    whole_word: bool = False
+    """Mask whole words (## pieces with the word they continue)."""
+    dupe_factor: int = 5
+    """Passes over the corpus, each with other instances and masks (static masking)."""
+
+    def __post_init__(self):
+        if self.mode not in ("static", "dynamic"):
+            raise ValueError(f"masking.mode must be static or dynamic, got {self.mode!r}")
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            raise ValueError("masking.masked_lm_prob must be in (0, 1)")
+        if self.max_predictions_per_seq < 1 or self.dupe_factor < 1:
+            raise ValueError("masking.max_predictions_per_seq and masking.dupe_factor must be >= 1")
+
+
+@dataclass
+class OutputConfig:
+    """Sharding of the Arrow output."""
+
+    num_shards: Optional[int] = None
+    """Shards per split; null: as many as target_shard_tokens gives."""
+    target_shard_tokens: int = 64_000_000
+    """With num_shards null: about this many tokens per shard (~128 MB at uint16)."""
+    rows_per_batch: int = 1024
+    """Rows per Arrow record batch inside a shard."""
+
+    def __post_init__(self):
+        if self.num_shards is not None and self.num_shards < 1:
+            raise ValueError("output.num_shards must be >= 1 or null")
+        if self.target_shard_tokens < 1 or self.rows_per_batch < 1:
+            raise ValueError("output.target_shard_tokens and output.rows_per_batch must be >= 1")
+
+
+@dataclass
+class RunnerConfig:
+    """Beam pipeline options. Fields left null are not passed; `extra` is appended verbatim."""
+
+    runner: str = "DirectRunner"
+    """Beam runner: DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PortableRunner."""
+    direct_num_workers: Optional[int] = 0
+    """DirectRunner parallelism; 0 = all cores."""
+    direct_running_mode: Optional[str] = "multi_processing"
+    """DirectRunner mode: in_memory, multi_threading or multi_processing."""
+    project: Optional[str] = None
+    """Dataflow: GCP project."""
+    region: Optional[str] = None
+    """Dataflow: region."""
+    temp_location: Optional[str] = None
+    """Dataflow: gs:// temp location."""
+    staging_location: Optional[str] = None
+    """Dataflow: gs:// staging location."""
+    job_name: Optional[str] = None
+    """Job name shown by the runner."""
+    machine_type: Optional[str] = None
+    """Dataflow: worker machine type."""
+    max_num_workers: Optional[int] = None
+    """Dataflow: autoscaling ceiling."""
+    setup_file: Optional[str] = None
+    """Package the job for remote workers (./setup.py of this repository)."""
+    flink_master: Optional[str] = None
+    """Flink: JobManager address (host:port)."""
+    spark_master_url: Optional[str] = None
+    """Spark: master URL."""
+    environment_type: Optional[str] = None
+    """Portable runners: DOCKER, PROCESS, LOOPBACK or EXTERNAL."""
+    environment_config: Optional[str] = None
+    """Portable runners: SDK container image or process config."""
+    extra: list = field(default_factory=list)
+    """Any other Beam pipeline options, e.g. ["--experiments=use_runner_v2"]."""
+
+
+@dataclass
+class PipelineConfig:
+    """Root of ``conf/pipeline.yaml``."""
+
+    inputs: list = MISSING
+    """Input files or globs: Wikipedia XML dumps, .txt books, JSON lines; .bz2/.gz accepted."""
+    output_dir: str = MISSING
+    """Where shards, manifest, vocabulary and rejects are written (local path or gs://...)."""
+    seed: int = 12345
+    """Seeds every random choice, together with document ids and pass numbers."""
+    overwrite: bool = False
+    """Replace an existing output in output_dir (its manifest is removed first)."""
+    source: SourceConfig = field(default_factory=SourceConfig)
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    instances: InstancesConfig = field(default_factory=InstancesConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore so a misspelt key fails at composition."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="pipeline_schema", node=PipelineConfig)
+    cs.store(group="tokenizer", name="tokenizer_schema", node=TokenizerConfig)
+    cs.store(group="masking", name="masking_schema", node=MaskingConfig)
+    cs.store(group="runner", name="runner_schema", node=RunnerConfig)
+    cs.store(group="instances", name="instances_schema", node=InstancesConfig)

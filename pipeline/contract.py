@@ -1,0 +1,239 @@
+"""The shard contract: the one definition of what the Beam job writes and the trainer reads.
+
+Imports pyarrow and numpy only (no Beam, no torch), so both sides import it.
+
+Layout of an output directory::
+
+    output_dir/
+      manifest.json                     # ShardManifest below
+      vocab.txt                         # the WordPiece vocabulary the ids refer to
+      train/part-00000-of-00016.arrow   # Arrow IPC files, memory-mappable
+      eval/part-00000-of-00001.arrow
+      documents/part-...-of-....arrow   # doc_id -> source, record id, title, split
+      rejects/part-...-of-....jsonl     # every rejected document or unreadable part
+
+One row of a train/eval shard is one pre-training example (unpadded)::
+
+    input_ids            list<uint16|int32>  [CLS] A [SEP] B [SEP]; masked when masking is static
+    segment_b_start      uint16              index of B's first token; token types are 0 before it, 1 from it
+                                              (== len(input_ids) when there is no B: objective "none")
+    next_sentence_label  int8                1 = B is random (nsp) or swapped (sop); absent for "none"
+    masked_lm_positions  list<uint16>        sorted positions of the predictions (static masking only)
+    masked_lm_ids        list<uint16|int32>  the original ids at those positions (static masking only)
+    example_id           int64               stable id of this example (provenance, resume checks)
+    doc_id_a, doc_id_b   int64               compact ids of the documents A and B came from
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+VOCAB_FILE = "vocab.txt"
+SHARD_SUFFIX = ".arrow"
+SPLITS = ("train", "eval")
+OBJECTIVES = ("nsp", "sop", "none")
+MASKING_MODES = ("static", "dynamic")
+SCHEMA_METADATA_KEY = b"bert_pretrain.schema_version"
+
+# Column names, written once.
+INPUT_IDS = "input_ids"
+SEGMENT_B_START = "segment_b_start"
+NEXT_SENTENCE_LABEL = "next_sentence_label"
+MASKED_LM_POSITIONS = "masked_lm_positions"
+MASKED_LM_IDS = "masked_lm_ids"
+EXAMPLE_ID = "example_id"
+DOC_ID_A = "doc_id_a"
+DOC_ID_B = "doc_id_b"
+
+
+class ContractError(ValueError):
+    """Shards or manifest do not match what a reader expects."""
+
+
+def token_id_type(vocab_size: int) -> pa.DataType:
+    """The most compact Arrow integer type that holds every token id."""
+    return pa.uint16() if vocab_size <= np.iinfo(np.uint16).max + 1 else pa.int32()
+
+
+def example_schema(vocab_size: int, objective: str, masking: str) -> pa.Schema:
+    if objective not in OBJECTIVES:
+        raise ContractError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if masking not in MASKING_MODES:
+        raise ContractError(f"masking must be one of {MASKING_MODES}, got {masking!r}")
+    ids = token_id_type(vocab_size)
+    fields = [pa.field(INPUT_IDS, pa.list_(ids), nullable=False),
+              pa.field(SEGMENT_B_START, pa.uint16(), nullable=False)]
+    if objective != "none":
+        fields.append(pa.field(NEXT_SENTENCE_LABEL, pa.int8(), nullable=False))
+    if masking == "static":
+        fields += [pa.field(MASKED_LM_POSITIONS, pa.list_(pa.uint16()), nullable=False),
+                   pa.field(MASKED_LM_IDS, pa.list_(ids), nullable=False)]
+    fields += [pa.field(EXAMPLE_ID, pa.int64(), nullable=False),
+               pa.field(DOC_ID_A, pa.int64(), nullable=False),
+               pa.field(DOC_ID_B, pa.int64(), nullable=False)]
+    return pa.schema(fields, metadata={SCHEMA_METADATA_KEY: str(SCHEMA_VERSION).encode()})
+
+
+@dataclass(frozen=True)
+class PretrainingExample:
+    """One example as the pipeline builds it; ``to_record_batch`` turns many into Arrow rows."""
+
+    input_ids: np.ndarray  # (T,) int32, with [CLS]/[SEP], masked when static
+    segment_b_start: int
+    next_sentence_label: int  # -1 when the objective has no sentence-pair label
+    masked_lm_positions: np.ndarray  # (P,) int32, sorted; empty when dynamic
+    masked_lm_ids: np.ndarray  # (P,) int32
+    example_id: int
+    doc_id_a: int
+    doc_id_b: int
+
+
+def _list_array(arrays: Sequence[np.ndarray], value_type: pa.DataType) -> pa.ListArray:
+    # Build offsets + flat values directly: far faster than pa.array(list of lists).
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int32, count=len(arrays))
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
+    values = pa.array(flat.astype(value_type.to_pandas_dtype(), copy=False), type=value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values)
+
+
+def to_record_batch(examples: Sequence[PretrainingExample], schema: pa.Schema) -> pa.RecordBatch:
+    names = set(schema.names)
+    ids_type = schema.field(INPUT_IDS).type.value_type
+    cols: dict[str, pa.Array] = {
+        INPUT_IDS: _list_array([e.input_ids for e in examples], ids_type),
+        SEGMENT_B_START: pa.array([e.segment_b_start for e in examples], type=pa.uint16()),
+    }
+    if NEXT_SENTENCE_LABEL in names:
+        cols[NEXT_SENTENCE_LABEL] = pa.array([e.next_sentence_label for e in examples], type=pa.int8())
+    if MASKED_LM_POSITIONS in names:
+        cols[MASKED_LM_POSITIONS] = _list_array([e.masked_lm_positions for e in examples], pa.uint16())
+        cols[MASKED_LM_IDS] = _list_array([e.masked_lm_ids for e in examples], ids_type)
+    cols[EXAMPLE_ID] = pa.array([e.example_id for e in examples], type=pa.int64())
+    cols[DOC_ID_A] = pa.array([e.doc_id_a for e in examples], type=pa.int64())
+    cols[DOC_ID_B] = pa.array([e.doc_id_b for e in examples], type=pa.int64())
+    return pa.RecordBatch.from_arrays([cols[n] for n in schema.names], schema=schema)
+
+
+def token_type_ids(segment_b_start: int, length: int) -> np.ndarray:
+    """(T,) int8: 0 for [CLS] A [SEP], 1 for B [SEP]."""
+    return (np.arange(length) >= segment_b_start).astype(np.int8)
+
+
+def open_shard(path: str) -> pa.Table:
+    """Memory-map one shard (zero-copy) and check its schema version."""
+    reader = pa.ipc.open_file(pa.memory_map(path, "r"))
+    version = (reader.schema.metadata or {}).get(SCHEMA_METADATA_KEY)
+    if version != str(SCHEMA_VERSION).encode():
+        raise ContractError(f"{path}: shard schema version {version!r}, this code reads {SCHEMA_VERSION}")
+    return reader.read_all()
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class SpecialTokens:
+    pad: int
+    unk: int
+    cls: int
+    sep: int
+    mask: int
+
+    NAMES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+
+    @classmethod
+    def from_vocab(cls, vocab: Sequence[str]) -> "SpecialTokens":
+        index = {tok: i for i, tok in enumerate(vocab)}
+        missing = [tok for tok in cls.NAMES.values() if tok not in index]
+        if missing:
+            raise ContractError(f"vocabulary lacks BERT's special tokens {missing}")
+        return cls(**{name: index[tok] for name, tok in cls.NAMES.items()})
+
+    def ids(self) -> list[int]:
+        return [self.pad, self.unk, self.cls, self.sep, self.mask]
+
+
+@dataclass
+class ShardInfo:
+    file: str  # relative to the output directory, e.g. "train/part-00000-of-00016.arrow"
+    split: str
+    rows: int
+    tokens: int  # non-padding tokens (examples are stored unpadded)
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class MaskingSpec:
+    mode: str  # "static" (stored masks) or "dynamic" (the trainer masks at load time)
+    masked_lm_prob: float
+    max_predictions_per_seq: int
+    whole_word: bool
+    dupe_factor: int
+    mask_prob: float = 0.8  # of the chosen positions: [MASK]
+    random_prob: float = 0.1  # random token; the rest keep the original
+
+
+@dataclass
+class ShardManifest:
+    """``output_dir/manifest.json``; the trainer validates a run against it before training."""
+
+    schema_version: int
+    vocab_file: str
+    vocab_sha256: str
+    vocab_size: int
+    lowercase: bool
+    special_tokens: dict[str, int]
+    max_seq_length: int
+    objective: str
+    masking: MaskingSpec
+    seed: int
+    shards: list[ShardInfo]
+    statistics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def shards_of(self, split: str) -> list[ShardInfo]:
+        return [s for s in self.shards if s.split == split]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShardManifest":
+        d = dict(d)
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ContractError(
+                f"manifest schema version {d.get('schema_version')!r}; this code reads {SCHEMA_VERSION}")
+        d["masking"] = MaskingSpec(**d["masking"])
+        d["shards"] = [ShardInfo(**s) for s in d["shards"]]
+        return cls(**d)
+
+
+def read_manifest(output_dir: str) -> ShardManifest:
+    path = os.path.join(output_dir, MANIFEST_FILE)
+    if not os.path.exists(path):
+        raise ContractError(f"no {MANIFEST_FILE} in {output_dir}: not a finished pipeline output")
+    with open(path, encoding="utf-8") as f:
+        return ShardManifest.from_dict(json.load(f))
+
+
+def read_vocab(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]

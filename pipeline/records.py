@@ -1,0 +1,79 @@
+"""What the source readers emit: documents and rejections. No Beam, no I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class SourceFormat(str, enum.Enum):
+    """Input formats the job recognises."""
+
+    WIKIPEDIA_XML = "wikipedia_xml"
+    BOOK_TEXT = "book_text"  # one book per .txt file
+    BERT_LINES = "bert_lines"  # one sentence per line, blank line between documents
+    JSON_LINES = "json_lines"  # one JSON object per line with a "text" field
+
+
+class RejectReason(str, enum.Enum):
+    """The fixed list of reasons a document or a part of a file is rejected."""
+
+    REDIRECT = "redirect"
+    DISAMBIGUATION = "disambiguation"
+    NON_ARTICLE_NAMESPACE = "non_article_namespace"
+    EMPTY = "empty"  # nothing left after markup removal / cleaning
+    TOO_SHORT = "too_short"
+    DUPLICATE = "duplicate"
+    INVALID_ENCODING = "invalid_encoding"
+    MALFORMED_XML = "malformed_xml"
+    MALFORMED_JSON = "malformed_json"
+    MISSING_TEXT = "missing_text"  # a JSON record without a usable "text" field
+    OVERSIZED = "oversized"  # a line, record or page over the configured byte limit
+    TRUNCATED = "truncated"  # the file ends inside a record
+    CORRUPT_COMPRESSION = "corrupt_compression"
+    UNREADABLE = "unreadable"  # the file could not be opened or read at all
+    UNKNOWN_FORMAT = "unknown_format"
+    CONTROL_CHARACTERS = "control_characters"  # NUL/control bytes removed; document kept
+    NO_INSTANCES = "no_instances"  # too few tokens/sentences to form one example
+
+
+class RejectAction(str, enum.Enum):
+    DROPPED = "dropped"  # the part is not in the output
+    REPAIRED = "repaired"  # the part is in the output, with the bad bytes removed
+
+
+@dataclass(frozen=True)
+class RawDocument:
+    """One document as read from a source, before cleaning.
+
+    ``text`` is plain prose: paragraphs separated by a blank line ("\\n\\n"),
+    markup already removed. For ``BERT_LINES`` input each line is one sentence
+    and ``presplit`` is True (the job then keeps the user's sentence boundaries).
+    """
+
+    source: str  # input file path as given
+    record_id: str  # page id, line number, book file name...
+    title: str
+    text: str
+    format: SourceFormat
+    presplit: bool = False
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A counted, reported rejection of a document or of a part of an input file."""
+
+    source: str
+    record_id: str  # "" when the part has no id (a byte range in ``detail`` instead)
+    reason: RejectReason
+    detail: str = ""
+    action: RejectAction = RejectAction.DROPPED
+
+    def to_json_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "record_id": self.record_id,
+            "reason": self.reason.value,
+            "action": self.action.value,
+            "detail": self.detail,
+        }

@@ -1,0 +1,37 @@
+"""Data-derived randomness: every random choice is seeded from (seed, document id, pass...).
+
+Never a process-global generator: Beam may run a DoFn on an element more than once
+(bundle retries) and on any worker, so only seeds derived from the data give the same
+output whatever the runner, the number of workers or the retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+_MASK63 = (1 << 63) - 1
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 64-bit seed from any mix of ints and strings (stable across processes and platforms)."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(repr(p).encode("utf-8"))
+        h.update(b"\x1f")
+    return int.from_bytes(h.digest(), "little")
+
+
+def rng_for(*parts: int | str) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(derive_seed(*parts)))
+
+
+def stable_id(text: str) -> int:
+    """A compact positive int64 id of a string (documents are identified by their cleaned text)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") & _MASK63
+
+
+def unit_interval(*parts: int | str) -> float:
+    """A deterministic number in [0, 1) from the parts (for hash-based splits and sampling)."""
+    return derive_seed(*parts) / float(1 << 64)

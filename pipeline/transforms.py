@@ -1,0 +1,268 @@
+"""The job's composite transforms, in pipeline order. Each per-element function is small and
+counts what it rejects (``CountingDoFn.count``) and emits the rejection instead of dropping it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.config import CleaningConfig, InstancesConfig, MaskingConfig, SourceConfig, TokenizerConfig
+from pipeline.documents import Document, prepare_document, split_of
+from pipeline.formats import DocumentRecord
+from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
+from pipeline.masking import MaskingParams
+from pipeline.records import RawDocument, RejectReason, Rejection
+from pipeline.seeding import unit_interval
+from pipeline.sources import read_source
+from pipeline.stats import STATS_TAG, CountingDoFn
+from pipeline.tokenization import (build_tokenizer, encode_sentences, masking_vocabulary, train_vocabulary,
+                                   vocab_sha256)
+
+REJECTS_TAG = "rejects"
+
+
+def _reject(counting: CountingDoFn, r: Rejection):
+    counting.count(f"rejected/{r.reason.value}")
+    return beam.pvalue.TaggedOutput(REJECTS_TAG, r)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+class _ReadSourceFile(CountingDoFn):
+    """A file path -> RawDocuments (main) and Rejections (``rejects``), streamed."""
+
+    def __init__(self, cfg: SourceConfig):
+        self.cfg = cfg
+
+    def process(self, path: str):
+        self.count("files_read")
+        opener = lambda: FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)  # noqa: E731
+        for item in read_source(path, opener, self.cfg):
+            if isinstance(item, Rejection):
+                yield _reject(self, item)
+            else:
+                self.count(f"documents_read/{item.format.value}")
+                yield item
+
+
+class ReadSources(beam.PTransform):
+    """Input paths -> RawDocument, with rejects and stats as extra outputs."""
+
+    def __init__(self, cfg: SourceConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, paths):
+        # Reshuffle: spread files over workers (real dumps come as many files).
+        return (paths
+                | "SpreadFiles" >> beam.Reshuffle()
+                | "ReadFile" >> beam.ParDo(_ReadSourceFile(self.cfg)).with_outputs(
+                    REJECTS_TAG, STATS_TAG, main="documents"))
+
+
+# --- cleaning --------------------------------------------------------------------------------
+
+class _PrepareDocument(CountingDoFn):
+    def __init__(self, cfg: CleaningConfig):
+        self.cfg = cfg
+
+    def process(self, raw: RawDocument):
+        doc, rejections = prepare_document(raw, self.cfg)
+        for r in rejections:
+            yield _reject(self, r)
+        if doc is not None:
+            yield doc
+
+
+class _KeepFirstOfDuplicates(CountingDoFn):
+    """(doc_id, [Document...]) -> the document with the smallest (source, record_id); the others
+    are rejected as duplicates of it. Deterministic whatever order the copies arrived in."""
+
+    def process(self, element):
+        _, docs = element
+        docs = sorted(docs, key=lambda d: d.provenance)
+        keep = docs[0]
+        for d in docs[1:]:
+            yield _reject(self, Rejection(d.source, d.record_id, RejectReason.DUPLICATE,
+                                          f"same text as {keep.source} record {keep.record_id}"))
+        yield keep
+
+
+class PrepareDocuments(beam.PTransform):
+    """RawDocument -> (split, Document): cleaned, sentence-split, filtered, de-duplicated."""
+
+    def __init__(self, cfg: CleaningConfig, eval_fraction: float):
+        super().__init__()
+        self.cfg, self.eval_fraction = cfg, eval_fraction
+
+    def expand(self, raw_docs):
+        prepared = raw_docs | "CleanAndSplit" >> beam.ParDo(_PrepareDocument(self.cfg)).with_outputs(
+            REJECTS_TAG, STATS_TAG, main="documents")
+        rejects, stats = [prepared[REJECTS_TAG]], [prepared[STATS_TAG]]
+        docs = prepared.documents
+        if self.cfg.drop_duplicates:
+            deduped = (docs
+                       | "KeyByText" >> beam.Map(lambda d: (d.doc_id, d))
+                       | "GroupCopies" >> beam.GroupByKey()
+                       | "KeepFirst" >> beam.ParDo(_KeepFirstOfDuplicates()).with_outputs(
+                           REJECTS_TAG, STATS_TAG, main="documents"))
+            docs = deduped.documents
+            rejects.append(deduped[REJECTS_TAG])
+            stats.append(deduped[STATS_TAG])
+        fraction = self.eval_fraction
+        split_docs = docs | "AssignSplit" >> beam.Map(lambda d: (split_of(d.doc_id, fraction), d))
+        return split_docs, rejects, stats
+
+
+# --- vocabulary ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VocabInfo:
+    tokens: tuple[str, ...]
+    lowercase: bool
+    sha256: str
+
+
+def make_vocab_info(tokens, lowercase: bool) -> VocabInfo:
+    tokens = tuple(tokens)
+    return VocabInfo(tokens, lowercase, vocab_sha256(tokens))
+
+
+class TrainVocabulary(beam.PTransform):
+    """(split, Document) -> one VocabInfo trained on a bounded, hash-chosen sample of the
+    training documents (sorted by id first, so the result does not depend on arrival order)."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, split_docs):
+        cfg = self.cfg
+        lowercase = True if cfg.lowercase is None else cfg.lowercase
+
+        def train(sample):
+            texts = ["\n".join(doc_text) for _, _, doc_text in sorted(sample, key=lambda s: s[1])]
+            return make_vocab_info(train_vocabulary(texts, cfg.vocab_size, lowercase, cfg.min_frequency,
+                                                    cfg.limit_alphabet), lowercase)
+
+        return (split_docs
+                | "TrainOnly" >> beam.Filter(lambda sd: sd[0] == "train")
+                | "RankByHash" >> beam.Map(lambda sd: (unit_interval("vocab", sd[1].doc_id), sd[1].doc_id,
+                                                       sd[1].sentences))
+                | "Sample" >> beam.combiners.Top.Smallest(cfg.train_sample_documents)
+                | "Train" >> beam.Map(train))
+
+
+# --- tokenising ------------------------------------------------------------------------------
+
+class _Tokenize(CountingDoFn):
+    """(split, Document) -> (split, (TokenizedDocument, source, record_id)); ``documents``
+    output: DocumentRecord for the provenance table."""
+
+    def setup(self):
+        # One thread per worker: Beam already runs one worker per core.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self._tokenizer, self._sha = None, None
+
+    def process(self, element, vocab: VocabInfo):
+        if self._sha != vocab.sha256:
+            self._tokenizer, self._sha = build_tokenizer(vocab.tokens, vocab.lowercase), vocab.sha256
+        split, doc = element
+        ids = encode_sentences(self._tokenizer, doc.sentences)
+        tdoc = TokenizedDocument.from_sentences(doc.doc_id, ids)
+        self.count(f"documents_kept/{split}")
+        self.count(f"sentences/{split}", tdoc.num_sentences)
+        self.count(f"tokens/{split}", len(tdoc.ids))
+        yield beam.pvalue.TaggedOutput("documents", DocumentRecord(
+            doc.doc_id, split, doc.source, doc.record_id, doc.title, tdoc.num_sentences, len(tdoc.ids)))
+        yield split, (tdoc, doc.source, doc.record_id)
+
+
+class TokenizeDocuments(beam.PTransform):
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def expand(self, split_docs):
+        return split_docs | "WordPiece" >> beam.ParDo(
+            _Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab)).with_outputs(
+            "documents", STATS_TAG, main="tokenized")
+
+
+# --- examples ---------------------------------------------------------------------------------
+
+class _ExamplesOfPool(CountingDoFn):
+    """((split, pool), [(TokenizedDocument, source, record_id)...]) -> (split, PretrainingExample).
+
+    A pool is the unit of NSP negative sampling: B of a random pair comes from another document
+    of the same pool. Documents are sorted by id so the pool's content and order, and hence every
+    draw, do not depend on arrival order."""
+
+    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int):
+        self.params = InstanceParams(instances.max_seq_length, instances.short_seq_prob, instances.objective)
+        self.masking = (MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
+                        if masking.mode == "static" else None)
+        self.passes, self.seed = masking.dupe_factor, seed
+
+    def setup(self):
+        self._vocab, self._sha = None, None
+
+    def process(self, element, vocab: VocabInfo):
+        if self._sha != vocab.sha256:
+            self._vocab, self._sha = masking_vocabulary(vocab.tokens), vocab.sha256
+        (split, _), members = element
+        members = sorted(members, key=lambda m: m[0].doc_id)
+        pool = [m[0] for m in members]
+        produced = [0] * len(pool)
+        for pass_index in range(self.passes):
+            for i in range(len(pool)):
+                for ex in examples_for_document(pool, i, pass_index, self.seed, self.params, self.masking,
+                                                self._vocab):
+                    produced[i] += 1
+                    self.count(f"examples/{split}")
+                    self.count(f"example_tokens/{split}", len(ex.input_ids))
+                    self.count(f"masked_positions/{split}", len(ex.masked_lm_positions))
+                    if ex.next_sentence_label == 1:
+                        self.count(f"sentence_pair_negatives/{split}")
+                    yield split, ex
+        for (doc, source, record_id), n in zip(members, produced):
+            if n == 0:
+                yield _reject(self, Rejection(source, record_id, RejectReason.NO_INSTANCES,
+                                              f"{len(doc.ids)} tokens in {doc.num_sentences} sentences "
+                                              f"gave no example in {self.passes} passes"))
+
+
+class CreateExamples(beam.PTransform):
+    """(split, tokenized document) -> (split, PretrainingExample), grouped into pools.
+
+    How documents are grouped: each split's documents are hashed by (seed, doc id) into
+    ``round(n / pool_size)`` pools of about ``pool_size`` documents. A worker holds one pool at a
+    time, so memory is bounded by the pool size, not the corpus; negatives are drawn from a pool
+    of thousands of unrelated documents, which matches the original's corpus-wide draw in
+    distribution (and never from the same document, unlike the original's fallback)."""
+
+    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, vocab):
+        super().__init__()
+        self.instances, self.masking, self.seed, self.vocab = instances, masking, seed, vocab
+
+    def expand(self, tokenized):
+        pool_size, seed = self.instances.pool_size, self.seed
+        pools_per_split = (tokenized
+                           | "CountDocs" >> beam.combiners.Count.PerKey()
+                           | "PoolCount" >> beam.Map(lambda kv: (kv[0], max(1, round(kv[1] / pool_size))))
+                           | "ToDict" >> beam.combiners.ToDict())
+
+        def assign_pool(element, pools):
+            split, member = element
+            return (split, int(unit_interval("pool", seed, member[0].doc_id) * pools[split])), member
+
+        return (tokenized
+                | "AssignPool" >> beam.Map(assign_pool, pools=beam.pvalue.AsSingleton(pools_per_split))
+                | "GroupPools" >> beam.GroupByKey()
+                | "Examples" >> beam.ParDo(_ExamplesOfPool(self.instances, self.masking, seed),
+                                           vocab=beam.pvalue.AsSingleton(self.vocab)).with_outputs(
+                    REJECTS_TAG, STATS_TAG, main="examples"))
