@@ -203,9 +203,28 @@ class PipelineConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
 
+SAMPLE_CORPUS = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+def sample_corpus_path() -> str:
+    """The real English Wikipedia dump excerpt (206 pages) that gensim's wheel ships."""
+    try:
+        import gensim
+    except ImportError as e:
+        raise RuntimeError("the sample corpus comes with gensim: pip install -e '.[sample]'") from e
+    import os
+
+    return os.path.join(os.path.dirname(gensim.__file__), SAMPLE_CORPUS)
+
+
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore so a misspelt key fails at composition."""
+    """Put the schemas in Hydra's ConfigStore so a misspelt key fails at composition,
+    and register ``${sample_corpus:}`` (the embedded default input)."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("sample_corpus"):
+        OmegaConf.register_new_resolver("sample_corpus", sample_corpus_path)
 
     cs = ConfigStore.instance()
     cs.store(name="pipeline_schema", node=PipelineConfig)

@@ -191,7 +191,7 @@ class Vocabulary:
     cls_id: int
     sep_id: int
     mask_id: int
-    special_ids: np.ndarray  # ids never masked ([CLS], [SEP], [PAD]...)
+    never_mask: np.ndarray  # (V,) bool: [CLS], [SEP], [PAD], [MASK] are never predicted
     is_continuation: np.ndarray  # (V,) bool, True for "##" pieces
 
 
@@ -220,7 +220,7 @@ def examples_for_document(pool: Sequence[TokenizedDocument], index: int, pass_in
         tokens, b_start = assemble(raw, vocab)
         positions, labels = empty, empty
         if masking is not None:
-            tokens, positions, labels = mask_tokens(tokens, rng, masking, vocab.special_ids, vocab.mask_id,
+            tokens, positions, labels = mask_tokens(tokens, rng, masking, vocab.never_mask, vocab.mask_id,
                                                     vocab.size, vocab.is_continuation)
         examples.append(PretrainingExample(
             input_ids=tokens, segment_b_start=b_start, next_sentence_label=raw.label,

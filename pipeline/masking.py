@@ -33,56 +33,57 @@ def num_to_predict(length: int, params: MaskingParams) -> int:
     return min(params.max_predictions_per_seq, max(1, int(round(length * params.masked_lm_prob))))
 
 
-def word_groups(tokens: np.ndarray, special: np.ndarray, is_continuation: np.ndarray | None) -> list[np.ndarray]:
-    """Candidate groups: one per token, or per whole word (a ``##`` piece joins the previous word)."""
-    positions = np.flatnonzero(~special)
-    if is_continuation is None or len(positions) == 0:
-        return [positions[i:i + 1] for i in range(len(positions))]
-    cont = is_continuation[tokens[positions]]
-    # A continuation piece right after a non-special token extends the current word.
-    prev_adjacent = np.concatenate(([False], positions[1:] == positions[:-1] + 1))
-    starts = np.flatnonzero(~(cont & prev_adjacent))
-    return np.split(positions, starts[1:])
+def word_groups(candidates: np.ndarray, tokens: np.ndarray, is_continuation: np.ndarray) -> list[np.ndarray]:
+    """Whole words among the candidate positions: a ``##`` piece right after another
+    candidate joins that word (a piece after [CLS]/[SEP] starts its own)."""
+    cont = is_continuation[tokens[candidates]]
+    adjacent = np.empty(len(candidates), dtype=bool)
+    adjacent[:1] = False
+    np.equal(candidates[1:], candidates[:-1] + 1, out=adjacent[1:])
+    starts = np.flatnonzero(~(cont & adjacent))
+    return np.split(candidates, starts[1:])
 
 
 def mask_tokens(
     tokens: np.ndarray,
     rng: np.random.Generator,
     params: MaskingParams,
-    special_ids: np.ndarray,
+    never_mask: np.ndarray,
     mask_id: int,
     vocab_size: int,
     is_continuation: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Choose and corrupt the MLM predictions of one example.
 
-    tokens: (T,) ids with [CLS]/[SEP]. special_ids: ids never masked. is_continuation: (V,) bool,
-    True for ``##`` pieces; given only for whole-word masking.
-    Returns (masked_tokens (T,), positions (P,) sorted, labels (P,) the original ids).
+    tokens: (T,) ids with [CLS]/[SEP]. never_mask: (V,) bool, True for ids never predicted
+    ([CLS], [SEP], [PAD], [MASK]). is_continuation: (V,) bool, True for ``##`` pieces; used
+    only with whole-word masking. Returns (masked (T,), positions (P,) sorted, labels (P,)).
     """
     tokens = np.asarray(tokens)
-    special = np.isin(tokens, special_ids)
-    groups = word_groups(tokens, special, is_continuation if params.whole_word else None)
+    candidates = np.flatnonzero(~never_mask[tokens])
     budget = num_to_predict(len(tokens), params)
-    order = rng.permutation(len(groups))
-    chosen: list[np.ndarray] = []
-    count = 0
-    for g in order:
-        if count >= budget:
-            break
-        group = groups[g]
-        if count + len(group) > budget:
-            continue  # a word that would exceed the budget is skipped, as in the original
-        chosen.append(group)
-        count += len(group)
-    positions = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
-    labels = tokens[positions].copy()
+    if params.whole_word and is_continuation is not None:
+        groups = word_groups(candidates, tokens, is_continuation)
+        chosen: list[np.ndarray] = []
+        count = 0
+        for g in rng.permutation(len(groups)):  # words in random order, as the original shuffles them
+            if count >= budget:
+                break
+            if count + len(groups[g]) > budget:
+                continue  # a word that would exceed the budget is skipped, as in the original
+            chosen.append(groups[g])
+            count += len(groups[g])
+        positions = np.sort(np.concatenate(chosen)) if chosen else candidates[:0]
+    else:
+        # Single-token words: the first `budget` of a random permutation of the candidates.
+        positions = np.sort(candidates[rng.permutation(len(candidates))[:budget]])
+    labels = tokens[positions]
     masked = tokens.copy()
-    # One draw decides [MASK] / keep / random for every position; random ids span the whole vocabulary.
+    # One draw decides [MASK] / random / keep per position; random ids span the whole vocabulary.
     u = rng.random(len(positions))
     random_ids = rng.integers(0, vocab_size, size=len(positions))
     to_mask = u < params.mask_prob
-    to_random = (u >= params.mask_prob) & (u < params.mask_prob + params.random_prob)
+    to_random = ~to_mask & (u < params.mask_prob + params.random_prob)
     masked[positions[to_mask]] = mask_id
     masked[positions[to_random]] = random_ids[to_random]
     return masked, positions.astype(np.int32), labels.astype(np.int32)

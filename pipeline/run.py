@@ -42,6 +42,24 @@ def beam_options(cfg: RunnerConfig) -> PipelineOptions:
     return PipelineOptions(flags + [str(x) for x in cfg.extra])
 
 
+def make_runner(cfg: RunnerConfig, options: PipelineOptions):
+    """The runner object for ``beam.Pipeline``; None lets Beam resolve ``--runner``.
+
+    "DirectRunner" runs Beam's FnApiRunner (the DirectRunner's batch engine, with
+    direct_num_workers / direct_running_mode) chosen explicitly: Beam's DirectRunner first tries
+    the Prism runner, which downloads a binary at run time and fails on machines without internet.
+    """
+    if cfg.runner != "DirectRunner":
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=provision)
+
+
 def expand_inputs(patterns: list[str]) -> list[str]:
     if not patterns:
         raise JobError("inputs is empty: give inputs='[path-or-glob, ...]'")
@@ -157,7 +175,8 @@ def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
     fixed_vocab = read_vocab_file(cfg.tokenizer) if cfg.tokenizer.vocab_file else None
     prepare_output_dir(cfg.output_dir, cfg.overwrite)
     start = time.perf_counter()
-    with beam.Pipeline(options=beam_options(cfg.runner)) as p:
+    options = beam_options(cfg.runner)
+    with beam.Pipeline(runner=make_runner(cfg.runner, options), options=options) as p:
         build(p, cfg, paths, config_dict, fixed_vocab)
     seconds = time.perf_counter() - start
     with FileSystems.open(FileSystems.join(cfg.output_dir, contract.MANIFEST_FILE)) as f:

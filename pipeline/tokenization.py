@@ -16,6 +16,7 @@ from tokenizers.implementations import BertWordPieceTokenizer
 
 from pipeline.contract import SpecialTokens
 from pipeline.instances import Vocabulary
+from pipeline.vocab_training import WordCounter, train_wordpiece
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -38,23 +39,18 @@ def build_tokenizer(vocab: Sequence[str], lowercase: bool) -> BertWordPieceToken
 
 def train_vocabulary(texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int,
                      limit_alphabet: int) -> list[str]:
-    """A WordPiece vocabulary with BERT's special tokens first. Deterministic for a given
-    text order (the job sorts its sample by document id before calling this)."""
-    tok = BertWordPieceTokenizer(lowercase=lowercase, clean_text=True, handle_chinese_chars=True,
-                                 strip_accents=None)
-    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
-                            limit_alphabet=limit_alphabet, special_tokens=SPECIAL_TOKENS,
-                            show_progress=False)
-    by_id = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    return [t for t, _ in by_id]
+    """A WordPiece vocabulary with BERT's special tokens first; deterministic (see
+    ``pipeline.vocab_training``, which the Beam job uses piecewise: counts per document, summed)."""
+    counts = WordCounter(lowercase).count(texts)
+    return train_wordpiece(counts, vocab_size, SPECIAL_TOKENS, min_frequency, limit_alphabet)
 
 
 def masking_vocabulary(vocab: Sequence[str]) -> Vocabulary:
     special = SpecialTokens.from_vocab(vocab)
-    never_masked = [i for i, t in enumerate(vocab) if t in SPECIAL_TOKENS and t not in ("[UNK]",)]
+    never_mask = np.zeros(len(vocab), dtype=bool)
+    never_mask[[special.pad, special.cls, special.sep, special.mask]] = True  # [UNK] is a real prediction
     return Vocabulary(
-        size=len(vocab), cls_id=special.cls, sep_id=special.sep, mask_id=special.mask,
-        special_ids=np.array(sorted(never_masked), dtype=np.int32),
+        size=len(vocab), cls_id=special.cls, sep_id=special.sep, mask_id=special.mask, never_mask=never_mask,
         is_continuation=np.array([t.startswith("##") for t in vocab], dtype=bool))
 
 

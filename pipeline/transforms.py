@@ -18,9 +18,9 @@ from pipeline.masking import MaskingParams
 from pipeline.records import RawDocument, RejectReason, Rejection
 from pipeline.seeding import unit_interval
 from pipeline.sources import read_source
-from pipeline.stats import STATS_TAG, CountingDoFn
-from pipeline.tokenization import (build_tokenizer, encode_sentences, masking_vocabulary, train_vocabulary,
-                                   vocab_sha256)
+from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
+from pipeline.tokenization import SPECIAL_TOKENS, build_tokenizer, encode_sentences, masking_vocabulary, vocab_sha256
+from pipeline.vocab_training import WordCounter, train_wordpiece
 
 REJECTS_TAG = "rejects"
 
@@ -132,9 +132,23 @@ def make_vocab_info(tokens, lowercase: bool) -> VocabInfo:
     return VocabInfo(tokens, lowercase, vocab_sha256(tokens))
 
 
+class _CountWords(beam.DoFn):
+    """A document -> Counter of its words, as BERT's WordPiece pre-tokeniser splits them."""
+
+    def __init__(self, lowercase: bool):
+        self.lowercase = lowercase
+
+    def setup(self):
+        self._counter = WordCounter(self.lowercase)
+
+    def process(self, doc: Document):
+        yield self._counter.count(doc.sentences)
+
+
 class TrainVocabulary(beam.PTransform):
-    """(split, Document) -> one VocabInfo trained on a bounded, hash-chosen sample of the
-    training documents (sorted by id first, so the result does not depend on arrival order)."""
+    """(split, Document) -> one VocabInfo, trained deterministically on the word counts of at most
+    ``train_sample_documents`` training documents, chosen by a hash of their id. Counting runs on
+    every worker; only the summed counts meet on one worker for the merges."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
@@ -143,18 +157,18 @@ class TrainVocabulary(beam.PTransform):
     def expand(self, split_docs):
         cfg = self.cfg
         lowercase = True if cfg.lowercase is None else cfg.lowercase
-
-        def train(sample):
-            texts = ["\n".join(doc_text) for _, _, doc_text in sorted(sample, key=lambda s: s[1])]
-            return make_vocab_info(train_vocabulary(texts, cfg.vocab_size, lowercase, cfg.min_frequency,
-                                                    cfg.limit_alphabet), lowercase)
-
-        return (split_docs
-                | "TrainOnly" >> beam.Filter(lambda sd: sd[0] == "train")
-                | "RankByHash" >> beam.Map(lambda sd: (unit_interval("vocab", sd[1].doc_id), sd[1].doc_id,
-                                                       sd[1].sentences))
-                | "Sample" >> beam.combiners.Top.Smallest(cfg.train_sample_documents)
-                | "Train" >> beam.Map(train))
+        train_docs = split_docs | "TrainOnly" >> beam.FlatMap(lambda sd: [sd[1]] if sd[0] == "train" else [])
+        fraction = (train_docs
+                    | "CountDocs" >> beam.combiners.Count.Globally()
+                    | "SampleFraction" >> beam.Map(lambda n: min(1.0, cfg.train_sample_documents / max(n, 1))))
+        return (train_docs
+                | "Sample" >> beam.Filter(lambda d, f: unit_interval("vocab", d.doc_id) < f,
+                                          f=beam.pvalue.AsSingleton(fraction))
+                | "CountWords" >> beam.ParDo(_CountWords(lowercase))
+                | "SumCounts" >> beam.CombineGlobally(SumCounts())
+                | "Train" >> beam.Map(lambda counts: make_vocab_info(
+                    train_wordpiece(counts, cfg.vocab_size, SPECIAL_TOKENS, cfg.min_frequency, cfg.limit_alphabet),
+                    lowercase)))
 
 
 # --- tokenising ------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ _HIDDEN_LINK_NAMESPACES = ("file:", "image:", "media:", "category:")
 # Interlanguage links: [[fr:Foo]], [[:fr:Foo]], [[zh-yue:Foo]], [[simple:Foo]].
 _INTERLANGUAGE = re.compile(r"\s*:?\s*(?:[a-z]{2,3}(?:-[a-z]+)*|simple)\s*:")
 
+_PIPE_TRICK_SUFFIX = re.compile(r"\s*\(.*?\)\s*$|,.*$")
 _QUOTE_MARKUP = re.compile(r"'{2,}")
 _BEHAVIOUR_SWITCH = re.compile(r"__[A-Z]+__")
 # Tags the tokenizer left as text because they are unclosed (``<ref name=x>``
@@ -97,8 +98,12 @@ _STRAY_TAG = re.compile(
 _MARKUP_ONLY_LINE = re.compile(r"[\s{}\[\]|!=\-]*")
 # Brackets of unbalanced markup that survived tokenization ("{{", "]]"...).
 _LEFTOVER_BRACKETS = re.compile(r"\{\{+|\}\}+|\[\[+|\]\]+|\{\||\|\}")
-# "( )", "(; )" left behind when a template inside parentheses was removed.
-_EMPTY_PARENS = re.compile(r"\(\s*[,;:]?\s*\)")
+# Punctuation orphaned by removed templates, as in "Lincoln ({{IPA|...}}; February 12, 1809"
+# -> "Lincoln (; February 12, 1809": "(;" -> "(", ";)" -> ")", ",;" -> ",", then "()" goes.
+_DANGLING_AFTER_OPEN = re.compile(r"\(\s*(?:[,;:]\s*)+")
+_DANGLING_BEFORE_CLOSE = re.compile(r"(?:\s*[,;:])+\s*\)")
+_REPEATED_SEPARATOR = re.compile(r"([,;])(?:\s*[,;])+")
+_EMPTY_PARENS = re.compile(r"\s*\(\s*\)")
 _SPACE_BEFORE_PUNCT = re.compile(r" +(?=[,.;:!?)](?:\s|$))")
 
 _T = tokens
@@ -113,10 +118,13 @@ class _Frame:
     def __init__(self, kind: type, parts: list, markup: str | None = None):
         self.kind = kind  # the open token's type
         self.parts = parts  # where children's text goes now
-        self.first = None  # link target / tag name parts once a separator was seen
-        self.name = ""  # tag name (lower case)
-        self.markup = markup  # wiki_markup of a tag ("*", "{|"...), or brackets of an external link
-        self.separated = False
+        # Parts collected before the frame's separator: a link's target, a tag's
+        # name, or a tag's body once its closing tag starts. None before that.
+        self.first = None
+        self.name = ""  # tag name (lower case), known once the opening tag closes
+        # A tag's wiki_markup ("*", "{|"...), an external link's brackets flag, a heading's level.
+        self.markup = markup
+        self.separated = False  # a link separator, or the end of a tag's opening tag, was seen
 
 
 def wikitext_to_paragraphs(wikitext: str, keep_lists: bool = False) -> list[str]:
@@ -133,8 +141,8 @@ def wikitext_to_paragraphs(wikitext: str, keep_lists: bool = False) -> list[str]
         stream = _Tokenizer().tokenize(wikitext, 0, True)
     except ParserError:
         # The tokenizer gave up (an internal error, not malformed input as such):
-        # keep the raw text and let the line pass scrub what markup it can.
-        return _paragraphs(wikitext, keep_lists)
+        # strip the commonest markup with regexes rather than lose the page.
+        return _paragraphs(_strip_markup_roughly(wikitext), keep_lists)
     return _paragraphs(_visible_text(stream), keep_lists)
 
 
@@ -260,8 +268,8 @@ def _contribution(frame: _Frame, close_kind: type) -> str:
             label = "".join(frame.parts)
             if label.strip():
                 return label
-            # Pipe trick: [[Paris, Texas|]] shows "Paris".
-            return re.sub(r"\s*\(.*?\)\s*$|,.*$", "", target.split(":", 1)[-1]).strip()
+            # Pipe trick: [[Paris, Texas|]] shows "Paris", [[Foo (bar)|]] shows "Foo".
+            return _PIPE_TRICK_SUFFIX.sub("", target.split(":", 1)[-1]).strip()
         return target
     if kind is _T.ExternalLinkOpen:
         # [http://x label] shows the label; a bare URL or [http://x] shows no prose.
@@ -325,9 +333,26 @@ def _paragraphs(text: str, keep_lists: bool) -> list[str]:
         if "{" in paragraph or "}" in paragraph or "[" in paragraph or "]" in paragraph or "|" in paragraph:
             paragraph = _LEFTOVER_BRACKETS.sub(" ", paragraph)
         if "(" in paragraph:
+            paragraph = _DANGLING_AFTER_OPEN.sub("(", paragraph)
+            paragraph = _DANGLING_BEFORE_CLOSE.sub(")", paragraph)
             paragraph = _EMPTY_PARENS.sub("", paragraph)
+        paragraph = _REPEATED_SEPARATOR.sub(r"\1", paragraph)
         paragraph = " ".join(paragraph.replace(_LIST_ITEM, " ").split())
         paragraph = _SPACE_BEFORE_PUNCT.sub("", paragraph)
         if paragraph and not _MARKUP_ONLY_LINE.fullmatch(paragraph):
             result.append(paragraph)
     return result
+
+
+_INNERMOST_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
+_REF_OR_COMMENT = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>|<!--.*?-->", re.DOTALL | re.IGNORECASE)
+_SIMPLE_LINK = re.compile(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]")
+
+
+def _strip_markup_roughly(wikitext: str) -> str:
+    """Regex fallback for the rare text the tokenizer fails on: no files/categories handling."""
+    for _ in range(20):  # templates nest; each pass removes the innermost level
+        wikitext, removed = _INNERMOST_TEMPLATE.subn("", wikitext)
+        if not removed:
+            break
+    return _SIMPLE_LINK.sub(r"\1", _REF_OR_COMMENT.sub("", wikitext))

@@ -1,0 +1,64 @@
+"""Every preset composes against the dataclass schemas; typos and bad values fail at composition."""
+
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from pipeline.config import PipelineConfig, register_configs
+from pipeline.run import beam_options
+
+CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
+REQUIRED = ["inputs=[a.xml]", "output_dir=/tmp/x"]
+PRESET_OVERRIDES = {
+    "tokenizer": {"vocab_file": ["tokenizer.vocab_file=/tmp/vocab.txt"]},
+    "runner": {"dataflow": ["runner.project=p", "runner.region=r", "runner.temp_location=gs://b/t"],
+               "flink": ["runner.flink_master=localhost:8081"],
+               "spark": ["runner.spark_master_url=spark://localhost:7077"]},
+}
+
+
+def presets():
+    for group in ("tokenizer", "instances", "masking", "runner"):
+        for f in sorted(os.listdir(os.path.join(CONF, group))):
+            yield group, f.removesuffix(".yaml")
+
+
+def compose_pipeline(overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
+        cfg = compose(config_name="pipeline", overrides=overrides)
+    return OmegaConf.to_object(cfg)
+
+
+@pytest.mark.parametrize("group,name", list(presets()))
+def test_every_preset_composes(group, name):
+    extra = PRESET_OVERRIDES.get(group, {}).get(name, [])
+    cfg = compose_pipeline(REQUIRED + [f"{group}={name}"] + extra)
+    assert isinstance(cfg, PipelineConfig)
+    beam_options(cfg.runner)  # the runner options build
+
+
+def test_misspelt_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException):
+        compose_pipeline(REQUIRED + ["instances.max_seq_lenght=256"])
+
+
+def test_bad_value_fails_at_composition():
+    with pytest.raises((ValueError, ValidationError)):
+        compose_pipeline(REQUIRED + ["instances.objective=mlm"])
+    with pytest.raises((ValueError, ValidationError)):
+        compose_pipeline(REQUIRED + ["masking.masked_lm_prob=1.5"])
+
+
+def test_required_values_are_reported():
+    with pytest.raises(Exception, match="output_dir|Missing"):
+        compose_pipeline(["inputs=[a.xml]"])
+
+
+def test_default_input_is_the_embedded_sample():
+    cfg = compose_pipeline(["output_dir=/tmp/x"])
+    assert len(cfg.inputs) == 1 and os.path.exists(cfg.inputs[0]) and cfg.inputs[0].endswith(".bz2")

@@ -1,0 +1,365 @@
+"""The BERT model against the installed transformers (names, numbers, parameter counts), the sparse
+MLM head against the dense one, weight tying, and the FLOPs formula. CPU, tiny configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from training.model import (
+    PRESETS,
+    BertConfig,
+    BertForPreTraining,
+    flops_per_token,
+)
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 97
+LENGTHS = (12, 9, 5)  # real tokens per sequence; T = 12, the rest is padding
+
+
+def tiny_config(**overrides) -> BertConfig:
+    fields = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=16)
+    return BertConfig(**{**fields, **overrides})
+
+
+def hf_model(cfg: BertConfig, attn_implementation: str = "sdpa"):
+    hf_cfg = transformers.BertConfig(**cfg.to_hf_config_dict(), attn_implementation=attn_implementation)
+    cls = transformers.BertForPreTraining if cfg.with_nsp_head else transformers.BertForMaskedLM
+    return cls(hf_cfg)
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial values everywhere (BERT's init leaves biases at 0 and LayerNorm at 1, which would
+    hide a missing bias or a swapped norm)."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=gen) * 0.1
+        p.copy_(1.0 + noise if "LayerNorm.weight" in name else noise)
+
+
+def make_batch(seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    B, T = len(LENGTHS), max(LENGTHS)
+    input_ids = torch.randint(1, VOCAB, (B, T), generator=gen)
+    attention_mask = torch.zeros(B, T, dtype=torch.long)
+    token_type_ids = torch.zeros(B, T, dtype=torch.long)
+    for b, n in enumerate(LENGTHS):
+        attention_mask[b, :n] = 1
+        token_type_ids[b, n // 2:n] = 1
+    input_ids[attention_mask == 0] = 0
+    # Masked slots per sequence, padded with position 0 / label -100 (the data contract's layout).
+    positions = torch.tensor([[1, 4, 7, 10], [2, 5, 0, 0], [3, 0, 0, 0]])
+    labels = torch.full_like(positions, -100)
+    for b, count in enumerate((4, 2, 1)):
+        labels[b, :count] = torch.randint(1, VOCAB, (count,), generator=gen)
+    return dict(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                masked_lm_positions=positions, masked_lm_labels=labels,
+                next_sentence_label=torch.tensor([0, 1, 1]))
+
+
+def dense_labels(batch: dict) -> torch.Tensor:
+    """The same targets in transformers' (B, T) layout."""
+    out = torch.full_like(batch["input_ids"], -100)
+    for b, (pos, lab) in enumerate(zip(batch["masked_lm_positions"], batch["masked_lm_labels"])):
+        real = lab != -100
+        out[b, pos[real]] = lab[real]
+    return out
+
+
+def unique_param_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() skips tied duplicates
+
+
+# ---------------------------------------------------------------- names and layouts
+
+@pytest.mark.parametrize("with_nsp_head", [True, False])
+def test_state_dict_keys_and_shapes_equal_transformers(with_nsp_head):
+    cfg = tiny_config(with_nsp_head=with_nsp_head)
+    ours, theirs = BertForPreTraining(cfg).state_dict(), hf_model(cfg).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    assert "cls.predictions.bias" in ours and "cls.predictions.decoder.bias" in ours
+    assert ("bert.pooler.dense.weight" in ours) == with_nsp_head
+    assert ("cls.seq_relationship.weight" in ours) == with_nsp_head
+
+
+def test_loads_transformers_file_layouts_strictly():
+    """Older transformers persisted position_ids; save_pretrained/safetensors keep one of a tied pair."""
+    model = BertForPreTraining(tiny_config())
+    source = hf_model(tiny_config())
+    randomize(source)
+    state = dict(source.state_dict())
+    for key in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias"):
+        state.pop(key)
+    state["bert.embeddings.position_ids"] = torch.arange(16)[None]
+    model.load_state_dict(state, strict=True)
+    assert torch.equal(model.cls.predictions.decoder.weight, source.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(model.cls.predictions.decoder.bias, source.cls.predictions.bias)
+
+    only_decoder_bias = dict(source.state_dict())
+    only_decoder_bias.pop("cls.predictions.bias")
+    model.load_state_dict(only_decoder_bias, strict=True)
+
+
+# ---------------------------------------------------------------- numerical parity
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_matches_transformers_with_its_weights(attn_implementation):
+    cfg = tiny_config()
+    theirs = hf_model(cfg, attn_implementation)
+    randomize(theirs)
+    ours = BertForPreTraining(cfg)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    ours.eval(), theirs.eval()
+    batch = make_batch()
+    labels = dense_labels(batch)
+
+    with torch.no_grad():
+        ref = theirs(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                     attention_mask=batch["attention_mask"], labels=labels,
+                     next_sentence_label=batch["next_sentence_label"])
+        out = ours(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                   next_sentence_label=batch["next_sentence_label"], dense_mlm_labels=labels)
+
+    assert out.mlm_logits.shape == ref.prediction_logits.shape == (3, 12, VOCAB)
+    torch.testing.assert_close(out.mlm_logits, ref.prediction_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.nsp_logits, ref.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, out.mlm_loss + out.nsp_loss)
+
+
+def test_transformers_matches_ours_with_our_weights():
+    cfg = tiny_config()
+    ours = BertForPreTraining(cfg)
+    randomize(ours, seed=1)
+    theirs = hf_model(cfg)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    ours.eval(), theirs.eval()
+    batch = make_batch(seed=1)
+    with torch.no_grad():
+        ref = theirs(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                     attention_mask=batch["attention_mask"])
+        out = ours(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    torch.testing.assert_close(out.mlm_logits, ref.prediction_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.nsp_logits, ref.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+    assert out.loss is None and out.mlm_count is None
+
+
+def test_mlm_only_model_matches_transformers_masked_lm():
+    cfg = tiny_config(with_nsp_head=False)
+    theirs = hf_model(cfg)
+    randomize(theirs, seed=2)
+    ours = BertForPreTraining(cfg)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    ours.eval(), theirs.eval()
+    batch = make_batch(seed=2)
+    labels = dense_labels(batch)
+    with torch.no_grad():
+        ref = theirs(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                     attention_mask=batch["attention_mask"], labels=labels)
+        out = ours(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                   dense_mlm_labels=labels)
+    torch.testing.assert_close(out.mlm_logits, ref.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    assert out.nsp_logits is None and out.nsp_loss is None
+    with pytest.raises(ValueError, match="no NSP head"):
+        ours(batch["input_ids"], next_sentence_label=batch["next_sentence_label"])
+
+
+# ---------------------------------------------------------------- sparse MLM head
+
+def test_sparse_head_equals_dense_head_at_masked_positions():
+    model = BertForPreTraining(tiny_config())
+    randomize(model, seed=3)
+    model.eval()
+    batch = make_batch(seed=3)
+    rows_seen = []
+    hook = model.cls.predictions.decoder.register_forward_hook(
+        lambda module, args, output: rows_seen.append(args[0].shape[:-1]))
+
+    with torch.no_grad():
+        sparse = model(**batch)
+        dense = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                      next_sentence_label=batch["next_sentence_label"],
+                      dense_mlm_labels=dense_labels(batch))
+    hook.remove()
+
+    real = batch["masked_lm_labels"] != -100  # (B, P): 7 real slots, 5 padding
+    b_idx, p_idx = real.nonzero(as_tuple=True)
+    expected = dense.mlm_logits[b_idx, batch["masked_lm_positions"][b_idx, p_idx]]  # (7, V)
+    assert sparse.mlm_logits.shape == (7, VOCAB)
+    # The vocabulary projection ran on the 7 real masked tokens only, padding slots dropped before it.
+    assert rows_seen[0] == (7,) and rows_seen[1] == (3, 12)
+    torch.testing.assert_close(sparse.mlm_logits, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(sparse.mlm_loss, dense.mlm_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(sparse.loss, dense.loss, atol=1e-6, rtol=1e-6)
+    assert sparse.mlm_count.item() == dense.mlm_count.item() == 7
+    assert sparse.mlm_correct.item() == dense.mlm_correct.item()
+    hits = (expected.argmax(-1) == batch["masked_lm_labels"][real]).sum().item()
+    assert sparse.mlm_correct.item() == hits
+    assert sparse.nsp_count.item() == 3
+    assert sparse.nsp_correct.item() == (sparse.nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum().item()
+
+
+def test_sparse_head_without_labels_predicts_every_slot():
+    model = BertForPreTraining(tiny_config()).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                    masked_lm_positions=batch["masked_lm_positions"])
+    assert out.mlm_logits.shape == (3 * 4, VOCAB) and out.loss is None
+
+
+def test_batch_without_masked_tokens_has_zero_mlm_loss_not_nan():
+    model = BertForPreTraining(tiny_config())
+    batch = make_batch()
+    batch["masked_lm_labels"] = torch.full_like(batch["masked_lm_labels"], -100)
+    out = model(**batch)
+    assert out.mlm_count.item() == 0 and out.mlm_loss.item() == 0.0
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+def test_padding_does_not_leak_into_real_positions():
+    model = BertForPreTraining(tiny_config())
+    randomize(model, seed=4)
+    model.eval()
+    batch = make_batch(seed=4)
+    changed = batch["input_ids"].clone()
+    changed[batch["attention_mask"] == 0] = 5  # different ids behind the mask
+    with torch.no_grad():
+        a = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).mlm_logits
+        b = model(changed, batch["token_type_ids"], batch["attention_mask"]).mlm_logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(a[real], b[real])
+
+
+def test_dropout_only_in_training_mode():
+    model = BertForPreTraining(tiny_config(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5))
+    batch = make_batch()
+    args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        assert not torch.equal(model(*args).mlm_logits, model(*args).mlm_logits)
+        model.eval()
+        assert torch.equal(model(*args).mlm_logits, model(*args).mlm_logits)
+
+
+# ---------------------------------------------------------------- tying and gradients
+
+def test_decoder_is_tied_to_word_embeddings_and_gradients_flow():
+    model = BertForPreTraining(tiny_config())
+    emb = model.bert.embeddings.word_embeddings.weight
+    head = model.cls.predictions
+    assert head.decoder.weight is emb
+    assert head.decoder.weight.data_ptr() == emb.data_ptr()
+    assert head.bias is head.decoder.bias
+    names = [name for name, _ in model.named_parameters()]
+    assert "cls.predictions.decoder.weight" not in names  # counted once, under the embedding's name
+
+    batch = make_batch()
+    model(**batch).loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # A token that never appears in the input gets gradient only through the output projection.
+    unused = sorted(set(range(1, VOCAB)) - set(batch["input_ids"].unique().tolist()))[0]
+    assert emb.grad[unused].abs().sum() > 0
+
+    # Tying survives a load (load_state_dict copies into the shared tensor).
+    other = BertForPreTraining(tiny_config())
+    randomize(other, seed=5)
+    model.load_state_dict(other.state_dict(), strict=True)
+    assert head.decoder.weight is emb and torch.equal(emb, other.bert.embeddings.word_embeddings.weight)
+
+
+def test_every_parameter_gets_gradient_without_nsp_head():
+    model = BertForPreTraining(tiny_config(with_nsp_head=False))
+    batch = make_batch()
+    batch.pop("next_sentence_label")
+    out = model(**batch)
+    assert out.nsp_logits is None and out.nsp_count is None
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())  # DDP would reject unused ones
+
+
+def test_initialization_follows_bert():
+    cfg = tiny_config(hidden_size=64, intermediate_size=256, vocab_size=2000)
+    model = BertForPreTraining(cfg)
+    layer = model.bert.encoder.layer[0]
+    assert abs(layer.intermediate.dense.weight.std().item() - 0.02) < 0.002
+    assert abs(model.bert.embeddings.word_embeddings.weight[1:].std().item() - 0.02) < 0.002
+    assert torch.all(layer.intermediate.dense.bias == 0) and torch.all(model.cls.predictions.bias == 0)
+    assert torch.all(layer.output.LayerNorm.weight == 1) and torch.all(layer.output.LayerNorm.bias == 0)
+    assert torch.all(model.bert.embeddings.word_embeddings.weight[0] == 0)
+    assert layer.output.LayerNorm.eps == 1e-12
+
+
+# ---------------------------------------------------------------- config, presets, FLOPs
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_count_equals_transformers(name):
+    cfg = BertConfig(vocab_size=30522, **PRESETS[name])
+    assert cfg.num_attention_heads * 64 == cfg.hidden_size and cfg.intermediate_size == 4 * cfg.hidden_size
+    with torch.device("meta"):  # shapes only: no memory, no init cost, so base and large are cheap
+        ours, theirs = BertForPreTraining(cfg), hf_model(cfg)
+    assert unique_param_count(ours) == unique_param_count(theirs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+
+
+def test_published_sizes():
+    def count(name):
+        with torch.device("meta"):
+            return unique_param_count(BertForPreTraining(BertConfig(vocab_size=30522, **PRESETS[name])))
+    assert count("base") == 110_106_428  # "110M"
+    # 336.2M with the pre-training heads; the paper rounds BERT-Large to "340M".
+    assert 330e6 < count("large") < 345e6
+    assert (PRESETS["tiny"]["num_hidden_layers"], PRESETS["tiny"]["hidden_size"]) == (2, 128)
+    assert (PRESETS["large"]["num_hidden_layers"], PRESETS["large"]["num_attention_heads"]) == (24, 16)
+
+
+def test_config_rejects_inconsistent_shapes():
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_config(hidden_size=30)
+    with pytest.raises(ValueError, match="pad_token_id"):
+        tiny_config(pad_token_id=VOCAB)
+    with pytest.raises(ValueError, match="dropout"):
+        tiny_config(hidden_dropout_prob=1.0)
+    with pytest.raises(ValueError, match="positive int"):
+        tiny_config(num_hidden_layers=0)
+
+
+def test_sequence_longer_than_position_table_is_rejected():
+    model = BertForPreTraining(tiny_config(max_position_embeddings=8))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(torch.ones(1, 9, dtype=torch.long))
+
+
+def test_hf_config_dict_round_trips_through_transformers():
+    cfg = tiny_config(hidden_dropout_prob=0.05, pad_token_id=3)
+    d = cfg.to_hf_config_dict()
+    hf_cfg = transformers.BertConfig(**d)
+    for field in dataclasses.fields(cfg):
+        if field.name != "with_nsp_head":
+            assert getattr(hf_cfg, field.name) == getattr(cfg, field.name), field.name
+    assert hf_cfg.hidden_act == "gelu" and hf_cfg.tie_word_embeddings
+    assert d["architectures"] == ["BertForPreTraining"]
+    assert tiny_config(with_nsp_head=False).to_hf_config_dict()["architectures"] == ["BertForMaskedLM"]
+
+
+def test_flops_per_token_follows_reference_formula():
+    cfg = BertConfig(vocab_size=30522, **PRESETS["base"])
+    h, L, V, s = 768, 12, 30522, 128
+    body = 72 * h**2 * L + 12 * s * h * L
+    head = 6 * h**2 + 6 * h * V
+    assert flops_per_token(cfg, s) == body + head == 667_948_032
+    assert flops_per_token(cfg, s, sparse_fraction=0.15) == pytest.approx(body + 0.15 * head)
+    # REFERENCE.md section 3 rounds these to 668 and 545 MFLOP/token.
+    assert round(flops_per_token(cfg, s) / 1e6) == 668
+    assert round(flops_per_token(cfg, s, sparse_fraction=0.15) / 1e6) == 545
+    # Sparse head saves about 18% at base/128, as the reference says.
+    assert 1 - flops_per_token(cfg, s, 0.15) / flops_per_token(cfg, s) == pytest.approx(0.18, abs=0.01)
+    with pytest.raises(ValueError):
+        flops_per_token(cfg, s, sparse_fraction=1.5)

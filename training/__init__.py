@@ -1,0 +1,1 @@
+"""Pre-training of BERT-style encoders: the model (`training.model`) and, around it, the DeepSpeed trainer."""

@@ -1,0 +1,499 @@
+"""BERT for pre-training (masked LM + optional next-sentence head), in plain torch.
+
+One config dataclass in, one module out. Parameter names are those of Hugging Face
+transformers' `BertForPreTraining` (or `BertForMaskedLM` when there is no NSP head), so a
+state_dict moves between the two with `strict=True` in both directions and a checkpoint can be
+exported for the transformers ecosystem with `BertConfig.to_hf_config_dict()`. That is also why
+a few attributes are spelled `LayerNorm`, and why one attention submodule is called `self`.
+
+Shape legend in comments: B batch, T sequence length, H hidden size, nh heads, hs head size,
+I intermediate size, V vocabulary size, P masked-position slots per sequence, N predicted tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+"""Label value that marks a position without a target (same as transformers and torch's default)."""
+
+
+@dataclass
+class BertConfig:
+    """Architecture of a BERT encoder and its pre-training heads."""
+
+    vocab_size: int
+    """Number of WordPiece ids; the tokenizer's vocabulary size."""
+    hidden_size: int
+    """Width H of every hidden state."""
+    num_hidden_layers: int
+    """Number L of transformer layers."""
+    num_attention_heads: int
+    """Attention heads per layer; must divide hidden_size."""
+    intermediate_size: int
+    """Width of the feed-forward block (4H in every published BERT)."""
+    max_position_embeddings: int = 512
+    """Longest sequence the learned position table covers."""
+    type_vocab_size: int = 2
+    """Number of segment ids (0 = sentence A, 1 = sentence B)."""
+    hidden_dropout_prob: float = 0.1
+    """Dropout on embeddings and on each residual branch."""
+    attention_probs_dropout_prob: float = 0.1
+    """Dropout on attention probabilities (inside scaled_dot_product_attention)."""
+    layer_norm_eps: float = 1e-12
+    """LayerNorm epsilon, BERT's 1e-12."""
+    initializer_range: float = 0.02
+    """Std of the normal init of every weight matrix and embedding."""
+    pad_token_id: int = 0
+    """Id of [PAD]; its input embedding starts at zero and gets no gradient from the input side."""
+    with_nsp_head: bool = True
+    """Build the pooler and the 2-way sentence head (NSP or SOP); False for objective "none"."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not self.layer_norm_eps > 0 or not self.initializer_range > 0:
+            raise ValueError("layer_norm_eps and initializer_range must be positive")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id {self.pad_token_id} is outside the vocabulary "
+                             f"of {self.vocab_size}")
+
+    @property
+    def head_size(self) -> int:
+        """Width hs of one attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+    def to_hf_config_dict(self) -> dict:
+        """The same architecture as a transformers `BertConfig` dict (what `config.json` holds).
+
+        `transformers.BertConfig(**d)` then builds a model whose state_dict has exactly our keys:
+        `BertForPreTraining` with the NSP head, `BertForMaskedLM` without it.
+        """
+        return {
+            "model_type": "bert",
+            "architectures": ["BertForPreTraining" if self.with_nsp_head else "BertForMaskedLM"],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": "gelu",  # exact (erf) GELU in transformers, as here
+            "hidden_dropout_prob": self.hidden_dropout_prob,
+            "attention_probs_dropout_prob": self.attention_probs_dropout_prob,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "initializer_range": self.initializer_range,
+            "layer_norm_eps": self.layer_norm_eps,
+            "pad_token_id": self.pad_token_id,
+            "tie_word_embeddings": True,
+        }
+
+
+def _grid_shape(layers: int, hidden: int) -> dict:
+    """Google's small-BERT rule: 64-wide heads, feed-forward 4H."""
+    return {"num_hidden_layers": layers, "hidden_size": hidden,
+            "num_attention_heads": hidden // 64, "intermediate_size": 4 * hidden}
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": _grid_shape(2, 128),
+    "mini": _grid_shape(4, 256),
+    "small": _grid_shape(4, 512),
+    "medium": _grid_shape(8, 512),
+    "base": _grid_shape(12, 768),
+    "large": _grid_shape(24, 1024),
+}
+"""Architecture fields of the published BERT sizes; use as `BertConfig(vocab_size=V, **PRESETS[name])`."""
+
+
+def flops_per_token(cfg: BertConfig, seq_len: int, sparse_fraction: float | None = None) -> float:
+    """Training FLOPs (forward + backward) per token, after shared/REFERENCE.md section 3.
+
+    REFERENCE's formula is 72·h²·L (dense layers) + 12·s·h·L (attention scores and mixing)
+    + 6h² + 6hV for the MLM head on the tokens it runs on. The first term is 6 FLOPs per
+    weight per token over the 4h² + 2·h·I weights of a layer; it is written here in that form,
+    which equals 72·h²·L whenever I = 4h (every preset). Embeddings, pooler, NSP head, norms
+    and softmax are left out, as in the reference.
+
+    sparse_fraction: None runs the head on every token; otherwise the fraction of tokens it runs
+    on (masked positions only), e.g. 0.15. BERT-Base at s=128 gives 667.9 MFLOP/token dense and
+    545.4 with 15% (REFERENCE's 668 and 545).
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    fraction = 1.0 if sparse_fraction is None else float(sparse_fraction)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"sparse_fraction must be in [0, 1], got {sparse_fraction}")
+    h, L, I, V = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
+    dense_layers = 6.0 * (4 * h * h + 2 * h * I) * L
+    attention = 12.0 * seq_len * h * L
+    mlm_head = 6.0 * h * h + 6.0 * h * V
+    return dense_layers + attention + fraction * mlm_head
+
+
+@dataclass
+class PreTrainingOutput:
+    """What one forward pass returns. Losses and counts are None when their labels were not given.
+
+    Counts are 0-d long tensors (left on the device, no sync) so a trainer can sum them across
+    steps and ranks and take accuracy = correct / count.
+    """
+
+    loss: torch.Tensor | None
+    """mlm_loss + nsp_loss (whichever were computed), a scalar."""
+    mlm_loss: torch.Tensor | None
+    """Cross-entropy averaged over predicted tokens."""
+    nsp_loss: torch.Tensor | None
+    """Cross-entropy of the sentence head averaged over the batch."""
+    mlm_logits: torch.Tensor
+    """(B, T, V) on the dense path; (N, V) on the sparse path, one row per predicted token."""
+    nsp_logits: torch.Tensor | None
+    """(B, 2), None without an NSP head."""
+    mlm_correct: torch.Tensor | None
+    """Predicted tokens whose argmax is the label."""
+    mlm_count: torch.Tensor | None
+    """Predicted tokens (labels other than -100)."""
+    nsp_correct: torch.Tensor | None
+    """Sequences whose sentence-head argmax is the label."""
+    nsp_count: torch.Tensor | None
+    """Sequences with a sentence label."""
+
+
+class BertEmbeddings(nn.Module):
+    """Word + segment + learned position embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        if T > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
+        positions = torch.arange(T, device=input_ids.device)  # (T,); no buffer, so nothing to checkpoint
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, T, H)
+        x = x + self.position_embeddings(positions)  # (T, H) broadcast over B
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Bidirectional multi-head attention through torch's scaled_dot_product_attention."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dropout_p = cfg.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """x (B, T, H); keep (B, 1, 1, T) bool, True for keys that may be attended, or None."""
+        B, T, H = x.shape
+        q = self.query(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.key(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+        v = self.value(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+        bias = None
+        if keep is not None:
+            # Additive rather than boolean: a row of only padding then averages instead of
+            # producing NaN. Built in q's dtype because SDPA wants them to match under autocast.
+            bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(~keep, torch.finfo(q.dtype).min)  # (B, 1, 1, T)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, T, hs)
+        return y.transpose(1, 2).reshape(B, T, H)
+
+
+class BertResidualOutput(nn.Module):
+    """Projection back to H, dropout, residual add, LayerNorm (post-norm, as in BERT)."""
+
+    def __init__(self, in_features: int, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(in_features, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(branch)) + residual)  # (B, T, H)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(cfg)  # the name transformers uses, hence `attention.self.query`
+        self.output = BertResidualOutput(cfg.hidden_size, cfg)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(x, keep), x)  # (B, T, H)
+
+
+class BertIntermediate(nn.Module):
+    """First feed-forward projection, H -> I, with exact (erf) GELU."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))  # (B, T, I)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(cfg)
+        self.intermediate = BertIntermediate(cfg)
+        self.output = BertResidualOutput(cfg.intermediate_size, cfg)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention(x, keep)  # (B, T, H)
+        return self.output(self.intermediate(x), x)  # (B, T, H)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, keep)
+        return x  # (B, T, H)
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(hidden state of [CLS])), the input of the sentence head."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
+
+
+class BertModel(nn.Module):
+    """The encoder: token ids to contextual hidden states. The pooler is built but not applied here."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = BertEncoder(cfg)
+        # Without a sentence head the pooler would get no gradient (DDP rejects unused
+        # parameters); transformers' BertForMaskedLM leaves it out for the same layout.
+        self.pooler = BertPooler(cfg) if cfg.with_nsp_head else None
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids, token_type_ids, attention_mask (B, T); mask 1 for real tokens, 0 for padding."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        return self.encoder(self.embeddings(input_ids, token_type_ids), keep)  # (B, T, H)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.gelu(self.dense(x)))  # (..., H)
+
+
+class BertLMPredictionHead(nn.Module):
+    """Transform, then scores over the vocabulary with the word-embedding matrix (tied) plus a bias."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(cfg)
+        self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        # One bias parameter under both names transformers' state_dict carries
+        # (`cls.predictions.bias` and `cls.predictions.decoder.bias`, tied there too).
+        self.bias = self.decoder.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(x))  # (..., V)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(cfg)
+        self.seq_relationship = nn.Linear(cfg.hidden_size, 2) if cfg.with_nsp_head else None
+
+
+class BertForPreTraining(nn.Module):
+    """BERT encoder with the masked-LM head and, if configured, the next-sentence (or SOP) head."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.config = cfg
+        self.bert = BertModel(cfg)
+        self.cls = BertPreTrainingHeads(cfg)
+        self.apply(self._init_weights)
+        self.tie_weights()
+        self.register_load_state_dict_pre_hook(_accept_transformers_layouts)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def tie_weights(self) -> None:
+        """Make the MLM decoder use the word-embedding matrix. Call again after `to_empty()`,
+        which gives each module its own fresh tensors."""
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+        self.cls.predictions.bias = self.cls.predictions.decoder.bias
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        masked_lm_positions: torch.Tensor | None = None,
+        masked_lm_labels: torch.Tensor | None = None,
+        next_sentence_label: torch.Tensor | None = None,
+        dense_mlm_labels: torch.Tensor | None = None,
+    ) -> PreTrainingOutput:
+        """Run the encoder and heads; compute losses for whichever labels are given.
+
+        input_ids, token_type_ids, attention_mask: (B, T) long; token types default to 0 and a
+            missing mask means no padding.
+        masked_lm_positions: (B, P) long, positions to predict (sparse head). Slots whose label is
+            -100 are padding and are dropped before the head, so the H x V projection runs on the
+            N real masked tokens only.
+        masked_lm_labels: (B, P) long, the original token ids at those positions, -100 for padding.
+        next_sentence_label: (B,) long, 0 = B follows A, 1 = random (or swapped, for SOP).
+        dense_mlm_labels: (B, T) long, -100 where there is nothing to predict; the head then runs
+            on every position (transformers' layout). Not together with masked_lm_positions.
+        """
+        if masked_lm_positions is not None and dense_mlm_labels is not None:
+            raise ValueError("give masked_lm_positions (sparse head) or dense_mlm_labels, not both")
+        if masked_lm_labels is not None and masked_lm_positions is None:
+            raise ValueError("masked_lm_labels needs masked_lm_positions")
+        if next_sentence_label is not None and self.cls.seq_relationship is None:
+            raise ValueError("next_sentence_label given but the model has no NSP head")
+
+        hidden = self.bert(input_ids, token_type_ids, attention_mask)  # (B, T, H)
+
+        if masked_lm_positions is not None:
+            rows, mlm_labels = _gather_predicted(hidden, masked_lm_positions, masked_lm_labels)  # (N, H), (N,)
+            mlm_logits = self.cls.predictions(rows)  # (N, V)
+        else:
+            mlm_logits = self.cls.predictions(hidden)  # (B, T, V)
+            mlm_labels = dense_mlm_labels  # (B, T) or None
+
+        nsp_logits = None
+        if self.cls.seq_relationship is not None:
+            nsp_logits = self.cls.seq_relationship(self.bert.pooler(hidden))  # (B, 2)
+
+        mlm_loss = mlm_correct = mlm_count = None
+        if mlm_labels is not None:
+            mlm_loss, mlm_correct, mlm_count = _cross_entropy_and_hits(mlm_logits, mlm_labels)
+        nsp_loss = nsp_correct = nsp_count = None
+        if next_sentence_label is not None:
+            nsp_loss, nsp_correct, nsp_count = _cross_entropy_and_hits(nsp_logits, next_sentence_label)
+
+        losses = [part for part in (mlm_loss, nsp_loss) if part is not None]
+        return PreTrainingOutput(
+            loss=sum(losses[1:], losses[0]) if losses else None,
+            mlm_loss=mlm_loss, nsp_loss=nsp_loss,
+            mlm_logits=mlm_logits, nsp_logits=nsp_logits,
+            mlm_correct=mlm_correct, mlm_count=mlm_count,
+            nsp_correct=nsp_correct, nsp_count=nsp_count,
+        )
+
+
+def _gather_predicted(hidden: torch.Tensor, positions: torch.Tensor,
+                      labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hidden states at the masked positions, padding slots (label -100) removed.
+
+    hidden (B, T, H); positions and labels (B, P). Returns rows (N, H) and labels (N,), in
+    row-major (b, p) order; without labels every slot is kept (N = B*P).
+    """
+    B, T, H = hidden.shape
+    if positions.dim() != 2 or positions.shape[0] != B:
+        raise ValueError(f"masked_lm_positions must be (B, P) with B={B}, got {tuple(positions.shape)}")
+    offsets = T * torch.arange(B, device=positions.device)[:, None]  # (B, 1)
+    flat = (positions + offsets).reshape(-1)  # (B*P,) row indices into (B*T, H)
+    if labels is not None:
+        if labels.shape != positions.shape:
+            raise ValueError(f"masked_lm_labels {tuple(labels.shape)} must match "
+                             f"masked_lm_positions {tuple(positions.shape)}")
+        labels = labels.reshape(-1)  # (B*P,)
+        real = labels != IGNORE_INDEX
+        # Boolean selection has a data-dependent size (one host sync on GPU); it is what lets
+        # the vocabulary projection skip the padding slots.
+        flat, labels = flat[real], labels[real]  # (N,)
+    return hidden.reshape(B * T, H).index_select(0, flat), labels
+
+
+def _cross_entropy_and_hits(logits: torch.Tensor, labels: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over labels other than -100, plus (correct, count) as long tensors.
+
+    logits (..., C), labels (...). The loss is taken in fp32. Divided by max(count, 1): a batch
+    with nothing to predict gives loss 0 rather than NaN.
+    """
+    logits = logits.reshape(-1, logits.shape[-1])  # (M, C)
+    labels = labels.reshape(-1)  # (M,)
+    valid = labels != IGNORE_INDEX
+    count = valid.sum()
+    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = loss / count.clamp(min=1)
+    with torch.no_grad():
+        correct = ((logits.argmax(dim=-1) == labels) & valid).sum()
+    return loss, correct, count
+
+
+_TRANSFORMERS_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
+"""Buffers some transformers versions saved in state_dicts; this model has none to load them into."""
+
+_TIED_ALIASES = (
+    ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+    ("cls.predictions.decoder.bias", "cls.predictions.bias"),
+    ("cls.predictions.bias", "cls.predictions.decoder.bias"),
+)
+"""(key, key it shares its tensor with): a file may store only one of a tied pair."""
+
+
+def _accept_transformers_layouts(module, state_dict, prefix, local_metadata, strict,
+                                 missing_keys, unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook: drop transformers' persisted position/type-id buffers and fill in
+    tied keys a file left out (save_pretrained and safetensors store a shared tensor once), so
+    `strict=True` loads any of those layouts."""
+    for key in _TRANSFORMERS_BUFFERS:
+        state_dict.pop(prefix + key, None)
+    for alias, source in _TIED_ALIASES:
+        if prefix + alias not in state_dict and prefix + source in state_dict:
+            state_dict[prefix + alias] = state_dict[prefix + source]
