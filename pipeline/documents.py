@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pipeline.cleaning import clean_text
 from pipeline.config import CleaningConfig
-from pipeline.records import RawDocument, RejectAction, RejectReason, Rejection
+from pipeline.records import RawDocument, RejectReason, Rejection
 from pipeline.seeding import stable_id, unit_interval
 from pipeline.sentences import paragraphs_of, split_sentences
 
@@ -36,17 +35,10 @@ def split_of(doc_id: int, eval_fraction: float) -> str:
 
 
 def prepare_document(raw: RawDocument, cfg: CleaningConfig) -> tuple[Document | None, list[Rejection]]:
-    """Clean, split into sentences and filter one document. Returns (document or None, rejections)."""
+    """Split into sentences and filter one document (the readers already cleaned its text and
+    reported repairs and empty documents). Returns (document or None, rejections)."""
     rejections: list[Rejection] = []
-    cleaned = clean_text(raw.text)
-    if cleaned.removed_control_chars:
-        rejections.append(Rejection(raw.source, raw.record_id, RejectReason.CONTROL_CHARACTERS,
-                                    f"removed {cleaned.removed_control_chars} control characters; document kept",
-                                    RejectAction.REPAIRED))
-    text = cleaned.text.strip()
-    if not text:
-        rejections.append(Rejection(raw.source, raw.record_id, RejectReason.EMPTY, "no text after cleaning"))
-        return None, rejections
+    text = raw.text.strip()
     if raw.presplit:
         sentences = [s.strip() for s in text.split("\n") if s.strip()]
     else:

@@ -44,10 +44,9 @@ class RejectAction(str, enum.Enum):
 
 @dataclass(frozen=True)
 class RawDocument:
-    """One document as read from a source, before cleaning.
+    """One document as a reader emits it: markup removed and text cleaned (``clean_text``).
 
-    ``text`` is plain prose: paragraphs separated by a blank line ("\\n\\n"),
-    markup already removed. For ``BERT_LINES`` input each line is one sentence
+    ``text`` is plain prose: paragraphs separated by a blank line ("\\n\\n"). For ``BERT_LINES`` input each line is one sentence
     and ``presplit`` is True (the job then keeps the user's sentence boundaries).
     """
 

@@ -104,14 +104,18 @@ def train_wordpiece(word_counts: Mapping[str, int], vocab_size: int, special_tok
                 else:
                     merged.append(old[i])
                     i += 1
+            if len(merged) == len(old):
+                continue  # an earlier merge already removed the pair from this word
+            # Only the pairs around the merge sites change; the multiset difference finds them.
+            delta = Counter(zip(merged, merged[1:]))
+            delta.subtract(zip(old, old[1:]))
             c = counts[wi]
-            for p in zip(old, old[1:]):
-                pair_counts[p] -= c
-                changed.add(p)
-            for p in zip(merged, merged[1:]):
-                pair_counts[p] += c
-                where[p].add(wi)
-                changed.add(p)
+            for p, d in delta.items():
+                if d:
+                    pair_counts[p] += d * c
+                    changed.add(p)
+                    if d > 0:
+                        where[p].add(wi)
             symbols[wi] = merged
         pair_counts.pop(pair, None)
         for p in changed:

@@ -35,7 +35,10 @@ def test_trained_vocabulary_has_bert_special_tokens_first(vocab_and_case):
 def test_equals_bert_tokenizer_fast(vocab_and_case, sample_paragraphs, tmp_path):
     vocab, lowercase = vocab_and_case
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    reference = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=lowercase)
+    # Loaded from a directory holding vocab.txt, as users load it (transformers 5's constructor
+    # takes `vocab=`, and silently ignores the older `vocab_file=`).
+    reference = BertTokenizerFast.from_pretrained(str(tmp_path), do_lower_case=lowercase)
+    assert len(reference) == len(vocab)
     ours = build_tokenizer(vocab, lowercase)
     texts = TEXTS + sample_paragraphs[:300]
     expected = [reference(t, add_special_tokens=False)["input_ids"] for t in texts]
