@@ -4,30 +4,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from pipeline import contract
+from pipeline.seeding import mix64
 from pipeline.shard_sink import JsonLinesFormat, ShardFormat, arrow_file_bytes
 
 
 class ExampleFormat(ShardFormat):
-    """PretrainingExample rows under the contract's schema, ``rows_per_batch`` per record batch."""
+    """Chunks are record batches of examples under the contract's schema (many pools feed one
+    shard). The shard is their rows shuffled by a seeded hash of ``example_id``, written
+    ``rows_per_batch`` rows per record batch."""
 
     suffix = contract.SHARD_SUFFIX
 
-    def __init__(self, schema: pa.Schema, rows_per_batch: int):
-        self.schema, self.rows_per_batch = schema, rows_per_batch
+    def __init__(self, schema: pa.Schema, rows_per_batch: int, seed: int):
+        self.schema, self.rows_per_batch, self.seed = schema, rows_per_batch, seed
 
-    def key(self, example) -> int:
-        return example.example_id
-
-    def size(self, example) -> int:
-        return len(example.input_ids)
-
-    def encode(self, examples):
-        n = self.rows_per_batch
-        batches = [contract.to_record_batch(examples[i:i + n], self.schema) for i in range(0, len(examples), n)]
-        return arrow_file_bytes(batches, self.schema), sum(len(e.input_ids) for e in examples)
+    def encode(self, chunks):
+        table = pa.Table.from_batches(list(chunks), schema=self.schema)
+        ids = table.column(contract.EXAMPLE_ID).to_numpy()
+        table = table.take(np.argsort(mix64(ids, self.seed), kind="stable")).combine_chunks()
+        tokens = int(pa.compute.sum(pa.compute.list_value_length(table.column(contract.INPUT_IDS))).as_py() or 0)
+        batches = table.to_batches(max_chunksize=self.rows_per_batch)
+        return arrow_file_bytes(batches, self.schema), table.num_rows, tokens
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,11 @@ DOCUMENT_SCHEMA = pa.schema([
 class DocumentFormat(ShardFormat):
     suffix = contract.SHARD_SUFFIX
 
-    def key(self, record: DocumentRecord) -> int:
-        return record.doc_id
-
-    def encode(self, records):
+    def encode(self, chunks):
+        records = sorted(chunks, key=lambda r: r.doc_id)
         columns = {name: [getattr(r, name) for r in records] for name in DOCUMENT_SCHEMA.names}
         batch = pa.RecordBatch.from_pydict(columns, schema=DOCUMENT_SCHEMA)
-        return arrow_file_bytes([batch], DOCUMENT_SCHEMA), sum(r.tokens for r in records)
+        return arrow_file_bytes([batch], DOCUMENT_SCHEMA), len(records), sum(r.tokens for r in records)
 
 
 __all__ = ["ExampleFormat", "DocumentFormat", "DocumentRecord", "JsonLinesFormat", "DOCUMENT_SCHEMA"]

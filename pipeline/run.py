@@ -16,7 +16,8 @@ from pipeline import contract
 from pipeline.config import PipelineConfig, RunnerConfig
 from pipeline.contract import MaskingSpec, ShardManifest, SpecialTokens
 from pipeline.formats import DocumentFormat, ExampleFormat, JsonLinesFormat
-from pipeline.shard_sink import WriteShardedFiles, commit, complete_shards, write_text
+from pipeline.seeding import derive_seed
+from pipeline.shard_sink import ShardRecords, WriteShards, commit, complete_shards, write_text
 from pipeline.stats import STATS_TAG, SumCounts, format_summary, nest
 from pipeline.tokenization import is_uncased
 from pipeline.transforms import (REJECTS_TAG, CreateExamples, PrepareDocuments, ReadSources, TokenizeDocuments,
@@ -99,13 +100,13 @@ class _Finalize(beam.DoFn):
     """Runs once, after every shard is written: commit temporaries, write vocab.txt, then the
     manifest last (its presence marks a complete output)."""
 
-    def __init__(self, cfg: PipelineConfig, config_dict: dict, temp_dir: str, schema):
-        self.cfg, self.config_dict, self.temp_dir, self.schema = cfg, config_dict, temp_dir, schema
+    def __init__(self, cfg: PipelineConfig, config_dict: dict, temp_dir: str, example_format: ExampleFormat):
+        self.cfg, self.config_dict, self.temp_dir, self.example_format = cfg, config_dict, temp_dir, example_format
 
     def process(self, _, examples, documents, rejects, vocab: VocabInfo, stats: dict):
         cfg, out = self.cfg, self.cfg.output_dir
-        infos = commit(complete_shards(ExampleFormat(self.schema, cfg.output.rows_per_batch), self.temp_dir, examples,
-                                       ["train"]), out, contract.SHARD_SUFFIX)
+        infos = commit(complete_shards(self.example_format, self.temp_dir, examples, ["train"]), out,
+                       contract.SHARD_SUFFIX)
         commit(complete_shards(DocumentFormat(), self.temp_dir, documents, ["documents"]), out, contract.SHARD_SUFFIX)
         commit(complete_shards(JsonLinesFormat(), self.temp_dir, rejects, ["rejects"]), out, ".jsonl")
         write_text(FileSystems.join(out, contract.VOCAB_FILE), "\n".join(vocab.tokens) + "\n")
@@ -137,31 +138,34 @@ def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: 
     else:
         vocab = split_docs | "TrainVocabulary" >> TrainVocabulary(cfg.tokenizer)
 
-    tokenized = split_docs | "Tokenize" >> TokenizeDocuments(vocab)
-    made = tokenized.tokenized | "CreateExamples" >> CreateExamples(cfg.instances, cfg.masking, cfg.seed, vocab)
-    rejects.append(made[REJECTS_TAG])
-    stats += [tokenized[STATS_TAG], made[STATS_TAG]]
-
     # The id type follows the vocabulary size, known before the job only for a given vocabulary;
     # a trained one never exceeds tokenizer.vocab_size, so that bound picks the type.
     vocab_size = len(fixed_vocab.tokens) if fixed_vocab else cfg.tokenizer.vocab_size
     schema = contract.example_schema(vocab_size, cfg.instances.objective, cfg.masking.mode)
-    o = cfg.output
-    written_examples = made.examples | "WriteExamples" >> WriteShardedFiles(
-        ExampleFormat(schema, o.rows_per_batch), temp_dir, cfg.seed,
-        o.target_shard_tokens, o.num_shards)
-    written_docs = (tokenized.documents
-                    | "NameDocuments" >> beam.Map(lambda d: ("documents", d))
-                    | "WriteDocuments" >> WriteShardedFiles(DocumentFormat(), temp_dir, cfg.seed, ROWS_PER_SIDE_SHARD))
-    written_rejects = (rejects
-                       | "AllRejects" >> beam.Flatten()
-                       | "RejectsAsJson" >> beam.Map(lambda r: ("rejects", r.to_json_dict()))
-                       | "WriteRejects" >> WriteShardedFiles(JsonLinesFormat(), temp_dir, cfg.seed, ROWS_PER_SIDE_SHARD))
+    example_format = ExampleFormat(schema, cfg.output.rows_per_batch, cfg.seed)
+
+    tokenized = split_docs | "Tokenize" >> TokenizeDocuments(vocab)
+    create = CreateExamples(cfg.instances, cfg.masking, cfg.output, cfg.seed, vocab, schema)
+    made = tokenized.tokenized | "CreateExamples" >> create
+    rejects.append(made[REJECTS_TAG])
+    stats += [tokenized[STATS_TAG], made[STATS_TAG]]
+
+    written_examples = made.examples | "WriteExamples" >> WriteShards(example_format, temp_dir, create.shard_counts)
+    doc_keyed, doc_counts = (tokenized.documents
+                             | "NameDocuments" >> beam.Map(lambda d: ("documents", d))
+                             | "ShardDocuments" >> ShardRecords(cfg.seed, lambda d: d.doc_id, ROWS_PER_SIDE_SHARD))
+    written_docs = doc_keyed | "WriteDocuments" >> WriteShards(DocumentFormat(), temp_dir, doc_counts)
+    reject_keyed, reject_counts = (rejects
+                                   | "AllRejects" >> beam.Flatten()
+                                   | "RejectsAsJson" >> beam.Map(lambda r: ("rejects", r.to_json_dict()))
+                                   | "ShardRejects" >> ShardRecords(cfg.seed, lambda r: derive_seed(
+                                       json.dumps(r, sort_keys=True)), ROWS_PER_SIDE_SHARD))
+    written_rejects = reject_keyed | "WriteRejects" >> WriteShards(JsonLinesFormat(), temp_dir, reject_counts)
     totals = stats | "AllStats" >> beam.Flatten() | "SumStats" >> beam.CombineGlobally(SumCounts())
 
     _ = (p
          | "Once" >> beam.Create([None])
-         | "Finalize" >> beam.ParDo(_Finalize(cfg, config_dict, temp_dir, schema),
+         | "Finalize" >> beam.ParDo(_Finalize(cfg, config_dict, temp_dir, example_format),
                                     examples=beam.pvalue.AsList(written_examples),
                                     documents=beam.pvalue.AsList(written_docs),
                                     rejects=beam.pvalue.AsList(written_rejects),

@@ -35,3 +35,13 @@ def stable_id(text: str) -> int:
 def unit_interval(*parts: int | str) -> float:
     """A deterministic number in [0, 1) from the parts (for hash-based splits and sampling)."""
     return derive_seed(*parts) / float(1 << 64)
+
+
+def mix64(values: np.ndarray, seed: int) -> np.ndarray:
+    """(N,) uint64: a seeded, vectorised hash of int64 values (splitmix64's finaliser), for
+    ordering many records at once by a pseudo-random but reproducible key."""
+    with np.errstate(over="ignore"):
+        z = values.astype(np.uint64) ^ np.uint64(derive_seed("mix64", seed))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import io
 import json
 import math
 import posixpath
@@ -25,7 +24,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import contract
-from pipeline.seeding import derive_seed, unit_interval
+from pipeline.seeding import unit_interval
 
 
 @dataclass(frozen=True)
@@ -44,84 +43,77 @@ class WrittenShard:
 
 
 class ShardFormat(abc.ABC):
-    """How one kind of record is keyed, ordered, sized and encoded into a file."""
+    """How one kind of output is encoded into a shard file.
+
+    ``encode`` gets the *chunks* grouped into one shard (in any order: Beam gives no order) and
+    must order their records by something stable, so the bytes depend only on the content."""
 
     suffix: str
 
     @abc.abstractmethod
-    def key(self, record) -> int:
-        """A stable integer identity of the record (decides its shard)."""
-
-    def order(self, record) -> Any:
-        return self.key(record)
-
-    def size(self, record) -> int:
-        """What ``target_per_shard`` is measured in (rows by default)."""
-        return 1
-
-    @abc.abstractmethod
-    def encode(self, records: Sequence) -> tuple[bytes, int]:
-        """File bytes and the token count of the records."""
+    def encode(self, chunks: Sequence) -> tuple[bytes, int, int]:
+        """(file bytes, rows, tokens) of one shard."""
 
 
 def num_shards_for(total_size: int, target_per_shard: int, fixed: int | None) -> int:
     return fixed if fixed else max(1, math.ceil(total_size / target_per_shard))
 
 
-class WriteShardedFiles(beam.PTransform):
-    """(name, record) -> WrittenShard per non-empty shard, written to ``temp_dir``.
+def shard_of(seed: int, key: int, num_shards: int) -> int:
+    """The shard of a record: a seeded hash of its stable key (balanced in expectation)."""
+    return int(unit_interval("shard", seed, key) * num_shards)
 
-    ``target_per_shard`` / ``fixed_shards`` give each name its shard count from the total size of
-    its records; shards are chosen by ``derive_seed(seed, key)`` so they balance statistically.
-    """
 
-    def __init__(self, fmt: ShardFormat, temp_dir: str, seed: int, target_per_shard: int,
-                 fixed_shards: int | None = None):
+class ShardRecords(beam.PTransform):
+    """(name, record) -> ((name, shard), record), for outputs sharded record by record.
+
+    Each name gets ``ceil(total size / target_per_shard)`` shards (``size_of(record)`` rows by
+    default). Returns the keyed records and the {name: num_shards} dict (a singleton PCollection)."""
+
+    def __init__(self, seed: int, key_of, target_per_shard: int, size_of=lambda r: 1):
         super().__init__()
-        self.fmt, self.temp_dir, self.seed = fmt, temp_dir, seed
-        self.target, self.fixed = target_per_shard, fixed_shards
+        self.seed, self.key_of, self.target, self.size_of = seed, key_of, target_per_shard, size_of
 
     def expand(self, named_records):
-        fmt, seed, target, fixed = self.fmt, self.seed, self.target, self.fixed
-        shard_counts = (
-            named_records
-            | "SizeOf" >> beam.Map(lambda nr: (nr[0], fmt.size(nr[1])))
-            | "TotalSize" >> beam.CombinePerKey(sum)
-            | "ToShardCount" >> beam.Map(lambda kv: (kv[0], num_shards_for(kv[1], target, fixed)))
-            | "ToDict" >> beam.combiners.ToDict())
-
-        def assign(nr, counts):
-            name, record = nr
-            n = counts[name]
-            return (name, int(unit_interval("shard", seed, fmt.key(record)) * n)), record
-
-        return (
-            named_records
-            | "AssignShard" >> beam.Map(assign, counts=beam.pvalue.AsSingleton(shard_counts))
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteTemp" >> beam.ParDo(_WriteTempShard(fmt, self.temp_dir, seed),
-                                        counts=beam.pvalue.AsSingleton(shard_counts)))
+        seed, key_of, target, size_of = self.seed, self.key_of, self.target, self.size_of
+        counts = (named_records
+                  | "SizeOf" >> beam.Map(lambda nr: (nr[0], size_of(nr[1])))
+                  | "TotalSize" >> beam.CombinePerKey(sum)
+                  | "ToShardCount" >> beam.Map(lambda kv: (kv[0], num_shards_for(kv[1], target, None)))
+                  | "ToDict" >> beam.combiners.ToDict())
+        keyed = named_records | "AssignShard" >> beam.Map(
+            lambda nr, n: ((nr[0], shard_of(seed, key_of(nr[1]), n[nr[0]])), nr[1]),
+            n=beam.pvalue.AsSingleton(counts))
+        return keyed, counts
 
 
-class _WriteTempShard(beam.DoFn):
-    def __init__(self, fmt: ShardFormat, temp_dir: str, seed: int):
-        self.fmt, self.temp_dir, self.seed = fmt, temp_dir, seed
+class WriteShards(beam.PTransform):
+    """((name, shard), chunk) -> one WrittenShard per non-empty shard, as a temporary file."""
 
-    def process(self, element, counts):
-        (name, index), records = element
-        # Order by a seeded hash of the key: a deterministic shuffle, whatever order records came in.
-        records = sorted(records, key=lambda r: (derive_seed("order", self.seed, self.fmt.key(r)), self.fmt.order(r)))
-        yield write_temp_shard(self.fmt, self.temp_dir, name, index, counts[name], records)
+    def __init__(self, fmt: ShardFormat, temp_dir: str, shard_counts):
+        super().__init__()
+        self.fmt, self.temp_dir, self.shard_counts = fmt, temp_dir, shard_counts
+
+    def expand(self, keyed_chunks):
+        fmt, temp_dir = self.fmt, self.temp_dir
+
+        def write(element, counts):
+            (name, index), chunks = element
+            return write_temp_shard(fmt, temp_dir, name, index, counts[name], list(chunks))
+
+        return (keyed_chunks
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteTemp" >> beam.Map(write, counts=beam.pvalue.AsSingleton(self.shard_counts)))
 
 
 def write_temp_shard(fmt: ShardFormat, temp_dir: str, name: str, index: int, num_shards: int,
-                     records: Sequence) -> WrittenShard:
-    data, tokens = fmt.encode(records)
+                     chunks: Sequence) -> WrittenShard:
+    data, rows, tokens = fmt.encode(chunks)
     # A unique name per attempt: a retried bundle never collides with (or half-overwrites) another.
     path = posixpath.join(temp_dir, f"{name}-{index:05d}-of-{num_shards:05d}-{uuid.uuid4().hex}{fmt.suffix}")
     with FileSystems.create(path) as f:
         f.write(data)
-    return WrittenShard(name, index, num_shards, path, len(records), tokens,
+    return WrittenShard(name, index, num_shards, path, rows, tokens,
                         hashlib.sha256(data).hexdigest(), len(data))
 
 
@@ -175,19 +167,10 @@ def arrow_file_bytes(batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> by
 
 
 class JsonLinesFormat(ShardFormat):
-    """Records are JSON-serialisable dicts (rejects)."""
+    """Chunks are single JSON-serialisable dicts (rejects), written sorted."""
 
     suffix = ".jsonl"
 
-    def key(self, record) -> int:
-        return derive_seed(json.dumps(record, sort_keys=True))
-
-    def order(self, record):
-        return json.dumps(record, sort_keys=True)
-
-    def encode(self, records):
-        buf = io.StringIO()
-        for r in records:
-            buf.write(json.dumps(r, sort_keys=True, ensure_ascii=False))
-            buf.write("\n")
-        return buf.getvalue().encode("utf-8"), 0
+    def encode(self, chunks):
+        lines = sorted(json.dumps(r, sort_keys=True, ensure_ascii=False) for r in chunks)
+        return "".join(line + "\n" for line in lines).encode("utf-8"), len(lines), 0

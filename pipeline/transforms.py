@@ -10,13 +10,16 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.config import CleaningConfig, InstancesConfig, MaskingConfig, SourceConfig, TokenizerConfig
+from pipeline import contract
+from pipeline.config import (CleaningConfig, InstancesConfig, MaskingConfig, OutputConfig, SourceConfig,
+                             TokenizerConfig)
 from pipeline.documents import Document, prepare_document, split_of
 from pipeline.formats import DocumentRecord
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
 from pipeline.masking import MaskingParams
 from pipeline.records import RawDocument, RejectReason, Rejection
 from pipeline.seeding import unit_interval
+from pipeline.shard_sink import num_shards_for, shard_of
 from pipeline.sources import read_source
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
 from pipeline.tokenization import SPECIAL_TOKENS, build_tokenizer, encode_sentences, masking_vocabulary, vocab_sha256
@@ -210,65 +213,84 @@ class TokenizeDocuments(beam.PTransform):
 # --- examples ---------------------------------------------------------------------------------
 
 class _ExamplesOfPool(CountingDoFn):
-    """((split, pool), [(TokenizedDocument, source, record_id)...]) -> (split, PretrainingExample).
+    """((split, pool), [(TokenizedDocument, source, record_id)...]) -> ((split, shard), RecordBatch).
 
     A pool is the unit of NSP negative sampling: B of a random pair comes from another document
     of the same pool. Documents are sorted by id so the pool's content and order, and hence every
-    draw, do not depend on arrival order."""
+    draw, do not depend on arrival order. Examples leave as one Arrow record batch per shard and
+    pass (not one element per example), which keeps Beam's per-element cost off the hot path."""
 
-    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int):
+    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, schema):
         self.params = InstanceParams(instances.max_seq_length, instances.short_seq_prob, instances.objective)
         self.masking = (MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
                         if masking.mode == "static" else None)
-        self.passes, self.seed = masking.dupe_factor, seed
+        self.passes, self.seed, self.schema = masking.dupe_factor, seed, schema
 
     def setup(self):
         self._vocab, self._sha = None, None
 
-    def process(self, element, vocab: VocabInfo):
+    def process(self, element, vocab: VocabInfo, shards: dict):
         if self._sha != vocab.sha256:
             self._vocab, self._sha = masking_vocabulary(vocab.tokens), vocab.sha256
         (split, _), members = element
         members = sorted(members, key=lambda m: m[0].doc_id)
         pool = [m[0] for m in members]
         produced = [0] * len(pool)
+        n_shards = shards[split]
         for pass_index in range(self.passes):
+            by_shard: dict[int, list] = {}
             for i in range(len(pool)):
                 for ex in examples_for_document(pool, i, pass_index, self.seed, self.params, self.masking,
                                                 self._vocab):
                     produced[i] += 1
-                    self.count(f"examples/{split}")
-                    self.count(f"example_tokens/{split}", len(ex.input_ids))
-                    self.count(f"masked_positions/{split}", len(ex.masked_lm_positions))
-                    if ex.next_sentence_label == 1:
-                        self.count(f"sentence_pair_negatives/{split}")
-                    yield split, ex
+                    by_shard.setdefault(shard_of(self.seed, ex.example_id, n_shards), []).append(ex)
+            for shard, examples in sorted(by_shard.items()):
+                self._count_examples(split, examples)
+                yield (split, shard), contract.to_record_batch(examples, self.schema)
         for (doc, source, record_id), n in zip(members, produced):
             if n == 0:
                 yield _reject(self, Rejection(source, record_id, RejectReason.NO_INSTANCES,
                                               f"{len(doc.ids)} tokens in {doc.num_sentences} sentences "
                                               f"gave no example in {self.passes} passes"))
 
+    def _count_examples(self, split, examples):
+        self.count(f"examples/{split}", len(examples))
+        self.count(f"example_tokens/{split}", sum(len(e.input_ids) for e in examples))
+        self.count(f"masked_positions/{split}", sum(len(e.masked_lm_positions) for e in examples))
+        self.count(f"sentence_pair_negatives/{split}", sum(e.next_sentence_label == 1 for e in examples))
+
 
 class CreateExamples(beam.PTransform):
-    """(split, tokenized document) -> (split, PretrainingExample), grouped into pools.
+    """(split, tokenized document) -> ((split, shard), RecordBatch of examples), grouped into pools.
 
     How documents are grouped: each split's documents are hashed by (seed, doc id) into
     ``round(n / pool_size)`` pools of about ``pool_size`` documents. A worker holds one pool at a
     time, so memory is bounded by the pool size, not the corpus; negatives are drawn from a pool
     of thousands of unrelated documents, which matches the original's corpus-wide draw in
-    distribution (and never from the same document, unlike the original's fallback)."""
+    distribution (and never from the same document, unlike the original's fallback).
 
-    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, vocab):
+    Shards per split follow the split's tokens x passes (``output.target_shard_tokens``) unless
+    ``output.num_shards`` is set; ``self.shard_counts`` holds {split: shards} after expansion."""
+
+    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, output: OutputConfig, seed: int,
+                 vocab, schema):
         super().__init__()
-        self.instances, self.masking, self.seed, self.vocab = instances, masking, seed, vocab
+        self.instances, self.masking, self.output, self.seed = instances, masking, output, seed
+        self.vocab, self.schema = vocab, schema
+        self.shard_counts = None
 
     def expand(self, tokenized):
-        pool_size, seed = self.instances.pool_size, self.seed
+        pool_size, seed, out, passes = self.instances.pool_size, self.seed, self.output, self.masking.dupe_factor
         pools_per_split = (tokenized
                            | "CountDocs" >> beam.combiners.Count.PerKey()
                            | "PoolCount" >> beam.Map(lambda kv: (kv[0], max(1, round(kv[1] / pool_size))))
-                           | "ToDict" >> beam.combiners.ToDict())
+                           | "PoolsToDict" >> beam.combiners.ToDict())
+        self.shard_counts = (tokenized
+                             | "DocTokens" >> beam.Map(lambda sm: (sm[0], len(sm[1][0].ids)))
+                             | "SumTokens" >> beam.CombinePerKey(sum)
+                             | "ShardCount" >> beam.Map(lambda kv: (kv[0], num_shards_for(
+                                 kv[1] * passes, out.target_shard_tokens, out.num_shards)))
+                             | "ShardsToDict" >> beam.combiners.ToDict())
 
         def assign_pool(element, pools):
             split, member = element
@@ -277,6 +299,7 @@ class CreateExamples(beam.PTransform):
         return (tokenized
                 | "AssignPool" >> beam.Map(assign_pool, pools=beam.pvalue.AsSingleton(pools_per_split))
                 | "GroupPools" >> beam.GroupByKey()
-                | "Examples" >> beam.ParDo(_ExamplesOfPool(self.instances, self.masking, seed),
-                                           vocab=beam.pvalue.AsSingleton(self.vocab)).with_outputs(
+                | "Examples" >> beam.ParDo(_ExamplesOfPool(self.instances, self.masking, seed, self.schema),
+                                           vocab=beam.pvalue.AsSingleton(self.vocab),
+                                           shards=beam.pvalue.AsSingleton(self.shard_counts)).with_outputs(
                     REJECTS_TAG, STATS_TAG, main="examples"))
