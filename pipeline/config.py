@@ -179,7 +179,7 @@ class RunnerConfig:
     environment_config: Optional[str] = None
     """Portable runners: SDK container image or process config."""
     extra: list = field(default_factory=list)
-    """Any other Beam pipeline options, e.g. ["--experiments=use_runner_v2"]."""
+    """Any other Beam pipeline options; on the command line quote each: runner.extra=['--opt=value']."""
 
 
 @dataclass

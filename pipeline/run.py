@@ -120,7 +120,8 @@ class _Finalize(beam.DoFn):
             masking=MaskingSpec(m.mode, m.masked_lm_prob, m.max_predictions_per_seq, m.whole_word, m.dupe_factor),
             seed=cfg.seed, shards=infos, statistics=nest(stats), config=self.config_dict)
         write_text(FileSystems.join(out, contract.MANIFEST_FILE), manifest.to_json())
-        FileSystems.delete([self.temp_dir])
+        if FileSystems.exists(self.temp_dir):  # a retried finalize finds it gone
+            FileSystems.delete([self.temp_dir])
         yield manifest.statistics
 
 

@@ -14,7 +14,6 @@ import abc
 import hashlib
 import json
 import math
-import posixpath
 import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -110,7 +109,7 @@ def write_temp_shard(fmt: ShardFormat, temp_dir: str, name: str, index: int, num
                      chunks: Sequence) -> WrittenShard:
     data, rows, tokens = fmt.encode(chunks)
     # A unique name per attempt: a retried bundle never collides with (or half-overwrites) another.
-    path = posixpath.join(temp_dir, f"{name}-{index:05d}-of-{num_shards:05d}-{uuid.uuid4().hex}{fmt.suffix}")
+    path = FileSystems.join(temp_dir, f"{name}-{index:05d}-of-{num_shards:05d}-{uuid.uuid4().hex}{fmt.suffix}")
     with FileSystems.create(path) as f:
         f.write(data)
     return WrittenShard(name, index, num_shards, path, rows, tokens,
@@ -142,13 +141,16 @@ def ensure_dir(path: str) -> None:
 
 
 def commit(shards: Sequence[WrittenShard], output_dir: str, suffix: str) -> list[contract.ShardInfo]:
-    """Rename temporaries to their final names; returns their ShardInfo records."""
+    """Rename temporaries to their final names; returns their ShardInfo records.
+
+    Idempotent, because runners may retry the finalize step: a temporary already renamed by an
+    earlier attempt is found at its final name and left there."""
     for d in sorted({s.name for s in shards}):
-        ensure_dir(posixpath.join(output_dir, d))
-    srcs = [s.temp_path for s in shards]
-    dsts = [posixpath.join(output_dir, s.final_relpath(suffix)) for s in shards]
-    if srcs:
-        FileSystems.rename(srcs, dsts)
+        ensure_dir(FileSystems.join(output_dir, d))
+    pending = [(s.temp_path, FileSystems.join(output_dir, s.final_relpath(suffix))) for s in shards]
+    pending = [(src, dst) for src, dst in pending if FileSystems.exists(src) or not FileSystems.exists(dst)]
+    if pending:
+        FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
     return [contract.ShardInfo(file=s.final_relpath(suffix), split=s.name, rows=s.rows, tokens=s.tokens,
                                sha256=s.sha256, bytes=s.bytes) for s in shards]
 

@@ -33,3 +33,45 @@ def sample_documents(wiki_sample_path):
 def sample_paragraphs(sample_documents):
     """Real English text: the sample's documents, one string each."""
     return [" ".join(d.sentences) for d in sample_documents]
+
+
+# --- running the Beam job -------------------------------------------------------------------
+
+CONF_DIR = os.path.join(os.path.dirname(__file__), "..", "conf")
+
+
+def compose_pipeline_config(overrides):
+    """The job's config exactly as `python -m pipeline <overrides>` composes it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pipeline.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=os.path.abspath(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="pipeline", overrides=list(overrides))
+    return OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_job(output_dir, *overrides):
+    """Run the real job (FnApiRunner) and return its manifest."""
+    from pipeline.run import run
+
+    cfg, as_dict = compose_pipeline_config([f"output_dir={output_dir}", *overrides])
+    return run(cfg, as_dict)
+
+
+# One worker in-process: the quickest way through the real runner.
+IN_MEMORY = ("runner.direct_num_workers=1", "runner.direct_running_mode=in_memory")
+# A smaller trained vocabulary keeps the tests quick; the algorithm is the same.
+SMALL_VOCAB = ("tokenizer.vocab_size=8000",)
+
+
+@pytest.fixture(scope="session")
+def sample_job(tmp_path_factory):
+    """The job on the real sample with its defaults (NSP, static masks, dupe_factor 5), 2 worker
+    processes, a held-out split large enough to look at."""
+    out = tmp_path_factory.mktemp("sample_job")
+    manifest = run_job(out, "seed=7", "instances.eval_fraction=0.05", "runner.direct_num_workers=2",
+                       "runner.direct_running_mode=multi_processing", *SMALL_VOCAB)
+    return out, manifest
