@@ -1,0 +1,103 @@
+"""The job over a directory of mixed and malformed inputs: it succeeds, keeps every readable part,
+and reports every bad part in the rejects with its source and reason."""
+
+import bz2
+import json
+import os
+
+import pytest
+
+from conftest import IN_MEMORY, run_job
+from pipeline.run import JobError
+from shards import read_split
+
+PROSE = ("The river rises in the northern hills and flows south for many miles. Farmers along its banks "
+         "grow wheat and barley in the summer months. In winter the water freezes near the source. ")
+
+
+def page(page_id, title, text):
+    return (f"<page><title>{title}</title><ns>0</ns><id>{page_id}</id><revision><text>{text}</text>"
+            f"</revision></page>\n")
+
+
+def write_inputs(d):
+    wiki = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">\n'
+            + page(1, "River", PROSE * 3) + page(2, "Hill", "Hills " + PROSE * 2))
+    (d / "cut-pages-articles.xml").write_text(wiki + "<page><title>Cut</title><ns>0</ns><id>3</id><rev", "utf-8")
+    bad_page = page(4, "Bad", "Broken \udcff bytes").encode("utf-8", "surrogateescape")
+    other = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">\n'
+             + page(11, "Lake", "Lakes. " + PROSE * 3) + page(12, "Sea", "Seas. " + PROSE * 2))
+    (d / "enc-pages-articles.xml").write_bytes(other.encode() + bad_page + b"</mediawiki>\n")
+    (d / "long-line.txt").write_text("Chapter one. " + PROSE * 4 + "\n\n" + "x" * (10 * 2**20) + "\n\n"
+                                     + "The end came quietly. " + PROSE, "utf-8")
+    (d / "nul.txt").write_text("A book with a NUL\x00 byte. " + PROSE * 3, "utf-8")
+    (d / "records.jsonl").write_text("\n".join([
+        json.dumps({"id": "a", "title": "A", "text": "Another text. " + PROSE * 3}),
+        "{not json",
+        json.dumps({"id": "b", "title": "B"}),
+        json.dumps({"id": "c", "text": "Copied. " + PROSE * 3}),  # the same text as...
+        json.dumps({"id": "d", "text": "Copied. " + PROSE * 3}),  # ...this one: a duplicate
+        json.dumps({"id": "e", "text": "Too short."}),
+    ]) + "\n", "utf-8")
+    (d / "blob.bin").write_bytes(bytes(range(256)) * 64)
+    compressed = bz2.compress(("A compressed book. " + PROSE * 50).encode())
+    (d / "broken.txt.bz2").write_bytes(compressed[: len(compressed) // 2])
+
+
+@pytest.fixture(scope="module")
+def bad_job(tmp_path_factory):
+    inputs = tmp_path_factory.mktemp("inputs")
+    write_inputs(inputs)
+    out = tmp_path_factory.mktemp("out") / "shards"
+    manifest = run_job(out, f"inputs=[{inputs}/*]", "tokenizer.vocab_size=500", "cleaning.min_document_chars=100",
+                       "instances.eval_fraction=0", *IN_MEMORY)
+    with open(os.path.join(out, "rejects", "part-00000-of-00001.jsonl"), encoding="utf-8") as f:
+        rejects = [json.loads(line) for line in f]
+    return out, manifest, rejects
+
+
+def reasons_of(rejects, name):
+    return {r["reason"] for r in rejects if os.path.basename(r["source"]) == name}
+
+
+def test_every_bad_part_is_reported_with_its_reason(bad_job):
+    _, _, rejects = bad_job
+    assert reasons_of(rejects, "cut-pages-articles.xml") == {"truncated"}
+    assert reasons_of(rejects, "enc-pages-articles.xml") == {"invalid_encoding"}
+    assert reasons_of(rejects, "long-line.txt") == {"oversized"}
+    assert reasons_of(rejects, "nul.txt") == {"control_characters"}
+    assert reasons_of(rejects, "records.jsonl") == {"malformed_json", "missing_text", "duplicate", "too_short"}
+    assert reasons_of(rejects, "blob.bin") == {"unknown_format"}
+    assert reasons_of(rejects, "broken.txt.bz2") & {"corrupt_compression", "truncated"}
+    assert [r["action"] for r in rejects if r["reason"] == "control_characters"] == ["repaired"]
+
+
+def test_every_readable_part_is_kept(bad_job):
+    out, manifest, _ = bad_job
+    docs = read_split(out, "documents")
+    kept = set(zip(map(os.path.basename, docs.column("source").to_pylist()), docs.column("record_id").to_pylist()))
+    assert {("cut-pages-articles.xml", "1"), ("cut-pages-articles.xml", "2"), ("enc-pages-articles.xml", "11"),
+            ("enc-pages-articles.xml", "12"), ("long-line.txt", "long-line.txt"), ("nul.txt", "nul.txt"),
+            ("records.jsonl", "a"), ("records.jsonl", "c")} <= kept
+    assert ("records.jsonl", "d") not in kept  # the duplicate: c comes first by (source, record id)
+    assert manifest.statistics["examples"]["train"] > 0
+
+
+def test_counts_in_the_manifest_match_the_rejects(bad_job):
+    _, manifest, rejects = bad_job
+    by_reason = {}
+    for r in rejects:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    assert manifest.statistics["rejected"] == by_reason
+
+
+def test_input_that_matches_nothing_fails_before_running(tmp_path):
+    with pytest.raises(JobError, match="matched no files"):
+        run_job(tmp_path / "o", f"inputs=[{tmp_path}/nothing-*.xml]", *IN_MEMORY)
+
+
+def test_existing_output_is_not_overwritten_silently(bad_job, tmp_path):
+    out, _, _ = bad_job
+    with pytest.raises(JobError, match="overwrite=true"):
+        run_job(out, *IN_MEMORY)
+    assert os.path.exists(os.path.join(out, "manifest.json"))

@@ -1,0 +1,131 @@
+"""Each composite transform on its own, through Beam's TestPipeline and assert_that."""
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline import contract
+from pipeline.config import CleaningConfig, InstancesConfig, MaskingConfig, OutputConfig, SourceConfig, TokenizerConfig
+from pipeline.documents import Document
+from pipeline.formats import ExampleFormat
+from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
+from pipeline.masking import MaskingParams
+from pipeline.records import RawDocument, SourceFormat
+from pipeline.shard_sink import JsonLinesFormat, ShardRecords, WriteShards, commit, complete_shards
+from pipeline.tokenization import build_tokenizer, encode_sentences, masking_vocabulary, train_vocabulary
+from pipeline.transforms import (CreateExamples, PrepareDocuments, ReadSources, TokenizeDocuments, TrainVocabulary,
+                                 make_vocab_info)
+
+TEXTS = [f"Document number {i} talks about topic {i % 7}. It has a second sentence! And a third one here? "
+         f"Words like running, runner and runs repeat in document {i}." for i in range(40)]
+
+
+def test_pipeline():
+    return TestPipeline(runner=fn_runner.FnApiRunner())
+
+
+def doc(i, text=None):
+    from pipeline.seeding import stable_id
+    text = text or TEXTS[i]
+    return Document(stable_id(text), "src.jsonl", str(i), f"t{i}", tuple(s + "." for s in text.split(". ")), len(text))
+
+
+def test_read_sources(tmp_path):
+    good = tmp_path / "a.jsonl"
+    good.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in enumerate(TEXTS[:3])) + "\n{bad\n")
+    with test_pipeline() as p:
+        read = p | beam.Create([str(good)]) | ReadSources(SourceConfig())
+        assert_that(read.documents | beam.Map(lambda d: d.record_id), equal_to(["0", "1", "2"]), label="docs")
+        assert_that(read.rejects | beam.Map(lambda r: r.reason.value), equal_to(["malformed_json"]), label="rejects")
+
+
+def test_prepare_documents_drops_duplicates_and_short_documents():
+    raws = [RawDocument("f.jsonl", str(i), "", t, SourceFormat.JSON_LINES) for i, t in enumerate(TEXTS[:5])]
+    raws += [RawDocument("f.jsonl", "9", "", TEXTS[0], SourceFormat.JSON_LINES),
+             RawDocument("f.jsonl", "10", "", "Tiny.", SourceFormat.JSON_LINES)]
+    with test_pipeline() as p:
+        split_docs, rejects, _ = p | beam.Create(raws) | PrepareDocuments(CleaningConfig(min_document_chars=50), 0.0)
+        assert_that(split_docs | beam.Map(lambda sd: (sd[0], sd[1].record_id)),
+                    equal_to([("train", str(i)) for i in range(5)]), label="kept")
+        assert_that(rejects | beam.Flatten() | beam.Map(lambda r: (r.record_id, r.reason.value)),
+                    equal_to([("9", "duplicate"), ("10", "too_short")]), label="rejected")
+
+
+def test_train_vocabulary_equals_the_library_function():
+    docs = [doc(i) for i in range(40)]
+    cfg = TokenizerConfig(vocab_size=200, min_frequency=1)
+    expected = train_vocabulary([" ".join(d.sentences) for d in docs], 200, True, 1, cfg.limit_alphabet)
+    with test_pipeline() as p:
+        vocab = p | beam.Create([("train", d) for d in docs]) | TrainVocabulary(cfg)
+        assert_that(vocab | beam.Map(lambda v: list(v.tokens)), equal_to([expected]))
+
+
+def small_vocab():
+    return make_vocab_info(train_vocabulary(TEXTS, 300, True, 1, 200), True)
+
+
+def test_tokenize_documents():
+    vocab = small_vocab()
+    docs = [doc(i) for i in range(6)]
+    tok = build_tokenizer(vocab.tokens, True)
+    expected = [(d.doc_id, [t for s in encode_sentences(tok, d.sentences) for t in s]) for d in docs]
+    with test_pipeline() as p:
+        out = (p | beam.Create([("train", d) for d in docs])
+               | TokenizeDocuments(p | "V" >> beam.Create([vocab])))
+        assert_that(out.tokenized | beam.Map(lambda sm: (sm[1][0].doc_id, sm[1][0].ids.tolist())),
+                    equal_to(expected), label="ids")
+        assert_that(out.documents | beam.Map(lambda r: r.tokens), equal_to([len(e[1]) for e in expected]),
+                    label="provenance")
+
+
+def test_create_examples_matches_the_algorithm_per_pool():
+    vocab = small_vocab()
+    tok = build_tokenizer(vocab.tokens, True)
+    docs = [TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences))
+            for d in (doc(i) for i in range(40))]
+    inst, mask = InstancesConfig(max_seq_length=32, pool_size=1000), MaskingConfig(dupe_factor=2)
+    schema = contract.example_schema(len(vocab.tokens), "nsp", "static")
+    # One pool (40 < pool_size): the expected examples are the algorithm's over the sorted pool.
+    pool = sorted(docs, key=lambda d: d.doc_id)
+    expected = sorted(e.example_id for ps in range(2) for i in range(len(pool)) for e in examples_for_document(
+        pool, i, ps, 3, InstanceParams(32, 0.1, "nsp"), MaskingParams(), masking_vocabulary(vocab.tokens)))
+    with test_pipeline() as p:
+        create = CreateExamples(inst, mask, OutputConfig(num_shards=3), 3, p | "V" >> beam.Create([vocab]), schema)
+        made = p | beam.Create([("train", (d, "s", str(d.doc_id))) for d in docs]) | create
+        ids = (made.examples
+               | beam.FlatMap(lambda kv: [(kv[0][1], i) for i in kv[1].column(contract.EXAMPLE_ID).to_pylist()]))
+        assert_that(ids | "Ids" >> beam.Map(lambda si: si[1]), equal_to(expected), label="same examples")
+        assert_that(ids | "Shards" >> beam.Map(lambda si: si[0]) | beam.Distinct(), equal_to([0, 1, 2]),
+                    label="into every shard")
+
+
+def test_shard_records_and_write_shards_round_trip(tmp_path):
+    records = [{"n": i} for i in range(50)]
+    fmt = JsonLinesFormat()
+    with test_pipeline() as p:
+        keyed, counts = (p | beam.Create([("rejects", r) for r in records])
+                         | ShardRecords(1, lambda r: r["n"], target_per_shard=20))
+        written = keyed | WriteShards(fmt, str(tmp_path / "tmp"), counts)
+        _ = (p | "Once" >> beam.Create([None])
+             | beam.Map(lambda _, w: commit(complete_shards(fmt, str(tmp_path / "tmp"), w, ["rejects"]),
+                                            str(tmp_path / "out"), ".jsonl"), w=beam.pvalue.AsList(written)))
+    files = sorted((tmp_path / "out" / "rejects").iterdir())
+    assert [f.name for f in files] == [f"part-0000{i}-of-00003.jsonl" for i in range(3)]
+    back = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert sorted(r["n"] for r in back) == list(range(50))
+
+
+def test_example_format_orders_rows_whatever_the_chunk_order(tmp_path):
+    schema = contract.example_schema(100, "nsp", "dynamic")
+    exs = [contract.PretrainingExample(np.arange(5, dtype=np.int32) + i, 3, i % 2, np.zeros(0, np.int32),
+                                       np.zeros(0, np.int32), 1000 + i, i, i) for i in range(30)]
+    a = contract.to_record_batch(exs[:10], schema)
+    b = contract.to_record_batch(exs[10:], schema)
+    fmt = ExampleFormat(schema, rows_per_batch=7, seed=5)
+    assert fmt.encode([a, b])[0] == fmt.encode([b, a])[0]
+    assert fmt.encode([a, b])[1:] == (30, 150)
