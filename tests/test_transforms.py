@@ -6,7 +6,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner import fn_runner
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import contract
@@ -25,8 +25,8 @@ TEXTS = [f"Document number {i} talks about topic {i % 7}. It has a second senten
          f"Words like running, runner and runs repeat in document {i}." for i in range(40)]
 
 
-def test_pipeline():
-    return TestPipeline(runner=fn_runner.FnApiRunner())
+def beam_pipeline():
+    return BeamTestPipeline(runner=fn_runner.FnApiRunner())
 
 
 def doc(i, text=None):
@@ -38,7 +38,7 @@ def doc(i, text=None):
 def test_read_sources(tmp_path):
     good = tmp_path / "a.jsonl"
     good.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in enumerate(TEXTS[:3])) + "\n{bad\n")
-    with test_pipeline() as p:
+    with beam_pipeline() as p:
         read = p | beam.Create([str(good)]) | ReadSources(SourceConfig())
         assert_that(read.documents | beam.Map(lambda d: d.record_id), equal_to(["0", "1", "2"]), label="docs")
         assert_that(read.rejects | beam.Map(lambda r: r.reason.value), equal_to(["malformed_json"]), label="rejects")
@@ -48,7 +48,7 @@ def test_prepare_documents_drops_duplicates_and_short_documents():
     raws = [RawDocument("f.jsonl", str(i), "", t, SourceFormat.JSON_LINES) for i, t in enumerate(TEXTS[:5])]
     raws += [RawDocument("f.jsonl", "9", "", TEXTS[0], SourceFormat.JSON_LINES),
              RawDocument("f.jsonl", "10", "", "Tiny.", SourceFormat.JSON_LINES)]
-    with test_pipeline() as p:
+    with beam_pipeline() as p:
         split_docs, rejects, _ = p | beam.Create(raws) | PrepareDocuments(CleaningConfig(min_document_chars=50), 0.0)
         assert_that(split_docs | beam.Map(lambda sd: (sd[0], sd[1].record_id)),
                     equal_to([("train", str(i)) for i in range(5)]), label="kept")
@@ -60,7 +60,7 @@ def test_train_vocabulary_equals_the_library_function():
     docs = [doc(i) for i in range(40)]
     cfg = TokenizerConfig(vocab_size=200, min_frequency=1)
     expected = train_vocabulary([" ".join(d.sentences) for d in docs], 200, True, 1, cfg.limit_alphabet)
-    with test_pipeline() as p:
+    with beam_pipeline() as p:
         vocab = p | beam.Create([("train", d) for d in docs]) | TrainVocabulary(cfg)
         assert_that(vocab | beam.Map(lambda v: list(v.tokens)), equal_to([expected]))
 
@@ -74,7 +74,7 @@ def test_tokenize_documents():
     docs = [doc(i) for i in range(6)]
     tok = build_tokenizer(vocab.tokens, True)
     expected = [(d.doc_id, [t for s in encode_sentences(tok, d.sentences) for t in s]) for d in docs]
-    with test_pipeline() as p:
+    with beam_pipeline() as p:
         out = (p | beam.Create([("train", d) for d in docs])
                | TokenizeDocuments(p | "V" >> beam.Create([vocab])))
         assert_that(out.tokenized | beam.Map(lambda sm: (sm[1][0].doc_id, sm[1][0].ids.tolist())),
@@ -94,7 +94,7 @@ def test_create_examples_matches_the_algorithm_per_pool():
     pool = sorted(docs, key=lambda d: d.doc_id)
     expected = sorted(e.example_id for ps in range(2) for i in range(len(pool)) for e in examples_for_document(
         pool, i, ps, 3, InstanceParams(32, 0.1, "nsp"), MaskingParams(), masking_vocabulary(vocab.tokens)))
-    with test_pipeline() as p:
+    with beam_pipeline() as p:
         create = CreateExamples(inst, mask, OutputConfig(num_shards=3), 3, p | "V" >> beam.Create([vocab]), schema)
         made = p | beam.Create([("train", (d, "s", str(d.doc_id))) for d in docs]) | create
         ids = (made.examples
@@ -107,7 +107,7 @@ def test_create_examples_matches_the_algorithm_per_pool():
 def test_shard_records_and_write_shards_round_trip(tmp_path):
     records = [{"n": i} for i in range(50)]
     fmt = JsonLinesFormat()
-    with test_pipeline() as p:
+    with beam_pipeline() as p:
         keyed, counts = (p | beam.Create([("rejects", r) for r in records])
                          | ShardRecords(1, lambda r: r["n"], target_per_shard=20))
         written = keyed | WriteShards(fmt, str(tmp_path / "tmp"), counts)
