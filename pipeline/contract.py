@@ -85,45 +85,83 @@ def example_schema(vocab_size: int, objective: str, masking: str) -> pa.Schema:
 
 
 @dataclass(frozen=True)
-class PretrainingExample:
-    """One example as the pipeline builds it; ``to_record_batch`` turns many into Arrow rows."""
+class ExampleColumns:
+    """Many examples, columnar (how the pipeline builds them; ``to_record_batch`` makes Arrow rows).
 
-    input_ids: np.ndarray  # (T,) int32, with [CLS]/[SEP], masked when static
-    segment_b_start: int
-    next_sentence_label: int  # -1 when the objective has no sentence-pair label
-    masked_lm_positions: np.ndarray  # (P,) int32, sorted; empty when dynamic
-    masked_lm_ids: np.ndarray  # (P,) int32
-    example_id: int
-    doc_id_a: int
-    doc_id_b: int
+    Example e's ids are ``input_ids[offsets[e]:offsets[e+1]]`` and its predictions
+    ``masked_lm_*[masked_offsets[e]:masked_offsets[e+1]]`` (positions relative to the example).
+    """
+
+    input_ids: np.ndarray  # (N,) int32, with [CLS]/[SEP]; masked when masking is static
+    offsets: np.ndarray  # (E+1,) int64
+    segment_b_start: np.ndarray  # (E,)
+    next_sentence_label: np.ndarray  # (E,) int8; -1 where the objective has no sentence-pair label
+    masked_lm_positions: np.ndarray  # (P,) int32, sorted within each example; empty when dynamic
+    masked_offsets: np.ndarray  # (E+1,) int64
+    masked_lm_ids: np.ndarray  # (P,) int32, the original ids at those positions
+    example_id: np.ndarray  # (E,) int64
+    doc_id_a: np.ndarray  # (E,) int64
+    doc_id_b: np.ndarray  # (E,) int64
+
+    def __len__(self) -> int:
+        return len(self.example_id)
+
+    @classmethod
+    def concat(cls, parts: Sequence["ExampleColumns"]) -> "ExampleColumns":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return empty_columns()
+        if len(parts) == 1:
+            return parts[0]
+
+        def offsets(name):
+            pieces = [getattr(parts[0], name)]
+            base = pieces[0][-1]
+            for p in parts[1:]:
+                pieces.append(getattr(p, name)[1:] + base)
+                base = pieces[-1][-1]
+            return np.concatenate(pieces)
+
+        flat = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                for f in dataclasses.fields(cls) if f.name not in ("offsets", "masked_offsets")}
+        return cls(offsets=offsets("offsets"), masked_offsets=offsets("masked_offsets"), **flat)
+
+    @classmethod
+    def of_example(cls, input_ids, segment_b_start: int, next_sentence_label: int, masked_lm_positions,
+                   masked_lm_ids, example_id: int, doc_id_a: int, doc_id_b: int) -> "ExampleColumns":
+        """One example (tests and small tools)."""
+        ids, pos = np.asarray(input_ids, np.int32), np.asarray(masked_lm_positions, np.int32)
+        return cls(ids, np.array([0, len(ids)]), np.array([segment_b_start]), np.array([next_sentence_label], np.int8),
+                   pos, np.array([0, len(pos)]), np.asarray(masked_lm_ids, np.int32), np.array([example_id]),
+                   np.array([doc_id_a]), np.array([doc_id_b]))
 
 
-def _list_array(arrays: Sequence[np.ndarray], value_type: pa.DataType) -> pa.ListArray:
-    # Build offsets + flat values directly: far faster than pa.array(list of lists).
-    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int32, count=len(arrays))
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
-    values = pa.array(flat.astype(value_type.to_pandas_dtype(), copy=False), type=value_type)
-    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values)
+def empty_columns() -> ExampleColumns:
+    z = np.zeros(0, np.int64)
+    return ExampleColumns(z.astype(np.int32), np.zeros(1, np.int64), z, z.astype(np.int8), z.astype(np.int32),
+                          np.zeros(1, np.int64), z.astype(np.int32), z, z, z)
 
 
-def to_record_batch(examples: Sequence[PretrainingExample], schema: pa.Schema) -> pa.RecordBatch:
+def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), type=pa.int32()),
+                                    pa.array(values.astype(value_type.to_pandas_dtype(), copy=False), type=value_type))
+
+
+def to_record_batch(cols: ExampleColumns, schema: pa.Schema) -> pa.RecordBatch:
     names = set(schema.names)
     ids_type = schema.field(INPUT_IDS).type.value_type
-    cols: dict[str, pa.Array] = {
-        INPUT_IDS: _list_array([e.input_ids for e in examples], ids_type),
-        SEGMENT_B_START: pa.array([e.segment_b_start for e in examples], type=pa.uint16()),
+    arrays: dict[str, pa.Array] = {
+        INPUT_IDS: _list_array(cols.offsets, cols.input_ids, ids_type),
+        SEGMENT_B_START: pa.array(cols.segment_b_start.astype(np.uint16), type=pa.uint16()),
     }
     if NEXT_SENTENCE_LABEL in names:
-        cols[NEXT_SENTENCE_LABEL] = pa.array([e.next_sentence_label for e in examples], type=pa.int8())
+        arrays[NEXT_SENTENCE_LABEL] = pa.array(cols.next_sentence_label.astype(np.int8), type=pa.int8())
     if MASKED_LM_POSITIONS in names:
-        cols[MASKED_LM_POSITIONS] = _list_array([e.masked_lm_positions for e in examples], pa.uint16())
-        cols[MASKED_LM_IDS] = _list_array([e.masked_lm_ids for e in examples], ids_type)
-    cols[EXAMPLE_ID] = pa.array([e.example_id for e in examples], type=pa.int64())
-    cols[DOC_ID_A] = pa.array([e.doc_id_a for e in examples], type=pa.int64())
-    cols[DOC_ID_B] = pa.array([e.doc_id_b for e in examples], type=pa.int64())
-    return pa.RecordBatch.from_arrays([cols[n] for n in schema.names], schema=schema)
+        arrays[MASKED_LM_POSITIONS] = _list_array(cols.masked_offsets, cols.masked_lm_positions, pa.uint16())
+        arrays[MASKED_LM_IDS] = _list_array(cols.masked_offsets, cols.masked_lm_ids, ids_type)
+    for name in (EXAMPLE_ID, DOC_ID_A, DOC_ID_B):
+        arrays[name] = pa.array(getattr(cols, name).astype(np.int64), type=pa.int64())
+    return pa.RecordBatch.from_arrays([arrays[n] for n in schema.names], schema=schema)
 
 
 def token_type_ids(segment_b_start: int, length: int) -> np.ndarray:

@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.contract import PretrainingExample
-from pipeline.masking import MaskingParams, mask_tokens
-from pipeline.seeding import derive_seed, rng_for
+from pipeline.contract import ExampleColumns, empty_columns
+from pipeline.masking import MaskingParams, mask_batch
+from pipeline.seeding import derive_seed, mix64, rng_for
 
 _MASK63 = (1 << 63) - 1
 
@@ -73,9 +73,12 @@ def truncate_seq_pair(a: np.ndarray, b: np.ndarray, max_num_tokens: int,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Trim the longer of A and B, one token at a time from its front or back (p = 0.5 each)."""
     a_lo, a_hi, b_lo, b_hi = 0, len(a), 0, len(b)
-    while (a_hi - a_lo) + (b_hi - b_lo) > max_num_tokens:
+    excess = len(a) + len(b) - max_num_tokens
+    if excess <= 0:
+        return a, b
+    fronts = (rng.random(excess) < 0.5).tolist()  # one coin per trimmed token, drawn at once
+    for front in fronts:
         trim_a = (a_hi - a_lo) > (b_hi - b_lo)
-        front = rng.random() < 0.5
         if trim_a:
             a_lo, a_hi = (a_lo + 1, a_hi) if front else (a_lo, a_hi - 1)
         else:
@@ -195,36 +198,59 @@ class Vocabulary:
     is_continuation: np.ndarray  # (V,) bool, True for "##" pieces
 
 
-def assemble(raw: RawInstance, vocab: Vocabulary) -> tuple[np.ndarray, int]:
-    """``[CLS] A [SEP] B [SEP]`` (or ``[CLS] A [SEP]`` without B) and the index where B starts."""
-    parts = [np.array([vocab.cls_id], np.int32), raw.tokens_a, np.array([vocab.sep_id], np.int32)]
-    if len(raw.tokens_b):
-        parts += [raw.tokens_b, np.array([vocab.sep_id], np.int32)]
-    tokens = np.concatenate(parts).astype(np.int32, copy=False)
-    return tokens, len(raw.tokens_a) + 2 if len(raw.tokens_b) else len(tokens)
+def example_ids(seed: int, doc_id: int, pass_index: int, count: int) -> np.ndarray:
+    """(count,) int64: the stable ids of a document pass's examples, in creation order."""
+    return (mix64(np.arange(count, dtype=np.int64), derive_seed("example", seed, doc_id, pass_index))
+            & np.uint64(_MASK63)).astype(np.int64)
+
+
+def assemble(raws: Sequence[RawInstance], vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[CLS] A [SEP] B [SEP]`` (``[CLS] A [SEP]`` without B) for each instance, back to back.
+    Returns (tokens (N,) int32, offsets (E+1,), segment_b_start (E,))."""
+    cls, sep = np.array([vocab.cls_id], np.int32), np.array([vocab.sep_id], np.int32)
+    parts: list[np.ndarray] = []
+    lengths = np.empty(len(raws), np.int64)
+    b_start = np.empty(len(raws), np.int64)
+    for e, raw in enumerate(raws):
+        la, lb = len(raw.tokens_a), len(raw.tokens_b)
+        parts += [cls, raw.tokens_a, sep] + ([raw.tokens_b, sep] if lb else [])
+        lengths[e] = la + lb + (3 if lb else 2)
+        b_start[e] = la + 2 if lb else lengths[e]
+    offsets = np.zeros(len(raws) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = np.concatenate(parts).astype(np.int32, copy=False) if parts else np.zeros(0, np.int32)
+    return tokens, offsets, b_start
 
 
 def examples_for_document(pool: Sequence[TokenizedDocument], index: int, pass_index: int, seed: int,
                           params: InstanceParams, masking: MaskingParams | None,
-                          vocab: Vocabulary) -> list[PretrainingExample]:
-    """One pass over one document: instances, then (static masking) their masks.
+                          vocab: Vocabulary) -> ExampleColumns:
+    """One pass over one document: instances, then (static masking) their masks, as columns.
 
     Seeded by (seed, doc_id, pass) alone, so the result does not depend on where or how
     often it runs. ``masking=None`` stores the examples unmasked (dynamic masking).
     """
     doc = pool[index]
     rng = rng_for(seed, doc.doc_id, pass_index)
-    examples = []
-    empty = np.zeros(0, np.int32)
-    for k, raw in enumerate(create_instances(pool, index, params, rng)):
-        tokens, b_start = assemble(raw, vocab)
-        positions, labels = empty, empty
-        if masking is not None:
-            tokens, positions, labels = mask_tokens(tokens, rng, masking, vocab.never_mask, vocab.mask_id,
-                                                    vocab.size, vocab.is_continuation)
-        examples.append(PretrainingExample(
-            input_ids=tokens, segment_b_start=b_start, next_sentence_label=raw.label,
-            masked_lm_positions=positions, masked_lm_ids=labels,
-            example_id=derive_seed("example", seed, doc.doc_id, pass_index, k) & _MASK63,
-            doc_id_a=doc.doc_id, doc_id_b=raw.doc_id_b))
-    return examples
+    raws = create_instances(pool, index, params, rng)
+    if not raws:
+        return empty_columns()
+    tokens, offsets, b_start = assemble(raws, vocab)
+    n = len(raws)
+    if masking is not None:
+        tokens, positions, labels = mask_batch(tokens, offsets, rng, masking, vocab.never_mask, vocab.mask_id,
+                                               vocab.size, vocab.is_continuation)
+        owner = np.searchsorted(offsets, positions, side="right") - 1  # example of each position
+        masked_offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(owner, minlength=n), out=masked_offsets[1:])
+        positions = (positions - offsets[owner]).astype(np.int32)
+        labels = labels.astype(np.int32)
+    else:
+        positions = labels = np.zeros(0, np.int32)
+        masked_offsets = np.zeros(n + 1, np.int64)
+    return ExampleColumns(
+        input_ids=tokens, offsets=offsets, segment_b_start=b_start,
+        next_sentence_label=np.array([r.label for r in raws], np.int8),
+        masked_lm_positions=positions, masked_offsets=masked_offsets, masked_lm_ids=labels,
+        example_id=example_ids(seed, doc.doc_id, pass_index, n),
+        doc_id_a=np.full(n, doc.doc_id, np.int64), doc_id_b=np.array([r.doc_id_b for r in raws], np.int64))

@@ -44,6 +44,73 @@ def word_groups(candidates: np.ndarray, tokens: np.ndarray, is_continuation: np.
     return np.split(candidates, starts[1:])
 
 
+def mask_batch(
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    rng: np.random.Generator,
+    params: MaskingParams,
+    never_mask: np.ndarray,
+    mask_id: int,
+    vocab_size: int,
+    is_continuation: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Choose and corrupt the MLM predictions of many examples at once.
+
+    tokens: (N,) ids of E examples back to back, example e is tokens[offsets[e]:offsets[e+1]],
+    each with its [CLS]/[SEP]. never_mask: (V,) bool, ids never predicted ([CLS], [SEP], [PAD],
+    [MASK]). is_continuation: (V,) bool for ``##`` pieces, used with whole-word masking.
+    Returns (masked (N,), positions (P,) sorted absolute indices into tokens, labels (P,)).
+
+    Per example: ``num_to_predict`` positions drawn uniformly without replacement among the
+    candidates (the first of a random order, as the original's shuffle-and-take), or whole words
+    in random order skipping a word that would exceed the budget; then each chosen position is
+    [MASK] with p=0.8, a random id from the whole vocabulary with p=0.1, else kept.
+    """
+    tokens = np.asarray(tokens)
+    lengths = np.diff(offsets)
+    n_examples = len(lengths)
+    example = np.repeat(np.arange(n_examples), lengths)  # (N,) example of each token
+    # The original formula, vectorised: np.rint rounds half to even like Python 3's round().
+    budgets = np.minimum(params.max_predictions_per_seq,
+                         np.maximum(1, np.rint(lengths * params.masked_lm_prob).astype(np.int64)))
+    candidate = ~never_mask[tokens]
+    if params.whole_word and is_continuation is not None:
+        positions = np.concatenate([np.zeros(0, np.int64)] + [
+            offsets[e] + _whole_words(tokens[offsets[e]:offsets[e + 1]], candidate[offsets[e]:offsets[e + 1]],
+                                      int(budgets[e]), rng, is_continuation) for e in range(n_examples)])
+    else:
+        # A random key per token; per example, the `budget` candidates with the smallest keys.
+        keys = rng.random(len(tokens))
+        keys[~candidate] = 2.0
+        order = np.lexsort((keys, example))  # grouped by example, random order inside
+        rank = np.arange(len(tokens)) - offsets[example[order]]
+        take = (rank < budgets[example[order]]) & (keys[order] < 2.0)
+        positions = np.sort(order[take])
+    labels = tokens[positions]
+    masked = tokens.copy()
+    u = rng.random(len(positions))
+    random_ids = rng.integers(0, vocab_size, size=len(positions))
+    to_mask = u < params.mask_prob
+    to_random = ~to_mask & (u < params.mask_prob + params.random_prob)
+    masked[positions[to_mask]] = mask_id
+    masked[positions[to_random]] = random_ids[to_random]
+    return masked, positions, labels
+
+
+def _whole_words(tokens, candidate, budget, rng, is_continuation) -> np.ndarray:
+    groups = word_groups(np.flatnonzero(candidate), tokens, is_continuation)
+    chosen: list[np.ndarray] = []
+    count = 0
+    for g in rng.permutation(len(groups)):  # words in random order, as the original shuffles them
+        if count >= budget:
+            break
+        if count + len(groups[g]) > budget:
+            continue  # a word that would exceed the budget is skipped, as in the original
+        chosen.append(groups[g])
+        count += len(groups[g])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
 def mask_tokens(
     tokens: np.ndarray,
     rng: np.random.Generator,
@@ -53,37 +120,7 @@ def mask_tokens(
     vocab_size: int,
     is_continuation: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Choose and corrupt the MLM predictions of one example.
-
-    tokens: (T,) ids with [CLS]/[SEP]. never_mask: (V,) bool, True for ids never predicted
-    ([CLS], [SEP], [PAD], [MASK]). is_continuation: (V,) bool, True for ``##`` pieces; used
-    only with whole-word masking. Returns (masked (T,), positions (P,) sorted, labels (P,)).
-    """
-    tokens = np.asarray(tokens)
-    candidates = np.flatnonzero(~never_mask[tokens])
-    budget = num_to_predict(len(tokens), params)
-    if params.whole_word and is_continuation is not None:
-        groups = word_groups(candidates, tokens, is_continuation)
-        chosen: list[np.ndarray] = []
-        count = 0
-        for g in rng.permutation(len(groups)):  # words in random order, as the original shuffles them
-            if count >= budget:
-                break
-            if count + len(groups[g]) > budget:
-                continue  # a word that would exceed the budget is skipped, as in the original
-            chosen.append(groups[g])
-            count += len(groups[g])
-        positions = np.sort(np.concatenate(chosen)) if chosen else candidates[:0]
-    else:
-        # Single-token words: the first `budget` of a random permutation of the candidates.
-        positions = np.sort(candidates[rng.permutation(len(candidates))[:budget]])
-    labels = tokens[positions]
-    masked = tokens.copy()
-    # One draw decides [MASK] / random / keep per position; random ids span the whole vocabulary.
-    u = rng.random(len(positions))
-    random_ids = rng.integers(0, vocab_size, size=len(positions))
-    to_mask = u < params.mask_prob
-    to_random = ~to_mask & (u < params.mask_prob + params.random_prob)
-    masked[positions[to_mask]] = mask_id
-    masked[positions[to_random]] = random_ids[to_random]
+    """``mask_batch`` for one example: (masked (T,), positions (P,) sorted, labels (P,))."""
+    masked, positions, labels = mask_batch(tokens, np.array([0, len(tokens)]), rng, params, never_mask, mask_id,
+                                           vocab_size, is_continuation)
     return masked, positions.astype(np.int32), labels.astype(np.int32)

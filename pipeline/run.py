@@ -147,11 +147,11 @@ def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: 
 
     tokenized = split_docs | "Tokenize" >> TokenizeDocuments(vocab)
     create = CreateExamples(cfg.instances, cfg.masking, cfg.output, cfg.seed, vocab, schema)
-    made = tokenized.tokenized | "CreateExamples" >> create
-    rejects.append(made[REJECTS_TAG])
-    stats += [tokenized[STATS_TAG], made[STATS_TAG]]
+    examples, example_rejects, example_stats = tokenized.tokenized | "CreateExamples" >> create
+    rejects.append(example_rejects)
+    stats += [tokenized[STATS_TAG], example_stats]
 
-    written_examples = made.examples | "WriteExamples" >> WriteShards(example_format, temp_dir, create.shard_counts)
+    written_examples = examples | "WriteExamples" >> WriteShards(example_format, temp_dir, create.shard_counts)
     doc_keyed, doc_counts = (tokenized.documents
                              | "NameDocuments" >> beam.Map(lambda d: ("documents", d))
                              | "ShardDocuments" >> ShardRecords(cfg.seed, lambda d: d.doc_id, ROWS_PER_SIDE_SHARD))

@@ -45,3 +45,8 @@ def mix64(values: np.ndarray, seed: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
+
+
+def unit_interval_of(values: np.ndarray, seed: int, salt: str) -> np.ndarray:
+    """(N,) float64 in [0, 1): ``unit_interval`` for many int64 values at once (by ``mix64``)."""
+    return (mix64(values, derive_seed(salt, seed)) >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -18,14 +20,15 @@ from pipeline.formats import DocumentRecord
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
 from pipeline.masking import MaskingParams
 from pipeline.records import RawDocument, RejectReason, Rejection
-from pipeline.seeding import unit_interval
-from pipeline.shard_sink import num_shards_for, shard_of
+from pipeline.seeding import unit_interval, unit_interval_of
+from pipeline.shard_sink import num_shards_for
 from pipeline.sources import read_source
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
 from pipeline.tokenization import SPECIAL_TOKENS, build_tokenizer, encode_sentences, masking_vocabulary, vocab_sha256
 from pipeline.vocab_training import WordCounter, train_wordpiece
 
 REJECTS_TAG = "rejects"
+EMPTY_TAG = "empty"
 
 
 def _reject(counting: CountingDoFn, r: Rejection):
@@ -212,19 +215,20 @@ class TokenizeDocuments(beam.PTransform):
 
 # --- examples ---------------------------------------------------------------------------------
 
-class _ExamplesOfPool(CountingDoFn):
-    """((split, pool), [(TokenizedDocument, source, record_id)...]) -> ((split, shard), RecordBatch).
+class _ExamplesOfPoolPass(CountingDoFn):
+    """((split, pool, pass), [(TokenizedDocument, source, record_id)...]) -> ((split, shard), RecordBatch).
 
     A pool is the unit of NSP negative sampling: B of a random pair comes from another document
     of the same pool. Documents are sorted by id so the pool's content and order, and hence every
-    draw, do not depend on arrival order. Examples leave as one Arrow record batch per shard and
-    pass (not one element per example), which keeps Beam's per-element cost off the hot path."""
+    draw, do not depend on arrival order. Examples leave as one Arrow record batch per shard (not
+    one element per example), which keeps Beam's per-element cost off the hot path. Documents that
+    give no example in this pass go to the ``empty`` output."""
 
     def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, schema):
         self.params = InstanceParams(instances.max_seq_length, instances.short_seq_prob, instances.objective)
         self.masking = (MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
                         if masking.mode == "static" else None)
-        self.passes, self.seed, self.schema = masking.dupe_factor, seed, schema
+        self.seed, self.schema = seed, schema
 
     def setup(self):
         self._vocab, self._sha = None, None
@@ -232,32 +236,29 @@ class _ExamplesOfPool(CountingDoFn):
     def process(self, element, vocab: VocabInfo, shards: dict):
         if self._sha != vocab.sha256:
             self._vocab, self._sha = masking_vocabulary(vocab.tokens), vocab.sha256
-        (split, _), members = element
+        (split, _, pass_index), members = element
         members = sorted(members, key=lambda m: m[0].doc_id)
         pool = [m[0] for m in members]
-        produced = [0] * len(pool)
-        n_shards = shards[split]
-        for pass_index in range(self.passes):
-            by_shard: dict[int, list] = {}
-            for i in range(len(pool)):
-                for ex in examples_for_document(pool, i, pass_index, self.seed, self.params, self.masking,
-                                                self._vocab):
-                    produced[i] += 1
-                    by_shard.setdefault(shard_of(self.seed, ex.example_id, n_shards), []).append(ex)
-            for shard, examples in sorted(by_shard.items()):
-                self._count_examples(split, examples)
-                yield (split, shard), contract.to_record_batch(examples, self.schema)
-        for (doc, source, record_id), n in zip(members, produced):
-            if n == 0:
-                yield _reject(self, Rejection(source, record_id, RejectReason.NO_INSTANCES,
-                                              f"{len(doc.ids)} tokens in {doc.num_sentences} sentences "
-                                              f"gave no example in {self.passes} passes"))
+        parts = []
+        for i, (doc, source, record_id) in enumerate(members):
+            cols = examples_for_document(pool, i, pass_index, self.seed, self.params, self.masking, self._vocab)
+            if not len(cols):
+                yield beam.pvalue.TaggedOutput(EMPTY_TAG, ((source, record_id, len(doc.ids), doc.num_sentences), 1))
+            parts.append(cols)
+        cols = contract.ExampleColumns.concat(parts)
+        if not len(cols):
+            return
+        self._count_examples(split, cols)
+        batch = contract.to_record_batch(cols, self.schema)
+        shard = (unit_interval_of(cols.example_id, self.seed, "shard") * shards[split]).astype(np.int64)
+        for s in np.unique(shard):
+            yield (split, int(s)), batch.take(pa.array(np.flatnonzero(shard == s)))
 
-    def _count_examples(self, split, examples):
-        self.count(f"examples/{split}", len(examples))
-        self.count(f"example_tokens/{split}", sum(len(e.input_ids) for e in examples))
-        self.count(f"masked_positions/{split}", sum(len(e.masked_lm_positions) for e in examples))
-        self.count(f"sentence_pair_negatives/{split}", sum(e.next_sentence_label == 1 for e in examples))
+    def _count_examples(self, split, cols):
+        self.count(f"examples/{split}", len(cols))
+        self.count(f"example_tokens/{split}", len(cols.input_ids))
+        self.count(f"masked_positions/{split}", len(cols.masked_lm_positions))
+        self.count(f"sentence_pair_negatives/{split}", int(np.sum(cols.next_sentence_label == 1)))
 
 
 class CreateExamples(beam.PTransform):
@@ -280,7 +281,8 @@ class CreateExamples(beam.PTransform):
         self.shard_counts = None
 
     def expand(self, tokenized):
-        pool_size, seed, out, passes = self.instances.pool_size, self.seed, self.output, self.masking.dupe_factor
+        pool_size, seed, out = self.instances.pool_size, self.seed, self.output
+        passes = self.masking.dupe_factor
         pools_per_split = (tokenized
                            | "CountDocs" >> beam.combiners.Count.PerKey()
                            | "PoolCount" >> beam.Map(lambda kv: (kv[0], max(1, round(kv[1] / pool_size))))
@@ -296,10 +298,23 @@ class CreateExamples(beam.PTransform):
             split, member = element
             return (split, int(unit_interval("pool", seed, member[0].doc_id) * pools[split])), member
 
-        return (tokenized
+        def no_example_in_any_pass(element):
+            (source, record_id, tokens, sentences), n_empty = element
+            if n_empty == passes:
+                yield Rejection(source, record_id, RejectReason.NO_INSTANCES,
+                                f"{tokens} tokens in {sentences} sentences gave no example in {passes} passes")
+
+        made = (tokenized
                 | "AssignPool" >> beam.Map(assign_pool, pools=beam.pvalue.AsSingleton(pools_per_split))
                 | "GroupPools" >> beam.GroupByKey()
-                | "Examples" >> beam.ParDo(_ExamplesOfPool(self.instances, self.masking, seed, self.schema),
+                # Each pass of a pool is its own unit of work, so few pools still use every worker.
+                | "PerPass" >> beam.FlatMap(lambda kv: [((*kv[0], p), list(kv[1])) for p in range(passes)])
+                | "SpreadPasses" >> beam.Reshuffle()
+                | "Examples" >> beam.ParDo(_ExamplesOfPoolPass(self.instances, self.masking, seed, self.schema),
                                            vocab=beam.pvalue.AsSingleton(self.vocab),
                                            shards=beam.pvalue.AsSingleton(self.shard_counts)).with_outputs(
-                    REJECTS_TAG, STATS_TAG, main="examples"))
+                    EMPTY_TAG, STATS_TAG, main="examples"))
+        rejects = (made[EMPTY_TAG]
+                   | "EmptyPasses" >> beam.CombinePerKey(sum)
+                   | "NoExample" >> beam.FlatMap(no_example_in_any_pass))
+        return made.examples, rejects, made[STATS_TAG]

@@ -1,4 +1,4 @@
-"""Round trip across the shard contract: PretrainingExample -> Arrow IPC file -> readers."""
+"""Round trip across the shard contract: ExampleColumns -> Arrow IPC file -> readers."""
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +15,8 @@ def examples(n=50, seed=0):
         length = int(rng.integers(5, 128))
         ids = rng.integers(0, 30522, length).astype(np.int32)
         pos = np.sort(rng.choice(np.arange(1, length), size=min(3, length - 1), replace=False)).astype(np.int32)
-        out.append(contract.PretrainingExample(ids, int(rng.integers(2, length)), int(rng.integers(0, 2)),
-                                               pos, ids[pos], i, 10 * i, 10 * i + 1))
+        out.append(contract.ExampleColumns.of_example(ids, int(rng.integers(2, length)), int(rng.integers(0, 2)),
+                                                      pos, ids[pos], i, 10 * i, 10 * i + 1))
     return out
 
 
@@ -25,16 +25,17 @@ def test_round_trip(tmp_path, objective, masking):
     schema = contract.example_schema(30522, objective, masking)
     exs = examples()
     path = tmp_path / "part-00000-of-00001.arrow"
-    path.write_bytes(arrow_file_bytes([contract.to_record_batch(exs[:20], schema),
-                                       contract.to_record_batch(exs[20:], schema)], schema))
+    path.write_bytes(arrow_file_bytes([contract.to_record_batch(contract.ExampleColumns.concat(exs[:20]), schema),
+                                       contract.to_record_batch(contract.ExampleColumns.concat(exs[20:]), schema)],
+                                      schema))
     table = contract.open_shard(str(path))
     assert table.schema.equals(schema)
     assert table.schema.field(contract.INPUT_IDS).type == pa.list_(pa.uint16())
     assert table.num_rows == len(exs)
     for row, ex in zip(table.to_pylist(), exs):
         assert row[contract.INPUT_IDS] == ex.input_ids.tolist()
-        assert row[contract.SEGMENT_B_START] == ex.segment_b_start
-        assert row[contract.EXAMPLE_ID] == ex.example_id
+        assert row[contract.SEGMENT_B_START] == ex.segment_b_start[0]
+        assert row[contract.EXAMPLE_ID] == ex.example_id[0]
         assert (contract.NEXT_SENTENCE_LABEL in row) == (objective != "none")
         if masking == "static":
             assert row[contract.MASKED_LM_POSITIONS] == ex.masked_lm_positions.tolist()
@@ -58,3 +59,13 @@ def test_wrong_schema_version_is_refused(tmp_path):
 
 def test_token_type_ids():
     assert contract.token_type_ids(3, 6).tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_concat_keeps_each_example_whole():
+    exs = examples(7)
+    cols = contract.ExampleColumns.concat(exs)
+    assert len(cols) == 7 and cols.offsets[-1] == len(cols.input_ids)
+    for e, ex in enumerate(exs):
+        assert cols.input_ids[cols.offsets[e]:cols.offsets[e + 1]].tolist() == ex.input_ids.tolist()
+        lo, hi = cols.masked_offsets[e], cols.masked_offsets[e + 1]
+        assert cols.masked_lm_positions[lo:hi].tolist() == ex.masked_lm_positions.tolist()

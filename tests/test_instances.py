@@ -24,7 +24,7 @@ def test_lengths_within_bounds_and_segments_non_empty(objective):
     vocab = masking_vocabulary(VOCAB)
     for i in range(len(pool)):
         for raw in create_instances(pool, i, params, np.random.default_rng(i)):
-            tokens, b_start = assemble(raw, vocab)
+            tokens, _, (b_start,) = assemble([raw], vocab)
             assert len(tokens) <= 64 and len(raw.tokens_a) >= 1
             assert tokens[0] == vocab.cls_id and tokens[-1] == vocab.sep_id
             if objective == "none":

@@ -11,11 +11,8 @@ import pytest
 from conftest import IN_MEMORY, SMALL_VOCAB, run_job
 from pipeline import contract
 from pipeline.masking import MaskingParams, num_to_predict
-from pipeline.seeding import derive_seed
+from pipeline.instances import example_ids
 from shards import read_split, shard_hashes
-
-MASK63 = (1 << 63) - 1
-
 
 @pytest.fixture(scope="module")
 def train(sample_job):
@@ -105,16 +102,18 @@ def test_short_sequence_fraction(sample_job, train):
     examples stop short of the maximum: with a normal target every non-final continuation is full."""
     out, m = sample_job
     row = {i: r for r, i in enumerate(column(train, "example_id"))}
+    ids_of = lambda doc, p: example_ids(m.seed, doc, p, 1000).tolist()  # noqa: E731  (more than any pass makes)
     lengths = pc.list_value_length(train.column("input_ids")).to_numpy()
     labels = column(train, "next_sentence_label")
     docs = read_split(out, "documents")
     short = total = 0
     for doc, split in zip(column(docs, "doc_id"), column(docs, "split")):
         for p in range(m.masking.dupe_factor):
-            rows, k = [], 0
-            while (r := row.get(derive_seed("example", m.seed, doc, p, k) & MASK63)) is not None:
-                rows.append(r)
-                k += 1
+            rows = []
+            for i in ids_of(doc, p):
+                if i not in row:
+                    break
+                rows.append(row[i])
             if split == "train" and len(rows) >= 3:
                 total += 1
                 short += any(lengths[r] < m.max_seq_length for r in rows[:-1] if labels[r] == 0)

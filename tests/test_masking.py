@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.masking import MaskingParams, mask_tokens, num_to_predict, word_groups
+from pipeline.masking import MaskingParams, mask_batch, mask_tokens, num_to_predict, word_groups
 
 CLS, SEP, MASK, V = 2, 3, 4, 1000
 SPECIAL = np.array([0, 2, 3, 4])
@@ -76,3 +76,16 @@ def test_word_groups_do_not_join_across_special_tokens():
 def test_invalid_params_fail_clearly():
     with pytest.raises(ValueError, match="masked_lm_prob"):
         MaskingParams(masked_lm_prob=0.0)
+
+
+def test_mask_batch_masks_each_example_on_its_own():
+    exs = [example(n_a, n_b, seed=s) for s, (n_a, n_b) in enumerate([(3, 4), (40, 60), (1, 1), (200, 300)])]
+    offsets = np.concatenate([[0], np.cumsum([len(e) for e in exs])])
+    tokens = np.concatenate(exs)
+    p = MaskingParams(max_predictions_per_seq=20)
+    masked, pos, labels = mask_batch(tokens, offsets, np.random.default_rng(0), p, NEVER, MASK, V)
+    owner = np.searchsorted(offsets, pos, side="right") - 1
+    for e, ex in enumerate(exs):
+        assert np.sum(owner == e) == min(num_to_predict(len(ex), p), len(ex) - 3)
+    assert np.array_equal(labels, tokens[pos]) and not NEVER[tokens[pos]].any()
+    assert np.all(np.diff(pos) > 0)

@@ -92,12 +92,12 @@ def test_create_examples_matches_the_algorithm_per_pool():
     schema = contract.example_schema(len(vocab.tokens), "nsp", "static")
     # One pool (40 < pool_size): the expected examples are the algorithm's over the sorted pool.
     pool = sorted(docs, key=lambda d: d.doc_id)
-    expected = sorted(e.example_id for ps in range(2) for i in range(len(pool)) for e in examples_for_document(
-        pool, i, ps, 3, InstanceParams(32, 0.1, "nsp"), MaskingParams(), masking_vocabulary(vocab.tokens)))
+    expected = sorted(i for ps in range(2) for d in range(len(pool)) for i in examples_for_document(
+        pool, d, ps, 3, InstanceParams(32, 0.1, "nsp"), MaskingParams(), masking_vocabulary(vocab.tokens)).example_id)
     with beam_pipeline() as p:
         create = CreateExamples(inst, mask, OutputConfig(num_shards=3), 3, p | "V" >> beam.Create([vocab]), schema)
-        made = p | beam.Create([("train", (d, "s", str(d.doc_id))) for d in docs]) | create
-        ids = (made.examples
+        examples, _, _ = p | beam.Create([("train", (d, "s", str(d.doc_id))) for d in docs]) | create
+        ids = (examples
                | beam.FlatMap(lambda kv: [(kv[0][1], i) for i in kv[1].column(contract.EXAMPLE_ID).to_pylist()]))
         assert_that(ids | "Ids" >> beam.Map(lambda si: si[1]), equal_to(expected), label="same examples")
         assert_that(ids | "Shards" >> beam.Map(lambda si: si[0]) | beam.Distinct(), equal_to([0, 1, 2]),
@@ -122,10 +122,9 @@ def test_shard_records_and_write_shards_round_trip(tmp_path):
 
 def test_example_format_orders_rows_whatever_the_chunk_order(tmp_path):
     schema = contract.example_schema(100, "nsp", "dynamic")
-    exs = [contract.PretrainingExample(np.arange(5, dtype=np.int32) + i, 3, i % 2, np.zeros(0, np.int32),
-                                       np.zeros(0, np.int32), 1000 + i, i, i) for i in range(30)]
-    a = contract.to_record_batch(exs[:10], schema)
-    b = contract.to_record_batch(exs[10:], schema)
+    exs = [contract.ExampleColumns.of_example(np.arange(5) + i, 3, i % 2, [], [], 1000 + i, i, i) for i in range(30)]
+    a = contract.to_record_batch(contract.ExampleColumns.concat(exs[:10]), schema)
+    b = contract.to_record_batch(contract.ExampleColumns.concat(exs[10:]), schema)
     fmt = ExampleFormat(schema, rows_per_batch=7, seed=5)
     assert fmt.encode([a, b])[0] == fmt.encode([b, a])[0]
     assert fmt.encode([a, b])[1:] == (30, 150)
