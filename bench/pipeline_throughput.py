@@ -145,8 +145,11 @@ def main():
         print(f"  {name:32s} {sec:7.2f} s  {s['docs'] / sec:9.1f} docs/s  {s['tokens'] / sec:12,.0f} tokens/s")
     print(f"  tokenisation ceiling: {ceiling:,.0f} tokens/s per core\n")
 
-    # Shards scale with the input, as they do in production (a fixed target far below the corpus).
-    extra = ["output.target_shard_tokens=1000000"]
+    # The production regime, scaled down: a corpus of many pools and many shards. A worker holds
+    # one pool or one shard at a time, so these bound its memory; with the defaults (2,000
+    # documents a pool, 64M tokens a shard) the whole sample would be one pool and one shard.
+    extra = ["output.target_shard_tokens=1000000", "instances.pool_size=25"]
+    print("end to end: " + " ".join(extra))
     copies = make_copies(sample, work, 4)
     results = {}
     for label, inputs in (("1x", [sample]), ("4x", copies)):

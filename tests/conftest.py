@@ -75,3 +75,19 @@ def sample_job(tmp_path_factory):
     manifest = run_job(out, "seed=7", "instances.eval_fraction=0.05", "runner.direct_num_workers=2",
                        "runner.direct_running_mode=multi_processing", *SMALL_VOCAB)
     return out, manifest
+
+
+# --- shards for the trainer's data tests (tests/test_training_data.py) ---------------------
+
+@pytest.fixture(scope="session")
+def loader_static_job(tmp_path_factory):
+    """Static masks, NSP, length 128, each split in 3 shards (row indexing across shards)."""
+    out = tmp_path_factory.mktemp("loader_static")
+    return out, run_job(out, "output.num_shards=3", *SMALL_VOCAB, *IN_MEMORY)
+
+
+@pytest.fixture(scope="session")
+def loader_dynamic_job(tmp_path_factory):
+    """Examples stored unmasked (dynamic masking), objective none (no sentence-pair label)."""
+    out = tmp_path_factory.mktemp("loader_dynamic")
+    return out, run_job(out, "masking=dynamic", "instances=none", "output.num_shards=2", *SMALL_VOCAB, *IN_MEMORY)

@@ -37,15 +37,17 @@ class BatchRequest:
     indices: np.ndarray  # (B,) int64 global row indices of the split
 
 
-def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
-    """(N,) the global order of the rows in epoch ``epoch``: a permutation seeded by (seed, epoch).
+def epoch_order(seed: int, epoch: int, num_samples: int, shuffle: bool = True) -> np.ndarray:
+    """(N,) the global order of the rows in epoch ``epoch``: a permutation seeded by (seed, epoch),
+    or storage order when ``shuffle`` is false.
 
     Equal to ``rng.permutation(N)`` for that generator; built in int32 where it fits to halve the
     host memory of large splits.
     """
     dtype = np.int32 if num_samples <= np.iinfo(np.int32).max else np.int64
     order = np.arange(num_samples, dtype=dtype)
-    rng_for("epoch_order", int(seed), int(epoch)).shuffle(order)
+    if shuffle:
+        rng_for("epoch_order", int(seed), int(epoch)).shuffle(order)
     return order
 
 
@@ -63,6 +65,8 @@ class TrainBatchPlan:
     """This process's data-parallel rank r."""
     world_size: int = 1
     """Data-parallel ranks W."""
+    shuffle: bool = True
+    """False: every epoch in storage order (still rank-strided and resumable)."""
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1:
@@ -91,7 +95,7 @@ class TrainBatchPlan:
         """This rank's micro batches of ``epoch`` from permutation position ``start`` on: (B,) row indices."""
         if not 0 <= start <= self.num_samples:
             raise ValueError(f"start {start} is outside the epoch of {self.num_samples} rows")
-        order = epoch_order(self.seed, epoch, self.num_samples)
+        order = epoch_order(self.seed, epoch, self.num_samples, self.shuffle)
         G = self.global_batch_size
         for k in range(self.batches_left(start)):
             lo = start + k * G + self.rank

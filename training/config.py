@@ -1,0 +1,431 @@
+"""Dataclass schemas of the trainer's Hydra config (``conf/train.yaml``).
+
+One schema per swappable group (model, data, optim, deepspeed, trainer, logger), each stored in
+Hydra's ConfigStore, so a misspelt key or a bad value fails when the config is composed, not an
+hour into a run. Each component receives its own slice (``cfg.optim``, ``cfg.deepspeed``...).
+Checks that involve a single group live in that group's ``__post_init__``; checks across groups
+live in ``TrainConfig.__post_init__``. The world size is not known at composition: batch
+arithmetic that depends on it is checked by ``training.deepspeed_config``.
+
+Imports neither torch nor DeepSpeed, so composing a config is fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+OPTIMIZERS = ("adamw", "lamb")
+SCHEDULES = ("linear", "polynomial")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOGGER_BACKENDS = ("wandb", "none")
+WANDB_MODES = ("online", "offline", "disabled")
+DIST_BACKENDS = ("nccl", "gloo")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run (raised while composing or when the run starts)."""
+
+
+def _positive(group: str, **values) -> None:
+    for name, value in values.items():
+        if value is None or value < 1:
+            raise ConfigError(f"{group}.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the encoder; the fields of ``training.model.BertConfig`` a preset chooses."""
+
+    hidden_size: int = 768
+    """Width H of every hidden state."""
+    num_hidden_layers: int = 12
+    """Number L of transformer layers."""
+    num_attention_heads: int = 12
+    """Attention heads per layer (H/64 in every published BERT); must divide hidden_size."""
+    intermediate_size: int = 3072
+    """Width of the feed-forward block (4H in every published BERT)."""
+    hidden_dropout_prob: float = 0.1
+    """Dropout on embeddings and on each residual branch."""
+    attention_probs_dropout_prob: float = 0.1
+    """Dropout on attention probabilities."""
+    max_position_embeddings: int = 512
+    """Longest sequence the position table covers; 512 so phase 2 can start from phase 1's weights."""
+    type_vocab_size: int = 2
+    """Number of segment ids."""
+    layer_norm_eps: float = 1e-12
+    """LayerNorm epsilon, BERT's 1e-12."""
+    initializer_range: float = 0.02
+    """Std of the normal init of weight matrices and embeddings."""
+    vocab_size: Optional[int] = None
+    """Vocabulary size; null: the shards' manifest's. If set, it must equal the manifest's."""
+    with_nsp_head: Optional[bool] = None
+    """Build the sentence (NSP/SOP) head; null: from the manifest's objective (none -> no head)."""
+
+    def __post_init__(self):
+        _positive("model", hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
+                  num_attention_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
+                  max_position_embeddings=self.max_position_embeddings, type_vocab_size=self.type_vocab_size)
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"model.hidden_size {self.hidden_size} is not divisible by "
+                              f"model.num_attention_heads {self.num_attention_heads}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not (self.layer_norm_eps > 0 and self.initializer_range > 0):
+            raise ConfigError("model.layer_norm_eps and model.initializer_range must be positive")
+        if self.vocab_size is not None:
+            _positive("model", vocab_size=self.vocab_size)
+
+    def bert_config_kwargs(self, vocab_size: int, objective: str, pad_token_id: int) -> dict:
+        """Keyword arguments of ``training.model.BertConfig``, the nulls filled from the manifest.
+
+        vocab_size, objective ("nsp", "sop" or "none") and pad_token_id are the manifest's.
+        """
+        if self.vocab_size is not None and self.vocab_size != vocab_size:
+            raise ConfigError(f"model.vocab_size is {self.vocab_size} but the shards' vocabulary has "
+                              f"{vocab_size} entries; leave model.vocab_size null to take the manifest's")
+        has_pairs = objective != "none"
+        if self.with_nsp_head is not None and self.with_nsp_head != has_pairs:
+            raise ConfigError(f"model.with_nsp_head is {self.with_nsp_head} but the shards' objective is "
+                              f"{objective!r}; leave model.with_nsp_head null to follow the manifest")
+        return {
+            "vocab_size": vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "hidden_dropout_prob": self.hidden_dropout_prob,
+            "attention_probs_dropout_prob": self.attention_probs_dropout_prob,
+            "layer_norm_eps": self.layer_norm_eps,
+            "initializer_range": self.initializer_range,
+            "pad_token_id": pad_token_id,
+            "with_nsp_head": has_pairs,
+        }
+
+
+@dataclass
+class DataConfig:
+    """Reading the shard directory (``data_dir``); masking parameters come from its manifest."""
+
+    micro_batch_size: int = 32
+    """Sequences per forward/backward pass on each GPU (DeepSpeed's train_micro_batch_size_per_gpu)."""
+    eval_micro_batch_size: Optional[int] = None
+    """Sequences per evaluation batch on each GPU; null: micro_batch_size."""
+    max_seq_length: Optional[int] = None
+    """Expected length of the shards (128 in phase 1, 512 in phase 2); null accepts the manifest's."""
+    train_split: str = "train"
+    """Split of the shard directory to train on."""
+    eval_split: str = "eval"
+    """Held-out split evaluated every trainer.eval_every steps."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank; 0 loads in the training process."""
+    prefetch_factor: int = 4
+    """Batches each worker prepares ahead (ignored when num_workers is 0)."""
+    pin_memory: bool = True
+    """Page-locked batches for faster host-to-GPU copies (ignored on CPU)."""
+    shuffle: bool = True
+    """Shuffle the training examples per (seed, epoch); false reads them in shard order."""
+
+    def __post_init__(self):
+        _positive("data", micro_batch_size=self.micro_batch_size, prefetch_factor=self.prefetch_factor)
+        if self.eval_micro_batch_size is not None:
+            _positive("data", eval_micro_batch_size=self.eval_micro_batch_size)
+        if self.max_seq_length is not None and not 8 <= self.max_seq_length <= 65535:
+            raise ConfigError(f"data.max_seq_length must be in [8, 65535] or null, got {self.max_seq_length}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.train_split == self.eval_split:
+            raise ConfigError(f"data.train_split and data.eval_split are both {self.train_split!r}")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, gradient clipping and learning-rate schedule (one peak lr for every group)."""
+
+    name: str = "adamw"
+    """adamw (torch.optim.AdamW; DeepSpeedCPUAdam under optimizer offload) or lamb (training.optim.Lamb)."""
+    lr: float = 1e-4
+    """Peak learning rate, reached at the end of warmup."""
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    """Adam's (beta1, beta2)."""
+    eps: float = 1e-6
+    """Added to sqrt(v) in the denominator (BERT's 1e-6)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay; never applied to LayerNorm weights or biases."""
+    bias_correction: bool = True
+    """LAMB: divide the moments by (1 - beta^t) as Adam does (AdamW always does)."""
+    trust_ratio_for_no_decay: bool = False
+    """LAMB: also scale the LayerNorm and bias updates by their trust ratio (BERT's LAMB exempts them)."""
+    min_trust_ratio: float = 0.0
+    """LAMB: lower bound of the trust ratio ||w|| / ||update|| (the paper's clipping function)."""
+    max_trust_ratio: Optional[float] = None
+    """LAMB: upper bound of the trust ratio; null leaves it unbounded."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (DeepSpeed's gradient_clipping); 0 turns clipping off."""
+    warmup_steps: Optional[int] = 10000
+    """Steps of linear warmup from 0 to lr; null when warmup_ratio is given."""
+    warmup_ratio: Optional[float] = None
+    """Warmup as a fraction of trainer.max_steps; null when warmup_steps is given."""
+    schedule: str = "linear"
+    """Decay after warmup: linear, or polynomial with exponent `power`, from lr to end_lr at max_steps."""
+    power: float = 1.0
+    """Exponent of the polynomial decay (1.0 is linear; NVIDIA's LAMB recipe uses 0.5)."""
+    end_lr: float = 0.0
+    """Learning rate at trainer.max_steps (and after)."""
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(self.betas)}")
+        if not self.eps > 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("optim.eps must be positive, optim.weight_decay and optim.grad_clip >= 0")
+        if self.min_trust_ratio < 0 or (self.max_trust_ratio is not None
+                                        and self.max_trust_ratio < max(self.min_trust_ratio, 1e-12)):
+            raise ConfigError("optim.min_trust_ratio must be >= 0 and optim.max_trust_ratio "
+                              "positive and >= min_trust_ratio (or null)")
+        if (self.warmup_steps is None) == (self.warmup_ratio is None):
+            raise ConfigError("set exactly one of optim.warmup_steps and optim.warmup_ratio "
+                              f"(the other null); got {self.warmup_steps} and {self.warmup_ratio}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_ratio is not None and not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not self.power > 0:
+            raise ConfigError(f"optim.power must be positive, got {self.power}")
+        if not 0.0 <= self.end_lr <= self.lr:
+            raise ConfigError(f"optim.end_lr must be in [0, optim.lr], got {self.end_lr}")
+
+    def resolved_warmup_steps(self, max_steps: int) -> int:
+        """Warmup length in steps: warmup_steps, or warmup_ratio of max_steps rounded."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return int(round(self.warmup_ratio * max_steps))
+
+
+@dataclass
+class EngineConfig:
+    """The DeepSpeed engine (group ``deepspeed``): ZeRO stage, offload, precision, communication."""
+
+    zero_stage: int = 2
+    """ZeRO stage: 0 plain data parallel, 1 shards optimizer states, 2 also gradients, 3 also parameters."""
+    offload_optimizer: bool = False
+    """Keep optimizer states in CPU memory and step there with DeepSpeedCPUAdam (ZeRO 1-3, adamw only)."""
+    offload_param: bool = False
+    """Keep parameters in CPU memory between uses (ZeRO 3 only)."""
+    pin_memory: bool = True
+    """Page-locked CPU buffers for offloaded states (faster copies, more host memory)."""
+    precision: str = "bf16"
+    """fp32; bf16 (no loss scaling needed); fp16 (dynamic loss scaling below)."""
+    loss_scale: float = 0.0
+    """fp16: a static loss scale, or 0 for dynamic loss scaling."""
+    initial_scale_power: int = 16
+    """fp16 dynamic scaling: start at a loss scale of 2**initial_scale_power."""
+    loss_scale_window: int = 1000
+    """fp16 dynamic scaling: raise the scale after this many steps without overflow."""
+    hysteresis: int = 2
+    """fp16 dynamic scaling: overflows tolerated before the scale is lowered."""
+    min_loss_scale: int = 1
+    """fp16 dynamic scaling: never go below this scale."""
+    overlap_comm: Optional[bool] = None
+    """Overlap gradient reduction with backward (ZeRO 1-3); null: DeepSpeed's default (on for stage 3)."""
+    contiguous_gradients: bool = True
+    """Copy gradients into one buffer as they are produced (less fragmentation, ZeRO 1-3)."""
+    reduce_bucket_size: int = 500_000_000
+    """Elements reduced at once (ZeRO 1-3); smaller saves memory, larger is faster."""
+    allgather_bucket_size: int = 500_000_000
+    """Elements all-gathered at once after the step (ZeRO 1-2)."""
+
+    def __post_init__(self):
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.offload_optimizer and self.zero_stage < 1:
+            raise ConfigError("deepspeed.offload_optimizer needs ZeRO stage 1, 2 or 3 "
+                              "(DeepSpeed offloads the optimizer states it partitions)")
+        if self.offload_param and self.zero_stage != 3:
+            raise ConfigError("deepspeed.offload_param needs ZeRO stage 3 (only stage 3 partitions parameters)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"deepspeed.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.loss_scale < 0:
+            raise ConfigError("deepspeed.loss_scale must be >= 0 (0 = dynamic)")
+        _positive("deepspeed", loss_scale_window=self.loss_scale_window, hysteresis=self.hysteresis,
+                  min_loss_scale=self.min_loss_scale, reduce_bucket_size=self.reduce_bucket_size,
+                  allgather_bucket_size=self.allgather_bucket_size)
+        if self.initial_scale_power < 0:
+            raise ConfigError("deepspeed.initial_scale_power must be >= 0")
+
+
+@dataclass
+class TrainerConfig:
+    """Length of the run, batch, cadence of logging, evaluation and checkpoints, start weights."""
+
+    max_steps: int = 900_000
+    """Optimizer steps of this run (BERT: 900k at length 128, then 100k at 512)."""
+    global_batch_size: int = 256
+    """Sequences per optimizer step over all ranks = micro_batch_size x accumulation x world size."""
+    log_every: int = 100
+    """Log training metrics every this many steps."""
+    eval_every: int = 10_000
+    """Evaluate on the held-out split every this many steps (and at the end); 0: only at the end."""
+    eval_steps: Optional[int] = 100
+    """Batches per evaluation on each rank; null: the whole eval split."""
+    checkpoint_every: int = 5_000
+    """Save a DeepSpeed checkpoint every this many steps (and at the end)."""
+    keep_last_k: int = 3
+    """Checkpoints kept; older ones are deleted once a newer one is complete."""
+    resume: bool = True
+    """Resume from the latest complete checkpoint in output_dir if there is one."""
+    max_nonfinite_in_a_row: int = 10
+    """Stop the run after this many consecutive non-finite losses (each one skips its update)."""
+    init_from: Optional[str] = MISSING
+    """Weights to start from: null (random init), or for phase 2 a model.safetensors or a directory
+    with one, e.g. phase 1's output_dir/hf (optimizer, schedule and step start fresh). Every
+    trainer preset sets it, so phase2 fails to compose without it. Ignored when resuming."""
+    sparse_mlm_head: bool = True
+    """Run the MLM head on masked positions only; false runs it on every token (transformers' layout)."""
+    compile: bool = False
+    """torch.compile the model before DeepSpeed wraps it."""
+    export_hf: bool = True
+    """Write a Hugging Face export (config.json, model.safetensors, vocabulary) to output_dir/hf at the end."""
+    peak_tflops: Optional[float] = None
+    """Peak dense TFLOP/s of one device for MFU; null: from the known-GPU table, or no MFU."""
+    dist_backend: Optional[str] = None
+    """torch.distributed backend: nccl or gloo; null: nccl on CUDA, gloo on CPU."""
+    dist_timeout_minutes: int = 30
+    """Timeout of collective operations (raise for slow checkpoint saves on shared filesystems)."""
+
+    def __post_init__(self):
+        _positive("trainer", max_steps=self.max_steps, global_batch_size=self.global_batch_size,
+                  log_every=self.log_every, checkpoint_every=self.checkpoint_every,
+                  keep_last_k=self.keep_last_k, max_nonfinite_in_a_row=self.max_nonfinite_in_a_row,
+                  dist_timeout_minutes=self.dist_timeout_minutes)
+        if self.eval_every < 0:
+            raise ConfigError(f"trainer.eval_every must be >= 0, got {self.eval_every}")
+        if self.eval_steps is not None:
+            _positive("trainer", eval_steps=self.eval_steps)
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ConfigError(f"trainer.peak_tflops must be positive or null, got {self.peak_tflops}")
+        if self.dist_backend is not None and self.dist_backend not in DIST_BACKENDS:
+            raise ConfigError(f"trainer.dist_backend must be one of {DIST_BACKENDS} or null, "
+                              f"got {self.dist_backend!r}")
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking on rank 0. No API key here: W&B reads WANDB_API_KEY or ~/.netrc."""
+
+    backend: str = "wandb"
+    """wandb, or none (metrics only in the terminal; wandb is not imported)."""
+    mode: str = "online"
+    """W&B mode: online, offline (synced later with `wandb sync`) or disabled."""
+    project: str = "bert-pretraining"
+    """W&B project."""
+    entity: Optional[str] = None
+    """W&B team or user; null: the account's default."""
+    name: Optional[str] = None
+    """Run name shown in W&B; null: W&B picks one."""
+    group: Optional[str] = None
+    """W&B group, e.g. to put phase 1 and phase 2 side by side."""
+    tags: List[str] = field(default_factory=list)
+    """W&B tags."""
+    dir: Optional[str] = None
+    """Where W&B writes its files; null: output_dir."""
+
+    def __post_init__(self):
+        if self.backend not in LOGGER_BACKENDS:
+            raise ConfigError(f"logger.backend must be one of {LOGGER_BACKENDS}, got {self.backend!r}")
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"logger.mode must be one of {WANDB_MODES}, got {self.mode!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Root of ``conf/train.yaml``."""
+
+    data_dir: str = MISSING
+    """The Beam job's output directory (manifest.json, vocab.txt, train/ and eval/ shards)."""
+    output_dir: str = MISSING
+    """Checkpoints, Hugging Face export and W&B files; a run resumes from what it finds here.
+    Also Hydra's run directory, so every rank resolves the same one (no timestamp in it); a
+    multirun job uses Hydra's job directory output_dir/<job number> instead."""
+    seed: int = 1234
+    """Seeds initialisation, dropout, shuffling and dynamic masking (with rank, epoch and sample)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: EngineConfig = field(default_factory=EngineConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self):
+        check_consistency(self)
+
+
+def check_consistency(cfg: TrainConfig) -> None:
+    """Checks across groups that need no knowledge of the world size or the shards."""
+    if cfg.optim.name == "lamb" and cfg.deepspeed.zero_stage != 0:
+        # ZeRO 1-3 hand the optimizer one flat fp32 buffer per param group (a rank's partition),
+        # so LAMB's per-tensor trust ratio ||w|| / ||update|| would be taken over that buffer.
+        offload = " (and ZeRO-Offload steps with DeepSpeedCPUAdam only)" if cfg.deepspeed.offload_optimizer else ""
+        raise ConfigError(
+            f"optim.name=lamb needs deepspeed.zero_stage=0, got {cfg.deepspeed.zero_stage}: ZeRO flattens "
+            f"parameters into per-rank partitions, so LAMB's per-tensor trust ratio cannot be taken{offload}; "
+            "use deepspeed=zero0, or optim=adamw with ZeRO")
+    if cfg.trainer.global_batch_size % cfg.data.micro_batch_size:
+        raise ConfigError(f"trainer.global_batch_size {cfg.trainer.global_batch_size} is not a multiple "
+                          f"of data.micro_batch_size {cfg.data.micro_batch_size}")
+    warmup = cfg.optim.resolved_warmup_steps(cfg.trainer.max_steps)
+    if warmup > cfg.trainer.max_steps:
+        raise ConfigError(f"optim.warmup_steps {warmup} exceeds trainer.max_steps {cfg.trainer.max_steps}")
+    if cfg.data.max_seq_length is not None and cfg.data.max_seq_length > cfg.model.max_position_embeddings:
+        raise ConfigError(f"data.max_seq_length {cfg.data.max_seq_length} exceeds "
+                          f"model.max_position_embeddings {cfg.model.max_position_embeddings}")
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """The composed Hydra config as dataclasses, every check run.
+
+    Besides ``OmegaConf.to_object`` (types, ``__post_init__`` checks, missing values), rejects keys
+    that a ``+key=value`` override appended: Hydra lets those past the schema and
+    ``to_object`` would drop them silently (a misspelt ``+optim.lr_peak`` would do nothing).
+    """
+    extra = _keys_outside_schema(cfg, "")
+    if extra:
+        raise ConfigError(f"unknown config keys {extra} (added with '+'?); see training/config.py for the schema")
+    return OmegaConf.to_object(cfg)
+
+
+def _keys_outside_schema(node: DictConfig, prefix: str) -> list[str]:
+    schema = OmegaConf.get_type(node)
+    names = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    extra = []
+    for key, child in node.items_ex(resolve=False):
+        if names is not None and key not in names:
+            extra.append(f"{prefix}{key}")
+        elif isinstance(child, DictConfig):
+            extra += _keys_outside_schema(child, f"{prefix}{key}.")
+    return extra
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore so a misspelt key fails at composition."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="optim", name="optim_schema", node=OptimConfig)
+    cs.store(group="deepspeed", name="deepspeed_schema", node=EngineConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)

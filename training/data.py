@@ -1,0 +1,556 @@
+"""The trainer's data side: check the shards fit the run, then serve collated micro batches.
+
+    expect = RunExpectations.of_model(bert_cfg, max_seq_length=cfg.data.max_seq_length)
+    data = open_pretraining_data(cfg.data_dir, cfg.data, cfg.seed, expect)  # DataContractError first
+    train = data.train_loader(rank, world_size)
+    train.load_state_dict(checkpoint["data"])  # optional: resume mid-epoch
+    for batch in train: ...                    # the rest of the current epoch
+    checkpoint["data"] = train.state_dict()
+
+Shards are read through ``pipeline.contract.open_shard`` (memory-mapped Arrow, zero-copy): the
+loader keeps numpy views of the mapped record batches and reads rows by global index. Which rows
+a rank reads is decided in ``training.sampler`` in the main process; DataLoader workers only read,
+mask (dynamic masking) and collate, so any ``num_workers`` yields the same batches.
+
+Static masks are used as stored. Dynamic masks are drawn by ``pipeline.masking.mask_tokens``
+with a generator seeded from ("dynamic_masking", seed, epoch, example_id): the same example gets
+the same masks in the same epoch, whichever rank, worker or resumed run reads it. Eval batches
+are masked as in epoch 0, so every evaluation scores the same predictions.
+
+No DeepSpeed here: the trainer puts ``state_dict()`` into its checkpoint's client state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import contract
+from pipeline.contract import ContractError, ShardManifest, SpecialTokens
+from pipeline.masking import MaskingParams, mask_tokens
+from pipeline.seeding import rng_for
+from pipeline.tokenization import masking_vocabulary
+from training.config import DataConfig
+from training.sampler import BatchRequest, EvalBatchPlan, TrainBatchPlan
+
+IGNORE_INDEX = -100
+"""Label of a padding prediction slot (what ``training.model`` and torch's cross-entropy skip)."""
+
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions",
+                "masked_lm_labels", "next_sentence_label")
+"""Batch keys that are arguments of ``BertForPreTraining.forward``; the others are bookkeeping."""
+
+EVAL_MASKING_EPOCH = 0
+"""Dynamic masks of the eval split are drawn as for this epoch, the same at every evaluation."""
+
+STATE_VERSION = 1
+
+
+# --- run expectations and the manifest check ----------------------------------------------------
+
+class DataContractError(ContractError):
+    """The shards do not fit the run (a ValueError); the message says what to change."""
+
+
+@dataclass(frozen=True)
+class RunExpectations:
+    """What the run's model needs of the data."""
+
+    vocab_size: int
+    """The model's vocabulary size; must equal the shards' vocabulary."""
+    max_position_embeddings: int
+    """The model's position table; must cover the shards' max_seq_length."""
+    with_nsp_head: bool
+    """Whether the model has the sentence head: needed by objectives nsp/sop, refused by none."""
+    pad_token_id: int = 0
+    """The model's [PAD] id; must be the vocabulary's."""
+    vocab_sha256: Optional[str] = None
+    """If set, the sha256 the shards' vocabulary must have (e.g. the vocabulary a checkpoint used)."""
+    max_seq_length: Optional[int] = None
+    """If set, the shards' max_seq_length must be this (data.max_seq_length: phase 1 or phase 2)."""
+
+    @classmethod
+    def of_model(cls, model_cfg: Any, max_seq_length: Optional[int] = None,
+                 vocab_sha256: Optional[str] = None) -> "RunExpectations":
+        """From a ``training.model.BertConfig`` (or anything with the same fields)."""
+        return cls(vocab_size=model_cfg.vocab_size, max_position_embeddings=model_cfg.max_position_embeddings,
+                   with_nsp_head=model_cfg.with_nsp_head, pad_token_id=model_cfg.pad_token_id,
+                   vocab_sha256=vocab_sha256, max_seq_length=max_seq_length)
+
+
+def validate_manifest(manifest: ShardManifest, data_dir: str, expect: RunExpectations) -> list[str]:
+    """Check the shards in ``data_dir`` against the run; returns the vocabulary (list of tokens).
+
+    Raises DataContractError listing every mismatch, each with what to change: schema version;
+    vocab.txt's sha256 and size against the manifest; the expected vocabulary hash; vocab size,
+    special token ids and [PAD] against the model; max_seq_length against max_position_embeddings;
+    the expected max_seq_length; the objective against the NSP head; the masking spec; every
+    listed shard present and of its listed size.
+    """
+    if manifest.schema_version != contract.SCHEMA_VERSION:
+        raise DataContractError(
+            f"{data_dir}: manifest schema version {manifest.schema_version}, this trainer reads "
+            f"{contract.SCHEMA_VERSION}: rebuild the shards with this checkout's pipeline")
+    problems: list[str] = []
+    vocab = _check_vocabulary(manifest, data_dir, expect, problems)
+    if expect.max_seq_length is not None and manifest.max_seq_length != expect.max_seq_length:
+        problems.append(
+            f"the shards were built with max_seq_length={manifest.max_seq_length} but the run expects "
+            f"data.max_seq_length={expect.max_seq_length}: point data_dir at shards of that length, or set "
+            f"data.max_seq_length={manifest.max_seq_length} (or null)")
+    if manifest.max_seq_length > expect.max_position_embeddings:
+        problems.append(
+            f"the shards hold sequences of up to max_seq_length={manifest.max_seq_length} tokens but the model "
+            f"has max_position_embeddings={expect.max_position_embeddings}: raise the model's "
+            f"max_position_embeddings to at least {manifest.max_seq_length}, or rebuild the shards with "
+            f"instances.max_seq_length<={expect.max_position_embeddings}")
+    if manifest.objective not in contract.OBJECTIVES:
+        problems.append(f"unknown objective {manifest.objective!r} in the manifest (expected one of "
+                        f"{contract.OBJECTIVES}): rebuild the shards")
+    elif manifest.objective == "none" and expect.with_nsp_head:
+        problems.append(
+            "the shards were built with objective 'none' (no sentence-pair label) but the model has an NSP "
+            "head: set the model's with_nsp_head=false, or rebuild the shards with instances=nsp or sop")
+    elif manifest.objective != "none" and not expect.with_nsp_head:
+        problems.append(
+            f"the shards carry a sentence-pair label (objective {manifest.objective!r}) but the model has no "
+            f"NSP head: set the model's with_nsp_head=true, or rebuild the shards with instances=none")
+    _check_masking(manifest, problems)
+    _check_shard_files(manifest, data_dir, problems)
+    if problems:
+        raise DataContractError(f"the shards in {data_dir} do not fit this run:\n"
+                                + "\n".join(f"  - {p}" for p in problems))
+    return vocab
+
+
+def _check_vocabulary(manifest: ShardManifest, data_dir: str, expect: RunExpectations,
+                      problems: list[str]) -> list[str]:
+    path = os.path.join(data_dir, manifest.vocab_file)
+    if not os.path.exists(path):
+        raise DataContractError(f"{path} is missing: the shards' ids mean nothing without the vocabulary "
+                                f"the pipeline wrote next to manifest.json; restore it or re-run the pipeline")
+    actual = contract.sha256_file(path)
+    vocab = contract.read_vocab(path)
+    if actual != manifest.vocab_sha256:
+        problems.append(
+            f"{path} has sha256 {actual} but the manifest records {manifest.vocab_sha256}: the vocabulary "
+            f"next to the shards was replaced or edited; restore the file the pipeline wrote or re-run it")
+    elif len(vocab) != manifest.vocab_size:
+        problems.append(f"{path} has {len(vocab)} entries but the manifest records vocab_size "
+                        f"{manifest.vocab_size}: the output directory is inconsistent; re-run the pipeline")
+    if expect.vocab_sha256 is not None and manifest.vocab_sha256 != expect.vocab_sha256:
+        problems.append(
+            f"the shards were tokenized with the vocabulary of sha256 {manifest.vocab_sha256} but this run "
+            f"expects {expect.vocab_sha256}: point data.dir at shards built with that vocabulary "
+            f"(pipeline tokenizer=vocab_file)")
+    if manifest.vocab_size != expect.vocab_size:
+        problems.append(
+            f"the shards' vocabulary has {manifest.vocab_size} ids but the model's vocab_size is "
+            f"{expect.vocab_size}: set the model's vocab_size={manifest.vocab_size}, or use shards built "
+            f"with a {expect.vocab_size}-id vocabulary")
+    try:
+        special = dataclasses.asdict(SpecialTokens.from_vocab(vocab))
+    except ContractError as e:
+        problems.append(f"{path}: {e}")
+        return vocab
+    if manifest.special_tokens != special:
+        problems.append(f"the manifest's special token ids {manifest.special_tokens} are not those of "
+                        f"{path} ({special}): the output directory is inconsistent; re-run the pipeline")
+    if special["pad"] != expect.pad_token_id:
+        problems.append(f"[PAD] is id {special['pad']} in the shards' vocabulary but the model's pad_token_id "
+                        f"is {expect.pad_token_id}: set the model's pad_token_id={special['pad']}")
+    return vocab
+
+
+def _check_masking(manifest: ShardManifest, problems: list[str]) -> None:
+    if manifest.masking.mode not in contract.MASKING_MODES:
+        problems.append(f"unknown masking mode {manifest.masking.mode!r} (expected one of "
+                        f"{contract.MASKING_MODES}): rebuild the shards")
+    elif manifest.masking.mode == "dynamic":
+        try:
+            masking_params(manifest)
+        except ValueError as e:
+            problems.append(f"the manifest's dynamic masking settings are invalid ({e}): rebuild the shards")
+
+
+def _check_shard_files(manifest: ShardManifest, data_dir: str, problems: list[str]) -> None:
+    for shard in manifest.shards:
+        path = os.path.join(data_dir, shard.file)
+        if not os.path.exists(path):
+            problems.append(f"{path} is listed in the manifest but missing: copy the whole output directory")
+        elif os.path.getsize(path) != shard.bytes:
+            problems.append(f"{path} has {os.path.getsize(path)} bytes, the manifest says {shard.bytes}: "
+                            f"the copy is truncated or the file was replaced")
+
+
+def masking_params(manifest: ShardManifest) -> MaskingParams:
+    """The dynamic masking the manifest asks for, as ``mask_tokens`` takes it."""
+    m = manifest.masking
+    return MaskingParams(masked_lm_prob=m.masked_lm_prob, max_predictions_per_seq=m.max_predictions_per_seq,
+                         whole_word=m.whole_word, mask_prob=m.mask_prob, random_prob=m.random_prob)
+
+
+# --- rows of a split, memory-mapped -------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Example:
+    """One example ready to collate (unpadded)."""
+
+    input_ids: np.ndarray  # (T,) ids with [CLS]/[SEP], masked
+    segment_b_start: int  # token types are 0 before it, 1 from it
+    masked_lm_positions: np.ndarray  # (P,) sorted positions to predict
+    masked_lm_labels: np.ndarray  # (P,) original ids at those positions
+    next_sentence_label: int  # 0 continuation, 1 random/swapped; -1 without a sentence objective
+    example_id: int
+
+
+class _ChunkColumns:
+    """Zero-copy numpy views of one memory-mapped record batch's columns."""
+
+    def __init__(self, batch: pa.RecordBatch):
+        names = set(batch.schema.names)
+        ids = batch.column(contract.INPUT_IDS)
+        self.ids_offsets = ids.offsets.to_numpy()  # (R+1,) into ids_values
+        self.ids_values = ids.values.to_numpy()  # (N,) uint16 or int32
+        self.segment_b_start = batch.column(contract.SEGMENT_B_START).to_numpy()  # (R,)
+        self.example_id = batch.column(contract.EXAMPLE_ID).to_numpy()  # (R,)
+        self.sentence_label = (batch.column(contract.NEXT_SENTENCE_LABEL).to_numpy()
+                               if contract.NEXT_SENTENCE_LABEL in names else None)  # (R,) int8
+        self.mlm_offsets = self.mlm_positions = self.mlm_ids = None
+        if contract.MASKED_LM_POSITIONS in names:
+            positions = batch.column(contract.MASKED_LM_POSITIONS)
+            self.mlm_offsets = positions.offsets.to_numpy()  # (R+1,)
+            self.mlm_positions = positions.values.to_numpy()  # (P,)
+            self.mlm_ids = batch.column(contract.MASKED_LM_IDS).values.to_numpy()  # (P,), same offsets
+
+    def example(self, row: int) -> Example:
+        lo, hi = self.ids_offsets[row], self.ids_offsets[row + 1]
+        if self.mlm_offsets is None:
+            positions = labels = np.zeros(0, np.int64)
+        else:
+            a, b = self.mlm_offsets[row], self.mlm_offsets[row + 1]
+            positions, labels = self.mlm_positions[a:b], self.mlm_ids[a:b]
+        label = -1 if self.sentence_label is None else int(self.sentence_label[row])
+        return Example(self.ids_values[lo:hi], int(self.segment_b_start[row]), positions, labels, label,
+                       int(self.example_id[row]))
+
+
+def _columns(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)
+
+
+class ShardedSplit:
+    """All rows of one split across its shards, memory-mapped; row i of the split is row
+    ``i - shard_starts[s]`` of shard s (shards in manifest order, cumulative row counts).
+
+    Opens the shards lazily in each process (pickling sends only the paths, so DataLoader workers
+    started by spawn/forkserver map the files themselves instead of receiving a copy).
+    """
+
+    def __init__(self, data_dir: str, manifest: ShardManifest, split: str):
+        self.split = split
+        self.shards = manifest.shards_of(split)
+        self.paths = [os.path.join(data_dir, s.file) for s in self.shards]
+        self.schema = contract.example_schema(manifest.vocab_size, manifest.objective, manifest.masking.mode)
+        self.shard_starts = np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
+        self._chunks: Optional[list[_ChunkColumns]] = None
+        self._chunk_starts: Optional[np.ndarray] = None  # (C+1,) first split row of each record batch
+
+    def __len__(self) -> int:
+        return int(self.shard_starts[-1])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_chunks": None, "_chunk_starts": None}
+
+    def open(self) -> "ShardedSplit":
+        """Map every shard and check its schema and row count against the manifest (idempotent)."""
+        if self._chunks is not None:
+            return self
+        chunks, sizes = [], []
+        for path, info in zip(self.paths, self.shards):
+            table = contract.open_shard(path)
+            if not table.schema.equals(self.schema, check_metadata=False):
+                raise DataContractError(f"{path}: columns {_columns(table.schema)} differ from what the "
+                                        f"manifest implies ({_columns(self.schema)}): the shard belongs to "
+                                        f"another run; re-run the pipeline or restore the manifest")
+            if table.num_rows != info.rows:
+                raise DataContractError(f"{path} has {table.num_rows} rows, the manifest says {info.rows}")
+            for batch in table.to_batches():
+                chunks.append(_ChunkColumns(batch))
+                sizes.append(batch.num_rows)
+        self._chunks = chunks
+        self._chunk_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        return self
+
+    def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row within shard) of global row indices (K,) -> two (K,) int64 arrays."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"row index outside the {self.split} split of {len(self)} rows")
+        shard = np.searchsorted(self.shard_starts, indices, side="right") - 1
+        return shard, indices - self.shard_starts[shard]
+
+    def examples(self, indices: np.ndarray) -> list[Example]:
+        """The stored examples at global row indices (K,), in that order."""
+        self.open()
+        indices = np.asarray(indices, dtype=np.int64)
+        self.locate(indices)  # bounds check
+        chunk = np.searchsorted(self._chunk_starts, indices, side="right") - 1
+        row = indices - self._chunk_starts[chunk]
+        return [self._chunks[c].example(int(r)) for c, r in zip(chunk, row)]
+
+
+# --- masking and collation ---------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class DynamicMasker:
+    """Masks unmasked examples with ``mask_tokens``, seeded by (seed, epoch, example_id)."""
+
+    params: MaskingParams
+    never_mask: np.ndarray  # (V,) bool
+    is_continuation: np.ndarray  # (V,) bool
+    mask_id: int
+    vocab_size: int
+    seed: int
+
+    def rng(self, epoch: int, example_id: int) -> np.random.Generator:
+        return rng_for("dynamic_masking", int(self.seed), int(epoch), int(example_id))
+
+    def __call__(self, example: Example, epoch: int) -> Example:
+        tokens = np.array(example.input_ids, dtype=np.int32)  # (T,) private copy of the mapped row
+        masked, positions, labels = mask_tokens(tokens, self.rng(epoch, example.example_id), self.params,
+                                                self.never_mask, self.mask_id, self.vocab_size,
+                                                self.is_continuation)
+        return dataclasses.replace(example, input_ids=masked, masked_lm_positions=positions,
+                                   masked_lm_labels=labels)
+
+
+class PretrainingExamples(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole micro batches: ``dataset[BatchRequest]`` is the
+    list of masked examples of that request (what the collator takes)."""
+
+    def __init__(self, split: ShardedSplit, masker: Optional[DynamicMasker]):
+        self.split, self.masker = split, masker
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, request: BatchRequest) -> list[Example]:
+        examples = self.split.examples(request.indices)
+        if self.masker is not None:
+            examples = [self.masker(e, request.epoch) for e in examples]
+        return examples
+
+
+@dataclass(frozen=True)
+class Collator:
+    """Pads a list of examples to the longest (or a multiple of ``pad_to_multiple_of``) and stacks.
+
+    Returns a dict of tensors:
+      input_ids (B, T) long, [PAD] after each sequence; token_type_ids (B, T) long;
+      attention_mask (B, T) long, 1 for real tokens; masked_lm_positions (B, P) long, 0 in padding
+      slots; masked_lm_labels (B, P) long, -100 in padding slots (P = most predictions in the batch);
+      next_sentence_label (B,) long, only with a sentence objective; example_id (B,) long;
+      num_tokens () long, the non-padding tokens of the batch (for throughput and MFU).
+    """
+
+    pad_id: int
+    with_sentence_label: bool
+    pad_to_multiple_of: int = 1
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        B = len(examples)
+        lengths = np.array([len(e.input_ids) for e in examples], dtype=np.int64)  # (B,)
+        T = int(lengths.max()) if B else 0
+        T = -(-T // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        P = max((len(e.masked_lm_positions) for e in examples), default=0)
+        input_ids = np.full((B, T), self.pad_id, dtype=np.int64)
+        positions = np.zeros((B, P), dtype=np.int64)
+        labels = np.full((B, P), IGNORE_INDEX, dtype=np.int64)
+        for i, e in enumerate(examples):
+            input_ids[i, :lengths[i]] = e.input_ids
+            positions[i, :len(e.masked_lm_positions)] = e.masked_lm_positions
+            labels[i, :len(e.masked_lm_labels)] = e.masked_lm_labels
+        columns = np.arange(T)[None, :]  # (1, T)
+        attention_mask = (columns < lengths[:, None]).astype(np.int64)  # (B, T)
+        b_start = np.array([e.segment_b_start for e in examples], dtype=np.int64)  # (B,)
+        token_type_ids = ((columns >= b_start[:, None]) & (attention_mask == 1)).astype(np.int64)  # (B, T)
+        batch = {
+            "input_ids": torch.from_numpy(input_ids),
+            "token_type_ids": torch.from_numpy(token_type_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "masked_lm_positions": torch.from_numpy(positions),
+            "masked_lm_labels": torch.from_numpy(labels),
+        }
+        if self.with_sentence_label:
+            batch["next_sentence_label"] = torch.tensor([e.next_sentence_label for e in examples], dtype=torch.long)
+        batch["example_id"] = torch.tensor([e.example_id for e in examples], dtype=torch.long)
+        batch["num_tokens"] = torch.tensor(int(lengths.sum()), dtype=torch.long)
+        return batch
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keyword arguments of ``BertForPreTraining.forward`` in a collated batch."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+# --- loaders -----------------------------------------------------------------------------------
+
+def _data_loader(dataset: PretrainingExamples, requests, collate: Collator, cfg: DataConfig) -> DataLoader:
+    """A DataLoader over precomputed batch requests: batch_size=None hands each request to the
+    dataset whole, so the workers never choose rows; order is kept whatever num_workers."""
+    workers = cfg.num_workers
+    return DataLoader(dataset, batch_size=None, sampler=requests, collate_fn=collate, num_workers=workers,
+                      pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+                      prefetch_factor=cfg.prefetch_factor if workers else None)
+
+
+class PretrainingLoader:
+    """Training micro batches of one rank, epoch after epoch, with a resumable position.
+
+    ``iter(loader)`` yields the rest of the current epoch (see ``training.sampler`` for the order;
+    the tail of each epoch smaller than one global batch is dropped), then moves to the next
+    epoch. The position counts the batches handed out, not those prefetched by workers: take
+    ``state_dict()`` after training on the last batch received.
+    """
+
+    def __init__(self, dataset: PretrainingExamples, plan: TrainBatchPlan, collate: Collator, cfg: DataConfig):
+        self.dataset, self.plan, self.collate, self.cfg = dataset, plan, collate, cfg
+        self.epoch = 0
+        self.samples_consumed = 0  # position in this epoch's global order, the same on every rank
+        self._active: Optional[object] = None  # identifies the one live iterator
+
+    def __len__(self) -> int:
+        """Batches left in the current epoch on this rank."""
+        return self.plan.batches_left(self.samples_consumed)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        token = self._active = object()
+        requests = self.plan.requests(self.epoch, self.samples_consumed)
+        for batch in _data_loader(self.dataset, requests, self.collate, self.cfg):
+            if self._active is not token:
+                raise RuntimeError("the loader was restarted or its state reloaded during this iteration")
+            self.samples_consumed += self.plan.global_batch_size
+            yield batch
+        if self._active is token:
+            self.epoch += 1
+            self.samples_consumed = 0
+            self._active = None
+
+    def state_dict(self) -> dict[str, int]:
+        """Position and what it depends on; identical on every rank."""
+        return {"version": STATE_VERSION, "epoch": self.epoch, "samples_consumed": self.samples_consumed,
+                "batches_consumed": self.samples_consumed // self.plan.global_batch_size,
+                "seed": self.plan.seed, "shuffle": self.plan.shuffle, "num_samples": self.plan.num_samples,
+                "world_size": self.plan.world_size, "micro_batch_size": self.plan.micro_batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue exactly after the last batch the saved run consumed (by index arithmetic).
+
+        A different world size or micro batch size is accepted: the position is a prefix of the
+        epoch's global order, so the new layout takes up the remaining rows with none repeated or
+        skipped (``batches_consumed`` then refers to the saved layout). A different seed, shuffle
+        or split size is refused: the saved prefix would name other rows.
+        """
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data loader state version {state.get('version')!r}, this code reads {STATE_VERSION}")
+        if state["seed"] != self.plan.seed:
+            raise ValueError(f"the checkpoint's data order was drawn with seed {state['seed']} but this run has "
+                             f"seed={self.plan.seed}: resume with seed={state['seed']}")
+        if state["shuffle"] != self.plan.shuffle:
+            raise ValueError(f"the checkpoint was trained with data.shuffle={state['shuffle']}: resume with it")
+        if state["num_samples"] != self.plan.num_samples:
+            raise ValueError(f"the checkpoint was trained on a split of {state['num_samples']} rows but this one has "
+                             f"{self.plan.num_samples}: resume on the same shards (data_dir)")
+        if not 0 <= state["samples_consumed"] <= self.plan.num_samples or state["epoch"] < 0:
+            raise ValueError(f"corrupt data loader state {state}")
+        self.epoch, self.samples_consumed = int(state["epoch"]), int(state["samples_consumed"])
+        self._active = None
+
+
+@dataclass
+class PretrainingData:
+    """Validated shards of one run and what its loaders need."""
+
+    data_dir: str
+    cfg: DataConfig
+    seed: int
+    """Seeds the epoch order and the dynamic masks."""
+    manifest: ShardManifest
+    vocab: list[str]
+    pad_to_multiple_of: int = 1
+
+    @property
+    def special_tokens(self) -> SpecialTokens:
+        return SpecialTokens(**self.manifest.special_tokens)
+
+    @property
+    def has_sentence_label(self) -> bool:
+        return self.manifest.objective != "none"
+
+    def split(self, split: str) -> ShardedSplit:
+        return ShardedSplit(self.data_dir, self.manifest, split).open()
+
+    def masker(self) -> Optional[DynamicMasker]:
+        """None for static masking (masks are stored)."""
+        if self.manifest.masking.mode != "dynamic":
+            return None
+        tables = masking_vocabulary(self.vocab)
+        return DynamicMasker(masking_params(self.manifest), tables.never_mask, tables.is_continuation,
+                             tables.mask_id, tables.size, self.seed)
+
+    def collator(self) -> Collator:
+        return Collator(self.special_tokens.pad, self.has_sentence_label, self.pad_to_multiple_of)
+
+    def train_loader(self, rank: int = 0, world_size: int = 1,
+                     micro_batch_size: Optional[int] = None) -> PretrainingLoader:
+        """This rank's training batches (data.train_split); micro batch size: data.micro_batch_size."""
+        split = self.split(self.cfg.train_split)
+        plan = TrainBatchPlan(len(split), micro_batch_size or self.cfg.micro_batch_size, self.seed, rank,
+                              world_size, self.cfg.shuffle)
+        return PretrainingLoader(PretrainingExamples(split, self.masker()), plan, self.collator(), self.cfg)
+
+    def eval_loader(self, rank: int = 0, world_size: int = 1, micro_batch_size: Optional[int] = None) -> DataLoader:
+        """The eval split in storage order, rank r taking rows r, r+W, ...; nothing dropped, so
+        ranks may run a different number of batches (by one): evaluate without per-batch collectives
+        and reduce the sums once at the end. Empty when the pipeline held out no eval rows.
+        Micro batch size: data.eval_micro_batch_size, else data.micro_batch_size."""
+        split = self.split(self.cfg.eval_split)
+        size = micro_batch_size or self.cfg.eval_micro_batch_size or self.cfg.micro_batch_size
+        plan = EvalBatchPlan(len(split), size, rank, world_size)
+        return _data_loader(PretrainingExamples(split, self.masker()), plan.requests(EVAL_MASKING_EPOCH),
+                            self.collator(), self.cfg)
+
+
+def open_pretraining_data(data_dir: str, cfg: DataConfig, seed: int, expect: RunExpectations,
+                          pad_to_multiple_of: int = 1) -> PretrainingData:
+    """Read ``data_dir``'s manifest and validate it against the run and ``cfg``'s split names
+    (DataContractError on any mismatch), before any training.
+
+    ``expect.max_seq_length`` defaults to ``cfg.max_seq_length``. ``pad_to_multiple_of`` pads
+    T up to a multiple (8 suits tensor cores); 1 pads to the longest sequence of each batch.
+    """
+    try:
+        manifest = contract.read_manifest(data_dir)
+    except ContractError as e:
+        raise DataContractError(f"cannot use {data_dir} as training data: {e}") from e
+    if expect.max_seq_length is None and cfg.max_seq_length is not None:
+        expect = dataclasses.replace(expect, max_seq_length=cfg.max_seq_length)
+    vocab = validate_manifest(manifest, data_dir, expect)
+    splits = sorted({s.split for s in manifest.shards})
+    if not sum(s.rows for s in manifest.shards_of(cfg.train_split)):
+        raise DataContractError(f"{data_dir} has no rows in split {cfg.train_split!r} (its splits: {splits}): "
+                                f"set data.train_split to one of them")
+    if cfg.eval_split not in splits and cfg.eval_split not in contract.SPLITS:
+        raise DataContractError(f"{data_dir} has no split {cfg.eval_split!r} (its splits: {splits}): "
+                                f"set data.eval_split to one of them")
+    if pad_to_multiple_of < 1:
+        raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+    return PretrainingData(data_dir, cfg, seed, manifest, vocab, pad_to_multiple_of)

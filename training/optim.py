@@ -1,0 +1,199 @@
+"""Optimizers and learning-rate schedules of the trainer.
+
+- ``param_groups``: BERT's weight-decay rule (none on LayerNorm weights and biases).
+- ``build_optimizer``: AdamW (torch's, or DeepSpeed's CPU Adam under ZeRO-Offload) or ``Lamb``.
+- ``Lamb``: layer-wise adaptive moments (You et al. 2019, "Large Batch Optimization for Deep
+  Learning: Training BERT in 76 minutes"), written from the paper.
+- ``make_scheduler``: linear warmup, then linear or polynomial decay, as a torch ``LambdaLR``.
+
+The optimizer and scheduler are plain torch objects handed to ``deepspeed.initialize`` (see
+``training.deepspeed_config`` for why DeepSpeed's own optimizer section is not used).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from training.config import ConfigError, OptimConfig
+
+
+def _is_no_decay(module: nn.Module, param_name: str) -> bool:
+    """BERT's rule: no decay for LayerNorm weights and every bias; embeddings are decayed."""
+    return isinstance(module, nn.LayerNorm) or param_name == "bias"
+
+
+def no_decay_parameter_names(model: nn.Module) -> set[str]:
+    """Qualified names (as in ``named_parameters()``) of the parameters kept free of weight decay."""
+    names = set()
+    for name, param in _owned_parameters(model):
+        module_name, _, param_name = name.rpartition(".")
+        if _is_no_decay(model.get_submodule(module_name), param_name):
+            names.add(name)
+    return names
+
+
+def _owned_parameters(model: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
+    """(qualified name, parameter) once per trainable tensor; tied tensors under their first name."""
+    return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two optimizer groups: decayed parameters, then LayerNorm weights and biases at decay 0.
+
+    Tied tensors (the MLM decoder shares the word embeddings and its bias) appear once.
+    """
+    no_decay = no_decay_parameter_names(model)
+    decay_params, no_decay_params = [], []
+    for name, param in _owned_parameters(model):
+        (no_decay_params if name in no_decay else decay_params).append(param)
+    return [{"params": decay_params, "weight_decay": weight_decay},
+            {"params": no_decay_params, "weight_decay": 0.0}]
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB: an Adam step rescaled per tensor by the trust ratio ||w|| / ||update||.
+
+    For each parameter tensor w with gradient g, at step t (paper, Algorithm 2):
+
+        m = beta1 m + (1 - beta1) g          v = beta2 v + (1 - beta2) g^2
+        m_hat = m / (1 - beta1^t)            v_hat = v / (1 - beta2^t)      (if bias_correction)
+        u = m_hat / (sqrt(v_hat) + eps) + weight_decay * w
+        r = clamp(||w|| / ||u||, min_trust_ratio, max_trust_ratio), or 1 if either norm is 0
+        w = w - lr * r * u
+
+    A group with weight_decay 0 (LayerNorm, biases) takes the plain Adam step (r = 1) unless
+    ``adapt_no_decay`` is set, as BERT's LAMB exempts those tensors from layer adaptation.
+    Moments are kept in the parameter's dtype (fp32 master weights under DeepSpeed). The trust
+    ratio stays a tensor, so a step causes no host-device synchronisation.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = True,
+                 adapt_no_decay: bool = False, min_trust_ratio: float = 0.0,
+                 max_trust_ratio: float | None = None):
+        if not lr >= 0.0:
+            raise ValueError(f"invalid learning rate {lr}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"invalid betas {betas}")
+        if not eps > 0.0 or weight_decay < 0.0:
+            raise ValueError(f"invalid eps {eps} or weight_decay {weight_decay}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        bias_correction=bias_correction, adapt_no_decay=adapt_no_decay,
+                        min_trust_ratio=min_trust_ratio, max_trust_ratio=max_trust_ratio)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            adapt = group["weight_decay"] != 0.0 or group["adapt_no_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("Lamb does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                update = self._adam_direction(p, state, beta1, beta2, group)
+                if adapt:
+                    ratio = self._trust_ratio(p, update, group)  # 0-d tensor
+                    p.add_(update * ratio, alpha=-group["lr"])
+                else:
+                    p.add_(update, alpha=-group["lr"])
+        return loss
+
+    @staticmethod
+    def _adam_direction(p: torch.Tensor, state: dict, beta1: float, beta2: float, group: dict) -> torch.Tensor:
+        """Bias-corrected Adam direction plus decoupled weight decay, same shape as p."""
+        grad = p.grad
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        if group["bias_correction"]:
+            t = state["step"]
+            m_scale = 1.0 / (1.0 - beta1 ** t)
+            v_scale = 1.0 / (1.0 - beta2 ** t)
+        else:
+            m_scale = v_scale = 1.0
+        denom = (exp_avg_sq * v_scale).sqrt_().add_(group["eps"])
+        update = (exp_avg * m_scale).div_(denom)
+        if group["weight_decay"] != 0.0:
+            update.add_(p, alpha=group["weight_decay"])
+        return update
+
+    @staticmethod
+    def _trust_ratio(p: torch.Tensor, update: torch.Tensor, group: dict) -> torch.Tensor:
+        """||p|| / ||update|| clamped to the group's bounds; 1 where either norm is zero
+        (a zero-initialised tensor, or a tensor with nothing to update)."""
+        acc = torch.promote_types(p.dtype, torch.float32)  # norms of bf16/fp16 tensors in fp32
+        w_norm = torch.linalg.vector_norm(p, dtype=acc)
+        u_norm = torch.linalg.vector_norm(update, dtype=acc)
+        ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+        ratio = ratio.clamp(min=group["min_trust_ratio"], max=group["max_trust_ratio"])
+        return ratio.to(p.dtype)
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, offload_optimizer: bool = False) -> torch.optim.Optimizer:
+    """The optimizer of ``optim`` over ``param_groups(model, optim.weight_decay)``.
+
+    offload_optimizer: ZeRO-Offload is on (``deepspeed.offload_optimizer``); DeepSpeed then steps
+    on the CPU and requires its vectorised ``DeepSpeedCPUAdam`` (whose first use compiles a C++
+    op, about two minutes, cached in ~/.cache/torch_extensions).
+    """
+    groups = param_groups(model, optim.weight_decay)
+    betas = tuple(optim.betas)
+    if optim.name == "lamb":
+        if offload_optimizer:
+            raise ConfigError("optim.name=lamb cannot run with deepspeed.offload_optimizer: "
+                              "ZeRO-Offload steps on the CPU with DeepSpeedCPUAdam only; use optim=adamw")
+        return Lamb(groups, lr=optim.lr, betas=betas, eps=optim.eps, weight_decay=optim.weight_decay,
+                    bias_correction=optim.bias_correction, adapt_no_decay=optim.trust_ratio_for_no_decay,
+                    min_trust_ratio=optim.min_trust_ratio, max_trust_ratio=optim.max_trust_ratio)
+    if offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=optim.lr, betas=betas, eps=optim.eps,
+                                weight_decay=optim.weight_decay, bias_correction=True, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=betas, eps=optim.eps, weight_decay=optim.weight_decay)
+
+
+def lr_multiplier(step: int, optim: OptimConfig, max_steps: int) -> float:
+    """Learning rate at `step` (optimizer steps taken so far) as a fraction of optim.lr.
+
+    Warmup: step / warmup, from 0 at the first update to 1 at step `warmup`. Decay over
+    [warmup, max_steps]: end + (1 - end) * (1 - progress) ** power, where end = end_lr / lr and
+    power is 1 for the linear schedule. From max_steps on: end.
+    """
+    warmup = optim.resolved_warmup_steps(max_steps)
+    if step < warmup:
+        return step / warmup
+    end = optim.end_lr / optim.lr
+    if step >= max_steps:
+        return end
+    progress = (step - warmup) / (max_steps - warmup)
+    power = optim.power if optim.schedule == "polynomial" else 1.0
+    return end + (1.0 - end) * (1.0 - progress) ** power
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig,
+                   max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR over ``lr_multiplier``; call ``step()`` once per optimizer step (DeepSpeed does).
+
+    Every group's initial lr must be optim.lr (``build_optimizer`` sets it so).
+    """
+    if max_steps < 1:
+        raise ConfigError(f"max_steps must be positive, got {max_steps}")
+    if optim.resolved_warmup_steps(max_steps) > max_steps:
+        raise ConfigError(f"warmup of {optim.resolved_warmup_steps(max_steps)} steps exceeds max_steps {max_steps}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, optim, max_steps))
