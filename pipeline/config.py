@@ -181,6 +181,14 @@ class RunnerConfig:
     extra: list = field(default_factory=list)
     """Any other Beam pipeline options; on the command line quote each: runner.extra=['--opt=value']."""
 
+    REQUIRED = {"DataflowRunner": ("project", "region", "temp_location"),
+                "FlinkRunner": ("flink_master",), "SparkRunner": ("spark_master_url",)}
+
+    def __post_init__(self):
+        missing = [f"runner.{name}" for name in self.REQUIRED.get(self.runner, ()) if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"{self.runner} needs {', '.join(missing)} (e.g. {missing[0]}=...)")
+
 
 @dataclass
 class PipelineConfig:

@@ -62,3 +62,10 @@ def test_required_values_are_reported():
 def test_default_input_is_the_embedded_sample():
     cfg = compose_pipeline(["output_dir=/tmp/x"])
     assert len(cfg.inputs) == 1 and os.path.exists(cfg.inputs[0]) and cfg.inputs[0].endswith(".bz2")
+
+
+@pytest.mark.parametrize("runner,needs", [("dataflow", "runner.project"), ("flink", "runner.flink_master"),
+                                          ("spark", "runner.spark_master_url")])
+def test_cluster_runner_settings_are_required(runner, needs):
+    with pytest.raises((ValueError, ValidationError), match=needs):
+        compose_pipeline(REQUIRED + [f"runner={runner}"])
