@@ -121,7 +121,8 @@ def test_short_sequence_fraction(sample_job, train):
 
 
 def test_shards_open_with_hugging_face_datasets(sample_job, train):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     out, m = sample_job
     files = [os.path.join(str(out), s.file) for s in m.shards_of("train")]
     ds = datasets.load_dataset("arrow", data_files={"train": files}, split="train",

@@ -257,7 +257,6 @@ def test_precision_sections(precision):
 @pytest.fixture(scope="module")
 def deepspeed_config_class():
     """DeepSpeed's own parser of the config dict (pydantic models; unknown sub-keys rejected)."""
-    pytest.importorskip("deepspeed")
     from deepspeed.runtime.config import DeepSpeedConfig
 
     return DeepSpeedConfig
