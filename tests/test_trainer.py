@@ -1,0 +1,296 @@
+"""The trainer end to end on CPU: real shards from the real Wikipedia sample, the tiny model, runs
+as users start them (``python -m training`` alone or under ``torchrun``, gloo), one at a time.
+
+Runtimes here (2 cores): shards ~20 s, each run 15-40 s; the first run ever also compiles
+DeepSpeed's CPU ops (~2 min, cached in ~/.cache/torch_extensions).
+"""
+
+import json
+import os
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import IN_MEMORY, run_job
+from launch_helpers import (REPO, fault_injecting_command, read_steps, run, single_process_command,
+                            torchrun_command, trainer_env)
+from training import checkpoint as ckpt
+
+# Tiny model, accumulation 2 (global 8 = micro 4 x 2 x 1 rank), a learning rate high enough for a
+# clear fall within a few dozen steps, no Hugging Face export (the export has its own tests).
+SMOKE = ("experiment=cpu_smoke", "model=tiny", "optim.lr=3e-3", "trainer.export_hf=false",
+         "trainer.eval_steps=2")
+
+STEPS = 30
+"""Steps of the single-process reference run (also the uninterrupted run of the resume test)."""
+
+
+def mean_loss(steps, which):
+    return float(np.mean([s["loss"] for s in steps[which]]))
+
+
+def assert_loss_falls(steps, window=5, by=0.3):
+    first, last = mean_loss(steps, slice(0, window)), mean_loss(steps, slice(-window, None))
+    assert last < first - by, f"loss did not fall: first {window} steps {first:.4f}, last {window} {last:.4f}"
+
+
+@pytest.fixture(scope="session")
+def trainer_shards(tmp_path_factory):
+    """NSP, static masks, length 64, a 2000-id vocabulary, 5% held out for evaluation."""
+    out = tmp_path_factory.mktemp("trainer_shards")
+    run_job(out, "seed=3", "tokenizer.vocab_size=2000", "instances.max_seq_length=64",
+            "instances.eval_fraction=0.05", *IN_MEMORY)
+    return str(out)
+
+
+def overrides(shards, output_dir, *extra):
+    return (*SMOKE, f"data_dir={shards}", f"output_dir={output_dir}", *extra)
+
+
+@pytest.fixture(scope="module")
+def reference_run(trainer_shards, tmp_path_factory):
+    """An uninterrupted single-process run (no launcher) of STEPS steps."""
+    out = tmp_path_factory.mktemp("reference")
+    result = run(single_process_command(*overrides(trainer_shards, out, f"trainer.max_steps={STEPS}",
+                                                   "trainer.checkpoint_every=10", "trainer.eval_every=10")))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return out, result
+
+
+def test_single_process_loss_falls_and_checkpoints(reference_run):
+    out, result = reference_run
+    steps = read_steps(out)
+    assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
+    assert all(len(s["example_ids"]) == 8 for s in steps)
+    ids = [i for s in steps for i in s["example_ids"]]
+    assert len(set(ids)) == len(ids), "an example was trained on twice within the first epoch"
+    assert_loss_falls(steps)
+    # progress and evaluation on stdout; the last keep_last_k=2 checkpoints kept, both complete
+    assert f"step {STEPS}/{STEPS}" in result.stdout
+    assert result.stdout.count("eval mlm_loss=") == 3  # steps 10, 20 and the end
+    assert ckpt.complete_tags(os.path.join(out, "checkpoints")) == ["step00000020", "step00000030"]
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["latest", "step00000020", "step00000030",
+                                                                     "zero_to_fp32.py"]
+
+
+TWO_PROCESS_STEPS = 20
+
+
+def two_process_command(shards, output_dir, stage):
+    """torchrun, 2 ranks on gloo: global 8 = micro 4 x accumulation 1 x 2 ranks."""
+    return torchrun_command(2, *overrides(shards, output_dir, f"deepspeed=zero{stage}", "deepspeed.precision=fp32",
+                                          f"trainer.max_steps={TWO_PROCESS_STEPS}", "trainer.checkpoint_every=10",
+                                          "trainer.eval_every=0", f"trainer.export_hf={str(stage == 3).lower()}"))
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(trainer_shards, tmp_path_factory):
+    """stage -> output_dir of an uninterrupted 2-rank run (made on first use)."""
+    runs = {}
+
+    def get(stage):
+        if stage not in runs:
+            out = tmp_path_factory.mktemp(f"zero{stage}")
+            result = run(two_process_command(trainer_shards, out, stage))
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+            runs[stage] = out
+        return runs[stage]
+
+    return get
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_two_processes_loss_falls_under_zero(two_process_runs, stage):
+    out = two_process_runs(stage)
+    steps = read_steps(out)
+    assert len(steps) == TWO_PROCESS_STEPS
+    for s in steps:  # both ranks' micro batches, disjoint
+        assert len(s["example_ids"]) == 8 and len(set(s["example_ids"])) == 8
+    assert_loss_falls(steps, window=4, by=0.2)
+    tag_dir = os.path.join(out, "checkpoints", ckpt.tag_for(TWO_PROCESS_STEPS))
+    assert os.path.exists(os.path.join(tag_dir, "complete"))
+    assert {f"rng_state_rank0000{r}.pt" for r in (0, 1)} <= set(os.listdir(tag_dir))
+    if stage == 3:  # the export merges the final checkpoint's partitions into the whole model
+        from safetensors.torch import load_file
+
+        from training.model import BertConfig, BertForPreTraining
+
+        config = json.load(open(os.path.join(out, "hf", "config.json")))
+        assert config["vocab_size"] == 2000 and config["hidden_size"] == 128
+        model = BertForPreTraining(BertConfig(vocab_size=2000, hidden_size=128, num_hidden_layers=2,
+                                              num_attention_heads=2, intermediate_size=512))
+        model.load_state_dict(load_file(os.path.join(out, "hf", "model.safetensors")), strict=True)
+
+
+def interrupt_at_step(command, k, output_dir):
+    """Start ``command``, send SIGTERM to it once it prints step k, wait for it; returns
+    (exit code, output, the step the trainer stopped at)."""
+    proc = subprocess.Popen(command, cwd=REPO, env=trainer_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(f"step {k}/"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        lines += proc.stdout.readlines()
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = [int(line.split()[3]) for line in lines if line.startswith("stopping at step")]
+    assert stopped, "".join(lines)[-5000:]
+    assert ckpt.latest_complete(os.path.join(output_dir, "checkpoints")) == ckpt.tag_for(stopped[0])
+    assert len(read_steps(output_dir)) == stopped[0]
+    return code, "".join(lines), stopped[0]
+
+
+def assert_same_steps(resumed, reference):
+    """Same example ids, samples and learning rates at every step, and the same losses to the
+    last bit (fp32 on CPU, same batches, RNG states restored: exact equality is the tolerance)."""
+    assert [s["step"] for s in resumed] == [s["step"] for s in reference]
+    assert [s["example_ids"] for s in resumed] == [s["example_ids"] for s in reference]
+    assert [s["samples_consumed"] for s in resumed] == [s["samples_consumed"] for s in reference]
+    for a, b in zip(resumed, reference):
+        assert (a["loss"], a["mlm_loss"], a.get("nsp_loss"), a["lr"]) == \
+               (b["loss"], b["mlm_loss"], b.get("nsp_loss"), b["lr"]), (a["step"], a, b)
+
+
+def test_sigterm_then_resume_matches_uninterrupted_run(reference_run, trainer_shards, tmp_path):
+    """No launcher, accumulation 2. SIGTERM at step k: the run finishes its step, saves and exits
+    0; the same command resumes; every step equals the uninterrupted run's (exactly)."""
+    command = single_process_command(*overrides(trainer_shards, tmp_path, f"trainer.max_steps={STEPS}",
+                                                "trainer.checkpoint_every=10", "trainer.eval_every=10"))
+    code, log, stopped = interrupt_at_step(command, 7, tmp_path)
+    assert code == 0 and 7 <= stopped < STEPS, log[-3000:]
+
+    resumed = run(command)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    assert f"at step {stopped}" in resumed.stdout
+    steps = read_steps(tmp_path)
+    assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
+    assert_same_steps(steps, read_steps(reference_run[0]))
+
+
+def test_sigterm_to_torchrun_then_resume_matches_uninterrupted_run(two_process_runs, trainer_shards, tmp_path):
+    """2 ranks, ZeRO-2: torchrun forwards SIGTERM to both workers, which agree on the step, save
+    and exit 0 (torchrun itself then exits non-zero, re-raising the signal). Resuming under
+    torchrun reproduces the uninterrupted 2-rank run exactly."""
+    command = two_process_command(trainer_shards, tmp_path, 2)
+    _, log, stopped = interrupt_at_step(command, 3, tmp_path)
+    assert 3 <= stopped < TWO_PROCESS_STEPS, log[-3000:]
+    assert os.path.exists(os.path.join(tmp_path, "checkpoints", ckpt.tag_for(stopped), "rng_state_rank00001.pt"))
+
+    resumed = run(command)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    assert_same_steps(read_steps(tmp_path), read_steps(two_process_runs(2)))
+
+
+def test_manifest_mismatch_fails_before_training(trainer_shards, tmp_path):
+    result = run(single_process_command(*overrides(trainer_shards, tmp_path, "model.max_position_embeddings=32")))
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "max_seq_length=64" in message and "max_position_embeddings=32" in message, message[-3000:]
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+    assert not os.path.exists(os.path.join(tmp_path, "steps.jsonl"))
+
+
+def test_nonfinite_losses_skip_micro_batches_then_stop(trainer_shards, tmp_path):
+    """Forward calls 3 and 4 return NaN: both micro batches are dropped before backward and the
+    run goes on; then 3 in a row (trainer.max_nonfinite_in_a_row=3) stop it with a clear error,
+    and no checkpoint is written after the divergence."""
+    command = fault_injecting_command(*overrides(trainer_shards, tmp_path, "trainer.max_steps=10",
+                                                 "trainer.checkpoint_every=2", "trainer.eval_every=0"))
+    env = {**trainer_env(), "INJECT_NAN_AT_CALLS": "3,4,9,10,11"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "3 non-finite losses in a row" in result.stdout + result.stderr, result.stderr[-3000:]
+    steps = read_steps(tmp_path)
+    # calls 1-2 -> step 1; 3, 4 dropped; 5-6 -> step 2; 7-8 -> step 3; 9, 10, 11 dropped -> stop
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert all(np.isfinite(s["loss"]) for s in steps)
+    assert steps[1]["samples_consumed"] - steps[0]["samples_consumed"] == 16  # 2 dropped + 2 trained
+    assert ckpt.complete_tags(os.path.join(tmp_path, "checkpoints")) == ["step00000002"]
+
+
+def test_nonfinite_loss_on_one_rank_is_skipped_by_all_under_zero3(trainer_shards, tmp_path):
+    """Only rank 1 sees NaN (its forward calls 3 and 4): both ranks drop those micro batches
+    (rank 0 reports it), ZeRO-3 copes with a forward that gets no backward, the run finishes."""
+    command = fault_injecting_command(*overrides(trainer_shards, tmp_path, "deepspeed=zero3",
+                                                 "deepspeed.precision=fp32", "trainer.max_steps=5",
+                                                 "trainer.eval_every=0"), nproc=2)
+    env = {**trainer_env(), "INJECT_NAN_AT_CALLS": "3,4", "INJECT_NAN_RANK": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "micro batch dropped (2 in a row)" in result.stdout
+    steps = read_steps(tmp_path)
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
+    assert [s["samples_consumed"] for s in steps] == [8, 16, 40, 48, 56]  # 2 x 8 dropped before step 3
+
+
+def test_multirun_sweep_trains_each_job_in_its_own_directory(trainer_shards, tmp_path):
+    """`-m optim.lr=a,b` runs both jobs in one process (one process group for both), each in
+    output_dir/<job number> with its own steps and checkpoints."""
+    result = run(single_process_command("-m", *overrides(trainer_shards, tmp_path, "trainer.max_steps=3",
+                                                         "trainer.eval_every=0", "optim.warmup_steps=0",
+                                                         "optim.lr=1e-3,3e-3")))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    jobs = [read_steps(tmp_path / str(job)) for job in (0, 1)]
+    for steps, peak in zip(jobs, (1e-3, 3e-3)):  # linear decay from the peak over 3 steps
+        assert [s["lr"] for s in steps] == pytest.approx([peak, peak * 2 / 3, peak / 3], rel=1e-12)
+    assert jobs[0][0]["example_ids"] == jobs[1][0]["example_ids"]
+    for job in (0, 1):
+        assert ckpt.latest_complete(os.path.join(tmp_path, str(job), "checkpoints")) == "step00000003"
+    assert not os.path.exists(os.path.join(tmp_path, "steps.jsonl"))
+
+
+# --- checkpoint helpers, in process -----------------------------------------------------------
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    import random
+
+    torch.manual_seed(5), np.random.seed(6), random.seed(7)
+    ckpt.save_rng_state(str(tmp_path), "step00000001", rank=3)
+    expected = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    assert ckpt.load_rng_state(str(tmp_path), "step00000001", rank=3)
+    assert torch.equal(torch.rand(4), expected[0])
+    assert np.array_equal(np.random.rand(4), expected[1])
+    assert [random.random() for _ in range(4)] == expected[2]
+    assert not ckpt.load_rng_state(str(tmp_path), "step00000001", rank=4)
+
+
+def test_only_complete_checkpoints_are_resumed_and_last_k_kept(tmp_path):
+    root = str(tmp_path)
+    for step in (10, 20, 30, 40):
+        os.makedirs(os.path.join(root, ckpt.tag_for(step)))
+    for step in (10, 20, 30):
+        ckpt.mark_complete(root, ckpt.tag_for(step), {"step": step})
+    os.makedirs(os.path.join(root, "not_a_tag"))
+    assert ckpt.latest_complete(root) == "step00000030"  # step 40 was never completed
+    assert ckpt.prune(root, keep_last_k=2) == ["step00000010"]
+    assert sorted(os.listdir(root)) == ["latest", "not_a_tag", "step00000020", "step00000030", "step00000040"]
+    assert open(os.path.join(root, "latest")).read() == "step00000030"  # DeepSpeed's pointer: complete only
+    assert ckpt.latest_complete(str(tmp_path / "missing")) is None
+
+
+def test_dense_head_labels_give_the_sparse_head_loss(trainer_shards):
+    """trainer.sparse_mlm_head=false: the dense labels built from a batch score the same tokens."""
+    from training.config import DataConfig
+    from training.data import RunExpectations, open_pretraining_data
+    from training.model import BertConfig, BertForPreTraining, PRESETS
+    from training.trainer import forward_inputs
+
+    cfg = BertConfig(vocab_size=2000, **PRESETS["tiny"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    data = open_pretraining_data(trainer_shards, DataConfig(num_workers=0, pin_memory=False, micro_batch_size=4),
+                                 1, RunExpectations.of_model(cfg))
+    batch = next(iter(data.train_loader()))
+    model = BertForPreTraining(cfg).eval()
+    sparse = model(**forward_inputs(batch, torch.device("cpu"), sparse_head=True))
+    dense = model(**forward_inputs(batch, torch.device("cpu"), sparse_head=False))
+    assert int(dense.mlm_count) == int(sparse.mlm_count) > 0
+    torch.testing.assert_close(dense.mlm_loss, sparse.mlm_loss, rtol=1e-5, atol=1e-6)

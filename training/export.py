@@ -1,0 +1,172 @@
+"""Hugging Face export: a directory that ``transformers`` loads as BertForPreTraining (or
+BertForMaskedLM without the NSP head) and as BertTokenizer(Fast), with no pickle in it.
+
+    out_dir/
+      config.json               # BertConfig.to_hf_config_dict()
+      model.safetensors         # fp32 weights, each tied tensor once (as save_pretrained does)
+      vocab.txt                 # the shards' vocabulary, copied from data_dir
+      tokenizer_config.json     # BertTokenizer, do_lower_case from the shards' manifest
+      special_tokens_map.json
+
+Our parameter names are transformers' (training/model.py), so the weights are written as they are.
+``consolidated_state_dict_from_checkpoint`` gathers them from one of our DeepSpeed checkpoints.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from typing import Optional
+
+import torch
+from safetensors.torch import save_file
+
+from pipeline import contract
+from pipeline.tokenization import vocab_sha256
+from training.model import BertConfig, BertForPreTraining
+
+TIED_KEYS = {
+    "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+}
+"""Copy -> source, as transformers' ``BertForPreTraining._tied_weights_keys``: the loader ties the
+copies back, so only the sources are saved (safetensors refuses tensors that share memory)."""
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+
+
+class ExportError(ValueError):
+    """The weights, the architecture and the shards' vocabulary do not fit together."""
+
+
+def hf_weights(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig) -> dict[str, torch.Tensor]:
+    """The tensors to save: every key of our model except the tied copies, each a contiguous fp32
+    CPU clone (no storage shared with training, nothing half precision).
+
+    The tied copies may be absent from ``state_dict`` (a state_dict built from
+    ``named_parameters()`` lists a shared tensor once); when present they must equal their source.
+    Raises ExportError on a missing or unexpected key, a wrong shape, or an untied copy.
+    """
+    with torch.device("meta"):
+        expected = BertForPreTraining(bert_cfg).state_dict()  # names and shapes, no memory
+    missing = sorted(set(expected) - set(state_dict) - set(TIED_KEYS))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise ExportError(f"state_dict does not match the model config: missing {missing[:5]}"
+                          f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                          f"{'...' if len(unexpected) > 5 else ''}")
+    out = {}
+    for name, meta in expected.items():
+        if name not in state_dict:
+            continue  # a tied copy
+        tensor = state_dict[name]
+        if tuple(tensor.shape) != tuple(meta.shape):
+            raise ExportError(f"{name}: shape {tuple(tensor.shape)}, the config wants {tuple(meta.shape)}")
+        if name in TIED_KEYS:
+            source = state_dict[TIED_KEYS[name]]
+            if tensor is not source and not torch.equal(tensor.detach().cpu(), source.detach().cpu()):
+                raise ExportError(f"{name} should be tied to {TIED_KEYS[name]} but differs from it")
+            continue
+        out[name] = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+    return out
+
+
+def tokenizer_files(manifest: contract.ShardManifest, model_max_length: int) -> tuple[dict, dict]:
+    """(tokenizer_config.json, special_tokens_map.json) for transformers' BertTokenizer.
+
+    Settings are those of ``pipeline.tokenization.build_tokenizer``: BERT normaliser with
+    ``lowercase`` from the manifest and accents stripped when lowercasing (strip_accents null),
+    Chinese characters split, so ids agree with the shards.
+    """
+    special = {f"{role}_token": token for role, token in contract.SpecialTokens.NAMES.items()}
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": bool(manifest.lowercase),
+        "strip_accents": None,
+        "tokenize_chinese_chars": True,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": model_max_length,
+        **special,
+    }
+    return config, special
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def export_hf(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig, data_dir: str, out_dir: str) -> str:
+    """Write a Hugging Face model directory for ``state_dict`` (our model's, e.g. from
+    ``consolidated_state_dict_from_checkpoint``) and the vocabulary of the shards in ``data_dir``.
+
+    Checks first that the vocabulary file is the one the manifest names (hash and size) and that
+    the model's vocabulary size and [PAD] id match it. Returns out_dir.
+    """
+    manifest = contract.read_manifest(data_dir)
+    vocab_path = os.path.join(data_dir, manifest.vocab_file)
+    vocab = contract.read_vocab(vocab_path)
+    if vocab_sha256(vocab) != manifest.vocab_sha256 or len(vocab) != manifest.vocab_size:
+        raise ExportError(f"{vocab_path} is not the vocabulary the manifest names "
+                          f"({manifest.vocab_size} tokens, sha256 {manifest.vocab_sha256[:12]}...)")
+    if bert_cfg.vocab_size != manifest.vocab_size:
+        raise ExportError(f"model vocab_size {bert_cfg.vocab_size} != the shards' {manifest.vocab_size}")
+    if bert_cfg.pad_token_id != manifest.special_tokens["pad"]:
+        raise ExportError(f"model pad_token_id {bert_cfg.pad_token_id} != the shards' [PAD] id "
+                          f"{manifest.special_tokens['pad']}")
+    tensors = hf_weights(state_dict, bert_cfg)
+
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": "pt"})
+    _write_json(os.path.join(out_dir, CONFIG_FILE), {**bert_cfg.to_hf_config_dict(), "dtype": "float32"})
+    shutil.copyfile(vocab_path, os.path.join(out_dir, contract.VOCAB_FILE))
+    tokenizer_config, special_tokens_map = tokenizer_files(manifest, bert_cfg.max_position_embeddings)
+    _write_json(os.path.join(out_dir, TOKENIZER_CONFIG_FILE), tokenizer_config)
+    _write_json(os.path.join(out_dir, SPECIAL_TOKENS_MAP_FILE), special_tokens_map)
+    return out_dir
+
+
+DEEPSPEED_MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
+"""Stage 0's one model-states file (no model parallelism); ZeRO adds ``*_optim_states.pt`` files."""
+
+
+def consolidated_state_dict_from_checkpoint(checkpoint_dir: str, tag: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """The full fp32 weights of a DeepSpeed checkpoint written by our trainer, on the CPU.
+
+    checkpoint_dir: what ``engine.save_checkpoint`` was given (holds ``latest`` and one folder per tag).
+    tag: the checkpoint's folder, e.g. ``step_100``; None: the one named in ``latest``.
+
+    ZeRO 1-3 (any number of ranks): DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint``
+    merges the fp32 master partitions. Stage 0 writes no ZeRO optimizer files; its weights are
+    the ``module`` entry of the model-states file, upcast to fp32 (under fp16/bf16 at stage 0 these
+    are the half-precision working weights, not the optimizer's fp32 masters).
+
+    Only for our own checkpoints: DeepSpeed's reader calls ``torch.load(weights_only=False)``
+    (unpickling) on the files in checkpoint_dir; the stage-0 path loads with ``weights_only=True``.
+    """
+    if tag is None:
+        latest = os.path.join(checkpoint_dir, "latest")
+        if not os.path.isfile(latest):
+            raise FileNotFoundError(f"no 'latest' file in {checkpoint_dir}; pass the checkpoint's tag")
+        with open(latest, encoding="utf-8") as f:
+            tag = f.read().strip()
+    tag_dir = os.path.join(checkpoint_dir, tag)
+    if not os.path.isdir(tag_dir):
+        raise FileNotFoundError(f"no checkpoint {tag!r} in {checkpoint_dir}")
+
+    if glob.glob(os.path.join(tag_dir, "*_optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
+
+    states_path = os.path.join(tag_dir, DEEPSPEED_MODEL_STATES_FILE)
+    if not os.path.isfile(states_path):
+        raise FileNotFoundError(f"{tag_dir} holds neither ZeRO optimizer states nor {DEEPSPEED_MODEL_STATES_FILE}")
+    states = torch.load(states_path, map_location="cpu", weights_only=True)
+    return {name: tensor.float() for name, tensor in states["module"].items()}  # tied pairs: equal copies

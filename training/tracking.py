@@ -1,0 +1,167 @@
+"""Experiment tracking behind a tiny interface, with a do-nothing default.
+
+The trainer talks to a ``Tracker`` only. ``make_tracker`` gives rank 0 a ``WandbTracker`` when the
+logger config asks for W&B (online or offline) and every other rank, or ``logger.backend=none``,
+or ``logger.mode=disabled``, a ``NullTracker``; wandb is imported only inside ``WandbTracker``.
+
+The API key is never read or written here: W&B finds it itself (WANDB_API_KEY or ~/.netrc), and
+the run's config passes through ``redact`` before it is logged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from typing import Any, Mapping, Optional
+
+from training.config import LoggerConfig
+
+REDACTED = "<redacted>"
+"""What a secret's value becomes in a logged config."""
+
+_SECRET_SUBSTRINGS = ("api_key", "apikey", "secret", "password")
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+
+
+def is_secret_key(name: str) -> bool:
+    """A config key that names a credential: it contains api_key, apikey, secret or password
+    (any case, so WANDB_API_KEY too), or one of its words ends in "token" (hf_token, authToken).
+
+    "token" is matched by word so that ``special_tokens`` or ``tokenizer`` settings stay visible.
+    """
+    lowered = str(name).lower().replace("-", "_")
+    if any(s in lowered for s in _SECRET_SUBSTRINGS):
+        return True
+    return any(word.endswith("token") for word in _WORD_SPLIT.split(lowered))
+
+
+def redact(config: Any) -> Any:
+    """A copy of ``config`` (nested dicts and lists) with the value of every secret key, at any
+    depth, replaced by ``"<redacted>"``; the input is left unchanged."""
+    if isinstance(config, Mapping):
+        return {k: REDACTED if is_secret_key(k) else redact(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [redact(v) for v in config]
+    return config
+
+
+class Tracker:
+    """Where the trainer sends metrics. Every method is cheap to call and safe on any rank."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Record scalar metrics at an optimizer step."""
+        raise NotImplementedError
+
+    def summary(self, metrics: dict) -> None:
+        """Record end-of-run values (final evaluation, totals)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Flush and close; the tracker is not used afterwards."""
+        raise NotImplementedError
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """Id to store in checkpoints so that a resumed run continues the same tracked run."""
+        raise NotImplementedError
+
+
+class NullTracker(Tracker):
+    """Tracks nothing. Keeps the run id it was given, so a checkpoint written by a run without
+    tracking still hands the id of an earlier tracked run to a later resume."""
+
+    def __init__(self, run_id: Optional[str] = None):
+        self._run_id = run_id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def summary(self, metrics: dict) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return self._run_id
+
+
+class WandbTracker(Tracker):
+    """One Weights & Biases run (rank 0 only), online or offline.
+
+    ``resume_run_id`` (from a checkpoint) continues that run (``resume="allow"``); without it W&B
+    draws a new id, which ``run_id`` then returns for the checkpoint. Files go to ``cfg.dir`` or ``output_dir`` (``<dir>/wandb/...``).
+    """
+
+    def __init__(self, cfg: LoggerConfig, run_config: dict, output_dir: str,
+                 resume_run_id: Optional[str] = None):
+        if cfg.mode not in ("online", "offline"):
+            raise ValueError(f"WandbTracker needs mode online or offline, got {cfg.mode!r}")
+        import wandb  # only here: no W&B import for runs that do not track
+
+        wandb_dir = cfg.dir or output_dir
+        os.makedirs(wandb_dir, exist_ok=True)
+        self._run = wandb.init(
+            project=cfg.project, entity=cfg.entity, name=cfg.name, group=cfg.group,
+            tags=list(cfg.tags) or None, dir=wandb_dir, mode=cfg.mode,
+            id=resume_run_id, resume="allow",  # None: a new id
+            config=redact(run_config))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._run.log(dict(metrics), step=step)
+
+    def summary(self, metrics: dict) -> None:
+        self._run.summary.update(dict(metrics))
+
+    def finish(self) -> None:
+        self._run.finish()
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return self._run.id
+
+
+def make_tracker(cfg: LoggerConfig, run_config: dict, output_dir: str, rank: int,
+                 resume_run_id: Optional[str] = None) -> Tracker:
+    """The tracker for this process.
+
+    run_config: the resolved Hydra config (``OmegaConf.to_container(cfg, resolve=True)``); secrets
+        are redacted before W&B sees it.
+    resume_run_id: the W&B run id stored in the checkpoint being resumed, if any.
+    """
+    if rank != 0 or cfg.backend == "none" or cfg.mode == "disabled":
+        return NullTracker(resume_run_id)
+    return WandbTracker(cfg, run_config, output_dir, resume_run_id)
+
+
+# --- terminal progress -------------------------------------------------------------------------
+
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(round(max(seconds, 0.0)))))
+
+
+def _rate(per_s: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if per_s >= scale:
+            return f"{per_s / scale:.1f}{suffix}"
+    return f"{per_s:.0f}"
+
+
+def format_progress(step: int, max_steps: int, loss: float, tokens_per_s: float, seconds_elapsed: float,
+                    start_step: int = 0) -> str:
+    """One terminal line: ``step 250/1000 (25.0%) | loss 6.1234 | 12.3k tok/s | 0:01:40 elapsed, 0:05:00 left``.
+
+    Time left extrapolates the pace of this process: (step - start_step) steps took
+    ``seconds_elapsed`` (start_step is where a resumed run started, so the steps of the run it
+    resumed do not count as instantaneous).
+    """
+    done = step - start_step
+    if done > 0 and seconds_elapsed > 0:
+        left = _duration(seconds_elapsed / done * max(max_steps - step, 0))
+    else:
+        left = "?"
+    percent = 100.0 * step / max_steps if max_steps > 0 else 0.0
+    return (f"step {step}/{max_steps} ({percent:.1f}%) | loss {loss:.4f} | {_rate(tokens_per_s)} tok/s | "
+            f"{_duration(seconds_elapsed)} elapsed, {left} left")

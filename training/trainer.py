@@ -1,0 +1,552 @@
+"""The training loop: BERT pre-training under DeepSpeed, resumable to the sample.
+
+    train(cfg, resolved_config)   # every rank; returns the process exit code
+
+Build order: shards' manifest -> ``BertConfig`` (vocabulary, sentence head) -> manifest check
+(``DataContractError`` before any process group exists) -> process group -> model, optimizer,
+schedule -> ``deepspeed.initialize`` -> resume from the newest complete checkpoint, if any.
+
+A *step* is one optimizer step: ``accumulation`` micro batches per rank (``engine.backward`` and
+``engine.step`` on each; DeepSpeed steps the optimizer on the last one of the window).
+
+Non-finite losses. After each forward the ranks agree (one all_reduce) whether any loss is
+non-finite; if so every rank drops that micro batch *before* backward, so no gradient of it is
+ever reduced or accumulated and DeepSpeed's micro-step counter does not move: the next micro
+batch takes its slot and every optimizer step still averages ``accumulation`` finite micro
+batches per rank. ``trainer.max_nonfinite_in_a_row`` consecutive drops stop the run with an
+error. Before each save the ranks check that the weights are finite and refuse to save if not.
+
+Each step, rank 0 appends a line to ``output_dir/steps.jsonl``: step, losses, learning rate,
+samples consumed and the example ids of the step (all ranks, rank-major, micro batch order) --
+what a resumed run is compared against, and a record of what each step trained on.
+
+SIGTERM/SIGINT set a flag; at the end of the step the ranks agree on it (it rides on the step's
+all_reduce), save a checkpoint and return 0. torchrun forwards a SIGTERM it receives to its
+workers (and then exits non-zero itself); it kills workers that take longer than about 30 s, so
+a slow save under torchrun can be cut short -- the last complete checkpoint then still stands. Data loading and evaluation run under
+``torch.random.fork_rng`` so they never consume the global RNG that dropout draws from: a resumed
+run (RNG states restored from its checkpoint) draws the same dropout masks as an uninterrupted one.
+
+At the end: evaluation, a final checkpoint, and (rank 0) a Hugging Face export of that checkpoint's
+fp32 weights to ``output_dir/hf``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import resource
+import signal
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from training import checkpoint as ckpt
+from training.config import TrainConfig
+from training.data import IGNORE_INDEX, DataContractError, PretrainingData, RunExpectations, model_inputs
+from training.distributed import DistributedContext, init_distributed
+from training.model import BertConfig, BertForPreTraining, flops_per_token
+from training.throughput import mfu, resolve_peak_tflops
+from training.tracking import format_progress, make_tracker
+
+log = logging.getLogger(__name__)
+
+STEPS_FILE = "steps.jsonl"
+HF_SUBDIR = "hf"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive non-finite losses (``trainer.max_nonfinite_in_a_row``)."""
+
+
+# --- building --------------------------------------------------------------------------------
+
+def open_data(cfg: TrainConfig) -> tuple[BertConfig, PretrainingData]:
+    """The model's config from the manifest and the config, and the validated shards.
+    Raises DataContractError / ConfigError with what to change, before anything is built."""
+    from pipeline import contract
+    from pipeline.contract import ContractError
+    from training.data import open_pretraining_data
+
+    try:
+        manifest = contract.read_manifest(cfg.data_dir)
+    except ContractError as e:
+        raise DataContractError(f"cannot use data_dir={cfg.data_dir} as training data: {e}") from e
+    bert_cfg = BertConfig(**cfg.model.bert_config_kwargs(manifest.vocab_size, manifest.objective,
+                                                          manifest.special_tokens["pad"]))
+    expect = RunExpectations.of_model(bert_cfg, max_seq_length=cfg.data.max_seq_length)
+    return bert_cfg, open_pretraining_data(cfg.data_dir, cfg.data, cfg.seed, expect)
+
+
+def build_model(bert_cfg: BertConfig, cfg: TrainConfig, resuming: bool) -> BertForPreTraining:
+    """Same initial weights on every rank (seeded by cfg.seed), or ``trainer.init_from``'s."""
+    torch.manual_seed(cfg.seed)
+    model = BertForPreTraining(bert_cfg)
+    if cfg.trainer.init_from and not resuming:
+        from safetensors.torch import load_file
+
+        path = cfg.trainer.init_from
+        if os.path.isdir(path):
+            path = os.path.join(path, "model.safetensors")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"trainer.init_from={cfg.trainer.init_from}: no model.safetensors there")
+        model.load_state_dict(load_file(path), strict=True)
+        model.tie_weights()
+    return model
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Per-rank streams for dropout (ranks must not draw the same masks)."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
+def build_engine(model: BertForPreTraining, cfg: TrainConfig, world_size: int):
+    import deepspeed
+
+    from training.deepspeed_config import build_deepspeed_config
+    from training.optim import build_optimizer, make_scheduler
+
+    optimizer = build_optimizer(model, cfg.optim, cfg.deepspeed.offload_optimizer)
+    ds_config = build_deepspeed_config(cfg.deepspeed, cfg.trainer, cfg.data, cfg.optim, world_size)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_config,
+        lr_scheduler=lambda opt: make_scheduler(opt, cfg.optim, cfg.trainer.max_steps))
+    if cfg.trainer.compile:
+        engine.compile()
+    return engine, ds_config["gradient_accumulation_steps"]
+
+
+# --- small pieces of the loop ----------------------------------------------------------------
+
+class StopRequest:
+    """SIGTERM/SIGINT handlers that only set a flag; the loop acts on it at the end of a step.
+    Repeated signals change nothing: Ctrl-C under torchrun delivers SIGINT from the terminal and
+    then SIGTERM from torchrun to every worker, and both must still end in a checkpoint."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name: Optional[str] = None
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+def dense_mlm_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T) labels for the dense head from the sparse (B, P) positions/labels, -100 elsewhere."""
+    positions, labels = batch["masked_lm_positions"], batch["masked_lm_labels"]
+    dense = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+    rows = torch.arange(positions.shape[0], device=positions.device)[:, None].expand_as(positions)
+    real = labels != IGNORE_INDEX
+    dense[rows[real], positions[real]] = labels[real]
+    return dense
+
+
+def forward_inputs(batch: dict[str, torch.Tensor], device: torch.device, sparse_head: bool) -> dict:
+    inputs = {k: v.to(device, non_blocking=True) for k, v in model_inputs(batch).items()}
+    if not sparse_head:
+        inputs["dense_mlm_labels"] = dense_mlm_labels(inputs)
+        del inputs["masked_lm_positions"], inputs["masked_lm_labels"]
+    return inputs
+
+
+# Layout of the per-step statistics vector summed over ranks with one all_reduce.
+STATS = ("loss", "mlm_loss", "nsp_loss", "micro_batches", "mlm_correct", "mlm_count", "nsp_correct",
+         "nsp_count", "tokens", "samples", "stop")
+_I = {name: i for i, name in enumerate(STATS)}
+
+
+_OUTPUT_FIELDS = ("loss", "mlm_loss", "nsp_loss", None, "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
+"""The first entries of STATS, taken from a PreTrainingOutput (None: micro_batches, counted on the host)."""
+
+
+def output_stats(out) -> torch.Tensor:
+    """(len(_OUTPUT_FIELDS),) float64 on the output's device: no host sync."""
+    zero = torch.zeros((), device=out.loss.device)
+    values = [getattr(out, name) if name else None for name in _OUTPUT_FIELDS]
+    return torch.stack([zero if v is None else v.detach().float() for v in values]).double()
+
+
+def host_stats(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(len(STATS),) float64 on CPU: the counts known from the batch itself."""
+    s = torch.zeros(len(STATS), dtype=torch.float64)
+    s[_I["micro_batches"]] = 1
+    s[_I["tokens"]] = float(batch["num_tokens"])
+    s[_I["samples"]] = batch["input_ids"].shape[0]
+    return s
+
+
+def micro_stats(out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(len(STATS),) float64 contribution of one micro batch, on CPU."""
+    s = host_stats(batch)
+    s[:len(_OUTPUT_FIELDS)] += output_stats(out).cpu()
+    return s
+
+
+def summarise(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    """Mean losses per micro batch and accuracies from summed statistics."""
+    n = max(stats[_I["micro_batches"]].item(), 1.0)
+    metrics = {f"{prefix}loss": stats[_I["loss"]].item() / n, f"{prefix}mlm_loss": stats[_I["mlm_loss"]].item() / n}
+    if stats[_I["mlm_count"]] > 0:
+        metrics[f"{prefix}mlm_accuracy"] = (stats[_I["mlm_correct"]] / stats[_I["mlm_count"]]).item()
+    if stats[_I["nsp_count"]] > 0:
+        metrics[f"{prefix}nsp_loss"] = stats[_I["nsp_loss"]].item() / n
+        metrics[f"{prefix}nsp_accuracy"] = (stats[_I["nsp_correct"]] / stats[_I["nsp_count"]]).item()
+    return metrics
+
+
+def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sum a small CPU tensor over ranks (moved to the device for NCCL), back on CPU."""
+    buf = t.to(device)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.cpu()
+
+
+def device_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS (KiB on Linux)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+@dataclass
+class RunState:
+    """The run's position beyond what DeepSpeed keeps (goes into the client state)."""
+
+    step: int = 0
+    samples_consumed: int = 0
+    """Training sequences consumed over all ranks and epochs (skipped micro batches included)."""
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+    last_saved_step: int = -1
+
+
+@dataclass
+class Trainer:
+    cfg: TrainConfig
+    resolved: dict
+    ctx: DistributedContext
+    bert_cfg: BertConfig
+    data: PretrainingData
+    engine: object
+    accumulation: int
+    state: RunState = field(default_factory=RunState)
+
+    def __post_init__(self):
+        self.checkpoint_dir = os.path.join(self.cfg.output_dir, ckpt.CHECKPOINTS_SUBDIR)
+        self.loader = self.data.train_loader(self.ctx.rank, self.ctx.world_size, self.cfg.data.micro_batch_size)
+        self.cfg_hash = ckpt.config_hash(self.resolved)
+        self.stop = StopRequest()
+        self.tracker = None
+        self.start_step = 0
+        self.peak_tflops = resolve_peak_tflops(self.cfg.trainer.peak_tflops)
+        self.step_lr = 0.0
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.rank == 0
+
+    # -- resume and save --
+
+    def resume(self) -> Optional[str]:
+        """Load the newest complete checkpoint, if any; returns the tracker's run id."""
+        tag = ckpt.latest_complete(self.checkpoint_dir)
+        if tag is not None and not self.cfg.trainer.resume:
+            raise RuntimeError(f"{self.checkpoint_dir} holds checkpoints (newest {tag}) but trainer.resume=false: "
+                               "a fresh run there would mix its checkpoints and steps.jsonl with the old run's; "
+                               "use another output_dir, or delete the old one")
+        if tag is None:
+            if self.is_main:
+                self._truncate_steps_file(0)  # lines of a run killed before its first checkpoint
+            return None
+        client = ckpt.load(self.engine, self.checkpoint_dir, tag, self.ctx.rank)
+        self.loader.load_state_dict(client["loader"])
+        self.state.step = self.state.last_saved_step = client["step"]
+        self.state.samples_consumed = client["samples_consumed"]
+        if client["config_hash"] != self.cfg_hash and self.is_main:
+            log.warning("the config differs from the one checkpoint %s was saved with", tag)
+        if self.is_main:
+            print(f"resumed from {os.path.join(self.checkpoint_dir, tag)} at step {self.state.step}", flush=True)
+            self._truncate_steps_file(self.state.step)
+        return client.get("tracker_run_id")
+
+    def save(self) -> None:
+        finite = torch.tensor([1.0 if ckpt.local_weights_finite(self.engine) else 0.0])
+        if all_reduce_sum(finite, self.ctx.device).item() < self.ctx.world_size:
+            raise RuntimeError(f"non-finite weights at step {self.state.step}: refusing to save a checkpoint "
+                               f"(the last good one is step {self.state.last_saved_step})")
+        client = ckpt.client_state(self.state.step, self.state.samples_consumed, self.loader.state_dict(),
+                                   self.tracker.run_id if self.tracker else None, self.cfg_hash)
+        tag = ckpt.save(self.engine, self.checkpoint_dir, self.state.step, client, self.ctx.rank,
+                        self.cfg.trainer.keep_last_k)
+        self.state.last_saved_step = self.state.step
+        if self.is_main:
+            print(f"saved checkpoint {os.path.join(self.checkpoint_dir, tag)}", flush=True)
+
+    def _truncate_steps_file(self, step: int) -> None:
+        """Drop lines a killed run wrote after its last checkpoint (they will be trained again)."""
+        path = os.path.join(self.cfg.output_dir, STEPS_FILE)
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(keep)
+
+    # -- data --
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Training micro batches forever, epoch after epoch, without touching the global RNG."""
+        while True:
+            it = iter(self.loader)
+            while True:
+                with torch.random.fork_rng(devices=[]):
+                    batch = next(it, None)
+                if batch is None:
+                    break
+                yield batch
+
+    # -- one step --
+
+    def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, list[int]]:
+        """One optimizer step; returns this rank's summed statistics and the example ids it trained on."""
+        self.step_lr = self.engine.get_lr()[0]  # the rate this step's update uses (the scheduler moves after it)
+        stats = torch.zeros(len(STATS), dtype=torch.float64)
+        on_device = torch.zeros(len(_OUTPUT_FIELDS), dtype=torch.float64, device=self.ctx.device)
+        ids: list[int] = []
+        done = 0
+        while done < self.accumulation:
+            batch = next(batches)
+            self.state.samples_consumed += batch["input_ids"].shape[0] * self.ctx.world_size
+            out = self.engine(**forward_inputs(batch, self.ctx.device, self.cfg.trainer.sparse_mlm_head))
+            bad = (~torch.isfinite(out.loss.detach())).double().reshape(1)  # on the device: one sync below
+            dist.all_reduce(bad, op=dist.ReduceOp.SUM)
+            if bad.item() > 0:
+                self._skip_nonfinite(batch)
+                continue
+            self.state.nonfinite_in_a_row = 0
+            self.engine.backward(out.loss)
+            self.engine.step()
+            on_device += output_stats(out)
+            stats += host_stats(batch)
+            ids += batch["example_id"].tolist()
+            done += 1
+        stats[:len(_OUTPUT_FIELDS)] += on_device.cpu()
+        return stats, ids
+
+    def _skip_nonfinite(self, batch) -> None:
+        self.state.nonfinite_in_a_row += 1
+        self.state.nonfinite_total += 1
+        if self.is_main:
+            print(f"non-finite loss at step {self.state.step + 1} on some rank: micro batch dropped "
+                  f"({self.state.nonfinite_in_a_row} in a row)", flush=True)
+        if self.state.nonfinite_in_a_row >= self.cfg.trainer.max_nonfinite_in_a_row:
+            raise NonFiniteLossError(
+                f"{self.state.nonfinite_in_a_row} non-finite losses in a row at step {self.state.step + 1} "
+                f"(trainer.max_nonfinite_in_a_row={self.cfg.trainer.max_nonfinite_in_a_row}): the run diverged; "
+                f"lower optim.lr, raise warmup, or use fp32/bf16; resume restarts from step "
+                f"{self.state.last_saved_step}")
+
+    def gather_ids(self, ids: list[int]) -> list[int]:
+        """Example ids of the step over all ranks, rank-major."""
+        local = torch.tensor(ids, dtype=torch.int64)
+        if self.ctx.world_size == 1:
+            return ids
+        parts = [torch.empty_like(local, device=self.ctx.device) for _ in range(self.ctx.world_size)]
+        dist.all_gather(parts, local.to(self.ctx.device))
+        return torch.cat([p.cpu() for p in parts]).tolist()
+
+    # -- evaluation --
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean losses and accuracies over trainer.eval_steps batches per rank (null: the whole
+        split). Every rank runs the same number of batches (the minimum over ranks): under
+        ZeRO-3 each forward is collective."""
+        loader = self.data.eval_loader(self.ctx.rank, self.ctx.world_size)
+        count = torch.tensor([float(len(loader))], device=self.ctx.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MIN)
+        batches = int(count.item())
+        if self.cfg.trainer.eval_steps is not None:
+            batches = min(batches, self.cfg.trainer.eval_steps)
+        if batches == 0:
+            return {}
+        stats = torch.zeros(len(STATS), dtype=torch.float64)
+        self.engine.eval()
+        with torch.random.fork_rng(devices=[]):
+            for i, batch in enumerate(loader):
+                if i == batches:
+                    break
+                out = self.engine(**forward_inputs(batch, self.ctx.device, self.cfg.trainer.sparse_mlm_head))
+                # Weight per-batch means by their counts, so the result is the mean over the split.
+                s = micro_stats(out, batch)
+                for loss, count_name in (("mlm_loss", "mlm_count"), ("nsp_loss", "nsp_count")):
+                    s[_I[loss]] *= s[_I[count_name]]
+                stats += s
+        self.engine.train()
+        stats = all_reduce_sum(stats, self.ctx.device)
+        metrics = {}
+        if stats[_I["mlm_count"]] > 0:
+            metrics["eval/mlm_loss"] = (stats[_I["mlm_loss"]] / stats[_I["mlm_count"]]).item()
+            metrics["eval/mlm_accuracy"] = (stats[_I["mlm_correct"]] / stats[_I["mlm_count"]]).item()
+        if stats[_I["nsp_count"]] > 0:
+            metrics["eval/nsp_loss"] = (stats[_I["nsp_loss"]] / stats[_I["nsp_count"]]).item()
+            metrics["eval/nsp_accuracy"] = (stats[_I["nsp_correct"]] / stats[_I["nsp_count"]]).item()
+        metrics["eval/loss"] = metrics.get("eval/mlm_loss", 0.0) + metrics.get("eval/nsp_loss", 0.0)
+        metrics["eval/batches_per_rank"] = batches
+        return metrics
+
+    # -- logging --
+
+    def interval_metrics(self, stats: torch.Tensor, seconds: float) -> dict[str, float]:
+        metrics = {f"train/{k}": v for k, v in summarise(stats).items()}
+        tokens_per_s = stats[_I["tokens"]].item() / max(seconds, 1e-9)
+        metrics["train/lr"] = self.step_lr
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        if self.cfg.deepspeed.precision == "fp16":
+            scale = getattr(self.engine.optimizer, "loss_scale", None)
+            if scale is not None:
+                metrics["train/loss_scale"] = float(scale)
+        metrics["perf/samples_per_s"] = stats[_I["samples"]].item() / max(seconds, 1e-9)
+        metrics["perf/tokens_per_s"] = tokens_per_s
+        if self.peak_tflops and stats[_I["tokens"]] > 0:
+            mean_length = stats[_I["tokens"]].item() / stats[_I["samples"]].item()  # non-padding tokens
+            sparse = (stats[_I["mlm_count"]] / stats[_I["tokens"]]).item() if self.cfg.trainer.sparse_mlm_head else None
+            flops = flops_per_token(self.bert_cfg, max(1, round(mean_length)), sparse)
+            metrics["perf/mfu"] = mfu(tokens_per_s, flops, self.peak_tflops, self.ctx.world_size)
+        metrics["perf/memory_gb"] = device_memory_gb(self.ctx.device)
+        metrics["train/samples_consumed"] = self.state.samples_consumed
+        metrics["train/nonfinite_skipped"] = self.state.nonfinite_total
+        return metrics
+
+    def write_step(self, stats: torch.Tensor, ids: list[int]) -> None:
+        record = {"step": self.state.step, **summarise(stats), "lr": self.step_lr,
+                  "samples_consumed": self.state.samples_consumed, "example_ids": ids}
+        with open(os.path.join(self.cfg.output_dir, STEPS_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- the loop --
+
+    def fit(self) -> int:
+        """Resume if there is a checkpoint, train to trainer.max_steps (or a stop signal), evaluate,
+        save, export. Returns the exit code (0); raises on divergence or a broken run."""
+        run_id = self.resume()
+        self.start_step = self.state.step
+        self.tracker = make_tracker(self.cfg.logger, self.resolved, self.cfg.output_dir, self.ctx.rank, run_id)
+        self.stop.install()
+        try:
+            return self._loop()
+        finally:
+            self.stop.uninstall()
+            self.tracker.finish()
+
+    def _loop(self) -> int:
+        t = self.cfg.trainer
+        batches = self.batches()
+        interval = torch.zeros(len(STATS), dtype=torch.float64)
+        started = interval_start = time.perf_counter()
+        paused = 0.0  # seconds of evaluation and saving in the interval, left out of the throughput
+        while self.state.step < t.max_steps:
+            local, ids = self.train_step(batches)
+            local[_I["stop"]] = 1.0 if self.stop.requested else 0.0
+            stats = all_reduce_sum(local, self.ctx.device)
+            ids = self.gather_ids(ids)
+            self.state.step += 1
+            interval += stats
+            if self.is_main:
+                self.write_step(stats, ids)
+            if self.state.step % t.log_every == 0 or self.state.step == t.max_steps:
+                now = time.perf_counter()
+                metrics = self.interval_metrics(interval, now - interval_start - paused)
+                if self.is_main:
+                    self.tracker.log(metrics, self.state.step)
+                    print(format_progress(self.state.step, t.max_steps, metrics["train/loss"],
+                                          metrics["perf/tokens_per_s"], now - started, start_step=self.start_step),
+                          flush=True)
+                interval.zero_()
+                interval_start, paused = time.perf_counter(), 0.0
+            pause_start = time.perf_counter()
+            if t.eval_every and self.state.step % t.eval_every == 0 and self.state.step < t.max_steps:
+                self._log_eval()
+            if stats[_I["stop"]] > 0:
+                self.save()
+                if self.is_main:
+                    print(f"stopping at step {self.state.step} on request ({self.stop.signal_name or 'signal to another rank'}"
+                          f"); resume by running the same command again", flush=True)
+                return 0
+            if self.state.step % t.checkpoint_every == 0:
+                self.save()
+            paused += time.perf_counter() - pause_start
+        final = self._log_eval()
+        if self.is_main:
+            self.tracker.summary({**final, "train/step": self.state.step,
+                                  "train/samples_consumed": self.state.samples_consumed})
+        if self.state.last_saved_step != self.state.step:
+            self.save()
+        if t.export_hf:
+            self.export()
+        return 0
+
+    def _log_eval(self) -> dict[str, float]:
+        metrics = self.evaluate()
+        if metrics and self.is_main:
+            self.tracker.log(metrics, self.state.step)
+            print("eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in metrics.items() if k != "eval/batches_per_rank"),
+                  flush=True)
+        return metrics
+
+    def export(self) -> None:
+        """Hugging Face export of the final checkpoint (rank 0): DeepSpeed's public
+        ``get_fp32_state_dict_from_zero_checkpoint`` merges the fp32 master weights of every ZeRO
+        stage and world size, so no rank has to gather the model in memory, and a bf16/fp16 run
+        exports its fp32 masters rather than the half-precision working copy."""
+        if self.is_main:
+            from training.export import consolidated_state_dict_from_checkpoint, export_hf
+
+            state_dict = consolidated_state_dict_from_checkpoint(self.checkpoint_dir, ckpt.tag_for(self.state.step))
+            out_dir = os.path.join(self.cfg.output_dir, HF_SUBDIR)
+            export_hf(state_dict, self.bert_cfg, self.cfg.data_dir, out_dir)
+            print(f"exported Hugging Face model to {out_dir}", flush=True)
+
+
+def train(cfg: TrainConfig, resolved: dict) -> int:
+    """Run (or resume) the training described by ``cfg`` on this rank; returns the exit code.
+
+    resolved: the resolved Hydra config as a plain dict (tracked with the run, hashed into checkpoints).
+    """
+    # DeepSpeed calls torch.distributed's deprecated *_tensor collectives every step.
+    warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use", category=FutureWarning)
+    bert_cfg, data = open_data(cfg)  # fails on a mismatch before any process group or model
+    ctx = init_distributed(cfg.trainer.dist_backend, cfg.trainer.dist_timeout_minutes)  # once per process
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    resuming = cfg.trainer.resume and ckpt.latest_complete(
+        os.path.join(cfg.output_dir, ckpt.CHECKPOINTS_SUBDIR)) is not None
+    model = build_model(bert_cfg, cfg, resuming)
+    seed_rank(cfg.seed, ctx.rank)
+    engine, accumulation = build_engine(model, cfg, ctx.world_size)
+    trainer = Trainer(cfg, resolved, ctx, bert_cfg, data, engine, accumulation)
+    code = trainer.fit()
+    dist.barrier()  # leave together: no rank tears the group down while rank 0 still exports
+    return code
