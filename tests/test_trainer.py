@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -294,3 +295,31 @@ def test_dense_head_labels_give_the_sparse_head_loss(trainer_shards):
     dense = model(**forward_inputs(batch, torch.device("cpu"), sparse_head=False))
     assert int(dense.mlm_count) == int(sparse.mlm_count) > 0
     torch.testing.assert_close(dense.mlm_loss, sparse.mlm_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_launcher_local_rank_argument_goes_to_the_environment(monkeypatch):
+    from training.__main__ import take_launcher_local_rank
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert take_launcher_local_rank(["--local_rank=1", "seed=3"]) == ["seed=3"]
+    assert os.environ["LOCAL_RANK"] == "1"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert take_launcher_local_rank(["seed=3", "--local-rank", "0"]) == ["seed=3"]
+    assert os.environ["LOCAL_RANK"] == "0"
+
+
+def test_deepspeed_launcher_two_processes(trainer_shards, tmp_path):
+    """The `deepspeed` launcher (it appends --local_rank=N, which Hydra alone would reject)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    command = [launcher, "--num_gpus", "2", "--master_port", str(port), "--module", "training",
+               *overrides(trainer_shards, tmp_path, "deepspeed=zero2", "deepspeed.precision=fp32",
+                          "trainer.max_steps=3", "trainer.eval_every=0", "trainer.export_hf=false")]
+    result = run(command)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    steps = read_steps(tmp_path)
+    assert [s["step"] for s in steps] == [1, 2, 3]

@@ -1,5 +1,7 @@
 """python -m training data_dir=<shards> output_dir=<dir> [overrides]  (alone, or under torchrun / deepspeed)."""
 
+import os
+import re
 import sys
 
 import hydra
@@ -28,9 +30,28 @@ def main(cfg: DictConfig) -> None:
         sys.exit(code)  # returning keeps a multirun sweep going with its next job
 
 
+def take_launcher_local_rank(argv: list[str]) -> list[str]:
+    """The deepspeed launcher appends ``--local_rank=N`` (older ones ``--local_rank N``), which Hydra
+    would reject: move it to LOCAL_RANK, where torchrun puts it, and hand Hydra the rest."""
+    out, i = [], 0
+    while i < len(argv):
+        m = re.fullmatch(r"--local[_-]rank(?:=(\d+))?", argv[i])
+        if m:
+            value = m.group(1)
+            if value is None and i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            os.environ.setdefault("LOCAL_RANK", value)
+        else:
+            out.append(argv[i])
+        i += 1
+    return out
+
+
 if __name__ == "__main__":
     from training.distributed import shutdown
 
+    sys.argv = [sys.argv[0]] + take_launcher_local_rank(sys.argv[1:])
     try:
         main()
     finally:
