@@ -144,7 +144,7 @@ def empty_columns() -> ExampleColumns:
 
 def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), type=pa.int32()),
-                                    pa.array(values.astype(value_type.to_pandas_dtype(), copy=False), type=value_type))
+                                    pa.array(values.astype(np.dtype(str(value_type)), copy=False), type=value_type))
 
 
 def to_record_batch(cols: ExampleColumns, schema: pa.Schema) -> pa.RecordBatch:
