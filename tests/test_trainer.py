@@ -323,3 +323,29 @@ def test_deepspeed_launcher_two_processes(trainer_shards, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     steps = read_steps(tmp_path)
     assert [s["step"] for s in steps] == [1, 2, 3]
+
+
+def test_wandb_offline_run_holds_the_training_metrics_and_a_resume_continues_it(trainer_shards, tmp_path):
+    """A real training run logging to W&B offline, read back from its run file without network."""
+    import glob
+
+    from test_tracking import finished_run_records, offline_run
+
+    def wandb_run(max_steps):
+        result = run(single_process_command(*overrides(
+            trainer_shards, tmp_path, "logger=wandb_offline", f"trainer.max_steps={max_steps}", "trainer.log_every=2",
+            "trainer.eval_every=4", "trainer.checkpoint_every=4", "trainer.export_hf=false")))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        return sorted(glob.glob(os.path.join(str(tmp_path), "wandb", "offline-run-*", "run-*.wandb")))
+
+    first = wandb_run(4)
+    run_id, config, history, _ = offline_run(finished_run_records(first[0]))
+    logged = {k for row in history for k in row}
+    assert {"train/loss", "train/mlm_accuracy", "train/lr", "train/grad_norm", "perf/tokens_per_s",
+            "eval/loss"} <= logged
+    losses = [s["loss"] for s in read_steps(tmp_path)]  # each logged loss is its window's mean
+    assert [row["train/loss"] for row in history if "train/loss" in row] == pytest.approx(
+        [np.mean(losses[0:2]), np.mean(losses[2:4])], rel=1e-5)
+    assert config["data_dir"] == trainer_shards
+    files = wandb_run(6)  # resumes from the step-4 checkpoint: the same W&B run continues
+    assert len(files) == 2 and all(f.endswith(f"run-{run_id}.wandb") for f in files)
