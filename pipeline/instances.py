@@ -17,9 +17,8 @@ import numpy as np
 
 from pipeline.contract import ExampleColumns, empty_columns
 from pipeline.masking import MaskingParams, mask_batch
-from pipeline.seeding import derive_seed, mix64, rng_for
+from pipeline.seeding import MASK63, derive_seed, mix64, rng_for
 
-_MASK63 = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,7 @@ class Vocabulary:
 def example_ids(seed: int, doc_id: int, pass_index: int, count: int) -> np.ndarray:
     """(count,) int64: the stable ids of a document pass's examples, in creation order."""
     return (mix64(np.arange(count, dtype=np.int64), derive_seed("example", seed, doc_id, pass_index))
-            & np.uint64(_MASK63)).astype(np.int64)
+            & np.uint64(MASK63)).astype(np.int64)
 
 
 def assemble(raws: Sequence[RawInstance], vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,9 +28,12 @@ class MaskingParams:
             raise ValueError("mask_prob and random_prob must be >= 0 and sum to at most 1")
 
 
-def num_to_predict(length: int, params: MaskingParams) -> int:
-    """The original formula; ``length`` counts the special tokens too (Python 3 rounding)."""
-    return min(params.max_predictions_per_seq, max(1, int(round(length * params.masked_lm_prob))))
+def num_to_predict(length, params: MaskingParams):
+    """The original formula; ``length`` counts the special tokens too. Takes an int or an array of
+    lengths (np.rint rounds half to even, exactly like Python 3's round())."""
+    n = np.minimum(params.max_predictions_per_seq,
+                   np.maximum(1, np.rint(np.asarray(length) * params.masked_lm_prob).astype(np.int64)))
+    return int(n) if n.ndim == 0 else n
 
 
 def word_groups(candidates: np.ndarray, tokens: np.ndarray, is_continuation: np.ndarray) -> list[np.ndarray]:
@@ -70,9 +73,7 @@ def mask_batch(
     lengths = np.diff(offsets)
     n_examples = len(lengths)
     example = np.repeat(np.arange(n_examples), lengths)  # (N,) example of each token
-    # The original formula, vectorised: np.rint rounds half to even like Python 3's round().
-    budgets = np.minimum(params.max_predictions_per_seq,
-                         np.maximum(1, np.rint(lengths * params.masked_lm_prob).astype(np.int64)))
+    budgets = num_to_predict(lengths, params)
     candidate = ~never_mask[tokens]
     if params.whole_word and is_continuation is not None:
         positions = np.concatenate([np.zeros(0, np.int64)] + [

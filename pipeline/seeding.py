@@ -11,7 +11,7 @@ import hashlib
 
 import numpy as np
 
-_MASK63 = (1 << 63) - 1
+MASK63 = (1 << 63) - 1  # ids are positive int64
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -29,7 +29,7 @@ def rng_for(*parts: int | str) -> np.random.Generator:
 
 def stable_id(text: str) -> int:
     """A compact positive int64 id of a string (documents are identified by their cleaned text)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") & _MASK63
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") & MASK63
 
 
 def unit_interval(*parts: int | str) -> float:
