@@ -34,6 +34,30 @@ def test_references_removed():
     assert prose('Fact.<ref name="a">Smith, {{cite book|t=x}}</ref> More.<ref name=a/> End.') == "Fact. More. End."
 
 
+@pytest.mark.parametrize("wikitext", [
+    "Fact.<ref>cited</ref> More.<ref name=a /> End.",
+    "Fact.<!-- a <ref>note</ref> --> More.<REF NAME=\"b\">x</REF > End.",
+    "Fact.<ref group=n>a\n{{cite|b}}\n</ref> More. End.",
+])
+def test_references_and_comments_cut_before_tokenizing_give_the_parsers_result(wikitext):
+    from pipeline.sources import wikitext as module
+
+    assert module._drop_invisible_blocks(wikitext) != wikitext  # the fast path ran
+    assert prose(wikitext) == "Fact. More. End."
+
+
+def test_unclosed_reference_does_not_swallow_prose_up_to_the_next_one():
+    # <ref name=x> without </ref> is text to the tokenizer (then scrubbed); the pre-cut must not
+    # treat "<ref name=x> ... </ref>" of the next, well-formed reference as one block.
+    out = prose("Alpha <ref name=x> beta gamma. Delta.<ref>note</ref> Omega.")
+    assert "beta gamma. Delta." in out and "note" not in out and out.endswith("Omega.")
+
+
+def test_reference_markup_inside_nowiki_stays_literal_text():
+    out = prose("Write <nowiki><ref>x</ref></nowiki> to cite.")
+    assert "x" in out and out.endswith("to cite.")
+
+
 @pytest.mark.parametrize(
     "tag", ["math", "code", "pre", "syntaxhighlight", "timeline", "imagemap", "score", "gallery", "chem"]
 )

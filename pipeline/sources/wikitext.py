@@ -135,6 +135,7 @@ def wikitext_to_paragraphs(wikitext: str, keep_lists: bool = False) -> list[str]
     """
     if _LIST_ITEM in wikitext:
         wikitext = wikitext.translate(_MARKERS)
+    wikitext = _drop_invisible_blocks(wikitext)
     try:
         # skip_style_tags: '' and ''' stay plain text (removed by regex below);
         # the tokenizer's style-tag backtracking is slow and fragile on real pages.
@@ -144,6 +145,25 @@ def wikitext_to_paragraphs(wikitext: str, keep_lists: bool = False) -> list[str]
         # strip the commonest markup with regexes rather than lose the page.
         return _paragraphs(_strip_markup_roughly(wikitext), keep_lists)
     return _paragraphs(_visible_text(stream), keep_lists)
+
+
+# Comments and references never show text, and they are about a quarter of a real page's
+# wikitext (measured on the sample: 5.7M -> 4.1M characters). Cutting them with a C regex
+# before the tokenizer sees them saves tokenizing and walking them. Only well-formed ones go:
+# a comment with its end, a self-closing <ref .../>, a <ref>...</ref> with no other <ref
+# inside (so an unclosed <ref> never swallows the prose up to the next </ref>). Pages with
+# literal-text tags (<nowiki>, <pre>...) are left whole: there a "<ref>" may be shown text.
+_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_REF = re.compile(r"<ref\b[^<>]*/\s*>|<ref\b[^<>]*(?<!/)>(?:(?!<ref\b).)*?</ref\s*>", re.DOTALL | re.IGNORECASE)
+_LITERAL_TAGS = re.compile(r"<(?:nowiki|pre|source|syntaxhighlight|code|math|chem|score)\b", re.IGNORECASE)
+
+
+def _drop_invisible_blocks(wikitext: str) -> str:
+    if "<" not in wikitext or _LITERAL_TAGS.search(wikitext):
+        return wikitext
+    if "<!--" in wikitext:
+        wikitext = _COMMENT.sub("", wikitext)
+    return _REF.sub("", wikitext)
 
 
 def _visible_text(stream: list) -> str:
