@@ -88,8 +88,15 @@ class InstancesConfig:
     """Documents per pool: an NSP negative's B comes from another document of the same pool."""
     eval_fraction: float = 0.01
     """Fraction of documents held out for evaluation, chosen by a hash of the document id."""
+    min_work_units: int = 64
+    """Least units of work per split for example creation: with fewer pools than this, a
+    pool's dupe_factor passes are split over several units (each receives the pool's documents
+    once more through the shuffle); with many pools each pool is one unit, sent once. The
+    default gives a few units per core on a 16-core machine."""
 
     def __post_init__(self):
+        if self.min_work_units < 1:
+            raise ValueError("instances.min_work_units must be at least 1")
         if self.objective not in ("nsp", "sop", "none"):
             raise ValueError(f"instances.objective must be nsp, sop or none, got {self.objective!r}")
         if not 8 <= self.max_seq_length <= 65535:

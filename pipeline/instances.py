@@ -70,19 +70,25 @@ class RawInstance:
 
 def truncate_seq_pair(a: np.ndarray, b: np.ndarray, max_num_tokens: int,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Trim the longer of A and B, one token at a time from its front or back (p = 0.5 each)."""
-    a_lo, a_hi, b_lo, b_hi = 0, len(a), 0, len(b)
+    """Trim the longer of A and B, one token at a time from its front or back (p = 0.5 each).
+
+    Step k trims A if A is then strictly longer, else B, using coin k (front or back). Which
+    side each step trims follows from the lengths alone: the first ``p = min(|len A - len B|,
+    excess)`` steps trim the longer side, then B and A alternate (B first: equal lengths trim
+    B). So the coins are counted per side with slices instead of a loop per token."""
     excess = len(a) + len(b) - max_num_tokens
     if excess <= 0:
         return a, b
     fronts = (rng.random(excess) < 0.5).tolist()  # one coin per trimmed token, drawn at once
-    for front in fronts:
-        trim_a = (a_hi - a_lo) > (b_hi - b_lo)
-        if trim_a:
-            a_lo, a_hi = (a_lo + 1, a_hi) if front else (a_lo, a_hi - 1)
-        else:
-            b_lo, b_hi = (b_lo + 1, b_hi) if front else (b_lo, b_hi - 1)
-    return a[a_lo:a_hi], b[b_lo:b_hi]
+    d = len(a) - len(b)
+    p = min(abs(d), excess)
+    if d > 0:
+        a_steps, b_steps = fronts[:p] + fronts[p + 1::2], fronts[p::2]
+    else:
+        a_steps, b_steps = fronts[p + 1::2], fronts[:p] + fronts[p::2]
+    a_front, b_front = sum(a_steps), sum(b_steps)
+    return (a[a_front:len(a) - (len(a_steps) - a_front)],
+            b[b_front:len(b) - (len(b_steps) - b_front)])
 
 
 def _target_length(max_num_tokens: int, short_seq_prob: float, rng: np.random.Generator) -> int:
@@ -109,8 +115,9 @@ def create_instances(pool: Sequence[TokenizedDocument], index: int, params: Inst
     out: list[RawInstance] = []
     chunk_start, length, i = 0, 0, 0
     n = doc.num_sentences
+    bounds = doc.bounds.tolist()  # Python ints: this loop runs once per sentence
     while i < n:
-        length += doc.bounds[i + 1] - doc.bounds[i]
+        length += bounds[i + 1] - bounds[i]
         if i == n - 1 or length >= target:
             chunk_len = i + 1 - chunk_start
             a_end = int(rng.integers(1, chunk_len - 1, endpoint=True)) if chunk_len >= 2 else 1
@@ -135,13 +142,12 @@ def _nsp_pair(pool, index, chunk_start, chunk_len, a_end, i, tokens_a, target, r
             return None, i  # no other document to draw B from: no pair rather than a wrong label
         other = pool[_random_other(len(pool), index, rng)]
         target_b = target - len(tokens_a)
-        start = int(rng.integers(0, other.num_sentences - 1, endpoint=True))
-        stop = start
-        # Fill B from a random sentence of the other document until it reaches target_b.
-        while stop < other.num_sentences:
-            stop += 1
-            if other.bounds[stop] - other.bounds[start] >= target_b:
-                break
+        n_other = other.num_sentences
+        start = int(rng.integers(0, n_other - 1, endpoint=True))
+        # Fill B from a random sentence of the other document until it reaches target_b: the
+        # first stop in (start, n] with bounds[stop] - bounds[start] >= target_b, else n.
+        reach = int(np.searchsorted(other.bounds, other.bounds[start] + target_b, side="left"))
+        stop = min(max(reach, start + 1), n_other)
         # The chunk's unused sentences go back: the loop resumes right after A.
         i -= chunk_len - a_end
         return RawInstance(tokens_a, other.span(start, stop), 1, other.doc_id), i

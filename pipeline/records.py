@@ -59,6 +59,19 @@ class RawDocument:
 
 
 @dataclass(frozen=True)
+class WikitextPage:
+    """An article page whose wikitext is not yet reduced to prose (``read_source(...,
+    defer_wikitext=True)``). Reading a dump is one sequential scan per file, while the
+    wikitext conversion is most of the reading cost: emitting pages lets the job spread the
+    conversion of a single large dump over every worker (``to_documents`` runs it)."""
+
+    source: str
+    record_id: str  # page id
+    title: str
+    wikitext: str
+
+
+@dataclass(frozen=True)
 class Rejection:
     """A counted, reported rejection of a document or of a part of an input file."""
 

@@ -20,7 +20,7 @@ from pipeline.seeding import derive_seed
 from pipeline.shard_sink import ShardRecords, WriteShards, commit, complete_shards, write_text
 from pipeline.stats import STATS_TAG, SumCounts, format_summary, nest
 from pipeline.tokenization import is_uncased
-from pipeline.transforms import (REJECTS_TAG, CreateExamples, PrepareDocuments, ReadSources, TokenizeDocuments,
+from pipeline.transforms import (CreateExamples, PrepareDocuments, ReadSources, TokenizeDocuments,
                                  TrainVocabulary, VocabInfo, make_vocab_info)
 
 OUTPUT_ENTRIES = ("train", "eval", "documents", "rejects", contract.VOCAB_FILE)
@@ -131,8 +131,8 @@ def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: 
     read = p | "Inputs" >> beam.Create(paths) | "ReadSources" >> ReadSources(cfg.source)
     split_docs, rejects, stats = read.documents | "PrepareDocuments" >> PrepareDocuments(
         cfg.cleaning, cfg.instances.eval_fraction)
-    rejects.insert(0, read[REJECTS_TAG])
-    stats.insert(0, read[STATS_TAG])
+    rejects.insert(0, read.rejects)
+    stats.insert(0, read.stats)
 
     if fixed_vocab is not None:
         vocab = p | "GivenVocabulary" >> beam.Create([fixed_vocab])

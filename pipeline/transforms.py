@@ -19,10 +19,10 @@ from pipeline.documents import Document, prepare_document, split_of
 from pipeline.formats import DocumentRecord
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
 from pipeline.masking import MaskingParams
-from pipeline.records import RawDocument, RejectReason, Rejection
+from pipeline.records import RawDocument, RejectReason, Rejection, WikitextPage
 from pipeline.seeding import unit_interval, unit_interval_of
 from pipeline.shard_sink import num_shards_for
-from pipeline.sources import read_source
+from pipeline.sources import read_source, wikitext_page_to_documents
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
 from pipeline.tokenization import SPECIAL_TOKENS, build_tokenizer, encode_sentences, masking_vocabulary, vocab_sha256
 from pipeline.vocab_training import WordCounter, train_wordpiece
@@ -38,8 +38,12 @@ def _reject(counting: CountingDoFn, r: Rejection):
 
 # --- reading -------------------------------------------------------------------------------
 
+PAGES_TAG = "pages"
+
+
 class _ReadSourceFile(CountingDoFn):
-    """A file path -> RawDocuments (main) and Rejections (``rejects``), streamed."""
+    """A file path -> RawDocuments (main), WikitextPages (``pages``, converted by
+    ``_ConvertWikitext`` after a reshuffle) and Rejections (``rejects``), streamed."""
 
     def __init__(self, cfg: SourceConfig):
         self.cfg = cfg
@@ -47,7 +51,24 @@ class _ReadSourceFile(CountingDoFn):
     def process(self, path: str):
         self.count("files_read")
         opener = lambda: FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)  # noqa: E731
-        for item in read_source(path, opener, self.cfg):
+        for item in read_source(path, opener, self.cfg, defer_wikitext=True):
+            if isinstance(item, Rejection):
+                yield _reject(self, item)
+            elif isinstance(item, WikitextPage):
+                yield beam.pvalue.TaggedOutput(PAGES_TAG, item)
+            else:
+                self.count(f"documents_read/{item.format.value}")
+                yield item
+
+
+class _ConvertWikitext(CountingDoFn):
+    """WikitextPage -> RawDocument (main) or Rejections (``rejects``)."""
+
+    def __init__(self, cfg: SourceConfig):
+        self.cfg = cfg
+
+    def process(self, page: WikitextPage):
+        for item in wikitext_page_to_documents(page, self.cfg):
             if isinstance(item, Rejection):
                 yield _reject(self, item)
             else:
@@ -55,19 +76,37 @@ class _ReadSourceFile(CountingDoFn):
                 yield item
 
 
+@dataclass
+class ReadOutputs:
+    documents: beam.PCollection  # RawDocument
+    rejects: beam.PCollection  # Rejection
+    stats: beam.PCollection  # per-bundle counters
+
+
 class ReadSources(beam.PTransform):
-    """Input paths -> RawDocument, with rejects and stats as extra outputs."""
+    """Input paths -> RawDocument, with rejects and stats as extra outputs.
+
+    Work is spread twice: files over workers (real corpora come as many files), then the
+    pages of Wikipedia dumps, whose wikitext conversion costs more than the sequential scan
+    that finds them; so a single large dump still keeps every worker busy."""
 
     def __init__(self, cfg: SourceConfig):
         super().__init__()
         self.cfg = cfg
 
-    def expand(self, paths):
-        # Reshuffle: spread files over workers (real dumps come as many files).
-        return (paths
+    def expand(self, paths) -> ReadOutputs:
+        read = (paths
                 | "SpreadFiles" >> beam.Reshuffle()
                 | "ReadFile" >> beam.ParDo(_ReadSourceFile(self.cfg)).with_outputs(
-                    REJECTS_TAG, STATS_TAG, main="documents"))
+                    PAGES_TAG, REJECTS_TAG, STATS_TAG, main="documents"))
+        converted = (read[PAGES_TAG]
+                     | "SpreadPages" >> beam.Reshuffle()
+                     | "WikitextToProse" >> beam.ParDo(_ConvertWikitext(self.cfg)).with_outputs(
+                         REJECTS_TAG, STATS_TAG, main="documents"))
+        return ReadOutputs(
+            documents=(read.documents, converted.documents) | "AllDocuments" >> beam.Flatten(),
+            rejects=(read[REJECTS_TAG], converted[REJECTS_TAG]) | "ReadRejects" >> beam.Flatten(),
+            stats=(read[STATS_TAG], converted[STATS_TAG]) | "ReadStats" >> beam.Flatten())
 
 
 # --- cleaning --------------------------------------------------------------------------------
@@ -215,36 +254,46 @@ class TokenizeDocuments(beam.PTransform):
 
 # --- examples ---------------------------------------------------------------------------------
 
-class _ExamplesOfPoolPass(CountingDoFn):
-    """((split, pool, pass), [(TokenizedDocument, source, record_id)...]) -> ((split, shard), RecordBatch).
+def pass_groups(num_pools: int, passes: int, min_units: int) -> int:
+    """How many units a pool's passes are split into: enough for ``min_units`` units in all."""
+    return max(1, min(passes, -(-min_units // max(num_pools, 1))))
+
+
+class _ExamplesOfPoolPasses(CountingDoFn):
+    """((split, pool, group), [(TokenizedDocument, source, record_id)...]) -> ((split, shard), RecordBatch).
 
     A pool is the unit of NSP negative sampling: B of a random pair comes from another document
-    of the same pool. Documents are sorted by id so the pool's content and order, and hence every
-    draw, do not depend on arrival order. Examples leave as one Arrow record batch per shard (not
-    one element per example), which keeps Beam's per-element cost off the hot path. Documents that
-    give no example in this pass go to the ``empty`` output."""
+    of the same pool. A unit runs the passes ``p`` of its pool with ``p % groups == group``.
+    Documents are sorted by id so the pool's content and order, and hence every draw, do not
+    depend on arrival order; each (document, pass) is seeded on its own, so how passes are
+    grouped into units does not change a byte. Examples leave as one Arrow record batch per
+    shard (not one element per example), which keeps Beam's per-element cost off the hot path.
+    Documents that give no example in a pass go to the ``empty`` output, once per pass."""
 
-    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, schema):
+    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, schema, passes: int):
         self.params = InstanceParams(instances.max_seq_length, instances.short_seq_prob, instances.objective)
         self.masking = (MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
                         if masking.mode == "static" else None)
-        self.seed, self.schema = seed, schema
+        self.seed, self.schema, self.passes = seed, schema, passes
+        self.min_units = instances.min_work_units
 
     def setup(self):
         self._vocab, self._sha = None, None
 
-    def process(self, element, vocab: VocabInfo, shards: dict):
+    def process(self, element, vocab: VocabInfo, shards: dict, pools: dict):
         if self._sha != vocab.sha256:
             self._vocab, self._sha = masking_vocabulary(vocab.tokens), vocab.sha256
-        (split, _, pass_index), members = element
+        (split, _, group), members = element
+        groups = pass_groups(pools[split], self.passes, self.min_units)
         members = sorted(members, key=lambda m: m[0].doc_id)
         pool = [m[0] for m in members]
         parts = []
-        for i, (doc, source, record_id) in enumerate(members):
-            cols = examples_for_document(pool, i, pass_index, self.seed, self.params, self.masking, self._vocab)
-            if not len(cols):
-                yield beam.pvalue.TaggedOutput(EMPTY_TAG, ((source, record_id, len(doc.ids), doc.num_sentences), 1))
-            parts.append(cols)
+        for pass_index in range(group, self.passes, groups):
+            for i, (doc, source, record_id) in enumerate(members):
+                cols = examples_for_document(pool, i, pass_index, self.seed, self.params, self.masking, self._vocab)
+                if not len(cols):
+                    yield beam.pvalue.TaggedOutput(EMPTY_TAG, ((source, record_id, len(doc.ids), doc.num_sentences), 1))
+                parts.append(cols)
         cols = contract.ExampleColumns.concat(parts)
         if not len(cols):
             return
@@ -294,9 +343,15 @@ class CreateExamples(beam.PTransform):
                                  kv[1] * passes, out.target_shard_tokens, out.num_shards)))
                              | "ShardsToDict" >> beam.combiners.ToDict())
 
-        def assign_pool(element, pools):
+        min_units = self.instances.min_work_units
+
+        def to_units(element, pools):
+            # Few pools (a small corpus): a pool's passes are split over several units (keys),
+            # so every worker gets work; each unit receives the pool's documents. Many pools:
+            # one unit per pool, so each document crosses the shuffle once.
             split, member = element
-            return (split, int(unit_interval("pool", seed, member[0].doc_id) * pools[split])), member
+            pool = int(unit_interval("pool", seed, member[0].doc_id) * pools[split])
+            return [((split, pool, g), member) for g in range(pass_groups(pools[split], passes, min_units))]
 
         def no_example_in_any_pass(element):
             (source, record_id, tokens, sentences), n_empty = element
@@ -305,14 +360,12 @@ class CreateExamples(beam.PTransform):
                                 f"{tokens} tokens in {sentences} sentences gave no example in {passes} passes")
 
         made = (tokenized
-                | "AssignPool" >> beam.Map(assign_pool, pools=beam.pvalue.AsSingleton(pools_per_split))
-                | "GroupPools" >> beam.GroupByKey()
-                # Each pass of a pool is its own unit of work, so few pools still use every worker.
-                | "PerPass" >> beam.FlatMap(lambda kv: [((*kv[0], p), list(kv[1])) for p in range(passes)])
-                | "SpreadPasses" >> beam.Reshuffle()
-                | "Examples" >> beam.ParDo(_ExamplesOfPoolPass(self.instances, self.masking, seed, self.schema),
+                | "AssignUnits" >> beam.FlatMap(to_units, pools=beam.pvalue.AsSingleton(pools_per_split))
+                | "GroupUnits" >> beam.GroupByKey()
+                | "Examples" >> beam.ParDo(_ExamplesOfPoolPasses(self.instances, self.masking, seed, self.schema, passes),
                                            vocab=beam.pvalue.AsSingleton(self.vocab),
-                                           shards=beam.pvalue.AsSingleton(self.shard_counts)).with_outputs(
+                                           shards=beam.pvalue.AsSingleton(self.shard_counts),
+                                           pools=beam.pvalue.AsSingleton(pools_per_split)).with_outputs(
                     EMPTY_TAG, STATS_TAG, main="examples"))
         rejects = (made[EMPTY_TAG]
                    | "EmptyPasses" >> beam.CombinePerKey(sum)

@@ -92,6 +92,28 @@ def test_truncate_seq_pair_trims_the_longer_side():
     assert np.all(np.diff(ta) == 1) and np.all(np.diff(tb) == 1)
 
 
+def _truncate_one_token_at_a_time(a, b, max_num_tokens, rng):
+    """The original's loop, literally (REFERENCE section 1, step 5), with the same coins."""
+    a, b = list(a), list(b)
+    excess = len(a) + len(b) - max_num_tokens
+    coins = (rng.random(excess) < 0.5).tolist() if excess > 0 else []
+    for front in coins:
+        trunc = a if len(a) > len(b) else b
+        del trunc[0 if front else -1]
+    return a, b
+
+
+@pytest.mark.parametrize("la,lb,limit", [(100, 30, 50), (30, 100, 50), (40, 40, 50), (41, 40, 50), (40, 41, 50),
+                                         (60, 10, 64), (10, 60, 12), (5, 5, 9), (125, 1, 125), (1, 125, 125),
+                                         (3, 7, 10), (200, 199, 3)])
+def test_truncate_seq_pair_equals_the_token_by_token_loop(la, lb, limit):
+    for seed in range(20):
+        a, b = np.arange(la), np.arange(1000, 1000 + lb)
+        ta, tb = truncate_seq_pair(a, b, limit, np.random.default_rng(seed))
+        ra, rb = _truncate_one_token_at_a_time(a, b, limit, np.random.default_rng(seed))
+        assert ta.tolist() == ra and tb.tolist() == rb
+
+
 def test_none_objective_keeps_every_token_of_the_document():
     doc = TokenizedDocument.from_sentences(1, [list(range(k, k + 30)) for k in range(0, 900, 30)]
                                            + [list(range(2000, 2200))])

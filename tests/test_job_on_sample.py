@@ -142,11 +142,12 @@ def test_rejects_are_written_with_reasons(sample_job):
     assert by_reason == m.statistics["rejected"]
 
 
-def test_same_seed_is_byte_identical_across_workers_and_retries(sample_job, tmp_path):
-    """2 worker processes vs 1 in-process worker replaying every bundle once more (a retry)."""
+def test_same_seed_is_byte_identical_across_workers_retries_and_work_units(sample_job, tmp_path):
+    """2 worker processes vs 1 in-process worker replaying every bundle once more (a retry);
+    the sample is one pool, split into 5 units (one per pass) there and kept whole here."""
     out, _ = sample_job
     run_job(tmp_path / "again", "seed=7", "instances.eval_fraction=0.05", *SMALL_VOCAB, *IN_MEMORY,
-            "runner.extra=['--direct_runner_bundle_repeat=1']")
+            "runner.extra=['--direct_runner_bundle_repeat=1']", "instances.min_work_units=1")
     assert shard_hashes(out) == shard_hashes(tmp_path / "again")
 
 

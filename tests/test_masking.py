@@ -89,3 +89,21 @@ def test_mask_batch_masks_each_example_on_its_own():
         assert np.sum(owner == e) == min(num_to_predict(len(ex), p), len(ex) - 3)
     assert np.array_equal(labels, tokens[pos]) and not NEVER[tokens[pos]].any()
     assert np.all(np.diff(pos) > 0)
+
+
+def test_every_candidate_position_is_equally_likely():
+    """Positions are a uniform draw without replacement among the candidates (the original's
+    shuffle-and-take): no bias towards the start, the end, or either segment."""
+    p = MaskingParams()
+    tokens = example(n_a=10, n_b=15)  # 28 tokens, 25 candidates, budget round(4.2) = 4
+    counts = np.zeros(len(tokens))
+    draws = 20000
+    rng = np.random.default_rng(1)
+    for _ in range(draws // 50):  # 50 copies of the example per call, as the job masks a pass
+        offsets = np.arange(51) * len(tokens)
+        _, pos, _ = mask_batch(np.tile(tokens, 50), offsets, rng, p, NEVER, MASK, V)
+        np.add.at(counts, pos % len(tokens), 1)
+    candidates = ~np.isin(tokens, SPECIAL)
+    assert counts[~candidates].sum() == 0
+    expected = draws * 4 / candidates.sum()  # 3,200 per position; binomial sd about 50
+    assert np.all(np.abs(counts[candidates] - expected) < 5 * np.sqrt(expected))

@@ -128,3 +128,12 @@ def test_example_format_orders_rows_whatever_the_chunk_order(tmp_path):
     fmt = ExampleFormat(schema, rows_per_batch=7, seed=5)
     assert fmt.encode([a, b])[0] == fmt.encode([b, a])[0]
     assert fmt.encode([a, b])[1:] == (30, 150)
+
+
+def test_pass_groups_split_few_pools_and_keep_many_whole():
+    from pipeline.transforms import pass_groups
+
+    assert pass_groups(1, 5, 16) == 5  # one pool: every pass its own unit
+    assert pass_groups(4, 5, 16) == 4  # 4 pools x 4 groups = 16 units
+    assert pass_groups(16, 5, 16) == 1 and pass_groups(5000, 5, 16) == 1  # each document sent once
+    assert pass_groups(3, 1, 16) == 1  # never more groups than passes

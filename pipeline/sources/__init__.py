@@ -14,14 +14,14 @@ import zlib
 from typing import BinaryIO, Callable, Iterator
 
 from pipeline.config import SourceConfig
-from pipeline.records import RawDocument, RejectReason, Rejection, SourceFormat
+from pipeline.records import RawDocument, RejectReason, Rejection, SourceFormat, WikitextPage
 from pipeline.sources.compression import STREAM_BUFFER_BYTES, Compression, PrefixedStream, open_decompressed, read_head
 from pipeline.sources.detect import detect_format
 from pipeline.sources.jsonl import read_json_lines
 from pipeline.sources.text import read_bert_lines, read_book_text
-from pipeline.sources.wikipedia import read_wikipedia_xml
+from pipeline.sources.wikipedia import read_wikipedia_xml, wikitext_page_to_documents
 
-__all__ = ["read_source", "detect_format"]
+__all__ = ["read_source", "detect_format", "wikitext_page_to_documents"]
 
 _HEAD_BYTES = 64 * 1024
 
@@ -33,8 +33,12 @@ _READERS: dict[SourceFormat, Callable[[str, BinaryIO, SourceConfig], Iterator[Ra
 }
 
 
-def read_source(path: str, open_binary: Callable[[], BinaryIO], cfg: SourceConfig) -> Iterator[RawDocument | Rejection]:
+def read_source(path: str, open_binary: Callable[[], BinaryIO], cfg: SourceConfig,
+                defer_wikitext: bool = False) -> Iterator[RawDocument | WikitextPage | Rejection]:
     """Stream one input file's documents and rejections; never raises for bad input.
+
+    ``defer_wikitext``: Wikipedia articles come out as WikitextPage, for
+    :func:`wikitext_page_to_documents` to convert (possibly on another worker).
 
     ``open_binary()`` returns the raw, possibly compressed bytes (in Beam:
     ``FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)``).
@@ -48,7 +52,7 @@ def read_source(path: str, open_binary: Callable[[], BinaryIO], cfg: SourceConfi
         yield Rejection(path, "", RejectReason.UNREADABLE, f"cannot open: {error}")
         return
     try:
-        yield from _read_opened(path, raw, cfg)
+        yield from _read_opened(path, raw, cfg, defer_wikitext)
     finally:
         try:
             raw.close()
@@ -56,7 +60,8 @@ def read_source(path: str, open_binary: Callable[[], BinaryIO], cfg: SourceConfi
             pass  # closing a file we only read cannot lose data
 
 
-def _read_opened(path: str, raw: BinaryIO, cfg: SourceConfig) -> Iterator[RawDocument | Rejection]:
+def _read_opened(path: str, raw: BinaryIO, cfg: SourceConfig,
+                 defer_wikitext: bool) -> Iterator[RawDocument | WikitextPage | Rejection]:
     compression = Compression.NONE
     served: PrefixedStream | None = None
     try:
@@ -72,7 +77,10 @@ def _read_opened(path: str, raw: BinaryIO, cfg: SourceConfig) -> Iterator[RawDoc
             yield Rejection(path, "", RejectReason.UNKNOWN_FORMAT, f"{what} ({packing}, first bytes {head[:16]!r})")
             return
         stream = io.BufferedReader(served, STREAM_BUFFER_BYTES)
-        yield from _READERS[source_format](path, stream, cfg)
+        if source_format is SourceFormat.WIKIPEDIA_XML:
+            yield from read_wikipedia_xml(path, stream, cfg, defer_wikitext)
+        else:
+            yield from _READERS[source_format](path, stream, cfg)
     except EOFError as error:
         # Only decompressors raise EOFError: the compressed stream stops mid-block.
         position = f"after {served.bytes_served} decompressed bytes" if served else "in its header"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from pipeline.config import SourceConfig
-from pipeline.records import RawDocument, RejectReason, Rejection, SourceFormat
+from pipeline.records import RawDocument, RejectReason, Rejection, SourceFormat, WikitextPage
 from pipeline.sources.cleaned import cleaned_document
 from pipeline.sources.encoding import Encoding, UnknownEncodingError, detect_xml_encoding
 from pipeline.sources.wikitext import wikitext_to_paragraphs
@@ -58,8 +58,12 @@ class _EndOfDump:
     saw_any_page: bool
 
 
-def read_wikipedia_xml(source: str, stream: BinaryIO, cfg: SourceConfig) -> Iterator[RawDocument | Rejection]:
-    """Articles of a MediaWiki dump: main namespace, not redirects, not disambiguation pages."""
+def read_wikipedia_xml(source: str, stream: BinaryIO, cfg: SourceConfig,
+                       defer_wikitext: bool = False) -> Iterator[RawDocument | WikitextPage | Rejection]:
+    """Articles of a MediaWiki dump: main namespace, not redirects, not disambiguation pages.
+
+    With ``defer_wikitext`` articles come out as WikitextPage (convert them with
+    :func:`wikitext_page_to_documents`), so the conversion can run elsewhere."""
     head = stream.peek(4096)[:4096]
     try:
         encoding = detect_xml_encoding(head)
@@ -71,7 +75,11 @@ def read_wikipedia_xml(source: str, stream: BinaryIO, cfg: SourceConfig) -> Iter
 
     for event in _scan_pages(stream, encoding, cfg.max_page_bytes):
         if isinstance(event, _Page):
-            yield from _read_page(source, event, encoding, cfg)
+            for item in _read_page(source, event, encoding):
+                if isinstance(item, WikitextPage) and not defer_wikitext:
+                    yield from wikitext_page_to_documents(item, cfg)
+                else:
+                    yield item
         elif isinstance(event, _BrokenPage):
             page_id, title = _id_and_title(event.head, encoding)
             detail = f"{event.detail}; title {title!r}" if title else event.detail
@@ -173,7 +181,7 @@ def _find_aligned(buffer: bytearray, marker: bytes, start: int, end: int, unit: 
     return found
 
 
-def _read_page(source: str, page: _Page, encoding: Encoding, cfg: SourceConfig) -> Iterator[RawDocument | Rejection]:
+def _read_page(source: str, page: _Page, encoding: Encoding) -> Iterator[WikitextPage | Rejection]:
     try:
         xml_text = page.data.decode(encoding.codec)
     except UnicodeDecodeError as error:
@@ -205,8 +213,14 @@ def _read_page(source: str, page: _Page, encoding: Encoding, cfg: SourceConfig) 
     elif title.rstrip().lower().endswith("(disambiguation)") or _DISAMBIGUATION_TEMPLATE.search(wikitext):
         yield Rejection(source, page_id, RejectReason.DISAMBIGUATION, f"title {title!r}")
     else:
-        paragraphs = wikitext_to_paragraphs(wikitext, keep_lists=cfg.keep_lists)
-        yield from cleaned_document(source, page_id, title, "\n\n".join(paragraphs), SourceFormat.WIKIPEDIA_XML)
+        yield WikitextPage(source, page_id, title, wikitext)
+
+
+def wikitext_page_to_documents(page: WikitextPage, cfg: SourceConfig) -> Iterator[RawDocument | Rejection]:
+    """An article's prose, cleaned (or the EMPTY / CONTROL_CHARACTERS rejections)."""
+    paragraphs = wikitext_to_paragraphs(page.wikitext, keep_lists=cfg.keep_lists)
+    yield from cleaned_document(page.source, page.record_id, page.title, "\n\n".join(paragraphs),
+                                SourceFormat.WIKIPEDIA_XML)
 
 
 def _id_and_title(head: bytes, encoding: Encoding) -> tuple[str, str]:

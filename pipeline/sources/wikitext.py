@@ -104,6 +104,8 @@ _DANGLING_AFTER_OPEN = re.compile(r"\(\s*(?:[,;:]\s*)+")
 _DANGLING_BEFORE_CLOSE = re.compile(r"(?:\s*[,;:])+\s*\)")
 _REPEATED_SEPARATOR = re.compile(r"([,;])(?:\s*[,;])+")
 _EMPTY_PARENS = re.compile(r"\s*\(\s*\)")
+_PUNCT_BEFORE_CLOSE = re.compile(r"[,;:]\s*\)")
+_OPEN_CLOSE = re.compile(r"\(\s*\)")
 _SPACE_BEFORE_PUNCT = re.compile(r" +(?=[,.;:!?)](?:\s|$))")
 
 _T = tokens
@@ -354,8 +356,12 @@ def _paragraphs(text: str, keep_lists: bool) -> list[str]:
             paragraph = _LEFTOVER_BRACKETS.sub(" ", paragraph)
         if "(" in paragraph:
             paragraph = _DANGLING_AFTER_OPEN.sub("(", paragraph)
-            paragraph = _DANGLING_BEFORE_CLOSE.sub(")", paragraph)
-            paragraph = _EMPTY_PARENS.sub("", paragraph)
+            # The two patterns below start with \s*, so the engine tries them at every
+            # position; a search that starts at the punctuation finds the rare hits first.
+            if _PUNCT_BEFORE_CLOSE.search(paragraph):
+                paragraph = _DANGLING_BEFORE_CLOSE.sub(")", paragraph)
+            if _OPEN_CLOSE.search(paragraph):
+                paragraph = _EMPTY_PARENS.sub("", paragraph)
         paragraph = _REPEATED_SEPARATOR.sub(r"\1", paragraph)
         paragraph = " ".join(paragraph.replace(_LIST_ITEM, " ").split())
         paragraph = _SPACE_BEFORE_PUNCT.sub("", paragraph)
