@@ -72,6 +72,8 @@ def parse_args() -> argparse.Namespace:
                    help="torch.optim.AdamW(fused=True) for both models (default: the trainer's build_optimizer)")
     p.add_argument("--breakdown", action="store_true",
                    help="on GPU, also time forward / backward / optimizer (a sync per phase; always on CPU)")
+    p.add_argument("--unpad", action="store_true",
+                   help="also time ours with the unpadded encoder (trainer.unpad: dense layers on real tokens only)")
     p.add_argument("--seed", type=int, default=1234)
     args = p.parse_args()
     for name in ("micro_batch", "steps", "rounds"):
@@ -311,6 +313,12 @@ def main() -> None:
     runners = [Runner("ours", ours, ours_step_fn(ours), device, autocast, args.fused_adamw, args.breakdown),
                Runner("transformers", theirs, theirs_step_fn(theirs), device, autocast, args.fused_adamw,
                       args.breakdown)]
+    if args.unpad:
+        unpadded = BertForPreTraining(model_cfg, unpad=True)
+        unpadded.load_state_dict(ours.state_dict(), strict=True)
+        unpadded.to(device).train()
+        runners.append(Runner("ours unpadded", unpadded, ours_step_fn(unpadded), device, autocast,
+                              args.fused_adamw, args.breakdown))
 
     timed = [b for r in range(args.rounds) for b in batches[r * per_round + args.warmup:(r + 1) * per_round]]
     tokens = sum(int(b["num_tokens"]) for b in timed)
@@ -351,6 +359,7 @@ def main() -> None:
     peak = resolve_peak_tflops(args.peak_tflops) if device.type == "cuda" or args.peak_tflops else None
     flops = {"ours": flops_per_token(model_cfg, round(seq_len), sparse_fraction),
              "transformers": flops_per_token(model_cfg, round(seq_len), None)}
+    flops["ours unpadded"] = flops["ours"]  # model FLOPs per real token do not depend on the layout
     print()
     header = f"{'':<14}{'tokens/s':>12}{'samples/s':>11}{'step ms':>10}{'step ms med':>13}" \
              f"{'GFLOP/tok':>11}{'TFLOP/s':>9}{'MFU':>8}"
@@ -372,6 +381,9 @@ def main() -> None:
     ratio = runners[0].tokens_per_s / runners[1].tokens_per_s
     print()
     print(f"ratio ours / transformers (non-padding tokens/s): {ratio:.2f}x")
+    if args.unpad:
+        print(f"ratio ours unpadded / ours padded: {runners[2].tokens_per_s / runners[0].tokens_per_s:.2f}x  "
+              f"(ours unpadded / transformers: {runners[2].tokens_per_s / runners[1].tokens_per_s:.2f}x)")
     if peak is None:
         print("MFU: no peak known for this device (CPU, or pass --peak-tflops); GFLOP/tok counts each "
               "model's own MLM head (sparse for ours, every token for transformers)")

@@ -239,6 +239,49 @@ def test_padding_does_not_leak_into_real_positions():
     torch.testing.assert_close(a[real], b[real])
 
 
+def test_unpadded_encoder_equals_the_padded_one_values_and_gradients():
+    """Dense layers on the real tokens only: the same weights give the same losses, hidden
+    states at real tokens and gradients (no dropout), and the heads see zeros at the padding."""
+    padded = BertForPreTraining(tiny_config())
+    randomize(padded, seed=6)
+    unpadded = BertForPreTraining(tiny_config(), unpad=True)
+    unpadded.load_state_dict(padded.state_dict())
+    padded.eval(), unpadded.eval()
+    batch = make_batch(seed=6)
+    rows_seen = []
+    hook = unpadded.bert.encoder.layer[0].intermediate.dense.register_forward_hook(
+        lambda module, args, output: rows_seen.append(tuple(args[0].shape)))
+    a, b = padded(**batch), unpadded(**batch)
+    hook.remove()
+    assert rows_seen == [(sum(LENGTHS), 32)]  # 26 real tokens, not 3 x 12 positions
+    torch.testing.assert_close(b.loss, a.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.mlm_logits, a.mlm_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.nsp_logits, a.nsp_logits, atol=1e-5, rtol=1e-5)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        ha = padded.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        hb = unpadded.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    torch.testing.assert_close(hb[real], ha[real], atol=1e-5, rtol=1e-5)
+    assert torch.count_nonzero(hb[~real]) == 0
+    a.loss.backward(), b.loss.backward()
+    grads_b = dict(unpadded.named_parameters())
+    for name, p in padded.named_parameters():
+        torch.testing.assert_close(grads_b[name].grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_unpadded_encoder_without_padding_or_mask_and_in_training_mode():
+    model = BertForPreTraining(tiny_config(), unpad=True)
+    batch = make_batch(seed=7)
+    full = dict(batch, attention_mask=torch.ones_like(batch["attention_mask"]))
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**full).loss, model(**{**batch, "attention_mask": None}).loss)
+    model.train()
+    out = model(**batch)  # dropout on the (N, H) rows
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+
+
 def test_dropout_only_in_training_mode():
     model = BertForPreTraining(tiny_config(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5))
     batch = make_batch()

@@ -295,6 +295,9 @@ class TrainerConfig:
     """Run the MLM head on masked positions only; false runs it on every token (transformers' layout)."""
     compile: bool = False
     """torch.compile the model before DeepSpeed wraps it."""
+    unpad: bool = False
+    """Run the encoder's dense layers on real tokens only, padding removed around attention
+    (training.model.Unpadded): pays when batches carry much padding, e.g. phase 2 at 512."""
     export_hf: bool = True
     """Write a Hugging Face export (config.json, model.safetensors, vocabulary) to output_dir/hf at the end."""
     peak_tflops: Optional[float] = None

@@ -183,15 +183,39 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        T = input_ids.shape[1]
-        if T > self.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
-                             f"{self.position_embeddings.num_embeddings}")
-        positions = torch.arange(T, device=input_ids.device)  # (T,); no buffer, so nothing to checkpoint
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, T, H)
-        x = x + self.position_embeddings(positions)  # (T, H) broadcast over B
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids, token_type_ids (B, T) -> (B, T, H); or, unpadded, (N,) each with their
+        ``positions`` (N,) -> (N, H)."""
+        if positions is None:
+            T = input_ids.shape[1]
+            if T > self.position_embeddings.num_embeddings:
+                raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
+                                 f"{self.position_embeddings.num_embeddings}")
+            positions = torch.arange(T, device=input_ids.device)  # (T,); no buffer, so nothing to checkpoint
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, T, H) or (N, H)
+        x = x + self.position_embeddings(positions)  # (T, H) broadcast over B, or (N, H)
         return self.dropout(self.LayerNorm(x))
+
+
+class Unpadded:
+    """Where the real tokens of a padded (B, T) batch are: ``index`` (N,) into the flattened
+    B*T positions. The encoder's dense layers run on (N, H); only attention, which needs whole
+    sequences, sees the (B, T, H) layout, padded and unpadded around it."""
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.B, self.T = attention_mask.shape
+        # nonzero() has a data-dependent size: one host sync per forward on GPU.
+        self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...)."""
+        return x.reshape(self.B * self.T, *x.shape[2:]).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, T, ...), zeros at the padding."""
+        out = x.new_zeros(self.B * self.T, *x.shape[1:]).index_copy(0, self.index, x)
+        return out.view(self.B, self.T, *x.shape[1:])
 
 
 class BertSelfAttention(nn.Module):
@@ -205,12 +229,16 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """x (B, T, H); keep (B, 1, 1, T) bool, True for keys that may be attended, or None."""
-        B, T, H = x.shape
-        q = self.query(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.key(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
-        v = self.value(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, layout: Unpadded | None = None) -> torch.Tensor:
+        """x (B, T, H), or (N, H) with its ``layout``; keep (B, 1, 1, T) bool, True for keys
+        that may be attended, or None. Returns x's shape."""
+        q, k, v = self.query(x), self.key(x), self.value(x)  # x's shape
+        if layout is not None:
+            q, k, v = layout.pad(q), layout.pad(k), layout.pad(v)  # (B, T, H)
+        B, T, H = q.shape
+        q = q.view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
         bias = None
         if keep is not None:
             # Additive rather than boolean: a row of only padding then averages instead of
@@ -219,7 +247,8 @@ class BertSelfAttention(nn.Module):
             bias = bias.masked_fill(~keep, torch.finfo(q.dtype).min)  # (B, 1, 1, T)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, T, hs)
-        return y.transpose(1, 2).reshape(B, T, H)
+        y = y.transpose(1, 2).reshape(B, T, H)
+        return y if layout is None else layout.unpad(y)  # x's shape
 
 
 class BertResidualOutput(nn.Module):
@@ -241,8 +270,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(cfg)  # the name transformers uses, hence `attention.self.query`
         self.output = BertResidualOutput(cfg.hidden_size, cfg)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(x, keep), x)  # (B, T, H)
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, layout: Unpadded | None = None) -> torch.Tensor:
+        return self.output(self.self(x, keep, layout), x)  # x's shape
 
 
 class BertIntermediate(nn.Module):
@@ -263,9 +292,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertResidualOutput(cfg.intermediate_size, cfg)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        x = self.attention(x, keep)  # (B, T, H)
-        return self.output(self.intermediate(x), x)  # (B, T, H)
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, layout: Unpadded | None = None) -> torch.Tensor:
+        x = self.attention(x, keep, layout)  # (B, T, H) or (N, H)
+        return self.output(self.intermediate(x), x)  # x's shape
 
 
 class BertEncoder(nn.Module):
@@ -273,10 +302,10 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, layout: Unpadded | None = None) -> torch.Tensor:
         for layer in self.layer:
-            x = layer(x, keep)
-        return x  # (B, T, H)
+            x = layer(x, keep, layout)
+        return x  # x's shape
 
 
 class BertPooler(nn.Module):
@@ -291,10 +320,16 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """The encoder: token ids to contextual hidden states. The pooler is built but not applied here."""
+    """The encoder: token ids to contextual hidden states. The pooler is built but not applied here.
 
-    def __init__(self, cfg: BertConfig):
+    ``unpad``: with an attention mask, embeddings, projections, feed-forward blocks and norms
+    run on the N real tokens only (``Unpadded``), not on all B*T positions; the same weights
+    and, without dropout, the same hidden states at real tokens. It pays when batches carry
+    much padding (phase 2 at 512) and costs a gather/scatter per layer when they do not."""
+
+    def __init__(self, cfg: BertConfig, unpad: bool = False):
         super().__init__()
+        self.unpad = unpad
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
         # Without a sentence head the pooler would get no gradient (DDP rejects unused
@@ -307,7 +342,15 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        return self.encoder(self.embeddings(input_ids, token_type_ids), keep)  # (B, T, H)
+        if not self.unpad or attention_mask is None:
+            return self.encoder(self.embeddings(input_ids, token_type_ids), keep)  # (B, T, H)
+        T = input_ids.shape[1]
+        if T > self.embeddings.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
+                             f"{self.embeddings.position_embeddings.num_embeddings}")
+        layout = Unpadded(attention_mask)
+        x = self.embeddings(layout.unpad(input_ids), layout.unpad(token_type_ids), layout.index % T)  # (N, H)
+        return layout.pad(self.encoder(x, keep, layout))  # (B, T, H), zeros at the padding
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -345,10 +388,10 @@ class BertPreTrainingHeads(nn.Module):
 class BertForPreTraining(nn.Module):
     """BERT encoder with the masked-LM head and, if configured, the next-sentence (or SOP) head."""
 
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: BertConfig, unpad: bool = False):
         super().__init__()
         self.config = cfg
-        self.bert = BertModel(cfg)
+        self.bert = BertModel(cfg, unpad=unpad)
         self.cls = BertPreTrainingHeads(cfg)
         self.apply(self._init_weights)
         self.tie_weights()

@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 
 from training import checkpoint as ckpt
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 from training.data import IGNORE_INDEX, DataContractError, PretrainingData, RunExpectations, model_inputs
 from training.distributed import DistributedContext, init_distributed
 from training.model import BertConfig, BertForPreTraining, flops_per_token
@@ -88,7 +88,7 @@ def open_data(cfg: TrainConfig) -> tuple[BertConfig, PretrainingData]:
 def build_model(bert_cfg: BertConfig, cfg: TrainConfig, resuming: bool) -> BertForPreTraining:
     """Same initial weights on every rank (seeded by cfg.seed), or ``trainer.init_from``'s."""
     torch.manual_seed(cfg.seed)
-    model = BertForPreTraining(bert_cfg)
+    model = BertForPreTraining(bert_cfg, unpad=cfg.trainer.unpad)
     if cfg.trainer.init_from and not resuming:
         from safetensors.torch import load_file
 
@@ -100,6 +100,19 @@ def build_model(bert_cfg: BertConfig, cfg: TrainConfig, resuming: bool) -> BertF
         model.load_state_dict(load_file(path), strict=True)
         model.tie_weights()
     return model
+
+
+def check_precision_supported(precision: str) -> None:
+    """fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 kernels): say so before
+    DeepSpeed fails deep inside engine construction."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    supported = {"fp32": True, "bf16": accelerator.is_bf16_supported(), "fp16": accelerator.is_fp16_supported()}
+    if not supported.get(precision, True):
+        usable = ", ".join(p for p, ok in supported.items() if ok)
+        raise ConfigError(f"deepspeed.precision={precision} is not supported on this machine's DeepSpeed "
+                          f"accelerator ({accelerator.device_name()}); use one of: {usable}")
 
 
 def seed_rank(seed: int, rank: int) -> None:
@@ -539,6 +552,7 @@ def train(cfg: TrainConfig, resolved: dict) -> int:
     # DeepSpeed calls torch.distributed's deprecated *_tensor collectives every step.
     warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use", category=FutureWarning)
     bert_cfg, data = open_data(cfg)  # fails on a mismatch before any process group or model
+    check_precision_supported(cfg.deepspeed.precision)
     ctx = init_distributed(cfg.trainer.dist_backend, cfg.trainer.dist_timeout_minutes)  # once per process
     os.makedirs(cfg.output_dir, exist_ok=True)
     resuming = cfg.trainer.resume and ckpt.latest_complete(
