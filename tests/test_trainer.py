@@ -280,7 +280,9 @@ def test_phase2_starts_from_phase1_export_on_other_shards(trainer_shards, tmp_pa
         "trainer.global_batch_size=8", "trainer.log_every=1", "trainer.eval_every=0", "trainer.export_hf=true",
         "data.max_seq_length=128", "optim.lr=1e-30", "optim.warmup_steps=0")))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert [s["step"] for s in read_steps(phase2)] == [1, 2]  # a fresh step count, not phase 1's
+    phase2_steps = read_steps(phase2)
+    assert [s["step"] for s in phase2_steps] == [1, 2]  # a fresh step count, not phase 1's
+    assert "example_ids" not in phase2_steps[0]  # the phase presets leave the id record off
     before, after = load_file(phase1 / "hf" / "model.safetensors"), load_file(phase2 / "hf" / "model.safetensors")
     assert before.keys() == after.keys()
     for name in before:

@@ -17,8 +17,9 @@ batches per rank. ``trainer.max_nonfinite_in_a_row`` consecutive drops stop the 
 error. Before each save the ranks check that the weights are finite and refuse to save if not.
 
 Each step, rank 0 appends a line to ``output_dir/steps.jsonl``: step, losses, learning rate,
-samples consumed and the example ids of the step (all ranks, rank-major, micro batch order) --
-what a resumed run is compared against, and a record of what each step trained on.
+samples consumed and (``trainer.record_example_ids``) the example ids of the step (all ranks,
+rank-major, micro batch order) -- what a resumed run is compared against, and a record of what
+each step trained on.
 
 SIGTERM/SIGINT set a flag; at the end of the step the ranks agree on it (it rides on the step's
 all_reduce), save a checkpoint and return 0. torchrun forwards a SIGTERM it receives to its
@@ -454,9 +455,11 @@ class Trainer:
         metrics["train/nonfinite_skipped"] = self.state.nonfinite_total
         return metrics
 
-    def write_step(self, stats: torch.Tensor, ids: list[int]) -> None:
+    def write_step(self, stats: torch.Tensor, ids: list[int] | None) -> None:
         record = {"step": self.state.step, **summarise(stats), "lr": self.step_lr,
-                  "samples_consumed": self.state.samples_consumed, "example_ids": ids}
+                  "samples_consumed": self.state.samples_consumed}
+        if ids is not None:
+            record["example_ids"] = ids
         with open(os.path.join(self.cfg.output_dir, STEPS_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -485,7 +488,7 @@ class Trainer:
             local, ids = self.train_step(batches)
             local[_I["stop"]] = 1.0 if self.stop.requested else 0.0
             stats = all_reduce_sum(local, self.ctx.device)
-            ids = self.gather_ids(ids)
+            ids = self.gather_ids(ids) if t.record_example_ids else None
             self.state.step += 1
             interval += stats
             if self.is_main:
