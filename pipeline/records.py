@@ -63,7 +63,7 @@ class WikitextPage:
     """An article page whose wikitext is not yet reduced to prose (``read_source(...,
     defer_wikitext=True)``). Reading a dump is one sequential scan per file, while the
     wikitext conversion is most of the reading cost: emitting pages lets the job spread the
-    conversion of a single large dump over every worker (``to_documents`` runs it)."""
+    conversion of a single large dump over every worker (``wikitext_page_to_documents`` runs it)."""
 
     source: str
     record_id: str  # page id

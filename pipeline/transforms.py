@@ -41,6 +41,16 @@ def _reject(counting: CountingDoFn, r: Rejection):
 PAGES_TAG = "pages"
 
 
+def _documents_and_rejects(counting: CountingDoFn, items):
+    """A reader's RawDocuments (counted per format) and Rejections (to ``rejects``)."""
+    for item in items:
+        if isinstance(item, Rejection):
+            yield _reject(counting, item)
+        else:
+            counting.count(f"documents_read/{item.format.value}")
+            yield item
+
+
 class _ReadSourceFile(CountingDoFn):
     """A file path -> RawDocuments (main), WikitextPages (``pages``, converted by
     ``_ConvertWikitext`` after a reshuffle) and Rejections (``rejects``), streamed."""
@@ -52,13 +62,10 @@ class _ReadSourceFile(CountingDoFn):
         self.count("files_read")
         opener = lambda: FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)  # noqa: E731
         for item in read_source(path, opener, self.cfg, defer_wikitext=True):
-            if isinstance(item, Rejection):
-                yield _reject(self, item)
-            elif isinstance(item, WikitextPage):
+            if isinstance(item, WikitextPage):
                 yield beam.pvalue.TaggedOutput(PAGES_TAG, item)
             else:
-                self.count(f"documents_read/{item.format.value}")
-                yield item
+                yield from _documents_and_rejects(self, (item,))
 
 
 class _ConvertWikitext(CountingDoFn):
@@ -68,12 +75,7 @@ class _ConvertWikitext(CountingDoFn):
         self.cfg = cfg
 
     def process(self, page: WikitextPage):
-        for item in wikitext_page_to_documents(page, self.cfg):
-            if isinstance(item, Rejection):
-                yield _reject(self, item)
-            else:
-                self.count(f"documents_read/{item.format.value}")
-                yield item
+        yield from _documents_and_rejects(self, wikitext_page_to_documents(page, self.cfg))
 
 
 @dataclass
@@ -260,7 +262,7 @@ def pass_groups(num_pools: int, passes: int, min_units: int) -> int:
 
 
 class _ExamplesOfPoolPasses(CountingDoFn):
-    """((split, pool, group), [(TokenizedDocument, source, record_id)...]) -> ((split, shard), RecordBatch).
+    """((split, pool, group, groups), [(TokenizedDocument, source, record_id)...]) -> ((split, shard), RecordBatch).
 
     A pool is the unit of NSP negative sampling: B of a random pair comes from another document
     of the same pool. A unit runs the passes ``p`` of its pool with ``p % groups == group``.
@@ -275,16 +277,14 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         self.masking = (MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
                         if masking.mode == "static" else None)
         self.seed, self.schema, self.passes = seed, schema, passes
-        self.min_units = instances.min_work_units
 
     def setup(self):
         self._vocab, self._sha = None, None
 
-    def process(self, element, vocab: VocabInfo, shards: dict, pools: dict):
+    def process(self, element, vocab: VocabInfo, shards: dict):
         if self._sha != vocab.sha256:
             self._vocab, self._sha = masking_vocabulary(vocab.tokens), vocab.sha256
-        (split, _, group), members = element
-        groups = pass_groups(pools[split], self.passes, self.min_units)
+        (split, _, group, groups), members = element
         members = sorted(members, key=lambda m: m[0].doc_id)
         pool = [m[0] for m in members]
         parts = []
@@ -351,7 +351,8 @@ class CreateExamples(beam.PTransform):
             # one unit per pool, so each document crosses the shuffle once.
             split, member = element
             pool = int(unit_interval("pool", seed, member[0].doc_id) * pools[split])
-            return [((split, pool, g), member) for g in range(pass_groups(pools[split], passes, min_units))]
+            groups = pass_groups(pools[split], passes, min_units)
+            return [((split, pool, g, groups), member) for g in range(groups)]
 
         def no_example_in_any_pass(element):
             (source, record_id, tokens, sentences), n_empty = element
@@ -364,8 +365,7 @@ class CreateExamples(beam.PTransform):
                 | "GroupUnits" >> beam.GroupByKey()
                 | "Examples" >> beam.ParDo(_ExamplesOfPoolPasses(self.instances, self.masking, seed, self.schema, passes),
                                            vocab=beam.pvalue.AsSingleton(self.vocab),
-                                           shards=beam.pvalue.AsSingleton(self.shard_counts),
-                                           pools=beam.pvalue.AsSingleton(pools_per_split)).with_outputs(
+                                           shards=beam.pvalue.AsSingleton(self.shard_counts)).with_outputs(
                     EMPTY_TAG, STATS_TAG, main="examples"))
         rejects = (made[EMPTY_TAG]
                    | "EmptyPasses" >> beam.CombinePerKey(sum)

@@ -188,11 +188,7 @@ class BertEmbeddings(nn.Module):
         """input_ids, token_type_ids (B, T) -> (B, T, H); or, unpadded, (N,) each with their
         ``positions`` (N,) -> (N, H)."""
         if positions is None:
-            T = input_ids.shape[1]
-            if T > self.position_embeddings.num_embeddings:
-                raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
-                                 f"{self.position_embeddings.num_embeddings}")
-            positions = torch.arange(T, device=input_ids.device)  # (T,); no buffer, so nothing to checkpoint
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,); no buffer to checkpoint
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, T, H) or (N, H)
         x = x + self.position_embeddings(positions)  # (T, H) broadcast over B, or (N, H)
         return self.dropout(self.LayerNorm(x))
@@ -341,13 +337,13 @@ class BertModel(nn.Module):
         """input_ids, token_type_ids, attention_mask (B, T); mask 1 for real tokens, 0 for padding."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        if not self.unpad or attention_mask is None:
-            return self.encoder(self.embeddings(input_ids, token_type_ids), keep)  # (B, T, H)
         T = input_ids.shape[1]
         if T > self.embeddings.position_embeddings.num_embeddings:
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
                              f"{self.embeddings.position_embeddings.num_embeddings}")
+        keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        if not self.unpad or attention_mask is None:
+            return self.encoder(self.embeddings(input_ids, token_type_ids), keep)  # (B, T, H)
         layout = Unpadded(attention_mask)
         x = self.embeddings(layout.unpad(input_ids), layout.unpad(token_type_ids), layout.index % T)  # (N, H)
         return layout.pad(self.encoder(x, keep, layout))  # (B, T, H), zeros at the padding
