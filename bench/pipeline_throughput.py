@@ -24,7 +24,6 @@ import time
 
 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core for the ceiling, as each Beam worker gets
 
-import numpy as np
 import psutil
 
 from pipeline.config import CleaningConfig, SourceConfig, sample_corpus_path
@@ -159,7 +158,10 @@ def main():
     # The production regime, scaled down: a corpus of many pools and many shards. A worker holds
     # one pool or one shard at a time, so these bound its memory; with the defaults (2,000
     # documents a pool, 64M tokens a shard) the whole sample would be one pool and one shard.
-    extra = ["output.target_shard_tokens=1000000", "instances.pool_size=25"]
+    # min_work_units is scaled down with the pools: a production corpus has thousands of pools,
+    # each one unit of work whose documents cross the shuffle once; the default (64 units) would
+    # treat these 4-16 pools as a small corpus and send each document to up to 5 units.
+    extra = ["output.target_shard_tokens=1000000", "instances.pool_size=25", "instances.min_work_units=4"]
     print(f"end to end (best of {args.repeat} runs each): " + " ".join(extra))
     copies = make_copies(sample, work, 4)
     results = {}

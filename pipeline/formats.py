@@ -10,12 +10,12 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from pipeline import contract
 from pipeline.seeding import mix64
-from pipeline.shard_sink import JsonLinesFormat, ShardFormat, arrow_file_bytes
+from pipeline.shard_sink import JsonLinesFormat, ShardFormat, arrow_file_bytes, unspill
 
 
 class ExampleFormat(ShardFormat):
     """Chunks are record batches of examples under the contract's schema (many pools feed one
-    shard). The shard is their rows shuffled by a seeded hash of ``example_id``, written
+    shard), or SpilledBatch references to them. The shard is their rows shuffled by a seeded hash of ``example_id``, written
     ``rows_per_batch`` rows per record batch."""
 
     suffix = contract.SHARD_SUFFIX
@@ -24,7 +24,7 @@ class ExampleFormat(ShardFormat):
         self.schema, self.rows_per_batch, self.seed = schema, rows_per_batch, seed
 
     def encode(self, chunks):
-        table = pa.Table.from_batches(list(chunks), schema=self.schema)
+        table = pa.Table.from_batches(unspill(chunks), schema=self.schema)
         ids = table.column(contract.EXAMPLE_ID).to_numpy()
         table = table.take(np.argsort(mix64(ids, self.seed), kind="stable")).combine_chunks()
         tokens = int(pa.compute.sum(pa.compute.list_value_length(table.column(contract.INPUT_IDS))).as_py() or 0)

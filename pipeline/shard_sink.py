@@ -16,7 +16,7 @@ import json
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -52,6 +52,36 @@ class ShardFormat(abc.ABC):
     @abc.abstractmethod
     def encode(self, chunks: Sequence) -> tuple[bytes, int, int]:
         """(file bytes, rows, tokens) of one shard."""
+
+
+@dataclass(frozen=True)
+class SpilledBatch:
+    """A record batch its producer wrote to a temporary Arrow file: only this reference crosses
+    the shuffle to the shard writer, which reads the file back. The examples are most of the
+    job's output; sent through the shuffle they would also pass through the runner's memory and
+    each worker's input queue in one piece (Beam's local runner hands a worker its whole part of
+    a grouped input at once), so a worker's memory would follow the corpus. Beam's file sinks
+    do the same with their temporary files. Each attempt writes a new name, so a retried bundle
+    never overwrites a file an earlier attempt's outputs point to; finalize deletes them all."""
+
+    path: str
+    rows: int
+
+    @classmethod
+    def write(cls, temp_dir: str, name: str, index: int, batch: pa.RecordBatch) -> "SpilledBatch":
+        path = FileSystems.join(temp_dir, "spill", f"{name}-{index:05d}-{uuid.uuid4().hex}{contract.SHARD_SUFFIX}")
+        with FileSystems.create(path) as f:
+            f.write(arrow_file_bytes([batch], batch.schema))
+        return cls(path, batch.num_rows)
+
+    def read(self) -> pa.RecordBatch:
+        with FileSystems.open(self.path) as f:
+            return pa.ipc.open_file(pa.BufferReader(f.read())).get_batch(0)  # written as one batch
+
+
+def unspill(chunks) -> list:
+    """Chunks as given, with every SpilledBatch read back from its file."""
+    return [c.read() if isinstance(c, SpilledBatch) else c for c in chunks]
 
 
 def num_shards_for(total_size: int, target_per_shard: int, fixed: int | None) -> int:

@@ -21,7 +21,7 @@ from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_d
 from pipeline.masking import MaskingParams
 from pipeline.records import RawDocument, RejectReason, Rejection, WikitextPage
 from pipeline.seeding import unit_interval, unit_interval_of
-from pipeline.shard_sink import num_shards_for
+from pipeline.shard_sink import SpilledBatch, num_shards_for
 from pipeline.sources import read_source, wikitext_page_to_documents
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
 from pipeline.tokenization import SPECIAL_TOKENS, build_tokenizer, encode_sentences, masking_vocabulary, vocab_sha256
@@ -29,6 +29,7 @@ from pipeline.vocab_training import WordCounter, train_wordpiece
 
 REJECTS_TAG = "rejects"
 EMPTY_TAG = "empty"
+DOCUMENTS_TAG = "documents"
 
 
 def _reject(counting: CountingDoFn, r: Rejection):
@@ -38,11 +39,8 @@ def _reject(counting: CountingDoFn, r: Rejection):
 
 # --- reading -------------------------------------------------------------------------------
 
-PAGES_TAG = "pages"
-
-
 def _documents_and_rejects(counting: CountingDoFn, items):
-    """A reader's RawDocuments (counted per format) and Rejections (to ``rejects``)."""
+    """RawDocuments (counted per format) to the main output, Rejections to ``rejects``."""
     for item in items:
         if isinstance(item, Rejection):
             yield _reject(counting, item)
@@ -52,8 +50,8 @@ def _documents_and_rejects(counting: CountingDoFn, items):
 
 
 class _ReadSourceFile(CountingDoFn):
-    """A file path -> RawDocuments (main), WikitextPages (``pages``, converted by
-    ``_ConvertWikitext`` after a reshuffle) and Rejections (``rejects``), streamed."""
+    """A file path -> its records, streamed: RawDocuments, or WikitextPages whose conversion
+    to prose waits until after the reshuffle (main output); Rejections (``rejects``)."""
 
     def __init__(self, cfg: SourceConfig):
         self.cfg = cfg
@@ -62,20 +60,20 @@ class _ReadSourceFile(CountingDoFn):
         self.count("files_read")
         opener = lambda: FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)  # noqa: E731
         for item in read_source(path, opener, self.cfg, defer_wikitext=True):
-            if isinstance(item, WikitextPage):
-                yield beam.pvalue.TaggedOutput(PAGES_TAG, item)
-            else:
-                yield from _documents_and_rejects(self, (item,))
+            yield _reject(self, item) if isinstance(item, Rejection) else item
 
 
-class _ConvertWikitext(CountingDoFn):
-    """WikitextPage -> RawDocument (main) or Rejections (``rejects``)."""
+class _ToRawDocuments(CountingDoFn):
+    """A record -> RawDocuments (main; a WikitextPage is converted to prose here) or Rejections."""
 
     def __init__(self, cfg: SourceConfig):
         self.cfg = cfg
 
-    def process(self, page: WikitextPage):
-        yield from _documents_and_rejects(self, wikitext_page_to_documents(page, self.cfg))
+    def process(self, record: RawDocument | WikitextPage):
+        if isinstance(record, WikitextPage):
+            yield from _documents_and_rejects(self, wikitext_page_to_documents(record, self.cfg))
+        else:
+            yield from _documents_and_rejects(self, (record,))
 
 
 @dataclass
@@ -89,8 +87,10 @@ class ReadSources(beam.PTransform):
     """Input paths -> RawDocument, with rejects and stats as extra outputs.
 
     Work is spread twice: files over workers (real corpora come as many files), then the
-    pages of Wikipedia dumps, whose wikitext conversion costs more than the sequential scan
-    that finds them; so a single large dump still keeps every worker busy."""
+    records read from them. Wikitext conversion costs more than the sequential scan of a dump
+    that finds the pages, so it runs after the second spread: a single large dump (or one
+    large JSON-lines file) still keeps every worker busy. One reshuffle for every kind of
+    record, so the documents leave as one PCollection that later steps fuse onto."""
 
     def __init__(self, cfg: SourceConfig):
         super().__init__()
@@ -100,13 +100,13 @@ class ReadSources(beam.PTransform):
         read = (paths
                 | "SpreadFiles" >> beam.Reshuffle()
                 | "ReadFile" >> beam.ParDo(_ReadSourceFile(self.cfg)).with_outputs(
-                    PAGES_TAG, REJECTS_TAG, STATS_TAG, main="documents"))
-        converted = (read[PAGES_TAG]
-                     | "SpreadPages" >> beam.Reshuffle()
-                     | "WikitextToProse" >> beam.ParDo(_ConvertWikitext(self.cfg)).with_outputs(
+                    REJECTS_TAG, STATS_TAG, main="records"))
+        converted = (read.records
+                     | "SpreadRecords" >> beam.Reshuffle()
+                     | "ToDocuments" >> beam.ParDo(_ToRawDocuments(self.cfg)).with_outputs(
                          REJECTS_TAG, STATS_TAG, main="documents"))
         return ReadOutputs(
-            documents=(read.documents, converted.documents) | "AllDocuments" >> beam.Flatten(),
+            documents=converted.documents,
             rejects=(read[REJECTS_TAG], converted[REJECTS_TAG]) | "ReadRejects" >> beam.Flatten(),
             stats=(read[STATS_TAG], converted[STATS_TAG]) | "ReadStats" >> beam.Flatten())
 
@@ -125,22 +125,12 @@ class _PrepareDocument(CountingDoFn):
             yield doc
 
 
-class _KeepFirstOfDuplicates(CountingDoFn):
-    """(doc_id, [Document...]) -> the document with the smallest (source, record_id); the others
-    are rejected as duplicates of it. Deterministic whatever order the copies arrived in."""
-
-    def process(self, element):
-        _, docs = element
-        docs = sorted(docs, key=lambda d: d.provenance)
-        keep = docs[0]
-        for d in docs[1:]:
-            yield _reject(self, Rejection(d.source, d.record_id, RejectReason.DUPLICATE,
-                                          f"same text as {keep.source} record {keep.record_id}"))
-        yield keep
-
-
 class PrepareDocuments(beam.PTransform):
-    """RawDocument -> (split, Document): cleaned, sentence-split, filtered, de-duplicated."""
+    """RawDocument -> (split, Document): sentence-split and filtered.
+
+    Exact duplicates are dropped later, in ``CreateExamples``: a document's id is a hash of its
+    text and its pool a hash of the id, so copies meet in one pool, and the documents cross
+    the shuffle once (for the pools) instead of twice."""
 
     def __init__(self, cfg: CleaningConfig, eval_fraction: float):
         super().__init__()
@@ -149,20 +139,9 @@ class PrepareDocuments(beam.PTransform):
     def expand(self, raw_docs):
         prepared = raw_docs | "CleanAndSplit" >> beam.ParDo(_PrepareDocument(self.cfg)).with_outputs(
             REJECTS_TAG, STATS_TAG, main="documents")
-        rejects, stats = [prepared[REJECTS_TAG]], [prepared[STATS_TAG]]
-        docs = prepared.documents
-        if self.cfg.drop_duplicates:
-            deduped = (docs
-                       | "KeyByText" >> beam.Map(lambda d: (d.doc_id, d))
-                       | "GroupCopies" >> beam.GroupByKey()
-                       | "KeepFirst" >> beam.ParDo(_KeepFirstOfDuplicates()).with_outputs(
-                           REJECTS_TAG, STATS_TAG, main="documents"))
-            docs = deduped.documents
-            rejects.append(deduped[REJECTS_TAG])
-            stats.append(deduped[STATS_TAG])
         fraction = self.eval_fraction
-        split_docs = docs | "AssignSplit" >> beam.Map(lambda d: (split_of(d.doc_id, fraction), d))
-        return split_docs, rejects, stats
+        split_docs = prepared.documents | "AssignSplit" >> beam.Map(lambda d: (split_of(d.doc_id, fraction), d))
+        return split_docs, [prepared[REJECTS_TAG]], [prepared[STATS_TAG]]
 
 
 # --- vocabulary ------------------------------------------------------------------------------
@@ -180,7 +159,7 @@ def make_vocab_info(tokens, lowercase: bool) -> VocabInfo:
 
 
 class _CountWords(beam.DoFn):
-    """A document -> Counter of its words, as BERT's WordPiece pre-tokeniser splits them."""
+    """A document -> (doc_id, Counter of its words, as BERT's WordPiece pre-tokeniser splits them)."""
 
     def __init__(self, lowercase: bool):
         self.lowercase = lowercase
@@ -189,17 +168,23 @@ class _CountWords(beam.DoFn):
         self._counter = WordCounter(self.lowercase)
 
     def process(self, doc: Document):
-        yield self._counter.count(doc.sentences)
+        yield doc.doc_id, self._counter.count(doc.sentences)
+
+
+def _one_copy(counts):
+    """The counts of one copy of a text (copies share the id and have equal counts)."""
+    return next(iter(counts))
 
 
 class TrainVocabulary(beam.PTransform):
     """(split, Document) -> one VocabInfo, trained deterministically on the word counts of at most
     ``train_sample_documents`` training documents, chosen by a hash of their id. Counting runs on
-    every worker; only the summed counts meet on one worker for the merges."""
+    every worker; only the summed counts meet on one worker for the merges. With
+    ``drop_duplicates`` an exact duplicate is counted once, as the shards will hold it once."""
 
-    def __init__(self, cfg: TokenizerConfig):
+    def __init__(self, cfg: TokenizerConfig, drop_duplicates: bool = True):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.drop_duplicates = cfg, drop_duplicates
 
     def expand(self, split_docs):
         cfg = self.cfg
@@ -208,10 +193,14 @@ class TrainVocabulary(beam.PTransform):
         fraction = (train_docs
                     | "CountDocs" >> beam.combiners.Count.Globally()
                     | "SampleFraction" >> beam.Map(lambda n: min(1.0, cfg.train_sample_documents / max(n, 1))))
-        return (train_docs
-                | "Sample" >> beam.Filter(lambda d, f: unit_interval("vocab", d.doc_id) < f,
-                                          f=beam.pvalue.AsSingleton(fraction))
-                | "CountWords" >> beam.ParDo(_CountWords(lowercase))
+        counts = (train_docs
+                  | "Sample" >> beam.Filter(lambda d, f: unit_interval("vocab", d.doc_id) < f,
+                                            f=beam.pvalue.AsSingleton(fraction))
+                  | "CountWords" >> beam.ParDo(_CountWords(lowercase)))
+        if self.drop_duplicates:
+            counts = counts | "OneCopyEach" >> beam.CombinePerKey(_one_copy)
+        return (counts
+                | "DropIds" >> beam.Values()
                 | "SumCounts" >> beam.CombineGlobally(SumCounts())
                 | "Train" >> beam.Map(lambda counts: make_vocab_info(
                     train_wordpiece(counts, cfg.vocab_size, SPECIAL_TOKENS, cfg.min_frequency, cfg.limit_alphabet),
@@ -220,9 +209,9 @@ class TrainVocabulary(beam.PTransform):
 
 # --- tokenising ------------------------------------------------------------------------------
 
-class _Tokenize(CountingDoFn):
-    """(split, Document) -> (split, (TokenizedDocument, source, record_id)); ``documents``
-    output: DocumentRecord for the provenance table."""
+class _Tokenize(beam.DoFn):
+    """(split, Document) -> (split, (TokenizedDocument, DocumentRecord)); the record is the
+    document's provenance, written to the documents table if the document is kept."""
 
     def setup(self):
         # One thread per worker: Beam already runs one worker per core.
@@ -233,14 +222,9 @@ class _Tokenize(CountingDoFn):
         if self._sha != vocab.sha256:
             self._tokenizer, self._sha = build_tokenizer(vocab.tokens, vocab.lowercase), vocab.sha256
         split, doc = element
-        ids = encode_sentences(self._tokenizer, doc.sentences)
-        tdoc = TokenizedDocument.from_sentences(doc.doc_id, ids)
-        self.count(f"documents_kept/{split}")
-        self.count(f"sentences/{split}", tdoc.num_sentences)
-        self.count(f"tokens/{split}", len(tdoc.ids))
-        yield beam.pvalue.TaggedOutput("documents", DocumentRecord(
-            doc.doc_id, split, doc.source, doc.record_id, doc.title, tdoc.num_sentences, len(tdoc.ids)))
-        yield split, (tdoc, doc.source, doc.record_id)
+        tdoc = TokenizedDocument.from_sentences(doc.doc_id, encode_sentences(self._tokenizer, doc.sentences))
+        yield split, (tdoc, DocumentRecord(doc.doc_id, split, doc.source, doc.record_id, doc.title,
+                                           tdoc.num_sentences, len(tdoc.ids)))
 
 
 class TokenizeDocuments(beam.PTransform):
@@ -249,9 +233,7 @@ class TokenizeDocuments(beam.PTransform):
         self.vocab = vocab
 
     def expand(self, split_docs):
-        return split_docs | "WordPiece" >> beam.ParDo(
-            _Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab)).with_outputs(
-            "documents", STATS_TAG, main="tokenized")
+        return split_docs | "WordPiece" >> beam.ParDo(_Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab))
 
 
 # --- examples ---------------------------------------------------------------------------------
@@ -262,21 +244,30 @@ def pass_groups(num_pools: int, passes: int, min_units: int) -> int:
 
 
 class _ExamplesOfPoolPasses(CountingDoFn):
-    """((split, pool, group, groups), [(TokenizedDocument, source, record_id)...]) -> ((split, shard), RecordBatch).
+    """((split, pool, group, groups), [(TokenizedDocument, DocumentRecord)...]) -> ((split, shard), RecordBatch).
 
     A pool is the unit of NSP negative sampling: B of a random pair comes from another document
     of the same pool. A unit runs the passes ``p`` of its pool with ``p % groups == group``.
-    Documents are sorted by id so the pool's content and order, and hence every draw, do not
-    depend on arrival order; each (document, pass) is seeded on its own, so how passes are
-    grouped into units does not change a byte. Examples leave as one Arrow record batch per
-    shard (not one element per example), which keeps Beam's per-element cost off the hot path.
-    Documents that give no example in a pass go to the ``empty`` output, once per pass."""
+    Members are sorted by (id, source, record id), so the pool's content and order, and hence
+    every draw, do not depend on arrival order; each (document, pass) is seeded on its own, so
+    how passes are grouped into units does not change a byte. Examples leave as one Arrow
+    record batch per shard (not one element per example), which keeps Beam's per-element cost
+    off the hot path; with a ``spill_dir`` the batch goes to a file there and only a
+    SpilledBatch reference leaves (see ``pipeline.shard_sink.SpilledBatch``).
 
-    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, schema, passes: int):
+    Copies of a text share its id, hence its pool: with ``drop_duplicates`` the first by
+    (source, record id) is kept and the others rejected. Group 0 of each pool reports what
+    concerns documents (duplicates, the ``documents`` table, document counts), so a pool split
+    over several units reports it once. Documents that give no example in a pass go to the
+    ``empty`` output, once per pass."""
+
+    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, schema, passes: int,
+                 drop_duplicates: bool, spill_dir: str | None):
         self.params = InstanceParams(instances.max_seq_length, instances.short_seq_prob, instances.objective)
         self.masking = (MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
                         if masking.mode == "static" else None)
-        self.seed, self.schema, self.passes = seed, schema, passes
+        self.seed, self.schema, self.passes, self.drop_duplicates = seed, schema, passes, drop_duplicates
+        self.spill_dir = spill_dir
 
     def setup(self):
         self._vocab, self._sha = None, None
@@ -285,14 +276,30 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         if self._sha != vocab.sha256:
             self._vocab, self._sha = masking_vocabulary(vocab.tokens), vocab.sha256
         (split, _, group, groups), members = element
-        members = sorted(members, key=lambda m: m[0].doc_id)
-        pool = [m[0] for m in members]
+        members = sorted(members, key=lambda m: (m[0].doc_id, m[1].source, m[1].record_id))
+        kept: list = []
+        for doc, record in members:
+            if self.drop_duplicates and kept and kept[-1][0].doc_id == doc.doc_id:
+                if group == 0:
+                    first = kept[-1][1]
+                    yield _reject(self, Rejection(record.source, record.record_id, RejectReason.DUPLICATE,
+                                                  f"same text as {first.source} record {first.record_id}"))
+                continue
+            kept.append((doc, record))
+        if group == 0:
+            for doc, record in kept:
+                self.count(f"documents_kept/{split}")
+                self.count(f"sentences/{split}", record.sentences)
+                self.count(f"tokens/{split}", record.tokens)
+                yield beam.pvalue.TaggedOutput(DOCUMENTS_TAG, record)
+        pool = [doc for doc, _ in kept]
         parts = []
         for pass_index in range(group, self.passes, groups):
-            for i, (doc, source, record_id) in enumerate(members):
+            for i, (doc, record) in enumerate(kept):
                 cols = examples_for_document(pool, i, pass_index, self.seed, self.params, self.masking, self._vocab)
                 if not len(cols):
-                    yield beam.pvalue.TaggedOutput(EMPTY_TAG, ((source, record_id, len(doc.ids), doc.num_sentences), 1))
+                    yield beam.pvalue.TaggedOutput(EMPTY_TAG, (
+                        (record.source, record.record_id, record.tokens, record.sentences), 1))
                 parts.append(cols)
         cols = contract.ExampleColumns.concat(parts)
         if not len(cols):
@@ -301,7 +308,10 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         batch = contract.to_record_batch(cols, self.schema)
         shard = (unit_interval_of(cols.example_id, self.seed, "shard") * shards[split]).astype(np.int64)
         for s in np.unique(shard):
-            yield (split, int(s)), batch.take(pa.array(np.flatnonzero(shard == s)))
+            part = batch.take(pa.array(np.flatnonzero(shard == s)))
+            if self.spill_dir is not None:
+                part = SpilledBatch.write(self.spill_dir, split, int(s), part)
+            yield (split, int(s)), part
 
     def _count_examples(self, split, cols):
         self.count(f"examples/{split}", len(cols))
@@ -310,8 +320,16 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         self.count(f"sentence_pair_negatives/{split}", int(np.sum(cols.next_sentence_label == 1)))
 
 
+@dataclass
+class ExampleOutputs:
+    examples: beam.PCollection  # ((split, shard), RecordBatch or SpilledBatch)
+    documents: beam.PCollection  # DocumentRecord of every kept document
+    rejects: beam.PCollection  # Rejection: duplicates, documents with no example
+    stats: beam.PCollection  # per-bundle counters
+
+
 class CreateExamples(beam.PTransform):
-    """(split, tokenized document) -> ((split, shard), RecordBatch of examples), grouped into pools.
+    """(split, (TokenizedDocument, DocumentRecord)) -> ExampleOutputs, documents grouped into pools.
 
     How documents are grouped: each split's documents are hashed by (seed, doc id) into
     ``round(n / pool_size)`` pools of about ``pool_size`` documents. A worker holds one pool at a
@@ -323,10 +341,10 @@ class CreateExamples(beam.PTransform):
     ``output.num_shards`` is set; ``self.shard_counts`` holds {split: shards} after expansion."""
 
     def __init__(self, instances: InstancesConfig, masking: MaskingConfig, output: OutputConfig, seed: int,
-                 vocab, schema):
+                 vocab, schema, drop_duplicates: bool = True, spill_dir: str | None = None):
         super().__init__()
         self.instances, self.masking, self.output, self.seed = instances, masking, output, seed
-        self.vocab, self.schema = vocab, schema
+        self.vocab, self.schema, self.drop_duplicates, self.spill_dir = vocab, schema, drop_duplicates, spill_dir
         self.shard_counts = None
 
     def expand(self, tokenized):
@@ -337,7 +355,7 @@ class CreateExamples(beam.PTransform):
                            | "PoolCount" >> beam.Map(lambda kv: (kv[0], max(1, round(kv[1] / pool_size))))
                            | "PoolsToDict" >> beam.combiners.ToDict())
         self.shard_counts = (tokenized
-                             | "DocTokens" >> beam.Map(lambda sm: (sm[0], len(sm[1][0].ids)))
+                             | "DocTokens" >> beam.Map(lambda sm: (sm[0], sm[1][1].tokens))
                              | "SumTokens" >> beam.CombinePerKey(sum)
                              | "ShardCount" >> beam.Map(lambda kv: (kv[0], num_shards_for(
                                  kv[1] * passes, out.target_shard_tokens, out.num_shards)))
@@ -363,11 +381,13 @@ class CreateExamples(beam.PTransform):
         made = (tokenized
                 | "AssignUnits" >> beam.FlatMap(to_units, pools=beam.pvalue.AsSingleton(pools_per_split))
                 | "GroupUnits" >> beam.GroupByKey()
-                | "Examples" >> beam.ParDo(_ExamplesOfPoolPasses(self.instances, self.masking, seed, self.schema, passes),
+                | "Examples" >> beam.ParDo(_ExamplesOfPoolPasses(self.instances, self.masking, seed, self.schema, passes,
+                                                                 self.drop_duplicates, self.spill_dir),
                                            vocab=beam.pvalue.AsSingleton(self.vocab),
                                            shards=beam.pvalue.AsSingleton(self.shard_counts)).with_outputs(
-                    EMPTY_TAG, STATS_TAG, main="examples"))
-        rejects = (made[EMPTY_TAG]
-                   | "EmptyPasses" >> beam.CombinePerKey(sum)
-                   | "NoExample" >> beam.FlatMap(no_example_in_any_pass))
-        return made.examples, rejects, made[STATS_TAG]
+                    DOCUMENTS_TAG, EMPTY_TAG, REJECTS_TAG, STATS_TAG, main="examples"))
+        no_example = (made[EMPTY_TAG]
+                      | "EmptyPasses" >> beam.CombinePerKey(sum)
+                      | "NoExample" >> beam.FlatMap(no_example_in_any_pass))
+        rejects = (made[REJECTS_TAG], no_example) | "ExampleRejects" >> beam.Flatten()
+        return ExampleOutputs(made.examples, made[DOCUMENTS_TAG], rejects, made[STATS_TAG])

@@ -6,10 +6,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 
-from pipeline.config import PipelineConfig, register_configs
-from pipeline.run import beam_options
+from pipeline.config import PipelineConfig, RunnerConfig, register_configs
+from pipeline.run import WORKER_MALLOC_ENV, beam_options, make_runner, worker_environment
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
 REQUIRED = ["inputs=[a.xml]", "output_dir=/tmp/x"]
@@ -69,3 +69,23 @@ def test_default_input_is_the_embedded_sample():
 def test_cluster_runner_settings_are_required(runner, needs):
     with pytest.raises((ValueError, ValidationError), match=needs):
         compose_pipeline(REQUIRED + [f"runner={runner}"])
+
+
+def test_direct_runner_worker_processes_start_with_the_malloc_settings(monkeypatch):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # set by the user: kept
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    cfg = RunnerConfig(direct_num_workers=1, direct_running_mode="multi_processing")
+    names = sorted(WORKER_MALLOC_ENV)
+    expected = dict(WORKER_MALLOC_ENV, MALLOC_ARENA_MAX="4")
+    options = beam_options(cfg)
+    with worker_environment(cfg), beam.Pipeline(runner=make_runner(cfg, options), options=options) as p:
+        seen = (p | beam.Create([None])
+                | beam.Map(lambda _: sorted((k, os.environ.get(k), os.getpid()) for k in names)))
+        parent = os.getpid()
+        assert_that(seen | beam.Map(lambda kvs: ({k: v for k, v, _ in kvs}, kvs[0][2] != parent)),
+                    equal_to([(expected, True)]))  # in a worker process, not this one
+    assert os.environ["MALLOC_ARENA_MAX"] == "4" and "MALLOC_MMAP_THRESHOLD_" not in os.environ

@@ -4,7 +4,6 @@ import json
 
 import apache_beam as beam
 import numpy as np
-import pytest
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -12,7 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline import contract
 from pipeline.config import CleaningConfig, InstancesConfig, MaskingConfig, OutputConfig, SourceConfig, TokenizerConfig
 from pipeline.documents import Document
-from pipeline.formats import ExampleFormat
+from pipeline.formats import DocumentRecord, ExampleFormat
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
 from pipeline.masking import MaskingParams
 from pipeline.records import RawDocument, SourceFormat
@@ -44,24 +43,26 @@ def test_read_sources(tmp_path):
         assert_that(read.rejects | beam.Map(lambda r: r.reason.value), equal_to(["malformed_json"]), label="rejects")
 
 
-def test_prepare_documents_drops_duplicates_and_short_documents():
+def test_prepare_documents_drops_short_documents_and_keeps_copies_for_the_pools():
     raws = [RawDocument("f.jsonl", str(i), "", t, SourceFormat.JSON_LINES) for i, t in enumerate(TEXTS[:5])]
     raws += [RawDocument("f.jsonl", "9", "", TEXTS[0], SourceFormat.JSON_LINES),
              RawDocument("f.jsonl", "10", "", "Tiny.", SourceFormat.JSON_LINES)]
     with beam_pipeline() as p:
         split_docs, rejects, _ = p | beam.Create(raws) | PrepareDocuments(CleaningConfig(min_document_chars=50), 0.0)
+        # The copy ("9") shares the id of "0"; CreateExamples drops it in their pool.
         assert_that(split_docs | beam.Map(lambda sd: (sd[0], sd[1].record_id)),
-                    equal_to([("train", str(i)) for i in range(5)]), label="kept")
+                    equal_to([("train", str(i)) for i in (0, 1, 2, 3, 4, 9)]), label="kept")
         assert_that(rejects | beam.Flatten() | beam.Map(lambda r: (r.record_id, r.reason.value)),
-                    equal_to([("9", "duplicate"), ("10", "too_short")]), label="rejected")
+                    equal_to([("10", "too_short")]), label="rejected")
 
 
-def test_train_vocabulary_equals_the_library_function():
+def test_train_vocabulary_equals_the_library_function_and_counts_a_copy_once():
     docs = [doc(i) for i in range(40)]
     cfg = TokenizerConfig(vocab_size=200, min_frequency=1)
     expected = train_vocabulary([" ".join(d.sentences) for d in docs], 200, True, 1, cfg.limit_alphabet)
+    copies = [Document(d.doc_id, "other.jsonl", d.record_id, d.title, d.sentences, d.chars) for d in docs[:30]]
     with beam_pipeline() as p:
-        vocab = p | beam.Create([("train", d) for d in docs]) | TrainVocabulary(cfg)
+        vocab = p | beam.Create([("train", d) for d in docs + copies]) | TrainVocabulary(cfg)
         assert_that(vocab | beam.Map(lambda v: list(v.tokens)), equal_to([expected]))
 
 
@@ -77,10 +78,10 @@ def test_tokenize_documents():
     with beam_pipeline() as p:
         out = (p | beam.Create([("train", d) for d in docs])
                | TokenizeDocuments(p | "V" >> beam.Create([vocab])))
-        assert_that(out.tokenized | beam.Map(lambda sm: (sm[1][0].doc_id, sm[1][0].ids.tolist())),
+        assert_that(out | beam.Map(lambda sm: (sm[1][0].doc_id, sm[1][0].ids.tolist())),
                     equal_to(expected), label="ids")
-        assert_that(out.documents | beam.Map(lambda r: r.tokens), equal_to([len(e[1]) for e in expected]),
-                    label="provenance")
+        assert_that(out | beam.Map(lambda sm: (sm[1][1].record_id, sm[1][1].tokens)),
+                    equal_to([(d.record_id, len(e[1])) for d, e in zip(docs, expected)]), label="provenance")
 
 
 def test_create_examples_matches_the_algorithm_per_pool():
@@ -96,12 +97,42 @@ def test_create_examples_matches_the_algorithm_per_pool():
         pool, d, ps, 3, InstanceParams(32, 0.1, "nsp"), MaskingParams(), masking_vocabulary(vocab.tokens)).example_id)
     with beam_pipeline() as p:
         create = CreateExamples(inst, mask, OutputConfig(num_shards=3), 3, p | "V" >> beam.Create([vocab]), schema)
-        examples, _, _ = p | beam.Create([("train", (d, "s", str(d.doc_id))) for d in docs]) | create
-        ids = (examples
+        made = p | beam.Create([("train", member(d)) for d in docs]) | create
+        ids = (made.examples
                | beam.FlatMap(lambda kv: [(kv[0][1], i) for i in kv[1].column(contract.EXAMPLE_ID).to_pylist()]))
         assert_that(ids | "Ids" >> beam.Map(lambda si: si[1]), equal_to(expected), label="same examples")
         assert_that(ids | "Shards" >> beam.Map(lambda si: si[0]) | beam.Distinct(), equal_to([0, 1, 2]),
                     label="into every shard")
+
+
+def member(d: TokenizedDocument, source="s.jsonl", record_id=None):
+    record_id = str(d.doc_id) if record_id is None else record_id
+    return d, DocumentRecord(d.doc_id, "train", source, record_id, "", d.num_sentences, len(d.ids))
+
+
+def test_create_examples_drops_copies_in_their_pool_and_reports_each_document_once():
+    vocab = small_vocab()
+    tok = build_tokenizer(vocab.tokens, True)
+    docs = [TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences))
+            for d in (doc(i) for i in range(12))]
+    members = [member(d, "b.jsonl") for d in docs] + [member(d, "a.jsonl", "copy") for d in docs[:3]]
+    # 3 pools x 5 groups: each pool's documents reach 5 units, yet are reported once.
+    inst = InstancesConfig(max_seq_length=32, pool_size=4, min_work_units=15)
+    mask = MaskingConfig(dupe_factor=5)
+    schema = contract.example_schema(len(vocab.tokens), "nsp", "static")
+    with beam_pipeline() as p:
+        create = CreateExamples(inst, mask, OutputConfig(num_shards=2), 3, p | "V" >> beam.Create([vocab]), schema)
+        made = p | beam.Create([("train", m) for m in members]) | create
+        # The copy from a.jsonl sorts first, so it is kept and b.jsonl's record is the duplicate.
+        assert_that(made.documents | beam.Map(lambda r: (r.source, r.doc_id)),
+                    equal_to([("a.jsonl", d.doc_id) for d in docs[:3]] + [("b.jsonl", d.doc_id) for d in docs[3:]]),
+                    label="documents")
+        assert_that(made.rejects | beam.Map(lambda r: (r.source, r.reason.value)),
+                    equal_to([("b.jsonl", "duplicate")] * 3), label="duplicates")
+        kept_ids = (made.examples
+                    | beam.FlatMap(lambda kv: kv[1].column(contract.DOC_ID_A).to_pylist())
+                    | beam.Distinct())
+        assert_that(kept_ids, equal_to([d.doc_id for d in docs]), label="every document gives examples")
 
 
 def test_shard_records_and_write_shards_round_trip(tmp_path):
