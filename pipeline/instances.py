@@ -39,6 +39,12 @@ class TokenizedDocument:
         ids = np.fromiter((t for s in sentences for t in s), dtype=np.int32, count=int(bounds[-1]))
         return cls(doc_id, ids, bounds)
 
+    def __reduce__(self):
+        # Tokenized documents are the job's largest shuffle (into the pools): ids travel as
+        # uint16 when the vocabulary allows (half the bytes), bounds as int32.
+        ids = self.ids.astype(np.uint16) if self.ids.size == 0 or int(self.ids.max()) < 1 << 16 else self.ids
+        return _unpack_tokenized, (self.doc_id, ids, self.bounds.astype(np.int32))
+
     @property
     def num_sentences(self) -> int:
         return len(self.bounds) - 1
@@ -49,6 +55,10 @@ class TokenizedDocument:
     def span(self, start: int, stop: int) -> np.ndarray:
         """Sentences [start, stop) concatenated (a view, no copy)."""
         return self.ids[self.bounds[start]:self.bounds[stop]]
+
+
+def _unpack_tokenized(doc_id: int, ids: np.ndarray, bounds: np.ndarray) -> TokenizedDocument:
+    return TokenizedDocument(doc_id, ids.astype(np.int32), bounds.astype(np.int64))
 
 
 @dataclass(frozen=True)

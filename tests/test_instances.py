@@ -120,3 +120,17 @@ def test_none_objective_keeps_every_token_of_the_document():
     raws = create_instances([doc], 0, InstanceParams(64, 0.0, "none"), np.random.default_rng(0))
     assert np.array_equal(np.concatenate([r.tokens_a for r in raws]), doc.ids)
     assert max(len(r.tokens_a) for r in raws) <= 62
+
+
+def test_tokenized_document_travels_as_uint16_and_comes_back_unchanged():
+    import pickle
+
+    small = TokenizedDocument.from_sentences(7, [[1, 2, 3], [65535, 5]])
+    data = pickle.dumps(small, protocol=5)
+    back = pickle.loads(data)
+    assert back.doc_id == 7 and back.ids.dtype == np.int32 and back.bounds.dtype == np.int64
+    assert back.ids.tolist() == [1, 2, 3, 65535, 5] and back.bounds.tolist() == [0, 3, 5]
+    wide = TokenizedDocument.from_sentences(8, [[1 << 16, 1]] * 100)  # ids past uint16 stay int32
+    assert pickle.loads(pickle.dumps(wide)).ids.tolist() == [1 << 16, 1] * 100
+    narrow = TokenizedDocument.from_sentences(9, [[1, 2]] * 100)
+    assert len(pickle.dumps(narrow)) < len(pickle.dumps(wide)) - 300  # 2 bytes a token, not 4
