@@ -40,6 +40,8 @@ def test_manifest_describes_the_shards(sample_job):
     assert stats["documents_read"]["wikipedia_xml"] == 97
     assert stats["rejected"]["redirect"] == 99 and stats["rejected"]["disambiguation"] == 8
     assert m.config["seed"] == 7 and m.config["instances"]["max_seq_length"] == 128
+    # Only the contract's entries remain: temporary shards and spilled example batches are gone.
+    assert sorted(os.listdir(out)) == ["documents", "eval", "manifest.json", "rejects", "train", "vocab.txt"]
 
 
 def test_every_kept_document_is_in_the_provenance_table_once(sample_job, train):

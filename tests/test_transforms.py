@@ -161,6 +161,22 @@ def test_example_format_orders_rows_whatever_the_chunk_order(tmp_path):
     assert fmt.encode([a, b])[1:] == (30, 150)
 
 
+def test_spilled_batches_encode_like_the_batches_themselves(tmp_path):
+    from pipeline.shard_sink import SpilledBatch
+
+    schema = contract.example_schema(100, "nsp", "static")
+    exs = [contract.ExampleColumns.of_example(np.arange(6) + i, 3, i % 2, [1, 4], [7, 8], 50 + i, i, i + 1)
+           for i in range(12)]
+    a = contract.to_record_batch(contract.ExampleColumns.concat(exs[:5]), schema)
+    b = contract.to_record_batch(contract.ExampleColumns.concat(exs[5:]), schema)
+    spilled = SpilledBatch.write(str(tmp_path), "train", 3, a)
+    assert spilled.rows == 5 and spilled.path.startswith(str(tmp_path / "spill")) and spilled.read().equals(a)
+    fmt = ExampleFormat(schema, rows_per_batch=4, seed=5)
+    assert fmt.encode([spilled, b]) == fmt.encode([a, b])
+    # Each attempt writes its own file: a retried bundle never overwrites what another points to.
+    assert SpilledBatch.write(str(tmp_path), "train", 3, a).path != spilled.path
+
+
 def test_pass_groups_split_few_pools_and_keep_many_whole():
     from pipeline.transforms import pass_groups
 
