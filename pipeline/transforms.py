@@ -70,10 +70,8 @@ class _ToRawDocuments(CountingDoFn):
         self.cfg = cfg
 
     def process(self, record: RawDocument | WikitextPage):
-        if isinstance(record, WikitextPage):
-            yield from _documents_and_rejects(self, wikitext_page_to_documents(record, self.cfg))
-        else:
-            yield from _documents_and_rejects(self, (record,))
+        items = wikitext_page_to_documents(record, self.cfg) if isinstance(record, WikitextPage) else (record,)
+        yield from _documents_and_rejects(self, items)
 
 
 @dataclass
