@@ -23,10 +23,6 @@ class Document:
     sentences: tuple[str, ...]
     chars: int
 
-    @property
-    def provenance(self) -> tuple[str, str]:
-        return (self.source, self.record_id)
-
 
 def split_of(doc_id: int, eval_fraction: float) -> str:
     """Held-out split by a hash of the document id alone: the same documents are held out

@@ -15,8 +15,8 @@ from pipeline.shard_sink import JsonLinesFormat, ShardFormat, arrow_file_bytes, 
 
 class ExampleFormat(ShardFormat):
     """Chunks are record batches of examples under the contract's schema (many pools feed one
-    shard), or SpilledBatch references to them. The shard is their rows shuffled by a seeded hash of ``example_id``, written
-    ``rows_per_batch`` rows per record batch."""
+    shard), or SpilledBatch references to them. The shard is their rows shuffled by a seeded
+    hash of ``example_id``, written ``rows_per_batch`` rows per record batch."""
 
     suffix = contract.SHARD_SUFFIX
 
