@@ -11,7 +11,7 @@ from pipeline.run import JobError, run
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="pipeline")
+@hydra.main(version_base="1.3", config_path="conf", config_name="pipeline")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # Beam's INFO chatter drowns the summary
     config: PipelineConfig = OmegaConf.to_object(cfg)  # plain dataclasses: picklable for Beam workers

@@ -1,4 +1,4 @@
-"""Dataclass schemas of the pipeline's Hydra config (``conf/pipeline.yaml``).
+"""Dataclass schemas of the pipeline's Hydra config (``pipeline/conf/pipeline.yaml``).
 
 Each component receives its own slice (``cfg.source``, ``cfg.instances``...),
 never the whole tree. Invariants are checked in ``__post_init__`` so a bad
@@ -199,7 +199,7 @@ class RunnerConfig:
 
 @dataclass
 class PipelineConfig:
-    """Root of ``conf/pipeline.yaml``."""
+    """Root of ``pipeline/conf/pipeline.yaml``."""
 
     inputs: list = MISSING
     """Input files or globs: Wikipedia XML dumps, .txt books, JSON lines; .bz2/.gz accepted."""
@@ -243,7 +243,3 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="pipeline_schema", node=PipelineConfig)
-    cs.store(group="tokenizer", name="tokenizer_schema", node=TokenizerConfig)
-    cs.store(group="masking", name="masking_schema", node=MaskingConfig)
-    cs.store(group="runner", name="runner_schema", node=RunnerConfig)
-    cs.store(group="instances", name="instances_schema", node=InstancesConfig)

@@ -37,7 +37,7 @@ def sample_paragraphs(sample_documents):
 
 # --- running the Beam job -------------------------------------------------------------------
 
-CONF_DIR = os.path.join(os.path.dirname(__file__), "..", "conf")
+CONF_DIR = os.path.join(os.path.dirname(__file__), "..", "pipeline", "conf")
 
 
 def compose_pipeline_config(overrides):

@@ -11,7 +11,7 @@ from omegaconf.errors import ValidationError
 from pipeline.config import PipelineConfig, RunnerConfig, register_configs
 from pipeline.run import WORKER_MALLOC_ENV, beam_options, make_runner, worker_environment
 
-CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
+CONF = os.path.join(os.path.dirname(__file__), "..", "pipeline", "conf")
 REQUIRED = ["inputs=[a.xml]", "output_dir=/tmp/x"]
 PRESET_OVERRIDES = {
     "tokenizer": {"vocab_file": ["tokenizer.vocab_file=/tmp/vocab.txt"]},

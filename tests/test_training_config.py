@@ -18,7 +18,7 @@ from training.config import ConfigError, TrainConfig, register_configs, to_train
 from training.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps
 from training.model import PRESETS
 
-CONF = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf"))
+CONF = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "training", "conf"))
 GROUPS = ("model", "data", "optim", "deepspeed", "trainer", "logger")
 REQUIRED = ["data_dir=/tmp/shards", "output_dir=/tmp/run"]
 PHASE1_WEIGHTS = "trainer.init_from=/tmp/phase1/hf"

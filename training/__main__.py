@@ -13,13 +13,13 @@ from training.config import ConfigError, register_configs, to_train_config
 register_configs()
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from training.data import DataContractError
     from training.trainer import train
 
     train_cfg, resolved = to_train_config(cfg), OmegaConf.to_container(cfg, resolve=True)
-    # output_dir itself in a single run, output_dir/<job number> in a multirun sweep (conf/train.yaml)
+    # output_dir itself in a single run, output_dir/<job number> in a multirun sweep (training/conf/train.yaml)
     train_cfg.output_dir = resolved["output_dir"] = HydraConfig.get().runtime.output_dir
     try:
         code = train(train_cfg, resolved)

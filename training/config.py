@@ -1,4 +1,4 @@
-"""Dataclass schemas of the trainer's Hydra config (``conf/train.yaml``).
+"""Dataclass schemas of the trainer's Hydra config (``training/conf/train.yaml``).
 
 One schema per swappable group (model, data, optim, deepspeed, trainer, logger), each stored in
 Hydra's ConfigStore, so a misspelt key or a bad value fails when the config is composed, not an
@@ -356,7 +356,7 @@ class LoggerConfig:
 
 @dataclass
 class TrainConfig:
-    """Root of ``conf/train.yaml``."""
+    """Root of ``training/conf/train.yaml``."""
 
     data_dir: str = MISSING
     """The Beam job's output directory (manifest.json, vocab.txt, train/ and eval/ shards)."""
@@ -429,9 +429,3 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="data", name="data_schema", node=DataConfig)
-    cs.store(group="optim", name="optim_schema", node=OptimConfig)
-    cs.store(group="deepspeed", name="deepspeed_schema", node=EngineConfig)
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
