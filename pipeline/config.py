@@ -209,6 +209,10 @@ class PipelineConfig:
     """Seeds every random choice, together with document ids and pass numbers."""
     overwrite: bool = False
     """Replace an existing output in output_dir (its manifest is removed first)."""
+    log_level: str = "WARNING"
+    """Log level of the launcher and of Beam's workers alike; INFO shows Beam's own progress."""
+    progress_every_s: float = 10.0
+    """Local runs: print documents read, tokenized and examples made every this many seconds (0: off)."""
     source: SourceConfig = field(default_factory=SourceConfig)
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -216,6 +220,15 @@ class PipelineConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+    def __post_init__(self):
+        self.log_level = str(self.log_level).upper()
+        if self.log_level not in self.LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(self.LOG_LEVELS)}, got {self.log_level!r}")
+        if self.progress_every_s < 0:
+            raise ValueError(f"progress_every_s must be >= 0 (0 turns progress off), got {self.progress_every_s}")
 
 
 SAMPLE_CORPUS = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
