@@ -57,7 +57,11 @@ class TokenizerConfig:
     vocab_file: Optional[str] = None
     """Path to an existing BERT vocab.txt; when null, the job trains a vocabulary."""
     lowercase: Optional[bool] = None
-    """Lowercase + strip accents; null: true when training, detected from an existing vocabulary."""
+    """Lowercase the text; null: true when training, decided from an existing vocabulary's pieces."""
+    strip_accents: Optional[bool] = None
+    """Strip accents; null: false without lowercasing, else decided from the vocabulary (true when training)."""
+    max_unk_fraction: float = 0.02
+    """The job fails when more than this fraction of all tokens are [UNK] (wrong casing or language)."""
     vocab_size: int = 30522
     """Size of a trained vocabulary (BERT's 30,522 by default)."""
     min_frequency: int = 2
@@ -72,6 +76,8 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.vocab_size must be at least 128, got {self.vocab_size}")
         if self.train_sample_documents < 1:
             raise ValueError("tokenizer.train_sample_documents must be >= 1")
+        if not 0.0 <= self.max_unk_fraction <= 1.0:
+            raise ValueError(f"tokenizer.max_unk_fraction must be in [0, 1], got {self.max_unk_fraction}")
 
 
 @dataclass
@@ -202,7 +208,8 @@ class PipelineConfig:
     """Root of ``pipeline/conf/pipeline.yaml``."""
 
     inputs: list = MISSING
-    """Input files or globs: Wikipedia XML dumps, .txt books, JSON lines; .bz2/.gz accepted."""
+    """Input files, globs or directories (a directory: every file under it, recursively, hidden
+    names skipped): Wikipedia XML dumps, .txt books, JSON lines; .bz2/.gz accepted."""
     output_dir: str = MISSING
     """Where shards, manifest, vocabulary and rejects are written (local path or gs://...)."""
     seed: int = 12345

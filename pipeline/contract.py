@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -244,8 +244,17 @@ class ShardManifest:
     masking: MaskingSpec
     seed: int
     shards: list[ShardInfo]
+    # Added after the first manifests: defaults keep those loading. None: accents stripped
+    # exactly when lowercasing (what every manifest without the field was made with).
+    strip_accents: Optional[bool] = None
+    casing_reason: str = ""  # why lowercase/strip_accents were chosen (counts over the vocabulary)
     statistics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def strips_accents(self) -> bool:
+        """Whether the shards' text had accents stripped (resolving an older manifest's None)."""
+        return self.lowercase if self.strip_accents is None else self.strip_accents
 
     def shards_of(self, split: str) -> list[ShardInfo]:
         return [s for s in self.shards if s.split == split]
@@ -266,6 +275,9 @@ class ShardManifest:
 
 def read_manifest(output_dir: str) -> ShardManifest:
     path = os.path.join(output_dir, MANIFEST_FILE)
+    if not os.path.isdir(output_dir):
+        raise ContractError(f"{output_dir} does not exist" if not os.path.exists(output_dir)
+                            else f"{output_dir} is not a directory")
     if not os.path.exists(path):
         raise ContractError(f"no {MANIFEST_FILE} in {output_dir}: not a finished pipeline output")
     with open(path, encoding="utf-8") as f:

@@ -18,80 +18,53 @@ from pipeline.config import PipelineConfig, RunnerConfig
 from pipeline.contract import MaskingSpec, ShardManifest, SpecialTokens
 from pipeline.formats import DocumentFormat, ExampleFormat, JsonLinesFormat
 from pipeline.seeding import derive_seed
+from pipeline.progress import ProgressReporter
+from pipeline.runner import beam_options, make_runner, worker_environment
+from pipeline.output_checks import FIRST_REJECTS, check_train_split, check_unk_rate
 from pipeline.shard_sink import ShardRecords, WriteShards, commit, complete_shards, write_text
 from pipeline.stats import SumCounts, format_summary, nest
-from pipeline.tokenization import is_uncased
+from pipeline.tokenization import decide_casing
 from pipeline.transforms import (CreateExamples, PrepareDocuments, ReadSources, TokenizeDocuments,
                                  TrainVocabulary, VocabInfo, make_vocab_info)
 
 OUTPUT_ENTRIES = ("train", "eval", "documents", "rejects", contract.VOCAB_FILE)
+FAILURE_REPORT = "failure.json"  # written into the job's temp dir by a finalize step that refuses the output
 ROWS_PER_SIDE_SHARD = 500_000  # documents / rejects tables
 
-# glibc malloc settings for the DirectRunner's worker processes, which inherit the environment.
-# By default a process may get up to 8 malloc arenas per core and keeps large freed buffers in
-# its heap, so a worker's resident memory follows the largest input it ever received (Beam's
-# local runner sends a worker its whole part of a grouped input at once). Two arenas, and
-# buffers of 1 MiB or more mapped on their own and unmapped when freed, keep it near what is
-# live: on the benchmark's 4x input a worker's peak went from 455 to 330 MiB at the same speed.
-# Variables already set by the user win. Cluster workers take these from their container image.
-WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
-                     "MALLOC_TRIM_THRESHOLD_": str(1 << 20)}
-
-
 class JobError(RuntimeError):
-    """A problem with the job's inputs or output directory, reported before any work starts."""
+    """A problem with the job's inputs or output directory, reported before any work starts, or
+    with its output (``pipeline.output_checks``), reported instead of a manifest."""
 
 
-def beam_options(cfg: RunnerConfig) -> PipelineOptions:
-    flags = [f"--runner={cfg.runner}"]
-    values = {k: getattr(cfg, k) for k in (
-        "project", "region", "temp_location", "staging_location", "job_name", "machine_type",
-        "max_num_workers", "setup_file", "flink_master", "spark_master_url", "environment_type",
-        "environment_config", "direct_running_mode")}
-    if cfg.runner == "DirectRunner" and cfg.direct_num_workers is not None:
-        values["direct_num_workers"] = cfg.direct_num_workers or os.cpu_count() or 1
-    flags += [f"--{k}={v}" for k, v in values.items() if v is not None]
-    return PipelineOptions(flags + [str(x) for x in cfg.extra])
+def _visible(paths: list[str], directory: str) -> list[str]:
+    """The paths with no hidden name ('.' first) below ``directory``."""
+    root = directory.rstrip("/")
+    return [p for p in paths if not any(part.startswith(".") for part in p[len(root):].split("/") if part)]
 
 
-def make_runner(cfg: RunnerConfig, options: PipelineOptions):
-    """The runner object for ``beam.Pipeline``; None lets Beam resolve ``--runner``.
-
-    "DirectRunner" runs Beam's FnApiRunner (the DirectRunner's batch engine, with
-    direct_num_workers / direct_running_mode) chosen explicitly: Beam's DirectRunner first tries
-    the Prism runner, which downloads a binary at run time and fails on machines without internet.
-    """
-    if cfg.runner != "DirectRunner":
+def _files_of_directory(pattern: str) -> list[str] | None:
+    """The files under ``pattern`` if it names a directory (recursively, hidden names skipped),
+    else None. Local: os.path.isdir. Object stores (gs://, s3://) have no directories: a path
+    that matches no file while ``path/**`` does is one (Beam's ``**`` matches across '/')."""
+    if FileSystems.get_scheme(pattern) in (None, "file"):
+        if not os.path.isdir(pattern):
+            return None
+        found = [os.path.join(root, f) for root, dirs, files in os.walk(pattern) for f in files]
+        return _visible(found, pattern)
+    if FileSystems.match([pattern])[0].metadata_list:
         return None
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=provision)
-
-
-@contextlib.contextmanager
-def worker_environment(cfg: RunnerConfig):
-    """While the job runs, the DirectRunner's worker processes start with WORKER_MALLOC_ENV."""
-    added = ({k: v for k, v in WORKER_MALLOC_ENV.items() if k not in os.environ}
-             if cfg.runner == "DirectRunner" else {})
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
+    return _visible([m.path for m in FileSystems.match([pattern.rstrip("/") + "/**"])[0].metadata_list], pattern)
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
+    """Every input file: a path, a glob, or a directory (the files under it, recursively)."""
     if not patterns:
         raise JobError("inputs is empty: give inputs='[path-or-glob, ...]'")
     paths: set[str] = set()
-    for pattern in patterns:
-        result = FileSystems.match([str(pattern)])[0]
-        found = [m.path for m in result.metadata_list]
+    for pattern in map(str, patterns):
+        found = _files_of_directory(pattern)
+        if found is None:
+            found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
         if not found:
             raise JobError(f"input {pattern!r} matched no files")
         paths.update(found)
@@ -116,19 +89,48 @@ def read_vocab_file(cfg) -> VocabInfo:
     while tokens and tokens[-1] == "":
         tokens.pop()
     SpecialTokens.from_vocab(tokens)  # fails early with a clear message if [CLS] etc. are missing
-    lowercase = is_uncased(tokens) if cfg.lowercase is None else cfg.lowercase
-    return make_vocab_info(tokens, lowercase)
+    return make_vocab_info(tokens, decide_casing(tokens, cfg.lowercase, cfg.strip_accents))
+
+
+def first_rejects(written, n: int = FIRST_REJECTS) -> list[dict]:
+    """The first ``n`` rejects of the temporary reject shards (each sorted), in shard order."""
+    out: list[dict] = []
+    for shard in sorted(written, key=lambda w: w.index):
+        with FileSystems.open(shard.temp_path) as f:
+            out += [json.loads(line) for line in f.read().decode("utf-8").splitlines()[:n - len(out)]]
+        if len(out) >= n:
+            break
+    return out
+
+
+def summary_statistics(stats: dict) -> dict:
+    """The summed counters, nested, with [UNK] counts present (0) for every split with tokens."""
+    stats = dict(stats)
+    for key in [k for k in stats if k.startswith("tokens/")]:
+        stats.setdefault("unk_tokens/" + key.split("/", 1)[1], 0)
+    return nest(stats)
 
 
 class _Finalize(beam.DoFn):
-    """Runs once, after every shard is written: commit temporaries, write vocab.txt, then the
-    manifest last (its presence marks a complete output)."""
+    """Runs once, after every shard is written: checks the output (``pipeline.output_checks``),
+    then commits temporaries, writes vocab.txt, and the manifest last (its presence marks a
+    complete output). An output that fails a check is not committed: the failure report goes
+    to the temp dir, where ``run`` finds it."""
 
     def __init__(self, cfg: PipelineConfig, config_dict: dict, temp_dir: str, example_format: ExampleFormat):
         self.cfg, self.config_dict, self.temp_dir, self.example_format = cfg, config_dict, temp_dir, example_format
 
-    def process(self, _, examples, documents, rejects, vocab: VocabInfo, stats: dict):
+    def process(self, _, examples, documents, rejects, vocab: VocabInfo, stats: dict, unknown_words: list):
         cfg, out = self.cfg, self.cfg.output_dir
+        statistics = summary_statistics(stats)
+        problems = [m for m in (
+            check_train_split(statistics, first_rejects(rejects) if not statistics.get("examples", {}).get("train")
+                              else []),
+            check_unk_rate(statistics, unknown_words, vocab.casing, cfg.tokenizer.max_unk_fraction)) if m]
+        if problems:
+            report = {"message": " ".join(problems), "statistics": statistics, "casing": vocab.casing.reason}
+            write_text(FileSystems.join(self.temp_dir, FAILURE_REPORT), json.dumps(report, indent=2) + "\n")
+            return
         infos = commit(complete_shards(self.example_format, self.temp_dir, examples, ["train"]), out,
                        contract.SHARD_SUFFIX)
         commit(complete_shards(DocumentFormat(), self.temp_dir, documents, ["documents"]), out, contract.SHARD_SUFFIX)
@@ -142,7 +144,8 @@ class _Finalize(beam.DoFn):
             special_tokens={k: getattr(special, k) for k in SpecialTokens.NAMES},
             max_seq_length=cfg.instances.max_seq_length, objective=cfg.instances.objective,
             masking=MaskingSpec(m.mode, m.masked_lm_prob, m.max_predictions_per_seq, m.whole_word, m.dupe_factor),
-            seed=cfg.seed, shards=infos, statistics=nest(stats), config=self.config_dict)
+            seed=cfg.seed, shards=infos, strip_accents=vocab.strip_accents, casing_reason=vocab.casing.reason,
+            statistics=statistics, config=self.config_dict)
         write_text(FileSystems.join(out, contract.MANIFEST_FILE), manifest.to_json())
         if FileSystems.exists(self.temp_dir):  # a retried finalize finds it gone
             FileSystems.delete([self.temp_dir])
@@ -150,8 +153,7 @@ class _Finalize(beam.DoFn):
 
 
 def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: dict[str, Any],
-          fixed_vocab: VocabInfo | None) -> None:
-    temp_dir = FileSystems.join(cfg.output_dir, f".temp-{uuid.uuid4().hex}")
+          fixed_vocab: VocabInfo | None, temp_dir: str) -> None:
     read = p | "Inputs" >> beam.Create(paths) | "ReadSources" >> ReadSources(cfg.source)
     split_docs, rejects, stats = read.documents | "PrepareDocuments" >> PrepareDocuments(
         cfg.cleaning, cfg.instances.eval_fraction)
@@ -169,7 +171,8 @@ def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: 
     schema = contract.example_schema(vocab_size, cfg.instances.objective, cfg.masking.mode)
     example_format = ExampleFormat(schema, cfg.output.rows_per_batch, cfg.seed)
 
-    tokenized = split_docs | "Tokenize" >> TokenizeDocuments(vocab)
+    tokenize = TokenizeDocuments(vocab)
+    tokenized = split_docs | "Tokenize" >> tokenize
     create = CreateExamples(cfg.instances, cfg.masking, cfg.output, cfg.seed, vocab, schema,
                             cfg.cleaning.drop_duplicates, spill_dir=temp_dir)
     made = tokenized | "CreateExamples" >> create
@@ -196,21 +199,43 @@ def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: 
                                     documents=beam.pvalue.AsList(written_docs),
                                     rejects=beam.pvalue.AsList(written_rejects),
                                     vocab=beam.pvalue.AsSingleton(vocab),
-                                    stats=beam.pvalue.AsSingleton(totals)))
+                                    stats=beam.pvalue.AsSingleton(totals),
+                                    unknown_words=beam.pvalue.AsSingleton(tokenize.unknown_words)))
 
 
 def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
-    """Run the job to completion; returns the manifest it wrote and prints the summary."""
+    """Run the job to completion; returns the manifest it wrote and prints the summary.
+    Raises JobError when the output fails a check (no manifest then, and no temporaries left)."""
     paths = expand_inputs(list(cfg.inputs))
     fixed_vocab = read_vocab_file(cfg.tokenizer) if cfg.tokenizer.vocab_file else None
     prepare_output_dir(cfg.output_dir, cfg.overwrite)
+    temp_dir = FileSystems.join(cfg.output_dir, f".temp-{uuid.uuid4().hex}")
     start = time.perf_counter()
     options = beam_options(cfg.runner)
     with worker_environment(cfg.runner), \
             beam.Pipeline(runner=make_runner(cfg.runner, options), options=options) as p:
-        build(p, cfg, paths, config_dict, fixed_vocab)
+        build(p, cfg, paths, config_dict, fixed_vocab, temp_dir)
     seconds = time.perf_counter() - start
-    with FileSystems.open(FileSystems.join(cfg.output_dir, contract.MANIFEST_FILE)) as f:
+    manifest_path = FileSystems.join(cfg.output_dir, contract.MANIFEST_FILE)
+    if not FileSystems.exists(manifest_path):
+        raise_failure(cfg.output_dir, temp_dir, seconds)
+    with FileSystems.open(manifest_path) as f:
         manifest = ShardManifest.from_dict(json.loads(f.read().decode("utf-8")))
-    print(format_summary(manifest.statistics, seconds, cfg.output_dir), flush=True)
+    print(format_summary(manifest.statistics, seconds, cfg.output_dir, casing=manifest.casing_reason), flush=True)
     return manifest
+
+
+def raise_failure(output_dir: str, temp_dir: str, seconds: float) -> None:
+    """After a job that wrote no manifest: remove its temporaries, print the summary of what it
+    counted, and raise JobError with the finalize step's message."""
+    report_path = FileSystems.join(temp_dir, FAILURE_REPORT)
+    report = None
+    if FileSystems.exists(report_path):
+        with FileSystems.open(report_path) as f:
+            report = json.loads(f.read().decode("utf-8"))
+    if FileSystems.exists(temp_dir):
+        FileSystems.delete([temp_dir])
+    if report is None:
+        raise JobError(f"the job finished without writing {contract.MANIFEST_FILE} or a failure report in {output_dir}")
+    print(format_summary(report["statistics"], seconds, output_dir, casing=report["casing"], failed=True), flush=True)
+    raise JobError(report["message"])

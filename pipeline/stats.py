@@ -14,6 +14,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from pipeline import progress
+
 STATS_TAG = "stats"
 NAMESPACE = "bert_pretrain"
 
@@ -29,8 +31,10 @@ class CountingDoFn(beam.DoFn):
         if n:
             self._counts[key] += n
             beam.metrics.Metrics.counter(NAMESPACE, key).inc(n)
+            progress.note(key, n)
 
     def finish_bundle(self):
+        progress.flush()
         if self._counts:
             yield beam.pvalue.TaggedOutput(
                 STATS_TAG, WindowedValue(dict(self._counts), MIN_TIMESTAMP, [GlobalWindow()]))
@@ -66,26 +70,38 @@ def nest(flat: Mapping[str, int]) -> dict:
     return out
 
 
-def format_summary(stats: Mapping, seconds: float, output_dir: str) -> str:
-    """The readable end-of-job report."""
+def format_summary(stats: Mapping, seconds: float, output_dir: str, casing: str = "", failed: bool = False) -> str:
+    """The readable end-of-job report; ``casing``: why the text was (not) lowercased / stripped."""
     g = lambda *path: _get(stats, path)  # noqa: E731
     docs_read = sum(g("documents_read").values()) if isinstance(g("documents_read"), dict) else 0
     tokens = sum(v for v in (g("tokens") or {}).values())
+    outcome = "FAILED after" if failed else "finished in"
     lines = [
-        f"bert-pretrain data job finished in {seconds:,.1f} s -> {output_dir}",
+        f"bert-pretrain data job {outcome} {seconds:,.1f} s -> {output_dir}",
         f"  files read        {g('files_read') or 0:>12,}",
         f"  documents read    {docs_read:>12,}   " + _inline(g("documents_read")),
         f"  documents kept    {sum((g('documents_kept') or {}).values()):>12,}   " + _inline(g("documents_kept")),
         f"  sentences         {sum((g('sentences') or {}).values()):>12,}",
         f"  tokens            {tokens:>12,}",
+        f"  [UNK] tokens      {sum((g('unk_tokens') or {}).values()):>12,}   " + _unk_rates(g("tokens"), g("unk_tokens")),
         f"  examples          {sum((g('examples') or {}).values()):>12,}   " + _inline(g("examples")),
         f"  example tokens    {sum((g('example_tokens') or {}).values()):>12,}",
     ]
     rejected = g("rejected") or {}
     lines.append(f"  rejected/repaired {sum(rejected.values()):>12,}   " + (_inline(rejected) or "none"))
+    if casing:
+        lines.append(f"  casing            {casing}")
     if seconds > 0:
         lines.append(f"  throughput        {docs_read / seconds:>12,.1f} docs/s   {tokens / seconds:,.0f} tokens/s")
     return "\n".join(lines)
+
+
+def _unk_rates(tokens, unk) -> str:
+    """"(eval 0.02%, train 0.01%)": [UNK] / tokens per split."""
+    if not isinstance(tokens, Mapping) or not tokens:
+        return ""
+    unk = unk if isinstance(unk, Mapping) else {}
+    return "(" + ", ".join(f"{k} {unk.get(k, 0) / n:.2%}" for k, n in sorted(tokens.items()) if n) + ")"
 
 
 def _get(stats, path):

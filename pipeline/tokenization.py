@@ -8,7 +8,9 @@ characters per word at most), so ids agree token for token (tests/test_tokenizat
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -25,23 +27,102 @@ def vocab_sha256(vocab: Sequence[str]) -> str:
     return hashlib.sha256(("\n".join(vocab) + "\n").encode("utf-8")).hexdigest()
 
 
-def is_uncased(vocab: Sequence[str]) -> bool:
-    """An uncased vocabulary has no upper-case letters outside its [SPECIAL] tokens."""
-    return not any(any(c.isupper() for c in tok) for tok in vocab
-                   if not (tok.startswith("[") and tok.endswith("]")))
+@dataclass(frozen=True)
+class CasingDecision:
+    """How text is normalised before WordPiece, and why (one line, shown in the job's summary)."""
+
+    lowercase: bool
+    strip_accents: bool
+    reason: str
+
+    def __post_init__(self):
+        if not isinstance(self.lowercase, bool) or not isinstance(self.strip_accents, bool):
+            raise TypeError("CasingDecision.lowercase and .strip_accents must be bools")
 
 
-def build_tokenizer(vocab: Sequence[str], lowercase: bool) -> BertWordPieceTokenizer:
+A_FEW = 10
+"""Up to this many pieces are odd symbols, not evidence: bert-base-uncased holds `ℝ` and `##ℝ`
+(``str.isupper`` is true, yet lowercasing leaves them), a multilingual vocabulary may hold a few
+letters whose case mapping arrived in a later Unicode version (Cherokee, Georgian)."""
+CASED_FRACTION = 0.01
+"""A cased vocabulary: over this fraction of its pieces with cased letters change when lowercased
+(capitalised words; measured: 0 of 28,160 in bert-base-uncased)."""
+ACCENT_FRACTION = 0.001
+"""An uncased vocabulary that kept accents: over this fraction of its letter pieces carry a
+combining mark (bert-base-uncased: 0, BERT's stripping removes every one)."""
+
+
+def _is_special(piece: str) -> bool:
+    return piece.startswith("[") and piece.endswith("]")
+
+
+def _has_accent(piece: str) -> bool:
+    # What BERT's strip_accents removes: nonspacing marks (Mn) after NFD.
+    return any(unicodedata.category(c) == "Mn" for c in unicodedata.normalize("NFD", piece))
+
+
+def _more_than_a_few(count: int, total: int, fraction: float) -> bool:
+    return count > max(A_FEW, fraction * total)
+
+
+def _follows(lowercase: bool, strip_accents: Optional[bool], decided: bool) -> tuple[bool, str]:
+    if strip_accents is not None:
+        return strip_accents, f"strip_accents={str(strip_accents).lower()} given"
+    return (decided, "") if lowercase else (False, "accents kept as cased BERT does")
+
+
+def decide_casing(vocab: Sequence[str], lowercase: Optional[bool] = None,
+                  strip_accents: Optional[bool] = None) -> CasingDecision:
+    """Lowercasing and accent stripping for an existing vocabulary; a given setting wins.
+
+    Cased: more than a few of the pieces with cased letters change when lowercased (counting only
+    those, not ``isupper``: see A_FEW). Accents: an uncased vocabulary is stripped unless more than
+    a few of its letter pieces carry combining marks (some language-specific uncased BERTs keep
+    them); a cased one keeps them, as BERT's cased models do.
+    """
+    body = [t for t in vocab if not _is_special(t)]
+    cased_letters = sum(any(c.lower() != c.upper() for c in t) for t in body)
+    changed = sum(t.lower() != t for t in body)
+    letters = sum(any(c.isalpha() for c in t) for t in body)
+    accented = sum(_has_accent(t) for t in body)
+    looks_cased = _more_than_a_few(changed, cased_letters, CASED_FRACTION)
+    looks_accented = _more_than_a_few(accented, letters, ACCENT_FRACTION)
+    case_counts = f"{changed:,} of {cased_letters:,} pieces with cased letters change when lowercased"
+    accent_counts = f"{accented:,} of {letters:,} letter pieces carry accents"
+    if lowercase is None:
+        lowercase = not looks_cased
+        case_why = f"{'cased' if looks_cased else 'uncased'} vocabulary ({case_counts})"
+    else:
+        case_why = f"lowercase={str(lowercase).lower()} given ({case_counts})"
+    strip, accent_why = _follows(lowercase, strip_accents, not looks_accented)
+    if not accent_why:
+        accent_why = f"accents {'stripped' if strip else 'kept'} ({accent_counts})"
+    return CasingDecision(lowercase, strip, f"{case_why}; {accent_why}")
+
+
+def training_casing(lowercase: Optional[bool] = None, strip_accents: Optional[bool] = None) -> CasingDecision:
+    """A vocabulary the job trains: lowercased unless told otherwise, accents follow lowercase
+    (BERT's default); its words are counted with exactly these settings."""
+    lowercase = True if lowercase is None else lowercase
+    strip, accent_why = _follows(lowercase, strip_accents, True)
+    accent_why = accent_why or "accents stripped with lowercasing"
+    return CasingDecision(lowercase, strip,
+                          f"vocabulary trained by the job with lowercase={str(lowercase).lower()}; {accent_why}")
+
+
+def build_tokenizer(vocab: Sequence[str], lowercase: bool, strip_accents: Optional[bool] = None
+                    ) -> BertWordPieceTokenizer:
     # strip_accents=None follows `lowercase`, as BERT's uncased models do.
     return BertWordPieceTokenizer({tok: i for i, tok in enumerate(vocab)}, lowercase=lowercase,
-                                  clean_text=True, handle_chinese_chars=True, strip_accents=None)
+                                  clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents)
 
 
 def train_vocabulary(texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int,
-                     limit_alphabet: int) -> list[str]:
+                     limit_alphabet: int, strip_accents: Optional[bool] = None) -> list[str]:
     """A WordPiece vocabulary with BERT's special tokens first; deterministic (see
-    ``pipeline.vocab_training``, which the Beam job uses piecewise: counts per document, summed)."""
-    counts = WordCounter(lowercase).count(texts)
+    ``pipeline.vocab_training``, which the Beam job uses piecewise: counts per document, summed).
+    strip_accents=None follows ``lowercase``."""
+    counts = WordCounter(lowercase, strip_accents).count(texts)
     return train_wordpiece(counts, vocab_size, SPECIAL_TOKENS, min_frequency, limit_alphabet)
 
 

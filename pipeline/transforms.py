@@ -4,6 +4,7 @@ counts what it rejects (``CountingDoFn.count``) and emits the rejection instead 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -11,6 +12,9 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import contract
 from pipeline.config import (CleaningConfig, InstancesConfig, MaskingConfig, OutputConfig, SourceConfig,
@@ -24,12 +28,16 @@ from pipeline.seeding import unit_interval, unit_interval_of
 from pipeline.shard_sink import SpilledBatch, num_shards_for
 from pipeline.sources import read_source, wikitext_page_to_documents
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
-from pipeline.tokenization import SPECIAL_TOKENS, build_tokenizer, encode_sentences, masking_vocabulary, vocab_sha256
+from pipeline.tokenization import (SPECIAL_TOKENS, CasingDecision, build_tokenizer, masking_vocabulary,
+                                   training_casing, vocab_sha256)
 from pipeline.vocab_training import WordCounter, train_wordpiece
 
 REJECTS_TAG = "rejects"
 EMPTY_TAG = "empty"
 DOCUMENTS_TAG = "documents"
+UNKNOWN_WORDS_TAG = "unknown_words"
+TOP_UNKNOWN_WORDS = 10  # how many of the words that became [UNK] reach the output checks
+UNK = "[UNK]"
 
 
 def _reject(counting: CountingDoFn, r: Rejection):
@@ -147,23 +155,34 @@ class PrepareDocuments(beam.PTransform):
 @dataclass(frozen=True)
 class VocabInfo:
     tokens: tuple[str, ...]
-    lowercase: bool
+    casing: CasingDecision  # how text is normalised for these pieces, and why
     sha256: str
 
+    @property
+    def lowercase(self) -> bool:
+        return self.casing.lowercase
 
-def make_vocab_info(tokens, lowercase: bool) -> VocabInfo:
+    @property
+    def strip_accents(self) -> bool:
+        return self.casing.strip_accents
+
+
+def make_vocab_info(tokens, casing: CasingDecision | bool) -> VocabInfo:
+    """``casing`` a bool: lowercase, with accents stripped exactly when lowercasing (BERT's default)."""
+    if isinstance(casing, bool):
+        casing = training_casing(casing)
     tokens = tuple(tokens)
-    return VocabInfo(tokens, lowercase, vocab_sha256(tokens))
+    return VocabInfo(tokens, casing, vocab_sha256(tokens))
 
 
 class _CountWords(beam.DoFn):
     """A document -> (doc_id, Counter of its words, as BERT's WordPiece pre-tokeniser splits them)."""
 
-    def __init__(self, lowercase: bool):
-        self.lowercase = lowercase
+    def __init__(self, casing: CasingDecision):
+        self.casing = casing
 
     def setup(self):
-        self._counter = WordCounter(self.lowercase)
+        self._counter = WordCounter(self.casing.lowercase, self.casing.strip_accents)
 
     def process(self, doc: Document):
         yield doc.doc_id, self._counter.count(doc.sentences)
@@ -186,7 +205,7 @@ class TrainVocabulary(beam.PTransform):
 
     def expand(self, split_docs):
         cfg = self.cfg
-        lowercase = True if cfg.lowercase is None else cfg.lowercase
+        casing = training_casing(cfg.lowercase, cfg.strip_accents)
         train_docs = split_docs | "TrainOnly" >> beam.FlatMap(lambda sd: [sd[1]] if sd[0] == "train" else [])
         fraction = (train_docs
                     | "CountDocs" >> beam.combiners.Count.Globally()
@@ -194,7 +213,7 @@ class TrainVocabulary(beam.PTransform):
         counts = (train_docs
                   | "Sample" >> beam.Filter(lambda d, f: unit_interval("vocab", d.doc_id) < f,
                                             f=beam.pvalue.AsSingleton(fraction))
-                  | "CountWords" >> beam.ParDo(_CountWords(lowercase)))
+                  | "CountWords" >> beam.ParDo(_CountWords(casing)))
         if self.drop_duplicates:
             counts = counts | "OneCopyEach" >> beam.CombinePerKey(_one_copy)
         return (counts
@@ -202,36 +221,66 @@ class TrainVocabulary(beam.PTransform):
                 | "SumCounts" >> beam.CombineGlobally(SumCounts())
                 | "Train" >> beam.Map(lambda counts: make_vocab_info(
                     train_wordpiece(counts, cfg.vocab_size, SPECIAL_TOKENS, cfg.min_frequency, cfg.limit_alphabet),
-                    lowercase)))
+                    casing)))
 
 
 # --- tokenising ------------------------------------------------------------------------------
 
 class _Tokenize(beam.DoFn):
     """(split, Document) -> (split, (TokenizedDocument, DocumentRecord)); the record is the
-    document's provenance, written to the documents table if the document is kept."""
+    document's provenance, written to the documents table if the document is kept.
+
+    The words that became [UNK] (as written in the text, found through the encodings' offsets)
+    are counted per bundle and leave on ``unknown_words`` as (word, count): only those words, so
+    a healthy job sends almost nothing. Copies of a document are counted here too (duplicates are
+    dropped later); the exact [UNK] counts per split are taken where tokens are counted."""
 
     def setup(self):
         # One thread per worker: Beam already runs one worker per core.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self._tokenizer, self._sha = None, None
+        self._tokenizer, self._sha, self._unk = None, None, None
+
+    def start_bundle(self):
+        self._unknown: Counter = Counter()
 
     def process(self, element, vocab: VocabInfo):
         if self._sha != vocab.sha256:
-            self._tokenizer, self._sha = build_tokenizer(vocab.tokens, vocab.lowercase), vocab.sha256
+            self._tokenizer = build_tokenizer(vocab.tokens, vocab.lowercase, vocab.strip_accents)
+            self._sha, self._unk = vocab.sha256, vocab.tokens.index(UNK)
         split, doc = element
-        tdoc = TokenizedDocument.from_sentences(doc.doc_id, encode_sentences(self._tokenizer, doc.sentences))
+        sentences = list(doc.sentences)
+        encodings = self._tokenizer.encode_batch(sentences, add_special_tokens=False)
+        for sentence, e in zip(sentences, encodings):
+            if self._unk in e.ids:
+                self._unknown.update(sentence[a:b] for i, (a, b) in zip(e.ids, e.offsets) if i == self._unk)
+        tdoc = TokenizedDocument.from_sentences(doc.doc_id, [e.ids for e in encodings])
         yield split, (tdoc, DocumentRecord(doc.doc_id, split, doc.source, doc.record_id, doc.title,
                                            tdoc.num_sentences, len(tdoc.ids)))
 
+    def finish_bundle(self):
+        for word_count in self._unknown.items():
+            yield beam.pvalue.TaggedOutput(UNKNOWN_WORDS_TAG,
+                                           WindowedValue(word_count, MIN_TIMESTAMP, [GlobalWindow()]))
+
 
 class TokenizeDocuments(beam.PTransform):
+    """(split, Document) -> (split, (TokenizedDocument, DocumentRecord)); after expansion
+    ``self.unknown_words`` holds one list: the TOP_UNKNOWN_WORDS words most often [UNK], as
+    (word, count) sorted by count then word."""
+
     def __init__(self, vocab):
         super().__init__()
         self.vocab = vocab
+        self.unknown_words = None
 
     def expand(self, split_docs):
-        return split_docs | "WordPiece" >> beam.ParDo(_Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab))
+        out = split_docs | "WordPiece" >> beam.ParDo(_Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab)).with_outputs(
+            UNKNOWN_WORDS_TAG, main="tokenized")
+        self.unknown_words = (out[UNKNOWN_WORDS_TAG]
+                              | "SumUnknownWords" >> beam.CombinePerKey(sum)
+                              | "TopUnknownWords" >> beam.combiners.Top.Of(TOP_UNKNOWN_WORDS, key=lambda wc: (wc[1], wc[0]))
+                              | "SortUnknownWords" >> beam.Map(lambda top: sorted(top, key=lambda wc: (-wc[1], wc[0]))))
+        return out.tokenized
 
 
 # --- examples ---------------------------------------------------------------------------------
@@ -268,11 +317,12 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         self.spill_dir = spill_dir
 
     def setup(self):
-        self._vocab, self._sha = None, None
+        self._vocab, self._sha, self._unk = None, None, None
 
     def process(self, element, vocab: VocabInfo, shards: dict):
         if self._sha != vocab.sha256:
             self._vocab, self._sha = masking_vocabulary(vocab.tokens), vocab.sha256
+            self._unk = vocab.tokens.index(UNK)
         (split, _, group, groups), members = element
         members = sorted(members, key=lambda m: (m[0].doc_id, m[1].source, m[1].record_id))
         kept: list = []
@@ -289,6 +339,7 @@ class _ExamplesOfPoolPasses(CountingDoFn):
                 self.count(f"documents_kept/{split}")
                 self.count(f"sentences/{split}", record.sentences)
                 self.count(f"tokens/{split}", record.tokens)
+                self.count(f"unk_tokens/{split}", int(np.count_nonzero(doc.ids == self._unk)))
                 yield beam.pvalue.TaggedOutput(DOCUMENTS_TAG, record)
         pool = [doc for doc, _ in kept]
         parts = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 from tokenizers import normalizers, pre_tokenizers
 
@@ -25,11 +25,13 @@ PREFIX = "##"
 
 
 class WordCounter:
-    """Words of a text as BERT's WordPiece sees them (normalised, split on whitespace/punctuation)."""
+    """Words of a text as BERT's WordPiece sees them (normalised, split on whitespace/punctuation),
+    normalised as ``pipeline.tokenization.build_tokenizer`` does with the same settings
+    (strip_accents=None follows ``lowercase``)."""
 
-    def __init__(self, lowercase: bool):
+    def __init__(self, lowercase: bool, strip_accents: Optional[bool] = None):
         self.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                     strip_accents=None, lowercase=lowercase)
+                                                     strip_accents=strip_accents, lowercase=lowercase)
         self.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
 
     def count(self, texts: Iterable[str]) -> Counter:

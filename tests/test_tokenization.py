@@ -1,10 +1,16 @@
-"""Our WordPiece equals transformers' BertTokenizerFast with the same vocabulary, token for token."""
+"""Our WordPiece equals transformers' BertTokenizerFast, and the original (slow, Python) BertTokenizer
+with the casing decided for the vocabulary, token for token."""
+
+import os
+import re
 
 import pytest
 from transformers import BertTokenizerFast
+from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
-from pipeline.tokenization import (SPECIAL_TOKENS, build_tokenizer, encode_sentences, is_uncased,
+from pipeline.tokenization import (SPECIAL_TOKENS, build_tokenizer, decide_casing, encode_sentences,
                                    train_vocabulary)
+from test_casing import real_uncased_vocab
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -29,7 +35,8 @@ def test_trained_vocabulary_has_bert_special_tokens_first(vocab_and_case):
     vocab, lowercase = vocab_and_case
     assert vocab[:5] == SPECIAL_TOKENS
     assert any(t.startswith("##") for t in vocab)
-    assert is_uncased(vocab) == lowercase
+    decision = decide_casing(vocab)
+    assert (decision.lowercase, decision.strip_accents) == (lowercase, lowercase)
 
 
 def test_equals_bert_tokenizer_fast(vocab_and_case, sample_paragraphs, tmp_path):
@@ -50,3 +57,51 @@ def test_training_is_deterministic(sample_paragraphs):
     a = train_vocabulary(sample_paragraphs[:200], 2000, True, 2, 300)
     b = train_vocabulary(sample_paragraphs[:200], 2000, True, 2, 300)
     assert a == b
+
+
+# Real Chinese, Japanese and Korean sentences (the demo text of the `rich` package).
+CJK = ["该库支持中文，日文和韩文文本！", "ライブラリは中国語、日本語、韓国語のテキストをサポートしています",
+       "이 라이브러리는 중국어, 일본어 및 한국어 텍스트를 지원합니다"]
+
+
+@pytest.fixture(scope="module")
+def hard_sentences(sample_documents):
+    """Real sentences with capitals, accents, CJK and punctuation: the English sample's that
+    have accents or CJK or much punctuation, Bulgarian Wikipedia's (Cyrillic), and CJK."""
+    import gensim
+
+    from pipeline.config import CleaningConfig, SourceConfig
+    from pipeline.documents import prepare_document
+    from pipeline.records import RawDocument
+    from pipeline.sources import read_source
+
+    english = [s for d in sample_documents for s in d.sentences]
+    accents = [s for s in english if re.search(r"[À-ɏ]", s)]
+    punctuation = [s for s in english if len(re.findall(r"[^\w\s]", s)) >= 8 and re.search(r"[A-Z]", s)]
+    cjk = [s for s in english if re.search(r"[\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af]", s)]
+    path = os.path.join(os.path.dirname(gensim.__file__), "test/test_data/bgwiki-latest-pages-articles-shortened.xml.bz2")
+    raws = [r for r in read_source(path, lambda: open(path, "rb"), SourceConfig()) if isinstance(r, RawDocument)]
+    bulgarian = [s for r in raws for d in [prepare_document(r, CleaningConfig())[0]] if d for s in d.sentences]
+    chosen = accents[:150] + punctuation[:150] + cjk + bulgarian[:100] + CJK
+    assert len(accents) >= 150 and len(punctuation) >= 150 and cjk and len(bulgarian) >= 40
+    return chosen
+
+
+@pytest.fixture(scope="module", params=["bert-base-uncased", "cased-from-sample"])
+def vocab_file(request, sample_paragraphs, tmp_path_factory):
+    vocab = (real_uncased_vocab() if request.param == "bert-base-uncased" else
+             train_vocabulary(sample_paragraphs, vocab_size=4000, lowercase=False, min_frequency=2, limit_alphabet=500))
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return vocab, str(path)
+
+
+def test_equals_the_original_bert_tokenizer_with_the_decided_casing(vocab_file, hard_sentences):
+    vocab, path = vocab_file
+    casing = decide_casing(vocab)
+    reference = BertTokenizerLegacy(path, do_lower_case=casing.lowercase, strip_accents=casing.strip_accents)
+    ours = encode_sentences(build_tokenizer(vocab, casing.lowercase, casing.strip_accents), hard_sentences)
+    for sentence, ids in zip(hard_sentences, ours):
+        assert ids == reference.convert_tokens_to_ids(reference.tokenize(sentence)), sentence
+    unk = vocab.index("[UNK]")
+    assert sum(i == unk for ids in ours for i in ids) < 0.05 * sum(map(len, ours))  # real words, mostly known

@@ -5,10 +5,11 @@ BertForMaskedLM without the NSP head) and as BertTokenizer(Fast), with no pickle
       config.json               # BertConfig.to_hf_config_dict()
       model.safetensors         # fp32 weights, each tied tensor once (as save_pretrained does)
       vocab.txt                 # the shards' vocabulary, copied from data_dir
-      tokenizer_config.json     # BertTokenizer, do_lower_case from the shards' manifest
+      tokenizer_config.json     # BertTokenizer, do_lower_case and strip_accents from the shards' manifest
       special_tokens_map.json
 
 Our parameter names are transformers' (training/model.py), so the weights are written as they are.
+Every file gets the mode a plain ``open(path, "w")`` gives (the umask decides), the weights too.
 ``consolidated_state_dict_from_checkpoint`` gathers them from one of our DeepSpeed checkpoints.
 """
 
@@ -79,21 +80,38 @@ def hf_weights(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig) -> dic
 def tokenizer_files(manifest: contract.ShardManifest, model_max_length: int) -> tuple[dict, dict]:
     """(tokenizer_config.json, special_tokens_map.json) for transformers' BertTokenizer.
 
-    Settings are those of ``pipeline.tokenization.build_tokenizer``: BERT normaliser with
-    ``lowercase`` from the manifest and accents stripped when lowercasing (strip_accents null),
-    Chinese characters split, so ids agree with the shards.
+    Settings are those the shards were made with (``pipeline.tokenization.build_tokenizer``): BERT
+    normaliser with ``lowercase`` and ``strip_accents`` from the manifest (a manifest without
+    strip_accents stripped them exactly when lowercasing), Chinese characters split, so ids agree
+    with the shards.
     """
     special = {f"{role}_token": token for role, token in contract.SpecialTokens.NAMES.items()}
     config = {
         "tokenizer_class": "BertTokenizer",
         "do_lower_case": bool(manifest.lowercase),
-        "strip_accents": None,
+        "strip_accents": manifest.strips_accents,
         "tokenize_chinese_chars": True,
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
         **special,
     }
     return config, special
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask sets it, for every thread at once)
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def _save_weights(tensors: dict[str, torch.Tensor], path: str) -> None:
+    # safetensors writes a private temporary (mode 0600) and renames it into place.
+    save_file(tensors, path, metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -123,7 +141,7 @@ def export_hf(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig, data_di
     tensors = hf_weights(state_dict, bert_cfg)
 
     os.makedirs(out_dir, exist_ok=True)
-    save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": "pt"})
+    _save_weights(tensors, os.path.join(out_dir, WEIGHTS_FILE))
     _write_json(os.path.join(out_dir, CONFIG_FILE), {**bert_cfg.to_hf_config_dict(), "dtype": "float32"})
     shutil.copyfile(vocab_path, os.path.join(out_dir, contract.VOCAB_FILE))
     tokenizer_config, special_tokens_map = tokenizer_files(manifest, bert_cfg.max_position_embeddings)
