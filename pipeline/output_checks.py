@@ -52,7 +52,8 @@ def _likely_causes(words: Sequence[str], casing: CasingDecision) -> list[str]:
         causes.append("casing: the text is lowercased; a cased vocabulary read as uncased gives this:"
                       " try tokenizer.lowercase=false")
     if not casing.strip_accents and sum(map(_has_accent, words)) >= half:
-        causes.append("accents: most of these words carry accents the vocabulary lacks: try tokenizer.strip_accents=true")
+        causes.append("accents: most of these words carry accents the vocabulary lacks:"
+                      " try tokenizer.strip_accents=true")
     foreign = sum(not _is_latin_or_digits(w) for w in words)
     script = (f" ({foreign} of these words are in another script than Latin)" if foreign else "")
     causes.append(f"language: text in another language or script than the vocabulary's{script}:"
@@ -94,6 +95,7 @@ def check_train_split(stats: Mapping, first_rejects: Sequence[Mapping]) -> Optio
         why = f"all {read:,} documents read were rejected or went to eval"
     else:
         why = f"{kept:,} training documents gave no example"
-    quoted = "; ".join(f"{r.get('source')} ({r.get('reason')}: {r.get('detail')})" for r in first_rejects[:FIRST_REJECTS])
+    quoted = "; ".join(f"{r.get('source')} ({r.get('reason')}: {r.get('detail')})"
+                       for r in first_rejects[:FIRST_REJECTS])
     return (f"the train split has no examples: {why}. Rejected by reason: {by_reason}."
             + (f" First rejects: {quoted}." if quoted else ""))

@@ -83,7 +83,8 @@ def format_summary(stats: Mapping, seconds: float, output_dir: str, casing: str 
         f"  documents kept    {sum((g('documents_kept') or {}).values()):>12,}   " + _inline(g("documents_kept")),
         f"  sentences         {sum((g('sentences') or {}).values()):>12,}",
         f"  tokens            {tokens:>12,}",
-        f"  [UNK] tokens      {sum((g('unk_tokens') or {}).values()):>12,}   " + _unk_rates(g("tokens"), g("unk_tokens")),
+        f"  [UNK] tokens      {sum((g('unk_tokens') or {}).values()):>12,}   "
+        + _unk_rates(g("tokens"), g("unk_tokens")),
         f"  examples          {sum((g('examples') or {}).values()):>12,}   " + _inline(g("examples")),
         f"  example tokens    {sum((g('example_tokens') or {}).values()):>12,}",
     ]

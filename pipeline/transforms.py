@@ -274,11 +274,12 @@ class TokenizeDocuments(beam.PTransform):
         self.unknown_words = None
 
     def expand(self, split_docs):
-        out = split_docs | "WordPiece" >> beam.ParDo(_Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab)).with_outputs(
-            UNKNOWN_WORDS_TAG, main="tokenized")
+        tokenize = beam.ParDo(_Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab))
+        out = split_docs | "WordPiece" >> tokenize.with_outputs(UNKNOWN_WORDS_TAG, main="tokenized")
+        by_count_then_word = lambda wc: (wc[1], wc[0])  # noqa: E731
         self.unknown_words = (out[UNKNOWN_WORDS_TAG]
                               | "SumUnknownWords" >> beam.CombinePerKey(sum)
-                              | "TopUnknownWords" >> beam.combiners.Top.Of(TOP_UNKNOWN_WORDS, key=lambda wc: (wc[1], wc[0]))
+                              | "TopUnknownWords" >> beam.combiners.Top.Of(TOP_UNKNOWN_WORDS, key=by_count_then_word)
                               | "SortUnknownWords" >> beam.Map(lambda top: sorted(top, key=lambda wc: (-wc[1], wc[0]))))
         return out.tokenized
 

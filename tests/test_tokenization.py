@@ -60,7 +60,8 @@ def test_training_is_deterministic(sample_paragraphs):
 
 
 # Real Chinese, Japanese and Korean sentences (the demo text of the `rich` package).
-CJK = ["该库支持中文，日文和韩文文本！", "ライブラリは中国語、日本語、韓国語のテキストをサポートしています",
+CJK = ["该库支持中文，日文和韩文文本！",
+       "ライブラリは中国語、日本語、韓国語のテキストをサポートしています",
        "이 라이브러리는 중국어, 일본어 및 한국어 텍스트를 지원합니다"]
 
 
