@@ -102,7 +102,7 @@ def run_job(inputs: list[str], out: str, workers: int, vocab_file: str, extra: l
     """The job as a user runs it, with every process's peak RSS sampled from outside."""
     cmd = [sys.executable, "-m", "pipeline", f"inputs=[{','.join(inputs)}]", f"output_dir={out}", "overwrite=true",
            "tokenizer=vocab_file", f"tokenizer.vocab_file={vocab_file}", f"runner.direct_num_workers={workers}",
-           "runner.direct_running_mode=multi_processing", "hydra.run.dir=" + os.path.join(out, "..", "hydra"), *extra]
+           "runner.direct_running_mode=multi_processing", "progress_every_s=0", *extra]
     proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks: dict[int, tuple[str, int]] = {}
     cpu: dict[int, float] = {}  # user + system seconds, last seen

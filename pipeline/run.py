@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -11,16 +10,15 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import contract
-from pipeline.config import PipelineConfig, RunnerConfig
+from pipeline.config import PipelineConfig
 from pipeline.contract import MaskingSpec, ShardManifest, SpecialTokens
 from pipeline.formats import DocumentFormat, ExampleFormat, JsonLinesFormat
-from pipeline.seeding import derive_seed
+from pipeline.output_checks import FIRST_REJECTS, check_train_split, check_unk_rate
 from pipeline.progress import ProgressReporter
 from pipeline.runner import beam_options, make_runner, worker_environment
-from pipeline.output_checks import FIRST_REJECTS, check_train_split, check_unk_rate
+from pipeline.seeding import derive_seed
 from pipeline.shard_sink import ShardRecords, WriteShards, commit, complete_shards, write_text
 from pipeline.stats import SumCounts, format_summary, nest
 from pipeline.tokenization import decide_casing
@@ -211,8 +209,10 @@ def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
     prepare_output_dir(cfg.output_dir, cfg.overwrite)
     temp_dir = FileSystems.join(cfg.output_dir, f".temp-{uuid.uuid4().hex}")
     start = time.perf_counter()
-    options = beam_options(cfg.runner)
-    with worker_environment(cfg.runner), \
+    options = beam_options(cfg.runner, cfg.log_level)
+    local = cfg.runner.runner == "DirectRunner"
+    with ProgressReporter(cfg.progress_every_s if local else 0) as progress, \
+            worker_environment(cfg.runner, cfg.log_level, progress.env), \
             beam.Pipeline(runner=make_runner(cfg.runner, options), options=options) as p:
         build(p, cfg, paths, config_dict, fixed_vocab, temp_dir)
     seconds = time.perf_counter() - start

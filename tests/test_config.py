@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from pipeline.config import PipelineConfig, RunnerConfig, register_configs
-from pipeline.run import WORKER_MALLOC_ENV, beam_options, make_runner, worker_environment
+from pipeline.runner import WORKER_MALLOC_ENV, beam_options, make_runner, worker_environment
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "pipeline", "conf")
 REQUIRED = ["inputs=[a.xml]", "output_dir=/tmp/x"]

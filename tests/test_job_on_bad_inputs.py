@@ -122,7 +122,7 @@ def test_a_directory_means_the_files_in_it(sample_paragraphs, tmp_path):
     assert expand_inputs([str(tmp_path / "in")]) == sorted(map(str, files))
     small = ("tokenizer.vocab_size=500", "masking.dupe_factor=1", *IN_MEMORY)
     by_dir = run_job(tmp_path / "by_dir", f"inputs=[{tmp_path / 'in'}]", *small)
-    by_file = run_job(tmp_path / "by_file", f"inputs=[{files[0]},{files[1]}]", *small)
+    run_job(tmp_path / "by_file", f"inputs=[{files[0]},{files[1]}]", *small)
     assert by_dir.statistics["documents_read"] == {"json_lines": 40}
     assert shard_hashes(tmp_path / "by_dir") == shard_hashes(tmp_path / "by_file")
 

@@ -8,7 +8,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.cli import exit_with, user_error
 from training.config import ConfigError, register_configs, to_train_config
+
+USAGE = "python -m training data_dir=<shards> output_dir=<dir> [group=option ...] [key=value ...]"
 
 register_configs()
 
@@ -18,14 +21,19 @@ def main(cfg: DictConfig) -> None:
     from training.data import DataContractError
     from training.trainer import train
 
-    train_cfg, resolved = to_train_config(cfg), OmegaConf.to_container(cfg, resolve=True)
+    try:
+        train_cfg, resolved = to_train_config(cfg), OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # noqa: BLE001 - anything that is not a user error is re-raised
+        message = user_error(e, USAGE)
+        if message is None:
+            raise
+        exit_with(message)
     # output_dir itself in a single run, output_dir/<job number> in a multirun sweep (training/conf/train.yaml)
     train_cfg.output_dir = resolved["output_dir"] = HydraConfig.get().runtime.output_dir
     try:
         code = train(train_cfg, resolved)
     except (ConfigError, DataContractError) as e:  # what to change, without a traceback
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_with(str(e))
     if code:
         sys.exit(code)  # returning keeps a multirun sweep going with its next job
 

@@ -120,17 +120,19 @@ PRESETS: dict[str, dict] = {
 
 
 def flops_per_token(cfg: BertConfig, seq_len: int, sparse_fraction: float | None = None) -> float:
-    """Training FLOPs (forward + backward) per token, after shared/REFERENCE.md section 3.
+    """Training FLOPs (forward + backward) per token: the model FLOPs that MFU counts.
 
-    REFERENCE's formula is 72·h²·L (dense layers) + 12·s·h·L (attention scores and mixing)
-    + 6h² + 6hV for the MLM head on the tokens it runs on. The first term is 6 FLOPs per
-    weight per token over the 4h² + 2·h·I weights of a layer; it is written here in that form,
-    which equals 72·h²·L whenever I = 4h (every preset). Embeddings, pooler, NSP head, norms
-    and softmax are left out, as in the reference.
+        72·h²·L  +  12·s·h·L  +  f·(6h² + 6hV)
+        dense       attention    MLM head (transform + vocabulary projection) on a fraction f of tokens
 
-    sparse_fraction: None runs the head on every token; otherwise the fraction of tokens it runs
-    on (masked positions only), e.g. 0.15. BERT-Base at s=128 gives 667.9 MFLOP/token dense and
-    545.4 with 15% (REFERENCE's 668 and 545).
+    A weight costs 6 FLOPs per token it touches (2 forward, 4 backward). A layer has 4h² weights
+    in its attention projections and 2·h·I in its feed-forward block, which is written here in that
+    form and equals 72·h²·L whenever I = 4h (every preset); attention scores and mixing add
+    12·s·h·L (s = sequence length). Embeddings, pooler, NSP head, norms and softmax are left out.
+
+    sparse_fraction: None runs the head on every token (f = 1); otherwise the fraction of tokens it
+    runs on (masked positions only), e.g. 0.15. BERT-Base at s=128 gives 667.9 MFLOP/token dense
+    and 545.4 with 15%.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, got {seq_len}")

@@ -1,6 +1,6 @@
 """Throughput and model FLOPs utilisation (MFU).
 
-FLOPs per token come from ``training.model.flops_per_token`` (shared/REFERENCE.md section 3);
+FLOPs per token come from ``training.model.flops_per_token`` (its docstring gives the formula);
 this module adds the wall clock and the device's peak:
 
     MFU = tokens/s (all ranks) * FLOPs/token / (peak FLOP/s of one device * world size)
