@@ -82,12 +82,36 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
 
 
 def read_vocab_file(cfg) -> VocabInfo:
-    with FileSystems.open(cfg.vocab_file) as f:
-        tokens = [line.rstrip("\r\n") for line in f.read().decode("utf-8").split("\n")]
+    """tokenizer.vocab_file, checked before the job starts: it exists, is UTF-8, holds BERT's
+    special tokens; its casing decided (``decide_casing``). Raises JobError otherwise."""
+    where = f"tokenizer.vocab_file={cfg.vocab_file}"
+    if not FileSystems.exists(cfg.vocab_file):
+        raise JobError(f"{where} does not exist")
+    try:
+        with FileSystems.open(cfg.vocab_file) as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JobError(f"{where} is not UTF-8 text (byte {e.start}): a BERT vocab.txt has one piece per line") from None
+    tokens = [line.rstrip("\r") for line in text.split("\n")]
     while tokens and tokens[-1] == "":
         tokens.pop()
-    SpecialTokens.from_vocab(tokens)  # fails early with a clear message if [CLS] etc. are missing
+    try:
+        SpecialTokens.from_vocab(tokens)
+    except contract.ContractError as e:
+        raise JobError(f"{where}: {e} (a BERT vocab.txt has one piece per line, these among them)") from None
     return make_vocab_info(tokens, decide_casing(tokens, cfg.lowercase, cfg.strip_accents))
+
+
+def vocabulary_note(vocab_size: int, cfg) -> str:
+    """The summary's vocabulary line: its size and, for a trained vocabulary smaller than asked,
+    why (BPE-style training stops when no pair of pieces occurs tokenizer.min_frequency times)."""
+    if cfg.vocab_file:
+        return f"{vocab_size:,} pieces from {cfg.vocab_file}"
+    if vocab_size >= cfg.vocab_size:
+        return f"{vocab_size:,} pieces trained on the corpus"
+    return (f"{vocab_size:,} pieces trained on the corpus, fewer than tokenizer.vocab_size={cfg.vocab_size:,}: "
+            f"no further merge occurs at least tokenizer.min_frequency={cfg.min_frequency} times in this corpus "
+            "(a larger corpus fills it; a smaller min_frequency adds rarer pieces)")
 
 
 def first_rejects(written, n: int = FIRST_REJECTS) -> list[dict]:
@@ -221,7 +245,8 @@ def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
         raise_failure(cfg.output_dir, temp_dir, seconds)
     with FileSystems.open(manifest_path) as f:
         manifest = ShardManifest.from_dict(json.loads(f.read().decode("utf-8")))
-    print(format_summary(manifest.statistics, seconds, cfg.output_dir, casing=manifest.casing_reason), flush=True)
+    print(format_summary(manifest.statistics, seconds, cfg.output_dir, casing=manifest.casing_reason,
+                         vocabulary=vocabulary_note(manifest.vocab_size, cfg.tokenizer)), flush=True)
     return manifest
 
 

@@ -70,8 +70,10 @@ def nest(flat: Mapping[str, int]) -> dict:
     return out
 
 
-def format_summary(stats: Mapping, seconds: float, output_dir: str, casing: str = "", failed: bool = False) -> str:
-    """The readable end-of-job report; ``casing``: why the text was (not) lowercased / stripped."""
+def format_summary(stats: Mapping, seconds: float, output_dir: str, casing: str = "", failed: bool = False,
+                   vocabulary: str = "") -> str:
+    """The readable end-of-job report; ``casing``: why the text was (not) lowercased / stripped;
+    ``vocabulary``: its size and where it came from."""
     g = lambda *path: _get(stats, path)  # noqa: E731
     docs_read = sum(g("documents_read").values()) if isinstance(g("documents_read"), dict) else 0
     tokens = sum(v for v in (g("tokens") or {}).values())
@@ -90,6 +92,8 @@ def format_summary(stats: Mapping, seconds: float, output_dir: str, casing: str 
     ]
     rejected = g("rejected") or {}
     lines.append(f"  rejected/repaired {sum(rejected.values()):>12,}   " + (_inline(rejected) or "none"))
+    if vocabulary:
+        lines.append(f"  vocabulary        {vocabulary}")
     if casing:
         lines.append(f"  casing            {casing}")
     if seconds > 0:

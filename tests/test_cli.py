@@ -98,3 +98,31 @@ def test_a_schema_or_the_other_tools_group_is_not_a_preset(tmp_path, tool, overr
     r = cli(tool, "--cfg", "job", *required, override, cwd=tmp_path)
     assert r.returncode != 0
     assert "Could not" in r.stderr and override.split("=")[0] in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    (b"a\nb\n", "vocabulary lacks BERT's special tokens"),
+    (b"\xff\xfe[PAD]\n", "is not UTF-8 text"),
+])
+def test_a_bad_vocab_file_is_one_line_before_the_job_starts(tmp_path, content, message):
+    vocab = tmp_path / "vocab.txt"
+    if content is not None:
+        vocab.write_bytes(content)
+    r = cli("pipeline", f"output_dir={tmp_path / 'out'}", "tokenizer=vocab_file", f"tokenizer.vocab_file={vocab}",
+            cwd=tmp_path)
+    assert r.returncode == 1
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: tokenizer.vocab_file={vocab}") and message in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_summary_says_why_a_trained_vocabulary_is_smaller_than_asked():
+    from pipeline.config import TokenizerConfig
+    from pipeline.run import vocabulary_note
+
+    short = vocabulary_note(26_485, TokenizerConfig())
+    assert short.startswith("26,485 pieces trained") and "fewer than tokenizer.vocab_size=30,522" in short
+    assert "min_frequency=2" in short
+    assert vocabulary_note(30_522, TokenizerConfig()) == "30,522 pieces trained on the corpus"
+    assert vocabulary_note(30_522, TokenizerConfig(vocab_file="v.txt")) == "30,522 pieces from v.txt"
