@@ -9,7 +9,7 @@ import torch
 from training.config import ConfigError, OptimConfig
 from training.model import BertConfig, BertForPreTraining, PRESETS
 from training.optim import (Lamb, build_optimizer, lr_multiplier, make_scheduler, no_decay_parameter_names,
-                            param_groups)
+                            param_groups, restore_schedule_position)
 
 
 def tiny_bert(with_nsp_head=True) -> BertForPreTraining:
@@ -273,6 +273,32 @@ def test_schedule_resumes_from_its_state():
     sched.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * (100 - 38) / 90)
+
+
+def test_resumed_with_a_longer_run_the_schedule_is_the_fresh_runs():
+    """A run of 4 steps (max_steps 4: its last lr is 0.0) resumed with max_steps 8, the way
+    DeepSpeed loads it (optimizer state with its param-group lr, then the scheduler's state): after
+    restore_schedule_position every update runs at the rate a fresh 8-step run has at that step."""
+    cfg = OptimConfig(lr=3e-3, warmup_steps=2)
+    model = tiny_bert()
+    opt = build_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, 4)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0]  # the end of the 4-step schedule
+
+    opt2 = build_optimizer(tiny_bert(), cfg)
+    sched2 = make_scheduler(opt2, cfg, 8)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    assert restore_schedule_position(sched2, cfg, 8, 4) == [cfg.lr * lr_multiplier(4, cfg, 8)] * 2
+    fresh = lrs_over(cfg, 8, at={4, 5, 6, 7})
+    for step in (4, 5, 6, 7):  # the lr the update after `step` steps uses
+        assert [g["lr"] for g in opt2.param_groups] == [fresh[step]] * 2, step
+        assert sched2.get_last_lr() == [fresh[step]] * 2
+        opt2.step()
+        sched2.step()
 
 
 def test_warmup_longer_than_the_run_is_refused():

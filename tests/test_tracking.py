@@ -205,3 +205,73 @@ def test_offline_run_holds_metrics_and_redacted_config_and_resume_continues_the_
     assert run_ids == {run_id}
     steps = [h["_step"] for h in offline_run(records)[2] if "train/loss" in h]
     assert sorted(steps) == [1, 2, 3, 4]
+
+
+# --- the W&B login check -------------------------------------------------------------------------
+
+WANDB_AUTH_ENV = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC", "WANDB_CONFIG_DIR")
+NO_LOGIN = ("logger=wandb needs a W&B login: run `wandb login` or set WANDB_API_KEY; or use "
+            "logger=wandb_offline (sync later with `wandb sync`) or logger=disabled")
+
+
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch):
+    """A HOME without ~/.netrc or wandb settings, and no credentials in the environment."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in WANDB_AUTH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_wandb_online_without_a_login_fails_fast_with_one_message(tmp_path):
+    """Before: wandb.init failed after ~28 s (DeepSpeed engine already built) with a 36-line
+    traceback. Now the check comes first in train(): even before the shards are opened (this
+    data_dir does not exist, and that is not what the message is about)."""
+    import subprocess
+
+    from launch_helpers import REPO, single_process_command, trainer_env
+
+    env = {k: v for k, v in trainer_env().items() if k not in WANDB_AUTH_ENV}
+    env["HOME"] = str(tmp_path)
+    started = time.perf_counter()
+    result = subprocess.run(single_process_command("experiment=cpu_smoke", "logger=wandb",
+                                                   f"data_dir={tmp_path / 'no_shards'}",
+                                                   f"output_dir={tmp_path / 'out'}"),
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stderr.strip() == f"error: {NO_LOGIN}", result.stderr[-3000:]
+    assert "DeepSpeed" not in result.stdout + result.stderr
+    assert not os.path.exists(tmp_path / "out" / "checkpoints")
+    assert seconds < 60, f"took {seconds:.1f} s"
+
+
+def test_wandb_login_from_the_environment_or_netrc_passes(no_wandb_login, monkeypatch):
+    from wandb.sdk import wandb_setup
+    from urllib.parse import urlsplit
+
+    from training.config import ConfigError
+    from training.tracking import check_wandb_login, wandb_login_source
+
+    online = LoggerConfig(backend="wandb", mode="online")
+    with pytest.raises(ConfigError) as e:
+        check_wandb_login(online)
+    assert str(e.value) == NO_LOGIN
+    for cfg in (LoggerConfig(mode="offline"), LoggerConfig(mode="disabled"), LoggerConfig(backend="none")):
+        check_wandb_login(cfg)  # nothing to log in to
+
+    monkeypatch.setenv("WANDB_API_KEY", "f" * 40)  # fake: the check never goes online
+    check_wandb_login(online)
+    assert wandb_login_source() == "WANDB_API_KEY"
+    monkeypatch.setenv("WANDB_API_KEY", "short")
+    with pytest.raises(ConfigError, match="WANDB_API_KEY is set but is not a W&B API key: .*40"):
+        check_wandb_login(online)
+    monkeypatch.delenv("WANDB_API_KEY")
+
+    # What `wandb login` writes: a netrc entry for the configured host.
+    host = urlsplit(wandb_setup.singleton().settings.base_url).netloc
+    netrc = no_wandb_login / ".netrc"
+    netrc.write_text(f"machine {host}\n  login user\n  password {'a' * 40}\n")
+    netrc.chmod(0o600)
+    check_wandb_login(online)
+    assert wandb_login_source() == "netrc"

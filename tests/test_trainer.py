@@ -201,6 +201,15 @@ def test_manifest_mismatch_fails_before_training(trainer_shards, tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "steps.jsonl"))
 
 
+def test_data_dir_that_does_not_exist_says_so(tmp_path):
+    """Before: "no manifest.json in ...: not a finished pipeline output", as if the job had not finished."""
+    missing = tmp_path / "no_such_shards"
+    result = run(single_process_command(*overrides(missing, tmp_path / "out")))
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"data_dir={missing} as training data: {missing} does not exist" in result.stderr, result.stderr[-3000:]
+    assert "manifest" not in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU accelerator's answer; GPUs run fp16")
 def test_fp16_on_cpu_fails_with_a_clear_message(trainer_shards, tmp_path):
     result = run(single_process_command(*overrides(trainer_shards, tmp_path, "deepspeed.precision=fp16")))

@@ -114,10 +114,33 @@ def test_sequence_length_against_the_data_config(loader_static_job):
 
 def test_split_names(loader_static_job):
     out = str(loader_static_job[0])
-    with pytest.raises(DataContractError, match="no rows in split 'dev'.*set data.train_split"):
+    with pytest.raises(DataContractError, match="no split 'dev'.*set data.train_split"):
         open_pretraining_data(out, dataclasses.replace(IN_PROCESS, train_split="dev"), SEED, NSP_MODEL)
     with pytest.raises(DataContractError, match="no split 'heldout'.*set data.eval_split"):
         open_pretraining_data(out, dataclasses.replace(IN_PROCESS, eval_split="heldout"), SEED, NSP_MODEL)
+
+
+def test_empty_train_split_says_it_is_empty_and_what_to_do(loader_static_job, tmp_path):
+    """A train split listed with 0 rows, as a job wrote it before the job itself refused that:
+    the real output with its train shards' row counts set to 0 (the check comes before any read)."""
+    d = mirror(str(loader_static_job[0]), tmp_path / "d")
+    manifest = json.load(open(os.path.join(d, contract.MANIFEST_FILE)))
+    for shard in manifest["shards"]:
+        if shard["split"] == "train":
+            shard.update(rows=0, tokens=0)
+    json.dump(manifest, open(os.path.join(d, contract.MANIFEST_FILE), "w"))
+    with pytest.raises(DataContractError, match=r"split 'train' of .* is empty \(0 examples\).*rejects.*"
+                                                r"rerun the data job") as e:
+        open_pretraining_data(d, IN_PROCESS, SEED, NSP_MODEL)
+    assert "its splits" not in str(e.value)
+
+
+def test_data_dir_that_does_not_exist(tmp_path):
+    with pytest.raises(DataContractError, match=f"{tmp_path / 'nowhere'} does not exist"):
+        open_pretraining_data(str(tmp_path / "nowhere"), IN_PROCESS, SEED, NSP_MODEL)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataContractError, match="is not a directory"):
+        open_pretraining_data(str(tmp_path / "file"), IN_PROCESS, SEED, NSP_MODEL)
 
 
 def test_objective_against_the_heads(loader_static_job, loader_dynamic_job):

@@ -6,13 +6,22 @@ Layout under ``output_dir/checkpoints``::
         mp_rank_00_model_states.pt   model weights + client state (written by rank 0)
         *_optim_states.pt            ZeRO partitions of the optimizer (one per rank)
         rng_state_rank00000.pt       this module: per-rank RNG states (one per rank)
+        run_config.json              this module: the run's config (redacted), architecture and
+                                     shard identity (rank 0, just before the marker)
         complete                     this module: written last, by rank 0, after a barrier
 
 DeepSpeed keeps model, optimizer and scheduler state. The client state (one ``bert_trainer``
 entry in DeepSpeed's model-states file, read back by every rank) holds the run's position: step,
-samples consumed, the loader's ``state_dict``, the tracker's run id and a hash of the config. RNG states differ per rank
+samples consumed, the loader's ``state_dict``, the tracker's run id and a hash of the config (kept for
+older readers; run_config.json is what a resume compares). RNG states differ per rank
 (dropout draws), so each rank writes its own small file next to DeepSpeed's, as plain tensors,
 ints, floats and strings: it loads back with ``torch.load(..., weights_only=True)``.
+
+Before anything is built, a resuming run compares itself with the newest complete tag's
+``run_config.json`` (``check_resumable``): keys outside ``training.config.RESUMABLE_KEYS``, the
+shards' identity and the model's architecture must match, so that a rerun into a used output_dir
+(another learning rate, another model size) stops with one message instead of silently
+continuing the old run. Tags written before that file existed resume with a warning.
 
 Only a tag with the ``complete`` marker is resumed, so a run killed mid-save falls back to the
 previous checkpoint; ``checkpoints/latest`` (DeepSpeed's pointer file) is written with the marker,
@@ -21,6 +30,7 @@ so it too names only complete tags. The newest ``keep_last_k`` complete tags are
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,8 +42,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from training.config import ARCHITECTURE_FIELDS, ConfigError, config_differences
+from training.tracking import redact
+
 CHECKPOINTS_SUBDIR = "checkpoints"
 COMPLETE_MARKER = "complete"
+RUN_CONFIG_FILE = "run_config.json"
+RUN_RECORD_VERSION = 1
 LATEST_FILE = "latest"
 CLIENT_STATE_VERSION = 1
 _TAG = re.compile(r"^step(\d{8,})$")
@@ -50,9 +65,93 @@ def step_of(tag: str) -> Optional[int]:
 
 
 def config_hash(resolved_config: dict) -> str:
-    """sha256 of the resolved config (sorted JSON); a resumed run warns when it differs."""
+    """sha256 of the resolved config (sorted JSON), kept in the client state; superseded by
+    run_config.json, which names what differs."""
     text = json.dumps(resolved_config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- the run's config beside each checkpoint ---------------------------------------------------
+
+def data_identity(manifest) -> dict:
+    """What identifies a shard directory's content, whatever its path: a fingerprint (sha256) over
+    the vocabulary hash, special ids, objective, length, masking and every shard's split, file,
+    rows and sha256 from ``manifest`` (a ``pipeline.contract.ShardManifest``), plus a few of
+    those for messages."""
+    shards = sorted([s.split, s.file, s.rows, s.sha256] for s in manifest.shards)
+    content = {"vocab_sha256": manifest.vocab_sha256, "special_tokens": manifest.special_tokens,
+               "objective": manifest.objective, "max_seq_length": manifest.max_seq_length,
+               "masking": dataclasses.asdict(manifest.masking), "shards": shards}
+    fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return {"fingerprint": fingerprint, "vocab_sha256": manifest.vocab_sha256, "shards": len(shards),
+            "rows": sum(s.rows for s in manifest.shards)}
+
+
+def run_record(resolved_config: dict, bert_cfg, data: dict) -> dict:
+    """What ``run_config.json`` holds: the resolved config with its secrets redacted (as W&B gets
+    it), the model's architecture (``ARCHITECTURE_FIELDS`` of ``bert_cfg``, a
+    ``training.model.BertConfig``) and ``data_identity`` of the shards."""
+    return {"version": RUN_RECORD_VERSION, "config": redact(resolved_config),
+            "architecture": {name: getattr(bert_cfg, name) for name in ARCHITECTURE_FIELDS}, "data": data}
+
+
+def write_run_record(checkpoint_dir: str, tag: str, record: dict) -> None:
+    path = os.path.join(checkpoint_dir, tag, RUN_CONFIG_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True, default=str)
+    os.replace(path + ".tmp", path)
+
+
+def read_run_record(checkpoint_dir: str, tag: str) -> Optional[dict]:
+    """The tag's ``run_config.json``; None for a tag written before there was one."""
+    path = os.path.join(checkpoint_dir, tag, RUN_CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _value(v: Any) -> str:
+    return json.dumps(v, default=str)
+
+
+def check_resumable(saved: dict, current: dict, where: str, force: bool) -> list[str]:
+    """Whether the run described by ``current`` (a ``run_record``) may resume the checkpoint
+    whose record is ``saved``; ``where`` names the checkpoint in messages.
+
+    Raises ConfigError, naming every differing key with its old and new value and the ways out,
+    when the architecture differs (always) or anything outside RESUMABLE_KEYS and the shards'
+    identity differs (unless ``force``). Returns the differences that ``force`` let through, as
+    lines for a warning (empty when the configs match).
+    """
+    if saved.get("version") != RUN_RECORD_VERSION:
+        raise ConfigError(f"{where}/{RUN_CONFIG_FILE} has version {saved.get('version')!r}, this trainer "
+                          f"reads {RUN_RECORD_VERSION}: resume with the trainer that wrote it, or use another output_dir")
+    lines = [f"{key}: {_value(old)} -> {_value(new)}"
+             for key, old, new in config_differences(saved["config"], current["config"])]
+    old_data, new_data = saved["data"], current["data"]
+    if old_data["fingerprint"] != new_data["fingerprint"]:
+        old_dir, new_dir = saved["config"].get("data_dir"), current["config"].get("data_dir")
+        moved = f"{_value(old_dir)} -> {_value(new_dir)}" if old_dir != new_dir else f"{_value(new_dir)} (same path)"
+        lines.append(f"data_dir: {moved}: other shards (vocabulary sha256 {old_data['vocab_sha256'][:12]} -> "
+                     f"{new_data['vocab_sha256'][:12]}, {old_data['shards']} -> {new_data['shards']} shards, "
+                     f"{old_data['rows']} -> {new_data['rows']} rows, fingerprint {old_data['fingerprint'][:12]} -> "
+                     f"{new_data['fingerprint'][:12]})")
+    architecture = [f"{name} {_value(saved['architecture'].get(name))} -> {_value(value)}"
+                    for name, value in current["architecture"].items() if saved["architecture"].get(name) != value]
+    if architecture:
+        raise ConfigError(
+            f"output_dir holds checkpoint {where} of a run whose config differs from this one:\n  "
+            + "\n  ".join(lines) + f"\nThe model architecture differs ({', '.join(architecture)}): the "
+            "checkpoint's weights do not fit this model, so it can not be resumed, not even with "
+            "trainer.force_resume=true. Use another output_dir for this run.")
+    if lines and not force:
+        raise ConfigError(
+            f"output_dir holds checkpoint {where} of a run whose config differs from this one:\n  "
+            + "\n  ".join(lines) + "\nResuming would continue that run, not start this one. Either use another "
+            "output_dir for a new run, or set trainer.force_resume=true to resume that run with the new values "
+            "(keys that may change on a resume without it: training.config.RESUMABLE_KEYS).")
+    return lines
 
 
 # --- discovery and retention -------------------------------------------------------------------
@@ -192,9 +291,11 @@ def local_weights_finite(engine) -> bool:
     return True
 
 
-def save(engine, checkpoint_dir: str, step: int, state: dict, rank: int, keep_last_k: int) -> str:
+def save(engine, checkpoint_dir: str, step: int, state: dict, rank: int, keep_last_k: int,
+         record: dict) -> str:
     """Collective: every rank calls it. DeepSpeed checkpoint + this rank's RNG file, then (rank 0,
-    after a barrier) the ``complete`` marker and pruning. Returns the tag."""
+    after a barrier) ``record`` (a ``run_record``) as run_config.json, the ``complete`` marker and
+    pruning. Returns the tag."""
     import torch.distributed as dist
 
     tag = tag_for(step)
@@ -202,6 +303,7 @@ def save(engine, checkpoint_dir: str, step: int, state: dict, rank: int, keep_la
     save_rng_state(checkpoint_dir, tag, rank)
     dist.barrier()
     if rank == 0:
+        write_run_record(checkpoint_dir, tag, record)
         mark_complete(checkpoint_dir, tag, {"step": step, "world_size": dist.get_world_size(),
                                             "samples_consumed": state[CLIENT_STATE_KEY]["samples_consumed"]})
         prune(checkpoint_dir, keep_last_k)

@@ -285,6 +285,9 @@ class TrainerConfig:
     """Checkpoints kept; older ones are deleted once a newer one is complete."""
     resume: bool = True
     """Resume from the latest complete checkpoint in output_dir if there is one."""
+    force_resume: bool = False
+    """Resume even when the config differs from the checkpoint's in keys outside RESUMABLE_KEYS
+    (the model's architecture still has to match)."""
     max_nonfinite_in_a_row: int = 10
     """Stop the run after this many consecutive non-finite losses (each one skips its update)."""
     init_from: Optional[str] = MISSING
@@ -324,6 +327,67 @@ class TrainerConfig:
         if self.dist_backend is not None and self.dist_backend not in DIST_BACKENDS:
             raise ConfigError(f"trainer.dist_backend must be one of {DIST_BACKENDS} or null, "
                               f"got {self.dist_backend!r}")
+
+
+RESUMABLE_KEYS: dict[str, str] = {
+    "output_dir": "where the run lives: a moved output_dir holds the same run",
+    "data_dir": "compared by the shards' identity (vocabulary and shard sha256s, masking), not by path",
+    "trainer.max_steps": "the run's length; the schedule is recomputed for it (optim.restore_schedule_position)",
+    "trainer.log_every": "when metrics are reported, not what is trained",
+    "trainer.eval_every": "evaluation reads the eval split under fork_rng: it never moves training",
+    "trainer.eval_steps": "as eval_every: how much of the eval split is read",
+    "trainer.checkpoint_every": "when the state is saved; a resume restores it exactly",
+    "trainer.keep_last_k": "how many saved checkpoints are kept on disk",
+    "trainer.resume": "whether to resume at all",
+    "trainer.force_resume": "the override of this very check",
+    "trainer.max_nonfinite_in_a_row": "when a diverging run gives up; every step taken is the same",
+    "trainer.record_example_ids": "what steps.jsonl records",
+    "trainer.export_hf": "whether the final weights are also exported",
+    "trainer.peak_tflops": "only the MFU figure",
+    "trainer.dist_timeout_minutes": "how long a collective may wait",
+    "data.num_workers": "how batches are loaded, not which (the order is index arithmetic, tested equal)",
+    "data.prefetch_factor": "as num_workers",
+    "data.pin_memory": "as num_workers",
+    "data.eval_micro_batch_size": "evaluation batching; its means are weighted by counts",
+    "logger": "tracking only (every logger.* key); a resume continues the checkpoint's W&B run",
+}
+"""Config keys (dotted; a group name covers all its keys) that may differ between a checkpoint's
+run and the run resuming it, each with why that is safe: none changes what the resumed steps
+compute. Any other difference stops the resume (``training.checkpoint.check_resumable``) unless
+``trainer.force_resume=true``."""
+
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                       "intermediate_size", "max_position_embeddings", "type_vocab_size", "with_nsp_head")
+"""Fields of ``training.model.BertConfig`` that make the model's architecture: a checkpoint whose
+architecture differs in one of them can not be resumed at all, not even with trainer.force_resume."""
+
+
+def is_resumable_key(key: str) -> bool:
+    """Whether a dotted config key is in RESUMABLE_KEYS or in a group listed there."""
+    return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+
+
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """A nested config dict as {dotted key: value}; lists are values."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+ABSENT = "<absent>"
+"""The value shown for a key that one of two compared configs does not have."""
+
+
+def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+    """(key, saved value, current value) for every dotted key outside RESUMABLE_KEYS whose
+    values differ between two resolved configs (nested dicts), sorted by key."""
+    old, new = flat_config(saved), flat_config(current)
+    return [(key, old.get(key, ABSENT), new.get(key, ABSENT)) for key in sorted(old.keys() | new.keys())
+            if not is_resumable_key(key) and old.get(key, ABSENT) != new.get(key, ABSENT)]
 
 
 @dataclass

@@ -545,9 +545,15 @@ def open_pretraining_data(data_dir: str, cfg: DataConfig, seed: int, expect: Run
         expect = dataclasses.replace(expect, max_seq_length=cfg.max_seq_length)
     vocab = validate_manifest(manifest, data_dir, expect)
     splits = sorted({s.split for s in manifest.shards})
-    if not sum(s.rows for s in manifest.shards_of(cfg.train_split)):
-        raise DataContractError(f"{data_dir} has no rows in split {cfg.train_split!r} (its splits: {splits}): "
+    if cfg.train_split not in splits:
+        raise DataContractError(f"{data_dir} has no split {cfg.train_split!r} (its splits: {splits}): "
                                 f"set data.train_split to one of them")
+    if not sum(s.rows for s in manifest.shards_of(cfg.train_split)):
+        raise DataContractError(
+            f"the split {cfg.train_split!r} of {data_dir} is empty (0 examples): the data job wrote no training "
+            f"examples. Check its summary and {data_dir}/rejects/*.jsonl for what it dropped (inputs that "
+            f"matched nothing useful, documents under cleaning.min_document_chars, an eval_fraction that held "
+            f"out every document), then rerun the data job (python -m pipeline ...) on enough input")
     if cfg.eval_split not in splits and cfg.eval_split not in contract.SPLITS:
         raise DataContractError(f"{data_dir} has no split {cfg.eval_split!r} (its splits: {splits}): "
                                 f"set data.eval_split to one of them")

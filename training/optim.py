@@ -5,6 +5,7 @@
 - ``Lamb``: layer-wise adaptive moments (You et al. 2019, "Large Batch Optimization for Deep
   Learning: Training BERT in 76 minutes"), written from the paper.
 - ``make_scheduler``: linear warmup, then linear or polynomial decay, as a torch ``LambdaLR``.
+- ``restore_schedule_position``: after a resume, the rates of a fresh run with this run's settings.
 
 The optimizer and scheduler are plain torch objects handed to ``deepspeed.initialize`` (see
 ``training.deepspeed_config`` for why DeepSpeed's own optimizer section is not used).
@@ -197,3 +198,24 @@ def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig,
     if optim.resolved_warmup_steps(max_steps) > max_steps:
         raise ConfigError(f"warmup of {optim.resolved_warmup_steps(max_steps)} steps exceeds max_steps {max_steps}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, optim, max_steps))
+
+
+def restore_schedule_position(scheduler: torch.optim.lr_scheduler.LambdaLR, optim: OptimConfig,
+                              max_steps: int, step: int) -> list[float]:
+    """Put the schedule (and every param group's lr) where a fresh run with *these* settings is
+    after ``step`` optimizer steps; call it right after loading a checkpoint. Returns the rates.
+
+    Loading restores the saved run's state: the param groups' lr (e.g. 0.0, the end of a
+    schedule that ended at the old max_steps), the scheduler's last_epoch and base_lrs. LambdaLR
+    only writes a new lr at its next ``step()``, i.e. after the first resumed update, so without
+    this that update would run at the old run's rate. ``scheduler`` is ``make_scheduler``'s (its
+    lambda already follows this run's max_steps)."""
+    groups = scheduler.optimizer.param_groups
+    rates = [optim.lr * lr_multiplier(step, optim, max_steps) for _ in groups]
+    for group, rate in zip(groups, rates):
+        group["initial_lr"] = optim.lr
+        group["lr"] = rate
+    scheduler.base_lrs = [optim.lr] * len(groups)
+    scheduler.last_epoch = step
+    scheduler._last_lr = list(rates)  # what get_last_lr() reports; torch has no public setter
+    return rates

@@ -4,8 +4,10 @@ The trainer talks to a ``Tracker`` only. ``make_tracker`` gives rank 0 a ``Wandb
 logger config asks for W&B (online or offline) and every other rank, or ``logger.backend=none``,
 or ``logger.mode=disabled``, a ``NullTracker``; wandb is imported only inside ``WandbTracker``.
 
-The API key is never read or written here: W&B finds it itself (WANDB_API_KEY or ~/.netrc), and
-the run's config passes through ``redact`` before it is logged.
+The API key is never stored or logged here: W&B finds it itself (WANDB_API_KEY or ~/.netrc),
+``check_wandb_login`` only asks wandb's own lookup whether there is one (before anything
+expensive, so a missing login fails in seconds), and the run's config passes through ``redact``
+before it is logged.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import re
 from typing import Any, Mapping, Optional
 
-from training.config import LoggerConfig
+from training.config import ConfigError, LoggerConfig
 
 REDACTED = "<redacted>"
 """What a secret's value becomes in a logged config."""
@@ -44,6 +46,50 @@ def redact(config: Any) -> Any:
     if isinstance(config, (list, tuple)):
         return [redact(v) for v in config]
     return config
+
+
+WANDB_LOGIN_MISSING = ("logger=wandb needs a W&B login: run `wandb login` or set WANDB_API_KEY; or use "
+                       "logger=wandb_offline (sync later with `wandb sync`) or logger=disabled")
+
+
+def wandb_login_source() -> Optional[str]:
+    """Where wandb would take its credentials from (an environment variable's name, the netrc
+    file, or "settings"), or None when it has none. The order of wandb 0.31's own lookup
+    (``wandb.sdk.lib.wbauth.authenticate._use_system_auth``): WANDB_API_KEY or
+    WANDB_IDENTITY_TOKEN_FILE, then the netrc entry for the configured host
+    (``wbauth.read_netrc_auth``, which honours NETRC and the host's upstream name), then an
+    api_key in wandb's settings. Nothing is sent anywhere.
+
+    Raises ConfigError when a key is there but malformed (wandb would refuse it too)."""
+    from wandb import env
+    from wandb.errors import AuthenticationError
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    key = os.environ.get(env.API_KEY)
+    if key:
+        problem = wbauth.check_api_key(key)
+        if problem:
+            raise ConfigError(f"{env.API_KEY} is set but is not a W&B API key: {problem} {WANDB_LOGIN_MISSING}")
+        return env.API_KEY
+    if os.environ.get(env.IDENTITY_TOKEN_FILE):
+        return env.IDENTITY_TOKEN_FILE
+    settings = wandb_setup.singleton().settings
+    try:
+        if wbauth.read_netrc_auth(host=settings.base_url):
+            return "netrc"
+    except AuthenticationError as e:
+        raise ConfigError(f"the netrc entry for {settings.base_url} is not a W&B API key ({e}): "
+                          f"{WANDB_LOGIN_MISSING}") from None
+    return "settings" if settings.api_key else None
+
+
+def check_wandb_login(cfg: LoggerConfig) -> None:
+    """ConfigError (``WANDB_LOGIN_MISSING``) when the logger is W&B online and wandb has no
+    credentials, instead of failing inside ``wandb.init``. Cheap (no network, no DeepSpeed):
+    call it first, on every rank."""
+    if cfg.backend == "wandb" and cfg.mode == "online" and wandb_login_source() is None:
+        raise ConfigError(WANDB_LOGIN_MISSING)
 
 
 class Tracker:

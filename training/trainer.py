@@ -2,9 +2,11 @@
 
     train(cfg, resolved_config)   # every rank; returns the process exit code
 
-Build order: shards' manifest -> ``BertConfig`` (vocabulary, sentence head) -> manifest check
-(``DataContractError`` before any process group exists) -> process group -> model, optimizer,
-schedule -> ``deepspeed.initialize`` -> resume from the newest complete checkpoint, if any.
+Build order: W&B login check -> shards' manifest -> ``BertConfig`` (vocabulary, sentence head)
+-> manifest check (``DataContractError`` before any process group exists) -> resume check (the
+newest complete checkpoint's run_config.json against this run: ``ConfigError`` naming what
+differs) -> process group -> model, optimizer, schedule -> ``deepspeed.initialize`` -> resume
+from that checkpoint, the schedule set to this run's (``optim.restore_schedule_position``).
 
 A *step* is one optimizer step: ``accumulation`` micro batches per rank (``engine.backward`` and
 ``engine.step`` on each; DeepSpeed steps the optimizer on the last one of the window).
@@ -54,8 +56,9 @@ from training.config import ConfigError, TrainConfig
 from training.data import IGNORE_INDEX, DataContractError, PretrainingData, RunExpectations, model_inputs
 from training.distributed import DistributedContext, init_distributed
 from training.model import BertConfig, BertForPreTraining, flops_per_token
+from training.optim import restore_schedule_position
 from training.throughput import mfu, resolve_peak_tflops
-from training.tracking import format_progress, make_tracker
+from training.tracking import check_wandb_login, format_progress, make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +82,41 @@ def open_data(cfg: TrainConfig) -> tuple[BertConfig, PretrainingData]:
     try:
         manifest = contract.read_manifest(cfg.data_dir)
     except ContractError as e:
-        raise DataContractError(f"cannot use data_dir={cfg.data_dir} as training data: {e}") from e
+        raise DataContractError(f"cannot use data_dir={cfg.data_dir} as training data: {e} (data_dir is the "
+                                f"data job's output_dir: python -m pipeline output_dir=...)") from e
     bert_cfg = BertConfig(**cfg.model.bert_config_kwargs(manifest.vocab_size, manifest.objective,
                                                           manifest.special_tokens["pad"]))
     expect = RunExpectations.of_model(bert_cfg, max_seq_length=cfg.data.max_seq_length)
     return bert_cfg, open_pretraining_data(cfg.data_dir, cfg.data, cfg.seed, expect)
+
+
+def checkpoint_to_resume(cfg: TrainConfig, record: dict) -> Optional[str]:
+    """The newest complete checkpoint tag in output_dir, once this run may resume it; None: a
+    fresh run. Reads only small files, so a mismatch fails before anything is built.
+
+    record: this run's ``checkpoint.run_record``. Raises ConfigError when there is a checkpoint
+    but trainer.resume=false, or when ``checkpoint.check_resumable`` refuses it."""
+    checkpoint_dir = os.path.join(cfg.output_dir, ckpt.CHECKPOINTS_SUBDIR)
+    tag = ckpt.latest_complete(checkpoint_dir)
+    if tag is None:
+        return None
+    where = os.path.join(checkpoint_dir, tag)
+    if not cfg.trainer.resume:
+        raise ConfigError(f"{checkpoint_dir} holds checkpoints (newest {tag}) but trainer.resume=false: a fresh "
+                          "run there would mix its checkpoints and steps.jsonl with the old run's; use another "
+                          "output_dir, or delete the old one")
+    saved = ckpt.read_run_record(checkpoint_dir, tag)
+    main = os.environ.get("RANK", "0") == "0"  # before the process group: the launcher's rank
+    if saved is None:
+        if main:
+            log.warning("checkpoint %s has no %s (written before configs were kept with checkpoints): the config "
+                        "could not be compared with this run's; resuming it as it is", where, ckpt.RUN_CONFIG_FILE)
+        return tag
+    forced = ckpt.check_resumable(saved, record, where, cfg.trainer.force_resume)
+    if forced and main:
+        log.warning("trainer.force_resume=true: resuming %s although the config differs:\n  %s", where,
+                    "\n  ".join(forced))
+    return tag
 
 
 def build_model(bert_cfg: BertConfig, cfg: TrainConfig, resuming: bool) -> BertForPreTraining:
@@ -264,6 +297,10 @@ class Trainer:
     data: PretrainingData
     engine: object
     accumulation: int
+    record: dict
+    """``checkpoint.run_record`` of this run, saved beside every checkpoint."""
+    resume_tag: Optional[str] = None
+    """The checkpoint to resume (``checkpoint_to_resume``), or None."""
     state: RunState = field(default_factory=RunState)
 
     def __post_init__(self):
@@ -283,12 +320,8 @@ class Trainer:
     # -- resume and save --
 
     def resume(self) -> Optional[str]:
-        """Load the newest complete checkpoint, if any; returns the tracker's run id."""
-        tag = ckpt.latest_complete(self.checkpoint_dir)
-        if tag is not None and not self.cfg.trainer.resume:
-            raise RuntimeError(f"{self.checkpoint_dir} holds checkpoints (newest {tag}) but trainer.resume=false: "
-                               "a fresh run there would mix its checkpoints and steps.jsonl with the old run's; "
-                               "use another output_dir, or delete the old one")
+        """Load the checkpoint chosen by ``checkpoint_to_resume``, if any; returns the tracker's run id."""
+        tag = self.resume_tag
         if tag is None:
             if self.is_main:
                 self._truncate_steps_file(0)  # lines of a run killed before its first checkpoint
@@ -297,8 +330,9 @@ class Trainer:
         self.loader.load_state_dict(client["loader"])
         self.state.step = self.state.last_saved_step = client["step"]
         self.state.samples_consumed = client["samples_consumed"]
-        if client["config_hash"] != self.cfg_hash and self.is_main:
-            log.warning("the config differs from the one checkpoint %s was saved with", tag)
+        # DeepSpeed restored the saved run's lr (0.0 where its schedule ended): set this run's.
+        restore_schedule_position(self.engine.lr_scheduler, self.cfg.optim, self.cfg.trainer.max_steps,
+                                  self.state.step)
         if self.is_main:
             print(f"resumed from {os.path.join(self.checkpoint_dir, tag)} at step {self.state.step}", flush=True)
             self._truncate_steps_file(self.state.step)
@@ -312,7 +346,7 @@ class Trainer:
         client = ckpt.client_state(self.state.step, self.state.samples_consumed, self.loader.state_dict(),
                                    self.tracker.run_id if self.tracker else None, self.cfg_hash)
         tag = ckpt.save(self.engine, self.checkpoint_dir, self.state.step, client, self.ctx.rank,
-                        self.cfg.trainer.keep_last_k)
+                        self.cfg.trainer.keep_last_k, self.record)
         self.state.last_saved_step = self.state.step
         if self.is_main:
             print(f"saved checkpoint {os.path.join(self.checkpoint_dir, tag)}", flush=True)
@@ -550,20 +584,22 @@ class Trainer:
 def train(cfg: TrainConfig, resolved: dict) -> int:
     """Run (or resume) the training described by ``cfg`` on this rank; returns the exit code.
 
-    resolved: the resolved Hydra config as a plain dict (tracked with the run, hashed into checkpoints).
+    resolved: the resolved Hydra config as a plain dict (tracked with the run, hashed into
+    checkpoints, and kept redacted beside each one to be compared on a resume).
     """
+    check_wandb_login(cfg.logger)  # seconds, not a traceback after the engine is built
     # DeepSpeed calls torch.distributed's deprecated *_tensor collectives every step.
     warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use", category=FutureWarning)
     bert_cfg, data = open_data(cfg)  # fails on a mismatch before any process group or model
+    record = ckpt.run_record(resolved, bert_cfg, ckpt.data_identity(data.manifest))
+    resume_tag = checkpoint_to_resume(cfg, record)  # fails on another run's checkpoint, as early
     check_precision_supported(cfg.deepspeed.precision)
     ctx = init_distributed(cfg.trainer.dist_backend, cfg.trainer.dist_timeout_minutes)  # once per process
     os.makedirs(cfg.output_dir, exist_ok=True)
-    resuming = cfg.trainer.resume and ckpt.latest_complete(
-        os.path.join(cfg.output_dir, ckpt.CHECKPOINTS_SUBDIR)) is not None
-    model = build_model(bert_cfg, cfg, resuming)
+    model = build_model(bert_cfg, cfg, resuming=resume_tag is not None)
     seed_rank(cfg.seed, ctx.rank)
     engine, accumulation = build_engine(model, cfg, ctx.world_size)
-    trainer = Trainer(cfg, resolved, ctx, bert_cfg, data, engine, accumulation)
+    trainer = Trainer(cfg, resolved, ctx, bert_cfg, data, engine, accumulation, record, resume_tag)
     code = trainer.fit()
     dist.barrier()  # leave together: no rank tears the group down while rank 0 still exports
     return code
