@@ -306,6 +306,27 @@ def test_phase2_starts_from_phase1_export_on_other_shards(trainer_shards, tmp_pa
                            before["bert.encoder.layer.0.output.dense.weight"])
 
 
+def test_init_from_that_is_missing_or_of_another_model_is_one_message(trainer_shards, tmp_path):
+    from safetensors.torch import save_file
+
+    from training.export import hf_weights
+    from training.model import BertConfig, BertForPreTraining
+
+    missing = tmp_path / "no_such_export"
+    result = run(single_process_command(*overrides(trainer_shards, tmp_path / "a", f"trainer.init_from={missing}")))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"error: trainer.init_from={missing} does not exist" in result.stderr
+    # Weights of a wider model (hidden 64, not tiny's 128) on the same vocabulary.
+    other = BertConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
+                       intermediate_size=256, pad_token_id=0, with_nsp_head=True)
+    weights = tmp_path / "other.safetensors"
+    save_file(hf_weights(BertForPreTraining(other).state_dict(), other), str(weights))
+    result = run(single_process_command(*overrides(trainer_shards, tmp_path / "b", f"trainer.init_from={weights}")))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"error: trainer.init_from={weights} does not fit this model" in result.stderr
+    assert "size mismatch" not in result.stderr
+
+
 def test_unpadded_encoder_trains(trainer_shards, tmp_path):
     """trainer.unpad=true (dense layers on real tokens only) through the real trainer: loss falls."""
     result = run(single_process_command(*overrides(trainer_shards, tmp_path, "trainer.unpad=true",

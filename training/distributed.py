@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from training.config import ConfigError
+
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -67,13 +69,13 @@ def init_distributed(backend: Optional[str] = None, timeout_minutes: int = 30) -
     single_process_environment()
     missing = [name for name in LAUNCHER_VARIABLES if name not in os.environ]
     if missing:
-        raise RuntimeError(f"launcher environment incomplete, missing {missing}: start with torchrun, the deepspeed "
+        raise ConfigError(f"launcher environment incomplete, missing {missing}: start with torchrun, the deepspeed "
                            "launcher, or no launcher at all (then none of RANK/WORLD_SIZE/LOCAL_RANK may be set)")
     backend = backend or default_backend()
     local_rank = int(os.environ["LOCAL_RANK"])
     if backend == "nccl":
         if not torch.cuda.is_available():
-            raise RuntimeError("trainer.dist_backend=nccl needs CUDA; use gloo (or null) on CPU")
+            raise ConfigError("trainer.dist_backend=nccl needs CUDA; use gloo (or null) on CPU")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

@@ -119,6 +119,17 @@ def checkpoint_to_resume(cfg: TrainConfig, record: dict) -> Optional[str]:
     return tag
 
 
+def init_weights_path(init_from: str) -> str:
+    """The model.safetensors that ``trainer.init_from`` names (the file, or a directory holding one,
+    e.g. phase 1's output_dir/hf); ConfigError when there is none, checked before anything is built."""
+    path = os.path.join(init_from, "model.safetensors") if os.path.isdir(init_from) else init_from
+    if not os.path.exists(init_from):
+        raise ConfigError(f"trainer.init_from={init_from} does not exist")
+    if not os.path.isfile(path):
+        raise ConfigError(f"trainer.init_from={init_from} holds no model.safetensors (give phase 1's output_dir/hf)")
+    return path
+
+
 def build_model(bert_cfg: BertConfig, cfg: TrainConfig, resuming: bool) -> BertForPreTraining:
     """Same initial weights on every rank (seeded by cfg.seed), or ``trainer.init_from``'s."""
     torch.manual_seed(cfg.seed)
@@ -126,12 +137,18 @@ def build_model(bert_cfg: BertConfig, cfg: TrainConfig, resuming: bool) -> BertF
     if cfg.trainer.init_from and not resuming:
         from safetensors.torch import load_file
 
-        path = cfg.trainer.init_from
-        if os.path.isdir(path):
-            path = os.path.join(path, "model.safetensors")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"trainer.init_from={cfg.trainer.init_from}: no model.safetensors there")
-        model.load_state_dict(load_file(path), strict=True)
+        weights = load_file(init_weights_path(cfg.trainer.init_from))
+        expected = model.state_dict()
+        wrong = [f"{k} {tuple(v.shape)}, this model {tuple(expected[k].shape)}"
+                 for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
+        loaded = None if wrong else model.load_state_dict(weights, strict=False)
+        if wrong or loaded.missing_keys or loaded.unexpected_keys:
+            missing, unexpected = (loaded.missing_keys, loaded.unexpected_keys) if loaded else ([], [])
+            raise ConfigError(
+                f"trainer.init_from={cfg.trainer.init_from} does not fit this model ({bert_cfg.num_hidden_layers} "
+                f"layers of {bert_cfg.hidden_size}, vocabulary {bert_cfg.vocab_size:,}): "
+                f"{len(wrong)} tensors of another shape {wrong[:2]}, {len(missing)} missing {missing[:2]}, "
+                f"{len(unexpected)} unexpected {unexpected[:2]}; use the model preset and shards it was trained with")
         model.tie_weights()
     return model
 
@@ -593,6 +610,8 @@ def train(cfg: TrainConfig, resolved: dict) -> int:
     bert_cfg, data = open_data(cfg)  # fails on a mismatch before any process group or model
     record = ckpt.run_record(resolved, bert_cfg, ckpt.data_identity(data.manifest))
     resume_tag = checkpoint_to_resume(cfg, record)  # fails on another run's checkpoint, as early
+    if cfg.trainer.init_from and resume_tag is None:
+        init_weights_path(cfg.trainer.init_from)
     check_precision_supported(cfg.deepspeed.precision)
     ctx = init_distributed(cfg.trainer.dist_backend, cfg.trainer.dist_timeout_minutes)  # once per process
     os.makedirs(cfg.output_dir, exist_ok=True)
