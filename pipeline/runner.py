@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sys
+from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -35,8 +36,11 @@ def _local_processes(cfg: RunnerConfig) -> bool:
     return cfg.runner == "DirectRunner" and cfg.direct_running_mode == "multi_processing"
 
 
-def beam_options(cfg: RunnerConfig, log_level: str = "WARNING") -> PipelineOptions:
-    """The pipeline options of ``cfg``; every runner's SDK workers log at ``log_level``."""
+def beam_options(cfg: RunnerConfig, log_level: str = "WARNING", extra_flags: Sequence[str] = ()) -> PipelineOptions:
+    """The pipeline options of ``cfg``; every runner's SDK workers log at ``log_level``.
+
+    extra_flags: more ``--name=value`` options from other parts of the config (e.g. object
+    storage), placed before ``cfg.extra`` so that a user's own runner.extra wins."""
     flags = [f"--runner={cfg.runner}", f"--default_sdk_harness_log_level={log_level}"]
     values = {k: getattr(cfg, k) for k in (
         "project", "region", "temp_location", "staging_location", "job_name", "machine_type",
@@ -49,7 +53,7 @@ def beam_options(cfg: RunnerConfig, log_level: str = "WARNING") -> PipelineOptio
         # the runner would replace them with its own (Beam's entry point, Beam's logging).
         values["direct_running_mode"] = "in_memory"
     flags += [f"--{k}={v}" for k, v in values.items() if v is not None]
-    return PipelineOptions(flags + [str(x) for x in cfg.extra])
+    return PipelineOptions(flags + list(extra_flags) + [str(x) for x in cfg.extra])
 
 
 def make_runner(cfg: RunnerConfig, options: PipelineOptions):
