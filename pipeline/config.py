@@ -188,19 +188,36 @@ class RunnerConfig:
     spark_master_url: Optional[str] = None
     """Spark: master URL."""
     environment_type: Optional[str] = None
-    """Portable runners: DOCKER, PROCESS, LOOPBACK or EXTERNAL."""
+    """Portable runners: where the SDK workers run: DOCKER, PROCESS, EXTERNAL or LOOPBACK."""
     environment_config: Optional[str] = None
-    """Portable runners: SDK container image or process config."""
+    """Portable runners: DOCKER: SDK image; EXTERNAL: worker pool host:port; PROCESS: boot command or Beam's JSON."""
+    job_endpoint: Optional[str] = None
+    """PortableRunner: the job service's host:port (a Flink/Spark job server, Beam's Python job service)."""
+    artifact_endpoint: Optional[str] = None
+    """PortableRunner: artifact staging host:port; null: the one the job service names."""
     extra: list = field(default_factory=list)
     """Any other Beam pipeline options; on the command line quote each: runner.extra=['--opt=value']."""
 
     REQUIRED = {"DataflowRunner": ("project", "region", "temp_location"),
-                "FlinkRunner": ("flink_master",), "SparkRunner": ("spark_master_url",)}
+                "FlinkRunner": ("flink_master",), "SparkRunner": ("spark_master_url",),
+                "PortableRunner": ("job_endpoint",)}
+    ENVIRONMENT_TYPES = ("DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK")
+    # What environment_config means for each type, in the message when it is missing.
+    ENVIRONMENT_CONFIG_NEEDED = {"EXTERNAL": "the worker pool's host:port", "PROCESS": "the SDK boot command"}
 
     def __post_init__(self):
         missing = [f"runner.{name}" for name in self.REQUIRED.get(self.runner, ()) if not getattr(self, name)]
         if missing:
             raise ValueError(f"{self.runner} needs {', '.join(missing)} (e.g. {missing[0]}=...)")
+        if self.environment_type is not None:
+            self.environment_type = str(self.environment_type).upper()
+            if self.environment_type not in self.ENVIRONMENT_TYPES:
+                raise ValueError(f"runner.environment_type must be one of {', '.join(self.ENVIRONMENT_TYPES)}, "
+                                 f"got {self.environment_type!r}")
+            needed = self.ENVIRONMENT_CONFIG_NEEDED.get(self.environment_type)
+            if needed and not self.environment_config:
+                raise ValueError(f"runner.environment_type={self.environment_type} needs runner.environment_config "
+                                 f"({needed})")
 
 
 @dataclass

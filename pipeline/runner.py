@@ -5,11 +5,16 @@ Beam's ``DirectRunner`` first tries the Prism runner, which downloads a binary a
 fails on machines without internet. Its ``multi_processing`` mode starts one worker process per
 core; here those processes run ``python -m pipeline.worker`` (Beam's SDK harness under the job's
 logging) with the malloc settings below.
+
+Every other runner is Beam's own, resolved from ``--runner``. ``runner=portable`` submits the job
+to a job service (``--job_endpoint``: a Flink or Spark job server, Beam's Python job service) whose
+SDK workers run elsewhere (``--environment_type``): the path Flink, Spark and Dataflow Runner v2 take.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -36,8 +41,18 @@ def _local_processes(cfg: RunnerConfig) -> bool:
     return cfg.runner == "DirectRunner" and cfg.direct_running_mode == "multi_processing"
 
 
+def _environment_config(cfg: RunnerConfig) -> str | None:
+    """environment_config as Beam reads it. PROCESS takes JSON ({"command": ...}), which Hydra's
+    command line would parse into a dict, so a plain boot command is wrapped here."""
+    config = cfg.environment_config
+    if cfg.environment_type == "PROCESS" and config and not config.lstrip().startswith("{"):
+        return json.dumps({"command": config})
+    return config
+
+
 def beam_options(cfg: RunnerConfig, log_level: str = "WARNING", extra_flags: Sequence[str] = ()) -> PipelineOptions:
-    """The pipeline options of ``cfg``; every runner's SDK workers log at ``log_level``.
+    """The pipeline options of ``cfg``; SDK workers log at ``log_level`` (except those of a worker
+    pool started by Beam's ``worker_pool_main``, which receive no pipeline options: infra/README.md).
 
     extra_flags: more ``--name=value`` options from other parts of the config (e.g. object
     storage), placed before ``cfg.extra`` so that a user's own runner.extra wins."""
@@ -45,7 +60,8 @@ def beam_options(cfg: RunnerConfig, log_level: str = "WARNING", extra_flags: Seq
     values = {k: getattr(cfg, k) for k in (
         "project", "region", "temp_location", "staging_location", "job_name", "machine_type",
         "max_num_workers", "setup_file", "flink_master", "spark_master_url", "environment_type",
-        "environment_config", "direct_running_mode")}
+        "job_endpoint", "artifact_endpoint", "direct_running_mode")}
+    values["environment_config"] = _environment_config(cfg)
     if cfg.runner == "DirectRunner" and cfg.direct_num_workers is not None:
         values["direct_num_workers"] = cfg.direct_num_workers or os.cpu_count() or 1
     if _local_processes(cfg):

@@ -17,7 +17,8 @@ PRESET_OVERRIDES = {
     "tokenizer": {"vocab_file": ["tokenizer.vocab_file=/tmp/vocab.txt"]},
     "runner": {"dataflow": ["runner.project=p", "runner.region=r", "runner.temp_location=gs://b/t"],
                "flink": ["runner.flink_master=localhost:8081"],
-               "spark": ["runner.spark_master_url=spark://localhost:7077"]},
+               "spark": ["runner.spark_master_url=spark://localhost:7077"],
+               "portable": ["runner.job_endpoint=localhost:8099", "runner.environment_config=localhost:50000"]},
 }
 
 
@@ -69,6 +70,36 @@ def test_default_input_is_the_embedded_sample():
 def test_cluster_runner_settings_are_required(runner, needs):
     with pytest.raises((ValueError, ValidationError), match=needs):
         compose_pipeline(REQUIRED + [f"runner={runner}"])
+
+
+PORTABLE = REQUIRED + ["runner=portable", "runner.job_endpoint=localhost:8099"]
+
+
+def test_portable_runner_needs_where_its_workers_run():
+    with pytest.raises((ValueError, ValidationError), match="runner.environment_config .the worker pool"):
+        compose_pipeline(PORTABLE)  # the preset's EXTERNAL environment: a worker pool's address
+    with pytest.raises((ValueError, ValidationError), match="runner.environment_config .the SDK boot command"):
+        compose_pipeline(PORTABLE + ["runner.environment_type=process"])
+    with pytest.raises((ValueError, ValidationError), match="environment_type must be one of"):
+        compose_pipeline(PORTABLE + ["runner.environment_type=KUBERNETES"])
+
+
+@pytest.mark.parametrize("overrides,urn,payload", [
+    (["runner.environment_config=pool-host:50000"], "beam:env:external:v1", "pool-host:50000"),
+    (["runner.environment_type=PROCESS", "runner.environment_config=/opt/apache/beam/boot"],
+     "beam:env:process:v1", "/opt/apache/beam/boot"),
+    (["runner.environment_type=PROCESS", """runner.environment_config='{"command": "/usr/local/bin/boot"}'"""],
+     "beam:env:process:v1", "/usr/local/bin/boot"),
+])
+def test_portable_runner_options_give_beam_the_workers_environment(overrides, urn, payload):
+    from apache_beam.transforms.environments import Environment
+
+    cfg = compose_pipeline(PORTABLE + overrides)
+    options = beam_options(cfg.runner).get_all_options()
+    assert (options["runner"], options["job_endpoint"]) == ("PortableRunner", "localhost:8099")
+    assert make_runner(cfg.runner, beam_options(cfg.runner)) is None  # Beam resolves --runner
+    environment = Environment.from_options(beam_options(cfg.runner)).to_runner_api(None)
+    assert environment.urn == urn and payload.encode() in environment.payload
 
 
 def test_direct_runner_worker_processes_start_with_the_malloc_settings(monkeypatch):
