@@ -221,6 +221,29 @@ class RunnerConfig:
 
 
 @dataclass
+class StorageConfig:
+    """How Beam's FileSystems reach object stores (s3://, gs://), in the launcher and on every
+    worker (``pipeline/storage.py``). Credentials are never part of the config: boto3 takes them
+    from its usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
+    AWS_PROFILE, ~/.aws, an instance role), Google's client from Application Default Credentials."""
+
+    s3_endpoint_url: Optional[str] = None
+    """S3-compatible endpoint (MinIO, Ceph, a local moto server), e.g. http://127.0.0.1:9000; null: AWS."""
+    s3_region_name: Optional[str] = None
+    """S3 region; null: boto3's own (AWS_REGION / AWS_DEFAULT_REGION, ~/.aws/config)."""
+    s3_verify: Optional[str] = None
+    """CA bundle (PEM file) to check the endpoint's TLS certificate against; null: boto3's bundle."""
+
+    def __post_init__(self):
+        url = self.s3_endpoint_url
+        if url is not None and not str(url).startswith(("http://", "https://")):
+            raise ValueError(f"storage.s3_endpoint_url must start with http:// or https://, got {url!r}")
+        if self.s3_verify is not None and str(self.s3_verify).lower() in ("true", "false", "0", "1", ""):
+            raise ValueError("storage.s3_verify is the path of a CA bundle (PEM), not a switch: leave it null "
+                             f"for boto3's own bundle, got {self.s3_verify!r}")
+
+
+@dataclass
 class PipelineConfig:
     """Root of ``pipeline/conf/pipeline.yaml``."""
 
@@ -244,6 +267,7 @@ class PipelineConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from typing import Any
@@ -11,12 +10,13 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import contract
+from pipeline import contract, storage
 from pipeline.config import PipelineConfig
 from pipeline.contract import MaskingSpec, ShardManifest, SpecialTokens
 from pipeline.formats import DocumentFormat, ExampleFormat, JsonLinesFormat
 from pipeline.output_checks import FIRST_REJECTS, check_train_split, check_unk_rate
 from pipeline.progress import ProgressReporter
+from pipeline.redaction import redact
 from pipeline.runner import beam_options, make_runner, worker_environment
 from pipeline.seeding import derive_seed
 from pipeline.shard_sink import ShardRecords, WriteShards, commit, complete_shards, write_text
@@ -42,16 +42,10 @@ def _visible(paths: list[str], directory: str) -> list[str]:
 
 def _files_of_directory(pattern: str) -> list[str] | None:
     """The files under ``pattern`` if it names a directory (recursively, hidden names skipped),
-    else None. Local: os.path.isdir. Object stores (gs://, s3://) have no directories: a path
-    that matches no file while ``path/**`` does is one (Beam's ``**`` matches across '/')."""
-    if FileSystems.get_scheme(pattern) in (None, "file"):
-        if not os.path.isdir(pattern):
-            return None
-        found = [os.path.join(root, f) for root, dirs, files in os.walk(pattern) for f in files]
-        return _visible(found, pattern)
-    if FileSystems.match([pattern])[0].metadata_list:
+    else None; on object stores a directory is a prefix (``pipeline.storage.is_directory``)."""
+    if not storage.is_directory(pattern):
         return None
-    return _visible([m.path for m in FileSystems.match([pattern.rstrip("/") + "/**"])[0].metadata_list], pattern)
+    return _visible(storage.files_under(pattern), pattern)
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
@@ -70,15 +64,19 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuse an output_dir that holds a job's output, or with ``overwrite`` remove all of it:
+    every shard, documents and rejects file of the earlier run whatever its shard count (an
+    object store's "directories" included, so no stale part-*-of-<old n> is left for a glob
+    over ``train/*.arrow`` to read), vocab.txt, and the manifest first."""
     existing = [e for e in (contract.MANIFEST_FILE,) + OUTPUT_ENTRIES
-                if FileSystems.exists(FileSystems.join(output_dir, e))]
+                if storage.exists(FileSystems.join(output_dir, e))]
     if not existing:
         return
     if not overwrite:
         raise JobError(f"{output_dir} already holds a job's output ({', '.join(existing)}); "
                        "choose another output_dir or pass overwrite=true")
     # The manifest goes first: a directory without one is never mistaken for a finished output.
-    FileSystems.delete([FileSystems.join(output_dir, e) for e in existing])
+    storage.delete_all([FileSystems.join(output_dir, e) for e in existing])
 
 
 def read_vocab_file(cfg) -> VocabInfo:
@@ -142,6 +140,9 @@ class _Finalize(beam.DoFn):
     def __init__(self, cfg: PipelineConfig, config_dict: dict, temp_dir: str, example_format: ExampleFormat):
         self.cfg, self.config_dict, self.temp_dir, self.example_format = cfg, config_dict, temp_dir, example_format
 
+    def setup(self):
+        storage.configure_filesystems(self.cfg.storage)
+
     def process(self, _, examples, documents, rejects, vocab: VocabInfo, stats: dict, unknown_words: list):
         cfg, out = self.cfg, self.cfg.output_dir
         statistics = summary_statistics(stats)
@@ -169,14 +170,13 @@ class _Finalize(beam.DoFn):
             seed=cfg.seed, shards=infos, strip_accents=vocab.strip_accents, casing_reason=vocab.casing.reason,
             statistics=statistics, config=self.config_dict)
         write_text(FileSystems.join(out, contract.MANIFEST_FILE), manifest.to_json())
-        if FileSystems.exists(self.temp_dir):  # a retried finalize finds it gone
-            FileSystems.delete([self.temp_dir])
+        storage.delete_directory(self.temp_dir)  # spill files too; a retried finalize finds it gone
         yield manifest.statistics
 
 
 def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: dict[str, Any],
           fixed_vocab: VocabInfo | None, temp_dir: str) -> None:
-    read = p | "Inputs" >> beam.Create(paths) | "ReadSources" >> ReadSources(cfg.source)
+    read = p | "Inputs" >> beam.Create(paths) | "ReadSources" >> ReadSources(cfg.source, cfg.storage)
     split_docs, rejects, stats = read.documents | "PrepareDocuments" >> PrepareDocuments(
         cfg.cleaning, cfg.instances.eval_fraction)
     rejects.insert(0, read.rejects)
@@ -196,27 +196,30 @@ def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: 
     tokenize = TokenizeDocuments(vocab)
     tokenized = split_docs | "Tokenize" >> tokenize
     create = CreateExamples(cfg.instances, cfg.masking, cfg.output, cfg.seed, vocab, schema,
-                            cfg.cleaning.drop_duplicates, spill_dir=temp_dir)
+                            cfg.cleaning.drop_duplicates, spill_dir=temp_dir, storage_cfg=cfg.storage)
     made = tokenized | "CreateExamples" >> create
     rejects.append(made.rejects)
     stats.append(made.stats)
 
-    written_examples = made.examples | "WriteExamples" >> WriteShards(example_format, temp_dir, create.shard_counts)
+    written_examples = made.examples | "WriteExamples" >> WriteShards(
+        example_format, temp_dir, create.shard_counts, cfg.storage)
     doc_keyed, doc_counts = (made.documents
                              | "NameDocuments" >> beam.Map(lambda d: ("documents", d))
                              | "ShardDocuments" >> ShardRecords(cfg.seed, lambda d: d.doc_id, ROWS_PER_SIDE_SHARD))
-    written_docs = doc_keyed | "WriteDocuments" >> WriteShards(DocumentFormat(), temp_dir, doc_counts)
+    written_docs = doc_keyed | "WriteDocuments" >> WriteShards(
+        DocumentFormat(), temp_dir, doc_counts, cfg.storage)
     reject_keyed, reject_counts = (rejects
                                    | "AllRejects" >> beam.Flatten()
                                    | "RejectsAsJson" >> beam.Map(lambda r: ("rejects", r.to_json_dict()))
                                    | "ShardRejects" >> ShardRecords(cfg.seed, lambda r: derive_seed(
                                        json.dumps(r, sort_keys=True)), ROWS_PER_SIDE_SHARD))
-    written_rejects = reject_keyed | "WriteRejects" >> WriteShards(JsonLinesFormat(), temp_dir, reject_counts)
+    written_rejects = reject_keyed | "WriteRejects" >> WriteShards(
+        JsonLinesFormat(), temp_dir, reject_counts, cfg.storage)
     totals = stats | "AllStats" >> beam.Flatten() | "SumStats" >> beam.CombineGlobally(SumCounts())
 
     _ = (p
          | "Once" >> beam.Create([None])
-         | "Finalize" >> beam.ParDo(_Finalize(cfg, config_dict, temp_dir, example_format),
+         | "Finalize" >> beam.ParDo(_Finalize(cfg, redact(config_dict), temp_dir, example_format),
                                     examples=beam.pvalue.AsList(written_examples),
                                     documents=beam.pvalue.AsList(written_docs),
                                     rejects=beam.pvalue.AsList(written_rejects),
@@ -228,12 +231,18 @@ def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: 
 def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
     """Run the job to completion; returns the manifest it wrote and prints the summary.
     Raises JobError when the output fails a check (no manifest then, and no temporaries left)."""
+    twice = storage.flags_given_twice(cfg.storage, cfg.runner.extra)
+    if twice:
+        raise JobError(f"runner.extra={twice} repeats a storage.* setting: give it once, as storage.* "
+                       "(which every worker applies itself)")
+    options = beam_options(cfg.runner, cfg.log_level, extra_flags=storage.storage_flags(cfg.storage))
+    # Beam's runners configure FileSystems on their workers only; the launcher lists inputs first.
+    FileSystems.set_options(options)
     paths = expand_inputs(list(cfg.inputs))
     fixed_vocab = read_vocab_file(cfg.tokenizer) if cfg.tokenizer.vocab_file else None
     prepare_output_dir(cfg.output_dir, cfg.overwrite)
     temp_dir = FileSystems.join(cfg.output_dir, f".temp-{uuid.uuid4().hex}")
     start = time.perf_counter()
-    options = beam_options(cfg.runner, cfg.log_level)
     local = cfg.runner.runner == "DirectRunner"
     with ProgressReporter(cfg.progress_every_s if local else 0) as progress, \
             worker_environment(cfg.runner, cfg.log_level, progress.env), \
@@ -258,8 +267,7 @@ def raise_failure(output_dir: str, temp_dir: str, seconds: float) -> None:
     if FileSystems.exists(report_path):
         with FileSystems.open(report_path) as f:
             report = json.loads(f.read().decode("utf-8"))
-    if FileSystems.exists(temp_dir):
-        FileSystems.delete([temp_dir])
+    storage.delete_directory(temp_dir)
     if report is None:
         raise JobError(f"the job finished without writing {contract.MANIFEST_FILE} or a failure report in {output_dir}")
     print(format_summary(report["statistics"], seconds, output_dir, casing=report["casing"], failed=True), flush=True)

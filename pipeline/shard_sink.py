@@ -22,7 +22,8 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import contract
+from pipeline import contract, storage
+from pipeline.config import StorageConfig
 from pipeline.seeding import unit_interval
 
 
@@ -70,8 +71,7 @@ class SpilledBatch:
     @classmethod
     def write(cls, temp_dir: str, name: str, index: int, batch: pa.RecordBatch) -> "SpilledBatch":
         path = FileSystems.join(temp_dir, "spill", f"{name}-{index:05d}-{uuid.uuid4().hex}{contract.SHARD_SUFFIX}")
-        with FileSystems.create(path) as f:
-            f.write(arrow_file_bytes([batch], batch.schema))
+        storage.write_bytes(path, arrow_file_bytes([batch], batch.schema))
         return cls(path, batch.num_rows)
 
     def read(self) -> pa.RecordBatch:
@@ -116,23 +116,34 @@ class ShardRecords(beam.PTransform):
         return keyed, counts
 
 
-class WriteShards(beam.PTransform):
-    """((name, shard), chunk) -> one WrittenShard per non-empty shard, as a temporary file."""
+class _WriteTempShard(beam.DoFn):
+    """((name, shard), [chunk, ...]) -> the WrittenShard of that shard's temporary file (spilled
+    chunks read back from theirs)."""
 
-    def __init__(self, fmt: ShardFormat, temp_dir: str, shard_counts):
+    def __init__(self, fmt: ShardFormat, temp_dir: str, storage_cfg: StorageConfig | None):
+        self.fmt, self.temp_dir, self.storage_cfg = fmt, temp_dir, storage_cfg or StorageConfig()
+
+    def setup(self):
+        storage.configure_filesystems(self.storage_cfg)
+
+    def process(self, element, counts: dict):
+        (name, index), chunks = element
+        yield write_temp_shard(self.fmt, self.temp_dir, name, index, counts[name], list(chunks))
+
+
+class WriteShards(beam.PTransform):
+    """((name, shard), chunk) -> one WrittenShard per non-empty shard, as a temporary file.
+    ``storage_cfg``: how the writing workers reach an object store (``pipeline.storage``)."""
+
+    def __init__(self, fmt: ShardFormat, temp_dir: str, shard_counts, storage_cfg: StorageConfig | None = None):
         super().__init__()
-        self.fmt, self.temp_dir, self.shard_counts = fmt, temp_dir, shard_counts
+        self.fmt, self.temp_dir, self.shard_counts, self.storage_cfg = fmt, temp_dir, shard_counts, storage_cfg
 
     def expand(self, keyed_chunks):
-        fmt, temp_dir = self.fmt, self.temp_dir
-
-        def write(element, counts):
-            (name, index), chunks = element
-            return write_temp_shard(fmt, temp_dir, name, index, counts[name], list(chunks))
-
         return (keyed_chunks
                 | "GroupByShard" >> beam.GroupByKey()
-                | "WriteTemp" >> beam.Map(write, counts=beam.pvalue.AsSingleton(self.shard_counts)))
+                | "WriteTemp" >> beam.ParDo(_WriteTempShard(self.fmt, self.temp_dir, self.storage_cfg),
+                                            counts=beam.pvalue.AsSingleton(self.shard_counts)))
 
 
 def write_temp_shard(fmt: ShardFormat, temp_dir: str, name: str, index: int, num_shards: int,
@@ -140,8 +151,7 @@ def write_temp_shard(fmt: ShardFormat, temp_dir: str, name: str, index: int, num
     data, rows, tokens = fmt.encode(chunks)
     # A unique name per attempt: a retried bundle never collides with (or half-overwrites) another.
     path = FileSystems.join(temp_dir, f"{name}-{index:05d}-of-{num_shards:05d}-{uuid.uuid4().hex}{fmt.suffix}")
-    with FileSystems.create(path) as f:
-        f.write(data)
+    storage.write_bytes(path, data)
     return WrittenShard(name, index, num_shards, path, rows, tokens,
                         hashlib.sha256(data).hexdigest(), len(data))
 
@@ -186,8 +196,7 @@ def commit(shards: Sequence[WrittenShard], output_dir: str, suffix: str) -> list
 
 
 def write_text(path: str, text: str) -> None:
-    with FileSystems.create(path) as f:
-        f.write(text.encode("utf-8"))
+    storage.write_bytes(path, text.encode("utf-8"))
 
 
 def arrow_file_bytes(batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> bytes:

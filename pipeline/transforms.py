@@ -16,9 +16,9 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline import contract
+from pipeline import contract, storage
 from pipeline.config import (CleaningConfig, InstancesConfig, MaskingConfig, OutputConfig, SourceConfig,
-                             TokenizerConfig)
+                             StorageConfig, TokenizerConfig)
 from pipeline.documents import Document, prepare_document, split_of
 from pipeline.formats import DocumentRecord
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
@@ -61,8 +61,11 @@ class _ReadSourceFile(CountingDoFn):
     """A file path -> its records, streamed: RawDocuments, or WikitextPages whose conversion
     to prose waits until after the reshuffle (main output); Rejections (``rejects``)."""
 
-    def __init__(self, cfg: SourceConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: SourceConfig, storage_cfg: StorageConfig | None = None):
+        self.cfg, self.storage_cfg = cfg, storage_cfg or StorageConfig()
+
+    def setup(self):
+        storage.configure_filesystems(self.storage_cfg)  # not every runner does (pipeline.storage)
 
     def process(self, path: str):
         self.count("files_read")
@@ -96,16 +99,17 @@ class ReadSources(beam.PTransform):
     records read from them. Wikitext conversion costs more than the sequential scan of a dump
     that finds the pages, so it runs after the second spread: a single large dump (or one
     large JSON-lines file) still keeps every worker busy. One reshuffle for every kind of
-    record, so the documents leave as one PCollection that later steps fuse onto."""
+    record, so the documents leave as one PCollection that later steps fuse onto.
+    ``storage_cfg``: how the reading workers reach an object store (``pipeline.storage``)."""
 
-    def __init__(self, cfg: SourceConfig):
+    def __init__(self, cfg: SourceConfig, storage_cfg: StorageConfig | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.storage_cfg = cfg, storage_cfg
 
     def expand(self, paths) -> ReadOutputs:
         read = (paths
                 | "SpreadFiles" >> beam.Reshuffle()
-                | "ReadFile" >> beam.ParDo(_ReadSourceFile(self.cfg)).with_outputs(
+                | "ReadFile" >> beam.ParDo(_ReadSourceFile(self.cfg, self.storage_cfg)).with_outputs(
                     REJECTS_TAG, STATS_TAG, main="records"))
         converted = (read.records
                      | "SpreadRecords" >> beam.Reshuffle()
@@ -310,15 +314,17 @@ class _ExamplesOfPoolPasses(CountingDoFn):
     ``empty`` output, once per pass."""
 
     def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, schema, passes: int,
-                 drop_duplicates: bool, spill_dir: str | None):
+                 drop_duplicates: bool, spill_dir: str | None, storage_cfg: StorageConfig | None = None):
         self.params = InstanceParams(instances.max_seq_length, instances.short_seq_prob, instances.objective)
         self.masking = (MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
                         if masking.mode == "static" else None)
         self.seed, self.schema, self.passes, self.drop_duplicates = seed, schema, passes, drop_duplicates
-        self.spill_dir = spill_dir
+        self.spill_dir, self.storage_cfg = spill_dir, storage_cfg or StorageConfig()
 
     def setup(self):
         self._vocab, self._sha, self._unk = None, None, None
+        if self.spill_dir is not None:
+            storage.configure_filesystems(self.storage_cfg)  # spill files may go to an object store
 
     def process(self, element, vocab: VocabInfo, shards: dict):
         if self._sha != vocab.sha256:
@@ -388,13 +394,16 @@ class CreateExamples(beam.PTransform):
     distribution (and never from the same document, unlike the original's fallback).
 
     Shards per split follow the split's tokens x passes (``output.target_shard_tokens``) unless
-    ``output.num_shards`` is set; ``self.shard_counts`` holds {split: shards} after expansion."""
+    ``output.num_shards`` is set; ``self.shard_counts`` holds {split: shards} after expansion.
+    ``storage_cfg``: how the workers reach an object store holding ``spill_dir``."""
 
     def __init__(self, instances: InstancesConfig, masking: MaskingConfig, output: OutputConfig, seed: int,
-                 vocab, schema, drop_duplicates: bool = True, spill_dir: str | None = None):
+                 vocab, schema, drop_duplicates: bool = True, spill_dir: str | None = None,
+                 storage_cfg: StorageConfig | None = None):
         super().__init__()
         self.instances, self.masking, self.output, self.seed = instances, masking, output, seed
         self.vocab, self.schema, self.drop_duplicates, self.spill_dir = vocab, schema, drop_duplicates, spill_dir
+        self.storage_cfg = storage_cfg
         self.shard_counts = None
 
     def expand(self, tokenized):
@@ -432,7 +441,8 @@ class CreateExamples(beam.PTransform):
                 | "AssignUnits" >> beam.FlatMap(to_units, pools=beam.pvalue.AsSingleton(pools_per_split))
                 | "GroupUnits" >> beam.GroupByKey()
                 | "Examples" >> beam.ParDo(_ExamplesOfPoolPasses(self.instances, self.masking, seed, self.schema, passes,
-                                                                 self.drop_duplicates, self.spill_dir),
+                                                                 self.drop_duplicates, self.spill_dir,
+                                                                 self.storage_cfg),
                                            vocab=beam.pvalue.AsSingleton(self.vocab),
                                            shards=beam.pvalue.AsSingleton(self.shard_counts)).with_outputs(
                     DOCUMENTS_TAG, EMPTY_TAG, REJECTS_TAG, STATS_TAG, main="examples"))

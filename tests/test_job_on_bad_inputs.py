@@ -137,3 +137,20 @@ def test_a_directory_of_unreadable_files_fails_with_the_reason(tmp_path):
         run_job(out, f"inputs=[{inputs}]", "tokenizer.vocab_size=500", *IN_MEMORY)
     assert "unknown_format 1" in str(failed.value) and "blob.bin" in str(failed.value)
     assert not os.path.exists(out) or os.listdir(out) == []  # no manifest, no temporaries
+
+
+def test_overwrite_with_another_shard_count_leaves_no_stale_shard(sample_paragraphs, tmp_path):
+    """Every earlier shard goes, whatever its count: a glob over train/*.arrow (as
+    datasets.load_dataset("arrow", ...) reads) must find only the new run's."""
+    write_corpus(tmp_path / "in", sample_paragraphs)
+    out = tmp_path / "out"
+    small = (f"inputs=[{tmp_path / 'in'}]", "tokenizer.vocab_size=500", "masking.dupe_factor=1",
+             "instances.eval_fraction=0", *IN_MEMORY)
+    run_job(out, "output.num_shards=3", *small)
+    assert os.path.exists(out / "train" / "part-00002-of-00003.arrow")
+    manifest = run_job(out, "output.num_shards=2", "overwrite=true", *small)
+    files = sorted(os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out) for f in fs)
+    shards = [f"train/part-{i:05d}-of-00002.arrow" for i in range(2)]
+    assert files == sorted(shards + ["documents/part-00000-of-00001.arrow", "manifest.json",
+                                     "rejects/part-00000-of-00001.jsonl", "vocab.txt"])
+    assert sorted(s.file for s in manifest.shards) == shards

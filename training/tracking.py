@@ -14,39 +14,10 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
-from typing import Any, Mapping, Optional
+from typing import Optional
 
+from pipeline.redaction import REDACTED, is_secret_key, redact  # noqa: F401 (this module's public names)
 from training.config import ConfigError, LoggerConfig
-
-REDACTED = "<redacted>"
-"""What a secret's value becomes in a logged config."""
-
-_SECRET_SUBSTRINGS = ("api_key", "apikey", "secret", "password")
-_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
-
-
-def is_secret_key(name: str) -> bool:
-    """A config key that names a credential: it contains api_key, apikey, secret or password
-    (any case, so WANDB_API_KEY too), or one of its words ends in "token" (hf_token, authToken).
-
-    "token" is matched by word so that ``special_tokens`` or ``tokenizer`` settings stay visible.
-    """
-    lowered = str(name).lower().replace("-", "_")
-    if any(s in lowered for s in _SECRET_SUBSTRINGS):
-        return True
-    return any(word.endswith("token") for word in _WORD_SPLIT.split(lowered))
-
-
-def redact(config: Any) -> Any:
-    """A copy of ``config`` (nested dicts and lists) with the value of every secret key, at any
-    depth, replaced by ``"<redacted>"``; the input is left unchanged."""
-    if isinstance(config, Mapping):
-        return {k: REDACTED if is_secret_key(k) else redact(v) for k, v in config.items()}
-    if isinstance(config, (list, tuple)):
-        return [redact(v) for v in config]
-    return config
-
 
 WANDB_LOGIN_MISSING = ("logger=wandb needs a W&B login: run `wandb login` or set WANDB_API_KEY; or use "
                        "logger=wandb_offline (sync later with `wandb sync`) or logger=disabled")
