@@ -183,6 +183,8 @@ class RunnerConfig:
     """Dataflow: autoscaling ceiling."""
     setup_file: Optional[str] = None
     """Package the job for remote workers (./setup.py of this repository)."""
+    sdk_container_image: Optional[str] = None
+    """Dataflow (and DOCKER environments): the worker image, e.g. one built from infra/worker/Dockerfile."""
     flink_master: Optional[str] = None
     """Flink: JobManager address (host:port)."""
     spark_master_url: Optional[str] = None

@@ -59,7 +59,7 @@ def beam_options(cfg: RunnerConfig, log_level: str = "WARNING", extra_flags: Seq
     flags = [f"--runner={cfg.runner}", f"--default_sdk_harness_log_level={log_level}"]
     values = {k: getattr(cfg, k) for k in (
         "project", "region", "temp_location", "staging_location", "job_name", "machine_type",
-        "max_num_workers", "setup_file", "flink_master", "spark_master_url", "environment_type",
+        "max_num_workers", "setup_file", "sdk_container_image", "flink_master", "spark_master_url", "environment_type",
         "job_endpoint", "artifact_endpoint", "direct_running_mode")}
     values["environment_config"] = _environment_config(cfg)
     if cfg.runner == "DirectRunner" and cfg.direct_num_workers is not None:
