@@ -54,7 +54,7 @@ import torch.distributed as dist
 from training import checkpoint as ckpt
 from training.config import ConfigError, TrainConfig
 from training.data import IGNORE_INDEX, DataContractError, PretrainingData, RunExpectations, model_inputs
-from training.distributed import DistributedContext, init_distributed
+from training.distributed import DistributedContext, check_ranks_agree, init_distributed, launcher_world_size
 from training.model import BertConfig, BertForPreTraining, flops_per_token
 from training.optim import restore_schedule_position
 from training.throughput import mfu, resolve_peak_tflops
@@ -598,23 +598,84 @@ class Trainer:
             print(f"exported Hugging Face model to {out_dir}", flush=True)
 
 
-def train(cfg: TrainConfig, resolved: dict) -> int:
-    """Run (or resume) the training described by ``cfg`` on this rank; returns the exit code.
+AGREEMENT_EXCLUDED = ("output_dir", "data_dir")
+"""Config keys that may be spelt differently per node: output_dir is compared as a directory
+(``distributed.check_ranks_agree``), data_dir by the shards' fingerprint (a node may read its own copy)."""
 
-    resolved: the resolved Hydra config as a plain dict (tracked with the run, hashed into
-    checkpoints, and kept redacted beside each one to be compared on a resume).
-    """
-    check_wandb_login(cfg.logger)  # seconds, not a traceback after the engine is built
-    # DeepSpeed calls torch.distributed's deprecated *_tensor collectives every step.
-    warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use", category=FutureWarning)
+
+def agreement_record(record: dict, resume_tag: Optional[str]) -> dict:
+    """What every rank must hold the same, as {dotted key: value}: the redacted resolved config
+    (``record``: ``checkpoint.run_record``) without ``AGREEMENT_EXCLUDED``, the shards'
+    fingerprint and the checkpoint this rank would resume."""
+    from training.config import flat_config
+
+    compared = {k: v for k, v in flat_config(record["config"]).items() if k not in AGREEMENT_EXCLUDED}
+    compared["data_dir (shards' fingerprint)"] = record["data"]["fingerprint"]
+    compared["checkpoint to resume"] = resume_tag
+    return compared
+
+
+def drop_torn_steps_line(output_dir: str) -> None:
+    """Rank 0, before a run starts: cut a last steps.jsonl line that a crash left half written
+    (no newline, or not JSON), so the resume's truncation can read every line."""
+    path = os.path.join(output_dir, STEPS_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.splitlines(keepends=True)
+    if not lines:
+        return
+    last = lines[-1]
+    try:
+        torn = not last.endswith(b"\n") or (last.strip() and not isinstance(json.loads(last), dict))
+    except ValueError:
+        torn = True
+    if torn:
+        with open(path, "r+b") as f:
+            f.truncate(len(data) - len(last))
+        log.warning("dropped a half-written last line of %s (%d bytes) left by a crash", path, len(last))
+
+
+def prepare_run(cfg: TrainConfig, resolved: dict) -> tuple[BertConfig, PretrainingData, dict, Optional[str]]:
+    """This rank's checks before the process group: the shards (model config from their manifest),
+    the run record, the checkpoint to resume (or None), init_from and the precision. Raises
+    DataContractError / ConfigError with what to change."""
     bert_cfg, data = open_data(cfg)  # fails on a mismatch before any process group or model
     record = ckpt.run_record(resolved, bert_cfg, ckpt.data_identity(data.manifest))
     resume_tag = checkpoint_to_resume(cfg, record)  # fails on another run's checkpoint, as early
     if cfg.trainer.init_from and resume_tag is None:
         init_weights_path(cfg.trainer.init_from)
     check_precision_supported(cfg.deepspeed.precision)
+    return bert_cfg, data, record, resume_tag
+
+
+def train(cfg: TrainConfig, resolved: dict) -> int:
+    """Run (or resume) the training described by ``cfg`` on this rank; returns the exit code.
+
+    resolved: the resolved Hydra config as a plain dict (tracked with the run, hashed into
+    checkpoints, and kept redacted beside each one to be compared on a resume).
+
+    Alone, a failed check stops the process before the process group exists. Under a launcher
+    with several ranks, a rank whose own checks failed still joins the group and says so there
+    (``check_ranks_agree``), which also compares output_dir and the config across ranks: every
+    rank then stops with one message, none waits for the others until the collective timeout.
+    """
+    check_wandb_login(cfg.logger)  # seconds, not a traceback after the engine is built
+    # DeepSpeed calls torch.distributed's deprecated *_tensor collectives every step.
+    warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use", category=FutureWarning)
+    try:
+        bert_cfg, data, record, resume_tag = prepare_run(cfg, resolved)
+        error, agreed = None, agreement_record(record, resume_tag)
+    except (ConfigError, DataContractError) as e:
+        if launcher_world_size() == 1:
+            raise
+        error, agreed = e, {}
     ctx = init_distributed(cfg.trainer.dist_backend, cfg.trainer.dist_timeout_minutes)  # once per process
+    check_ranks_agree(ctx, cfg.output_dir, agreed, error)
     os.makedirs(cfg.output_dir, exist_ok=True)
+    if ctx.is_main:
+        drop_torn_steps_line(cfg.output_dir)
     model = build_model(bert_cfg, cfg, resuming=resume_tag is not None)
     seed_rank(cfg.seed, ctx.rank)
     engine, accumulation = build_engine(model, cfg, ctx.world_size)
