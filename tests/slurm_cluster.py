@@ -79,8 +79,21 @@ class SlurmCluster:
         return self
 
     def __exit__(self, *exc) -> None:
+        import psutil
+
         if self.conf.exists():
             self.command("scancel", "--user=root", "--full", check=False, timeout=30)
+            try:  # let the daemons see their jobs end, so no slurmstepd outlives its slurmd
+                self._wait_for(lambda: not self.command("squeue", "-h", check=False).stdout.strip(), 30, "")
+            except TimeoutError:
+                pass
+        # Whatever the daemons started (slurmstepd, job scripts, their torchrun): stopped with them.
+        descendants = []
+        for p in self.processes:
+            try:
+                descendants += psutil.Process(p.pid).children(recursive=True)
+            except psutil.Error:
+                pass
         for p in reversed(self.processes):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -92,6 +105,12 @@ class SlurmCluster:
                 p.kill()
                 p.wait(5)
         self.processes.clear()
+        for child in descendants:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(descendants, timeout=10)
 
     def _start(self, *argv: str, log: str) -> subprocess.Popen:
         out = open(self.root / f"{log}.out", "wb")
