@@ -7,8 +7,9 @@ OMP_NUM_THREADS=1 everywhere (``launch_helpers.multinode_env``): torchrun sets i
 nproc_per_node > 1, and another thread count changes float sums (5e-7). With it, 2 nodes x 1
 process and 1 node x 2 processes give the same losses bit for bit.
 
-Wall times (2 shared cores): the reference ~10-25 s, each two-agent run ~8-20 s, each restart
-test ~12-30 s; the module ~2 min after the shards (~20 s, shared with tests/test_trainer.py).
+Wall times measured here (2 shared cores): shards + the 1 x 2 reference 18 s, the two-agent runs
+10-11 s, the disagreements 6-9 s, the worker restart 14 s, the node restart 32 s; the module
+1 min 46 s.
 """
 
 import os
@@ -68,12 +69,17 @@ def one_node_two_processes(trainer_shards, tmp_path_factory):
     assert finish([(proc, log)]) == [0], log_tail(log)
     steps = read_steps(out / "run")
     assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
+    ONE_NODE_RUN_DIR.append(out / "run")
     return steps
+
+
+ONE_NODE_RUN_DIR = []
+"""Where ``one_node_two_processes`` trained (a finished run's output_dir, to resume into a copy of)."""
 
 
 def test_two_c10d_agents_train_as_one_node_with_two_processes(trainer_shards, one_node_two_processes, tmp_path):
     """--nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d, node 1 started elsewhere with a relative
-    output_dir that names the same directory: the same losses and example ids, bit for bit."""
+    output_dir that names the same directory: the same losses and example ids, bit for bit. 10 s."""
     port, run_dir = free_port(), tmp_path / "run"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -89,7 +95,7 @@ def test_two_c10d_agents_train_as_one_node_with_two_processes(trainer_shards, on
 
 def test_two_static_agents_train_as_one_node_with_two_processes(trainer_shards, one_node_two_processes, tmp_path):
     """--nnodes=2 --node_rank=0/1 --master_addr/--master_port, node 1 reaching the directory through
-    a symlink: the same losses and example ids, bit for bit."""
+    a symlink: the same losses and example ids, bit for bit. 11 s."""
     port, run_dir = free_port(), tmp_path / "run"
     os.symlink(tmp_path, tmp_path / "link")
     node0 = static_node_command(0, port, *overrides(trainer_shards, run_dir))
@@ -104,7 +110,8 @@ def test_two_static_agents_train_as_one_node_with_two_processes(trainer_shards, 
 def test_ranks_that_disagree_stop_together_with_one_message(trainer_shards, tmp_path, what):
     """Node 1 started with another optim.lr, or another output_dir: every rank stops right after
     the process group is up (before the model is built), each printing the same `error:` naming
-    what differs and on which ranks; the workers exit 2. ~8 s each."""
+    what differs and on which ranks; the workers exit 2. 6 s (config), 8 s (output_dir: the other
+    rank looks for rank 0's probe file for 3 s)."""
     port = free_port()
     node0 = c10d_node_command(port, what, *overrides(trainer_shards, tmp_path / "run"))
     other = ("optim.lr=1e-3",) if what == "config" else ()
@@ -143,12 +150,37 @@ def resumed_at(log_text):
 RESTART = ("trainer.dist_timeout_minutes=1",)  # a collective that waits on a lost peer gives up in a minute
 
 
+def test_a_node_whose_config_fails_the_resume_check_stops_every_rank(trainer_shards, one_node_two_processes,
+                                                                      tmp_path):
+    """Into a copy of a finished run's output_dir, node 1 with another optim.lr: its own resume check
+    fails before the process group; it still joins and says so, and node 0 stops with the same
+    message instead of waiting for it until the collective timeout. 6 s."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(ONE_NODE_RUN_DIR[0], run_dir)
+    port = free_port()
+    node0 = c10d_node_command(port, "resume", *overrides(trainer_shards, run_dir))
+    node1 = c10d_node_command(port, "resume", *overrides(trainer_shards, run_dir, "optim.lr=1e-3"))
+    nodes = start_two_nodes((node0, port), node1, tmp_path)
+    codes = finish(nodes, timeout=180)
+    logs = [log_tail(log, 100_000) for _, log in nodes]
+    assert codes[0] != 0 and codes[1] != 0, logs
+    for log in logs:  # the rank that failed says why; the other names it and says the same
+        assert "optim.lr: 0.003 -> 0.001" in log and re.search(r"exitcode\s*:\s*2\b", log), log[-4000:]
+    failed_rank = r"error: rank 1 \(host \S+\) stopped before training: output_dir holds checkpoint \S+step00000012 "
+    assert sum(bool(re.search(failed_rank, log)) for log in logs) == 1, logs
+    assert sum("error: output_dir holds checkpoint" in log for log in logs) == 1, logs
+    assert [s["step"] for s in read_steps(run_dir)] == list(range(1, STEPS + 1))
+
+
 def test_killed_worker_restarts_the_group_and_resumes_exactly(trainer_shards, one_node_two_processes, tmp_path):
     """torchrun --max-restarts=2, 2 processes; rank 1 gets SIGKILL after a complete checkpoint,
     mid-run. The agent restarts the group, which resumes from the newest complete checkpoint; every
     step equals the uninterrupted run's. (Before the fresh store namespace of
     ``distributed.fresh_group_namespace``, the restarted group read the dead group's gloo
-    addresses from torchrun's shared store and hung in connectFullMesh.) ~12-30 s."""
+    addresses from torchrun's shared store: "Connection refused", then a hang in connectFullMesh
+    until the collective timeout.) 14 s."""
     run_dir, log = tmp_path / "run", tmp_path / "torchrun.log"
     agent = start([*TORCHRUN, "--standalone", "--nproc_per_node=2", "--max-restarts=2", "-m", "training",
                    *overrides(trainer_shards, run_dir, *RESTART)], log)
@@ -180,7 +212,7 @@ def test_killed_node_rejoins_and_the_run_resumes_exactly(trainer_shards, one_nod
     with the same command, joins the round, and the run completes with every step equal to the
     uninterrupted run's. TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 on both agents: with torch 2.13's
     shared store the new agent waits 60 s for a store address the old rank-0 agent never
-    publishes, and both fail (``distributed.warn_if_nodes_cannot_rejoin``). ~20-40 s."""
+    publishes, and both fail (``distributed.warn_if_nodes_cannot_rejoin``). 32 s."""
     port, run_dir = free_port(), tmp_path / "run"
     env = {**multinode_env(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     command = c10d_node_command(port, "rejoin", *overrides(trainer_shards, run_dir, *RESTART), max_restarts=2)
