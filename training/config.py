@@ -18,6 +18,8 @@ from typing import List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from pipeline.config import StorageConfig
+
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULES = ("linear", "polynomial")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -131,6 +133,10 @@ class DataConfig:
     """Page-locked batches for faster host-to-GPU copies (ignored on CPU)."""
     shuffle: bool = True
     """Shuffle the training examples per (seed, epoch); false reads them in shard order."""
+    cache_dir: Optional[str] = None
+    """Node-local directory into which an s3:// or gs:// data_dir is copied and verified (sha256)
+    before training, and reused by later runs (training/shard_cache.py); null: <system temp
+    dir>/bert-pretrain-cache. Unused for a local data_dir."""
 
     def __post_init__(self):
         _positive("data", micro_batch_size=self.micro_batch_size, prefetch_factor=self.prefetch_factor)
@@ -349,6 +355,8 @@ RESUMABLE_KEYS: dict[str, str] = {
     "data.prefetch_factor": "as num_workers",
     "data.pin_memory": "as num_workers",
     "data.eval_micro_batch_size": "evaluation batching; its means are weighted by counts",
+    "data.cache_dir": "where a node keeps its verified copy of object-store shards (compared as data_dir)",
+    "storage": "how object-store shards are reached, not which: their content is compared as data_dir",
     "logger": "tracking only (every logger.* key); a resume continues the checkpoint's W&B run",
 }
 """Config keys (dotted; a group name covers all its keys) that may differ between a checkpoint's
@@ -436,6 +444,8 @@ class TrainConfig:
     deepspeed: EngineConfig = field(default_factory=EngineConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """How an s3:// data_dir is reached (endpoint, region, CA bundle); credentials only from the environment."""
 
     def __post_init__(self):
         check_consistency(self)

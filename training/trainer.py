@@ -74,11 +74,18 @@ class NonFiniteLossError(RuntimeError):
 
 def open_data(cfg: TrainConfig) -> tuple[BertConfig, PretrainingData]:
     """The model's config from the manifest and the config, and the validated shards.
-    Raises DataContractError / ConfigError with what to change, before anything is built."""
+    Raises DataContractError / ConfigError with what to change, before anything is built.
+
+    An s3:// or gs:// data_dir is first copied into the node-local cache and verified
+    (``training.shard_cache``); cfg.data_dir then becomes that local directory, so everything
+    downstream (manifest checks, memory-mapped shards, the export's vocab.txt) reads local files.
+    The resolved config the run records keeps the data_dir as given."""
     from pipeline import contract
     from pipeline.contract import ContractError
     from training.data import open_pretraining_data
+    from training.shard_cache import cached_data_dir
 
+    cfg.data_dir = cached_data_dir(cfg.data_dir, cfg.data.cache_dir, cfg.storage)
     try:
         manifest = contract.read_manifest(cfg.data_dir)
     except ContractError as e:
