@@ -12,7 +12,8 @@ from __future__ import annotations
 import unicodedata
 from typing import Mapping, Optional, Sequence
 
-from pipeline.tokenization import CasingDecision
+from pipeline.stats import unk_rates
+from pipeline.tokenization import CasingDecision, has_accent
 
 FIRST_REJECTS = 5  # rejects quoted in the message about an empty train split
 
@@ -22,18 +23,8 @@ def _per_split(stats: Mapping, name: str) -> dict[str, int]:
     return dict(node) if isinstance(node, Mapping) else {}
 
 
-def unk_rates(stats: Mapping) -> dict[str, float]:
-    """[UNK] tokens / tokens per split, for the splits with tokens."""
-    tokens, unk = _per_split(stats, "tokens"), _per_split(stats, "unk_tokens")
-    return {split: unk.get(split, 0) / n for split, n in sorted(tokens.items()) if n}
-
-
 def _has_capital(word: str) -> bool:
     return word.lower() != word
-
-
-def _has_accent(word: str) -> bool:
-    return any(unicodedata.category(c) == "Mn" for c in unicodedata.normalize("NFD", word))
 
 
 def _is_latin_or_digits(word: str) -> bool:
@@ -51,7 +42,7 @@ def _likely_causes(words: Sequence[str], casing: CasingDecision) -> list[str]:
     else:
         causes.append("casing: the text is lowercased; a cased vocabulary read as uncased gives this:"
                       " try tokenizer.lowercase=false")
-    if not casing.strip_accents and sum(map(_has_accent, words)) >= half:
+    if not casing.strip_accents and sum(map(has_accent, words)) >= half:
         causes.append("accents: most of these words carry accents the vocabulary lacks:"
                       " try tokenizer.strip_accents=true")
     foreign = sum(not _is_latin_or_digits(w) for w in words)

@@ -86,7 +86,7 @@ def format_summary(stats: Mapping, seconds: float, output_dir: str, casing: str 
         f"  sentences         {sum((g('sentences') or {}).values()):>12,}",
         f"  tokens            {tokens:>12,}",
         f"  [UNK] tokens      {sum((g('unk_tokens') or {}).values()):>12,}   "
-        + _unk_rates(g("tokens"), g("unk_tokens")),
+        + _unk_rates(stats),
         f"  examples          {sum((g('examples') or {}).values()):>12,}   " + _inline(g("examples")),
         f"  example tokens    {sum((g('example_tokens') or {}).values()):>12,}",
     ]
@@ -101,12 +101,18 @@ def format_summary(stats: Mapping, seconds: float, output_dir: str, casing: str 
     return "\n".join(lines)
 
 
-def _unk_rates(tokens, unk) -> str:
-    """"(eval 0.02%, train 0.01%)": [UNK] / tokens per split."""
-    if not isinstance(tokens, Mapping) or not tokens:
-        return ""
+def unk_rates(stats: Mapping) -> dict[str, float]:
+    """[UNK] tokens / tokens per split (nested statistics), for the splits with tokens."""
+    tokens, unk = _get(stats, ("tokens",)), _get(stats, ("unk_tokens",))
+    tokens = tokens if isinstance(tokens, Mapping) else {}
     unk = unk if isinstance(unk, Mapping) else {}
-    return "(" + ", ".join(f"{k} {unk.get(k, 0) / n:.2%}" for k, n in sorted(tokens.items()) if n) + ")"
+    return {split: unk.get(split, 0) / n for split, n in sorted(tokens.items()) if n}
+
+
+def _unk_rates(stats: Mapping) -> str:
+    """"(eval 0.02%, train 0.01%)"."""
+    rates = unk_rates(stats)
+    return "(" + ", ".join(f"{k} {r:.2%}" for k, r in rates.items()) + ")" if rates else ""
 
 
 def _get(stats, path):

@@ -56,7 +56,7 @@ def _is_special(piece: str) -> bool:
     return piece.startswith("[") and piece.endswith("]")
 
 
-def _has_accent(piece: str) -> bool:
+def has_accent(piece: str) -> bool:
     # What BERT's strip_accents removes: nonspacing marks (Mn) after NFD.
     return any(unicodedata.category(c) == "Mn" for c in unicodedata.normalize("NFD", piece))
 
@@ -84,7 +84,7 @@ def decide_casing(vocab: Sequence[str], lowercase: Optional[bool] = None,
     cased_letters = sum(any(c.lower() != c.upper() for c in t) for t in body)
     changed = sum(t.lower() != t for t in body)
     letters = sum(any(c.isalpha() for c in t) for t in body)
-    accented = sum(_has_accent(t) for t in body)
+    accented = sum(has_accent(t) for t in body)
     looks_cased = _more_than_a_few(changed, cased_letters, CASED_FRACTION)
     looks_accented = _more_than_a_few(accented, letters, ACCENT_FRACTION)
     case_counts = f"{changed:,} of {cased_letters:,} pieces with cased letters change when lowercased"

@@ -23,18 +23,14 @@ import subprocess
 import time
 from pathlib import Path
 
+from launch_helpers import free_port  # noqa: F401  (one helper for every test that needs a port)
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 NODES = ("n1", "n2")
 
 
 def available() -> bool:
     return all(shutil.which(d) or os.path.exists(f"/usr/sbin/{d}") for d in DAEMONS) and bool(shutil.which("sbatch"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _binary(name: str) -> str:

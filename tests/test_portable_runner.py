@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from installed_venv import REPO, build_installed_venv
+from launch_helpers import free_port
 
 SMALL = ["tokenizer.vocab_size=2000", "masking.dupe_factor=1"]  # the default input: the real sample
 JOB_TIMEOUT_S = 300  # a worker that cannot start (no Beam in its `python`) leaves the job waiting
@@ -33,12 +34,6 @@ LOG_TAIL_LINES = 40
 @pytest.fixture(scope="module")
 def worker_venv(tmp_path_factory):
     return build_installed_venv(tmp_path_factory.mktemp("worker-venv"))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

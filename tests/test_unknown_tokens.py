@@ -6,7 +6,8 @@ import os
 import pytest
 
 from conftest import IN_MEMORY, run_job
-from pipeline.output_checks import check_train_split, check_unk_rate, unk_rates
+from pipeline.output_checks import check_train_split, check_unk_rate
+from pipeline.stats import unk_rates
 from pipeline.run import JobError
 from pipeline.tokenization import CasingDecision
 from test_casing import real_uncased_vocab

@@ -2,11 +2,13 @@
 
     train(cfg, resolved_config)   # every rank; returns the process exit code
 
-Build order: W&B login check -> shards' manifest -> ``BertConfig`` (vocabulary, sentence head)
--> manifest check (``DataContractError`` before any process group exists) -> resume check (the
-newest complete checkpoint's run_config.json against this run: ``ConfigError`` naming what
-differs) -> process group -> model, optimizer, schedule -> ``deepspeed.initialize`` -> resume
-from that checkpoint, the schedule set to this run's (``optim.restore_schedule_position``).
+Build order: W&B login check -> shards (an object store's copied to the node's cache) and their
+manifest -> ``BertConfig`` (vocabulary, sentence head) -> manifest check (``DataContractError``)
+-> resume check (the newest complete checkpoint's run_config.json against this run:
+``ConfigError`` naming what differs) -> process group -> the ranks agree on output_dir, config and
+checkpoint (``check_ranks_agree``; a rank whose own checks failed says so there, so every rank
+stops together) -> model, optimizer, schedule -> ``deepspeed.initialize`` -> resume from that
+checkpoint, the schedule set to this run's (``optim.restore_schedule_position``).
 
 A *step* is one optimizer step: ``accumulation`` micro batches per rank (``engine.backward`` and
 ``engine.step`` on each; DeepSpeed steps the optimizer on the last one of the window).
