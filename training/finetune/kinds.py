@@ -1,0 +1,146 @@
+"""Task kinds: what a fine-tuning task predicts, behind one small interface the loop calls.
+
+A kind is the module ``training/finetune/kind_<task.kind>.py`` (classification, regression,
+token_classification, question_answering), found by ``load_kind`` with importlib: adding a kind
+is adding a module, there is no registry to edit. Every kind module defines the same four
+functions; the loop (training/finetune/loop.py) knows nothing else about any of them:
+
+``check(task: TaskConfig) -> None``
+    Raise ConfigError for a task config this kind cannot run (an unknown format or metric, labels
+    missing or given where they make no sense). Called before any file is read.
+
+``load(task: TaskConfig, path: str, tokenizer, *, split: str) -> TaskData``
+    Read one file (``path`` is data_dir joined with task.train_file or a dev file; ``split`` is
+    "train" or a dev file's name) and turn it into model inputs. ``tokenizer`` is the
+    ``transformers.AutoTokenizer`` of model_dir (a fast tokenizer, so offsets are available).
+    Each bad row raises ``BadInputError(path, line, reason)`` under task.on_bad_row=error, or is
+    recorded in ``TaskData.skipped`` under skip. Every tensor in ``inputs`` has the same first
+    dimension N (the rows, or windows, the model sees), is padded to task.max_seq_length, and
+    includes the label tensors the model's loss needs (``labels``, or ``start_positions`` /
+    ``end_positions``), for a dev file too when its labels allow a dev loss.
+
+``build_model(model_dir: str, task: TaskConfig, label_names: list[str] | None) -> torch.nn.Module``
+    The pre-trained encoder of model_dir with the kind's new head. ``model(**batch)``, with
+    ``batch`` a row slice of ``TaskData.inputs``, returns a transformers ``ModelOutput``: ``loss``
+    (when the batch has labels) and the kind's prediction tensors (``logits``, or ``start_logits``
+    and ``end_logits``). ``label_names`` is the training TaskData's.
+
+``evaluate(task: TaskConfig, data: TaskData, outputs: dict[str, numpy.ndarray]) -> dict[str, float]``
+    The task's metrics (the names in task.metrics) on one dev file. ``outputs`` holds every tensor
+    of the model's outputs except loss (and hidden states/attentions), as float arrays concatenated
+    over the rows of ``data.inputs`` in order: ``outputs["logits"]`` is (N, num_labels) for
+    classification, (N, 1) for regression, (N, T, num_labels) for token classification.
+
+Each kind also imports nothing heavy at module level beyond torch/numpy, and names its metrics in
+``METRICS`` (a tuple of str) so configs can be checked against it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Optional, Sequence
+
+from training.config import ConfigError
+
+KIND_FUNCTIONS = ("check", "load", "build_model", "evaluate")
+"""What every kind module defines (see this module's docstring)."""
+
+FIRST_SKIPPED_KEPT = 5
+"""How many skipped rows are kept verbatim (file:line: reason) in results.json."""
+
+
+class BadInputError(ValueError):
+    """A row of a task file that cannot be read: names the file, the 1-based line and why."""
+
+    def __init__(self, path: str, line: int, reason: str):
+        self.path, self.line, self.reason = path, line, reason
+        super().__init__(f"{path}:{line}: {reason} (task.on_bad_row=skip leaves such rows out and counts them)")
+
+
+@dataclass
+class SkippedRows:
+    """Rows left out under task.on_bad_row=skip: counts by reason and the first few, for results.json."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    """Reason (a short fixed phrase, e.g. "wrong number of columns") -> rows skipped for it."""
+    first: list[str] = field(default_factory=list)
+    """The first FIRST_SKIPPED_KEPT skipped rows as "file:line: reason: detail"."""
+
+    def add(self, path: str, line: int, reason: str, detail: str = "") -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if len(self.first) < FIRST_SKIPPED_KEPT:
+            self.first.append(f"{path}:{line}: {reason}" + (f": {detail}" if detail else ""))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "counts": dict(self.counts), "first": list(self.first)}
+
+
+class RowPolicy:
+    """What a reader does with a bad row: raise under task.on_bad_row=error, count it under skip.
+
+    ``reject(line, reason, detail)`` raises BadInputError or records the row in ``skipped``;
+    the reader then moves to the next row.
+    """
+
+    def __init__(self, on_bad_row: str, path: str):
+        self.on_bad_row, self.path, self.skipped = on_bad_row, path, SkippedRows()
+
+    def reject(self, line: int, reason: str, detail: str = "") -> None:
+        if self.on_bad_row == "error":
+            raise BadInputError(self.path, line, reason + (f": {detail}" if detail else ""))
+        self.skipped.add(self.path, line, reason, detail)
+
+
+@dataclass
+class TaskData:
+    """One file of a task, ready for the model and for evaluation."""
+
+    inputs: dict[str, Any]
+    """Model keyword arguments, torch tensors with the same first dimension N (labels included)."""
+    examples: Any = None
+    """Whatever the kind's evaluate needs besides the outputs (gold labels, offsets, answers...)."""
+    label_names: Optional[list[str]] = None
+    """Class names in id order (classification, token classification); None otherwise."""
+    skipped: SkippedRows = field(default_factory=SkippedRows)
+    """Rows left out under task.on_bad_row=skip."""
+    rows_are_examples: bool = True
+    """Row i of inputs is example i of ``examples`` (a sequence): rows can then be selected, e.g. into
+    cross-validation folds. False for windowed kinds (a long context gives several rows)."""
+
+    @property
+    def num_rows(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def select(self, rows: Sequence[int]) -> "TaskData":
+        """The same data restricted to ``rows`` (in that order), for cross-validation folds."""
+        if not self.rows_are_examples:
+            raise ConfigError("task.cv_folds needs a kind whose rows are its examples "
+                              "(classification or regression)")
+        import torch
+
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        examples = self.examples
+        if examples is not None:
+            examples = [examples[i] for i in index.tolist()]
+        return TaskData(inputs={k: v[index] for k, v in self.inputs.items()}, examples=examples,
+                        label_names=self.label_names, skipped=self.skipped, rows_are_examples=True)
+
+
+def load_kind(kind: str) -> ModuleType:
+    """The module of task kind ``kind`` (training/finetune/kind_<kind>.py), its API checked."""
+    try:
+        module = importlib.import_module(f"training.finetune.kind_{kind}")
+    except ModuleNotFoundError as e:
+        if e.name != f"training.finetune.kind_{kind}":
+            raise  # the kind exists but something it imports does not
+        raise ConfigError(f"task.kind {kind!r} has no module training/finetune/kind_{kind}.py") from None
+    missing = [name for name in KIND_FUNCTIONS if not callable(getattr(module, name, None))]
+    if missing:
+        raise TypeError(f"{module.__name__} does not define {missing} (see training/finetune/kinds.py)")
+    return module
