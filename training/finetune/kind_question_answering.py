@@ -90,4 +90,5 @@ def evaluate(task, data: TaskData, outputs: Dict[str, np.ndarray]) -> Dict[str, 
     predictions = best_answers(questions.examples, questions.windows, outputs["start_logits"], outputs["end_logits"],
                                task.n_best_size, task.max_answer_length, task.version_2_with_negative,
                                task.null_score_threshold)
-    return squad_scores(questions.examples, predictions, task.version_2_with_negative)
+    scores = squad_scores(questions.examples, predictions, task.version_2_with_negative)
+    return {k: v for k, v in scores.items() if k in task.metrics}

@@ -23,7 +23,7 @@ from training.finetune.kinds import TaskData
 log = logging.getLogger(__name__)
 
 METRICS = ("entity_f1", "entity_precision", "entity_recall")
-"""Micro scores over all entities; evaluate also returns <TYPE>_f1/_precision/_recall/_support per type."""
+"""Micro scores over all entities; evaluate also returns <TYPE>_f1 for each entity type of the file."""
 
 _TAG = re.compile(r"^(?:O|[BI]-\S+)$")
 
@@ -99,4 +99,5 @@ def evaluate(task, data: TaskData, outputs: Dict[str, np.ndarray]) -> Dict[str, 
     tagged: TaggedFile = data.examples
     predicted = outputs["logits"].argmax(axis=-1)  # (N, T) label ids
     tags = decode_windows(tagged.windows, predicted, tagged.sentences, data.label_names or task.labels)
-    return entity_scores([s.tags for s in tagged.sentences], tags)
+    scores = entity_scores([s.tags for s in tagged.sentences], tags)
+    return {k: v for k, v in scores.items() if k in task.metrics or (k.endswith("_f1") and k != "entity_f1")}
