@@ -169,6 +169,24 @@ class FinetuneConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
+    def __post_init__(self):
+        if self.save_model and self.task.cv_folds:
+            raise ConfigError("save_model=true with task.cv_folds: cross-validation trains one model per fold, "
+                              "none on all the data; fine-tune without task.cv_folds to keep a model")
+
+
+def to_finetune_config(cfg) -> FinetuneConfig:
+    """The composed Hydra config as dataclasses, every check run; keys a ``+key=value`` override
+    appended are rejected (``OmegaConf.to_object`` would drop them silently)."""
+    from omegaconf import OmegaConf
+
+    from training.config import _keys_outside_schema
+
+    extra = _keys_outside_schema(cfg, "")
+    if extra:
+        raise ConfigError(f"unknown config keys {extra} (added with '+'?); see training/finetune/config.py")
+    return OmegaConf.to_object(cfg)
+
 
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore so a misspelt key fails at composition."""

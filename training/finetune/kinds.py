@@ -112,6 +112,8 @@ class TaskData:
     rows_are_examples: bool = True
     """Row i of inputs is example i of ``examples`` (a sequence): rows can then be selected, e.g. into
     cross-validation folds. False for windowed kinds (a long context gives several rows)."""
+    strata: Optional[list] = None
+    """The class of each row, so cross-validation folds keep the class balance; None: plain folds."""
 
     @property
     def num_rows(self) -> int:
@@ -128,8 +130,10 @@ class TaskData:
         examples = self.examples
         if examples is not None:
             examples = [examples[i] for i in index.tolist()]
+        strata = None if self.strata is None else [self.strata[i] for i in index.tolist()]
         return TaskData(inputs={k: v[index] for k, v in self.inputs.items()}, examples=examples,
-                        label_names=self.label_names, skipped=self.skipped, rows_are_examples=True)
+                        label_names=self.label_names, skipped=self.skipped, rows_are_examples=True,
+                        strata=strata)
 
 
 def load_kind(kind: str) -> ModuleType:
