@@ -45,7 +45,9 @@ instead of the default 1% that holds out one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -95,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-examples", type=int, default=None,
                    help="evaluate on the first N held-out examples only (default: the whole eval split)")
     p.add_argument("--polarity-data", default=None,
-                   help="data_dir for `python -m training.finetune task=polarity` (default: the task preset's)")
+                   help="data_dir of `python -m training.finetune task=polarity` (default: gensim's test data, "
+                        "as training/conf/task/polarity.yaml says)")
     p.add_argument("--skip-polarity", action="store_true", help="leave out the downstream fine-tuning")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--transformers-side", default=None, metavar="SPEC_JSON", help=argparse.SUPPRESS)
@@ -251,7 +254,8 @@ def export_our_checkpoint(output_dir: str, tag: str, bert_cfg: BertConfig, shard
     from training import checkpoint as ckpt
     from training.export import consolidated_state_dict_from_checkpoint, export_hf
 
-    state = consolidated_state_dict_from_checkpoint(os.path.join(output_dir, ckpt.CHECKPOINTS_SUBDIR), tag)
+    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed's reader prints what it parses
+        state = consolidated_state_dict_from_checkpoint(os.path.join(output_dir, ckpt.CHECKPOINTS_SUBDIR), tag)
     return export_hf(state, bert_cfg, shards, dest)
 
 
@@ -443,6 +447,7 @@ def evaluate_export(model_dir: str, batches: list[dict]) -> dict:
     import torch.nn.functional as F
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
     model = transformers.BertForPreTraining.from_pretrained(model_dir, attn_implementation="sdpa").eval()
     sums = {"mlm_loss": 0.0, "mlm_correct": 0, "mlm_count": 0, "nsp_loss": 0.0, "nsp_correct": 0, "nsp_count": 0}
     for b in batches:
@@ -531,19 +536,35 @@ def plot(result: dict, path: str) -> None:
 
 # --- downstream -----------------------------------------------------------------------------------
 
-def polarity_available() -> Optional[str]:
+def polarity_data_dir(given: Optional[str]) -> Optional[str]:
+    """--polarity-data, else gensim's test data (training/conf/task/polarity.yaml: the 200 Pang & Lee
+    sentences that gensim's wheel ships, the sample corpus's package)."""
+    if given:
+        return given
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(list(spec.submodule_search_locations)[0], "test", "test_data")
+
+
+def polarity_unavailable(data_dir: Optional[str]) -> Optional[str]:
     """None when `python -m training.finetune task=polarity` can run here, else why not."""
     missing = [p for p in ("training/finetune/__main__.py", "training/conf/task/polarity.yaml")
                if not os.path.exists(os.path.join(REPO, p))]
-    return f"not in this checkout: {', '.join(missing)}" if missing else None
+    if missing:
+        return f"not in this checkout: {', '.join(missing)}"
+    if data_dir is None:
+        return "no polarity data: install gensim (pip install -e '.[sample]') or pass --polarity-data"
+    if not os.path.isdir(data_dir):
+        return f"--polarity-data {data_dir} is not a directory"
+    return None
 
 
-def run_polarity(model_dir: str, out_dir: str, data_dir: Optional[str], seed: int) -> dict:
-    """5-fold cross-validated polarity accuracy of one export, by the fine-tuning CLI."""
-    cmd = [sys.executable, "-m", "training.finetune", "task=polarity", f"model_dir={model_dir}",
-           f"output_dir={out_dir}", "task.cv_folds=5", f"seed={seed}"]
-    if data_dir:
-        cmd.append(f"data_dir={data_dir}")
+def run_polarity(model_dir: str, out_dir: str, data_dir: str, seed: int) -> dict:
+    """5-fold cross-validated polarity accuracy of one export, by the fine-tuning CLI (its
+    results.json: `score` is the mean over folds of the main metric, accuracy)."""
+    cmd = [sys.executable, "-m", "training.finetune", "task=polarity", f"data_dir={data_dir}",
+           f"model_dir={model_dir}", f"output_dir={out_dir}", "task.cv_folds=5", f"seed={seed}", "logger=disabled"]
     print("  python", " ".join(cmd[1:]), flush=True)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -551,29 +572,11 @@ def run_polarity(model_dir: str, out_dir: str, data_dir: Optional[str], seed: in
     if done.returncode:
         return {"error": (done.stdout[-1500:] + done.stderr[-1500:]).strip(), "seconds": seconds}
     with open(os.path.join(out_dir, "results.json")) as f:
-        return {"results": json.load(f), "seconds": seconds}
-
-
-def polarity_accuracy(entry: dict) -> Optional[float]:
-    """The cross-validated accuracy in a results.json (its `main_metric` value, else the first
-    'accuracy' found, preferring a mean over folds)."""
-    results = entry.get("results")
-    if not isinstance(results, dict):
-        return None
-    found = []
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, path + [str(k)])
-        elif isinstance(node, (int, float)) and not isinstance(node, bool) and "accuracy" in path[-1]:
-            found.append((path, float(node)))
-    walk(results, [])
-    for pref in ("mean", "main", ""):
-        for path, value in found:
-            if pref in "/".join(path):
-                return value
-    return None
+        results = json.load(f)
+    main = results["main_metric"]
+    return {"accuracy": results["score"], "std_over_folds": results.get("final_std", {}).get(main),
+            "main_metric": main, "per_fold": [f["final"].get(main) for f in results.get("cv", {}).get("per_fold", [])],
+            "seconds": seconds, "results_json": os.path.join(out_dir, "results.json")}
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -665,7 +668,8 @@ def main() -> None:
 
     # downstream
     polarity: dict = {}
-    why_not = "--skip-polarity" if args.skip_polarity else polarity_available()
+    polarity_dir = polarity_data_dir(args.polarity_data)
+    why_not = "--skip-polarity" if args.skip_polarity else polarity_unavailable(polarity_dir)
     pol_start = time.perf_counter()
     if why_not:
         print(f"polarity: skipped ({why_not})", flush=True)
@@ -674,8 +678,7 @@ def main() -> None:
         print("polarity (5-fold cross-validation) of both final models:", flush=True)
         finals = {"ours": ours_points[-1]["snapshot"], "transformers": hf_points[-1]["snapshot"]}
         for side in SIDES:
-            entry = run_polarity(finals[side], os.path.join(work, "polarity", side), args.polarity_data, args.seed)
-            entry["accuracy"] = polarity_accuracy(entry)
+            entry = run_polarity(finals[side], os.path.join(work, "polarity", side), polarity_dir, args.seed)
             polarity[side] = entry
             if "error" in entry:
                 print(f"  {side}: failed: {entry['error'][-600:]}", flush=True)
@@ -753,9 +756,12 @@ def print_report(r: dict, out: str) -> None:
         print(f"polarity      skipped: {pol['skipped']}")
     else:
         for side in SIDES:
-            acc = pol[side].get("accuracy")
-            print(f"polarity      {side:<13} {'failed' if acc is None else f'{acc:.2%}'} "
-                  f"(5-fold CV, {pol[side]['seconds']:.0f} s)")
+            e = pol[side]
+            if "error" in e:
+                print(f"polarity      {side:<13} failed ({e['seconds']:.0f} s)")
+            else:
+                print(f"polarity      {side:<13} accuracy {e['accuracy']:.2%} ± {e['std_over_folds']:.2%} "
+                      f"(5-fold CV, {e['seconds']:.0f} s)")
     sec = r["seconds"]
     print(f"took          {sec['total']:.0f} s in all (evaluation {sec['evaluation']:.0f} s, polarity {sec['polarity']:.0f} s)")
     print(f"wrote         {os.path.join(out, PLOT_FILE)}, {os.path.join(out, JSON_FILE)}")
