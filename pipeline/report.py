@@ -236,7 +236,8 @@ def plot_documents_per_source(counts: dict[tuple[str, str], int], path: str) -> 
         if rest:
             values.append(sum(counts.get((s, split), 0) for s in rest))
         stacks[split] = values
-    title = f"Documents per source ({sum(totals.values()):,} documents, {len(ranked):,} source{'s' if len(ranked) != 1 else ''})"
+    sources = f"{len(ranked):,} source" + ("s" if len(ranked) != 1 else "")
+    title = f"Documents per source ({sum(totals.values()):,} documents, {sources})"
     fig, (ax,) = new_figure(1, width=9.0, height=1.8 + 0.3 * len(categories))
     bars(ax, categories, stacks, horizontal=True)
     ax.set_xlabel("documents kept")
@@ -331,6 +332,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         report = write_report(args.data_dir, args.out, args.max_rows)
     except contract.ContractError as e:
         exit_with(str(e))
+    except OSError as e:  # a shard the manifest lists is missing or unreadable
+        exit_with(f"{args.data_dir}: cannot read what its manifest lists ({e})")
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     for plotted in report.plots.values():

@@ -173,8 +173,8 @@ def wandb_files(wandb_root: str) -> list[str]:
 
 def tracked_history(wandb_root: str) -> tuple[list[dict], list[int], list[str]]:
     """The W&B rows of every attempt, attempts in the order they started (their first row's
-    ``_timestamp``), made ``continuous``; the step each later attempt resumed from (the step
-    before its first row); and a note per file that could not be read."""
+    ``_timestamp``), made ``continuous``; the checkpoint step each later attempt resumed from
+    (the step before its first row); and a note per file that could not be read."""
     attempts, notes = [], []
     for path in wandb_files(wandb_root):
         try:
@@ -185,7 +185,7 @@ def tracked_history(wandb_root: str) -> tuple[list[dict], list[int], list[str]]:
         if rows:
             attempts.append((rows[0].get("_timestamp", os.path.getmtime(path)), rows))
     attempts.sort(key=lambda a: a[0])
-    resumed = [rows[0]["step"] - 1 for _, rows in attempts[1:]]
+    resumed = [rows[0]["step"] - 1 for _, rows in attempts[1:] if rows[0]["step"] > 1]  # not a restart from step 0
     return continuous([row for _, rows in attempts for row in rows]), resumed, notes
 
 
