@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from training.config import ConfigError
 from training.finetune.conll import (IGNORE_INDEX, Sentence, decode_windows, encode_sentences, entity_scores,
                                      entity_spans, read_conll)
 from training.finetune.kinds import BadInputError
@@ -85,6 +86,16 @@ def test_bad_conll_line_is_named(tmp_path, text, line, words):
         read_conll(str(path), CONLL_TAGS)
     assert str(raised.value).startswith(f"{path}:{line}: ")
     assert words in str(raised.value)
+
+
+def test_conll_text_not_in_the_encoding(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("Hans NNP B-NP B-PER\nK\u00f6ln NNP B-NP B-LOC\n".encode("latin-1"))
+    with pytest.raises(BadInputError, match=r"latin1.txt:2: not utf-8 text: byte 0xf6 at byte 2"):
+        read_conll(str(path), CONLL_TAGS)
+    assert read_conll(str(path), CONLL_TAGS, encoding="latin-1").sentences[0].words == ["Hans", "K\u00f6ln"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_conll(str(tmp_path / "missing.txt"), CONLL_TAGS)
 
 
 def test_bad_conll_lines_skipped_and_counted():
@@ -340,12 +351,12 @@ def finetune(model_dir, output_dir, *overrides, check=True):
 def test_ner_end_to_end_overfits_its_training_set(model_dir, tmp_path):
     out = tmp_path / "ner"
     finetune(model_dir, out, "task=conll2003", f"data_dir={DATA}/conll2003", "task.max_seq_length=32",
-             "task.dev_files={dev:valid.txt,seen:train.txt}", "task.main_metric=seen/entity_f1",
-             "train.epochs=40", "train.batch_size=8", "optim.lr=5e-3", "optim.warmup_ratio=0.0")
+             "~task.dev_files.test", "+task.dev_files.seen=train.txt", "task.main_metric=seen/entity_f1",
+             "train.epochs=10", "train.batch_size=2", "optim.lr=1e-2", "optim.warmup_ratio=0.0")  # 30 steps
     results = json.loads((out / "results.json").read_text())
     assert results["kind"] == "token_classification"
     assert (results["rows"]["train"], results["rows"]["dev"], results["rows"]["seen"]) == (6, 2, 6)
-    assert len(results["epochs"]) == 40
+    assert len(results["epochs"]) == 10
     for record in results["epochs"]:
         for name in ("dev", "seen"):
             for metric in ("entity_f1", "entity_precision", "entity_recall"):

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from training.config import ConfigError
 from training.finetune.kinds import RowPolicy, SkippedRows
 
 IGNORE_INDEX = -100
@@ -64,7 +65,11 @@ def read_conll(path: str, labels: Optional[Sequence[str]] = None, on_bad_row: st
     policy = RowPolicy(on_bad_row, path)
     sentences: List[Sentence] = []
     dropped = converted = 0
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise ConfigError(f"task file {path} does not exist (data_dir + task.train_file / task.dev_files)") from None
+    with f:
         for block in _blocks(f, encoding):
             tags, n_converted = to_bio(block.tags)
             problems = list(block.problems)
@@ -102,7 +107,8 @@ def _blocks(lines: Iterator[bytes], encoding: str) -> Iterator[_Block]:
             raw = data.decode(encoding)
         except UnicodeDecodeError as e:
             block = block or _Block(number)
-            block.problems.append((number, "not " + encoding, f"byte {data[e.start]:#04x} at column {e.start + 1}"))
+            block.problems.append((number, f"not {encoding} text",
+                                   f"byte 0x{data[e.start]:02x} at byte {e.start + 1} (set task.encoding)"))
             continue
         fields = raw.split()
         if not fields or fields[0] == DOCSTART:
@@ -256,7 +262,8 @@ def decode_windows(windows: Sequence[TokenWindow], token_predictions: Sequence[S
             out[window.sentence][window.first_word + offset] = id_to_label[int(predicted[position])]
     missing = [(i, tags.index(None)) for i, tags in enumerate(out) if None in tags]
     if missing:
-        raise ValueError(f"no prediction for word {missing[0][1]} of sentence {missing[0][0]} ({len(missing)} sentences)")
+        sentence, word = missing[0]
+        raise ValueError(f"no prediction for word {word} of sentence {sentence} ({len(missing)} sentences lack some)")
     return out  # type: ignore[return-value]
 
 

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from training.config import ConfigError
 from training.finetune.kinds import FIRST_SKIPPED_KEPT, BadInputError, SkippedRows
 
 
@@ -85,11 +86,18 @@ class _QuestionPolicy:
 def read_squad(path: str, version_2_with_negative: bool, on_bad_row: str = "error",
                encoding: str = "utf-8") -> SquadFile:
     """The questions of a SQuAD file, each answer checked against its context."""
-    with open(path, encoding=encoding) as f:
-        try:
-            document = json.load(f)
-        except json.JSONDecodeError as e:
-            raise BadInputError(path, e.lineno, f"not JSON: {e.msg} (column {e.colno})") from None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"task file {path} does not exist (data_dir + task.train_file / task.dev_files)") from None
+    try:
+        document = json.loads(data.decode(encoding))
+    except UnicodeDecodeError as e:
+        raise BadInputError(path, data.count(b"\n", 0, e.start) + 1,
+                            f"not {encoding} text: byte 0x{data[e.start]:02x} (set task.encoding)") from None
+    except json.JSONDecodeError as e:
+        raise BadInputError(path, e.lineno, f"not JSON: {e.msg} (column {e.colno})") from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise BadInputError(path, 1, 'not a SQuAD file: no top-level "data" list')
     policy = _QuestionPolicy(on_bad_row, path)
@@ -188,7 +196,8 @@ def encode_examples(examples: Sequence[QAExample], tokenizer, max_seq_length: in
     if not examples:
         return windows, report
     questions = tokenizer([e.question for e in examples], add_special_tokens=False)["input_ids"]
-    contexts = {c: i for i, c in enumerate(dict.fromkeys(e.context for e in examples))}  # a paragraph has many questions
+    # a paragraph has many questions: each context is tokenized once
+    contexts = {c: i for i, c in enumerate(dict.fromkeys(e.context for e in examples))}
     encoded = tokenizer(list(contexts), add_special_tokens=False, return_offsets_mapping=True)
     for index, example in enumerate(examples):
         question = questions[index]
@@ -241,7 +250,8 @@ def _window(example: int, question: List[int], ids: List[int], offsets: List[Tup
     input_ids = [cls] + question + [sep] + ids[first:first + length] + [sep]
     token_types = [0] * (len(question) + 2) + [1] * (length + 1)
     shift = len(question) + 2 - first  # context token i sits at position i + shift
-    window_offsets: List[Optional[Tuple[int, int]]] = [None] * (len(question) + 2) + offsets[first:first + length] + [None]
+    window_offsets: List[Optional[Tuple[int, int]]] = [None] * (len(question) + 2)
+    window_offsets += offsets[first:first + length] + [None]
     start = end = 0
     if answer is not None and first <= answer[0] and answer[1] < first + length:
         start, end = answer[0] + shift, answer[1] + shift
