@@ -230,18 +230,18 @@ def test_answer_labelled_in_exactly_the_windows_that_hold_it(tokenizer):
     mine = [w for w in windows if w.example == 0]
     holding = []
     for w in mine:
-        assert len(w.input_ids) <= 32
-        spans = [o for o in w.offsets if o is not None]
+        assert len(w.input_ids) == len(w.token_type_ids) == w.num_tokens <= 32
+        spans = [w.offset(i) for i in range(w.num_tokens) if w.offset(i)]
         holds = spans[0][0] <= start and start + len(answer) <= spans[-1][1]
         holding.append(holds)
         if holds:
-            assert context[w.offsets[w.start_position][0]:w.offsets[w.end_position][1]] == answer
+            assert context[w.offset(w.start_position)[0]:w.offset(w.end_position)[1]] == answer
             assert w.token_type_ids[w.start_position] == 1
         else:
             assert (w.start_position, w.end_position) == (0, 0)
     assert 2 <= sum(holding) < len(mine)  # the stride puts the answer in several windows, not all
     every = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    assert {o for w in mine for o in w.offsets if o is not None} == {tuple(o) for o in every}
+    assert {w.offset(i) for w in mine for i in range(w.num_tokens)} - {None} == {tuple(o) for o in every}
     impossible = [w for w in windows if w.example == 1]
     assert all(w.start_position == w.end_position == 0 for w in impossible)
     assert all(w.token_type_ids.count(0) == 10 + 2 for w in impossible)
@@ -252,12 +252,13 @@ def test_answer_labelled_in_exactly_the_windows_that_hold_it(tokenizer):
 
 def _hand_windows():
     """Context "Hillary climbed Everest in 1953" in two windows over its 5 words (2 question tokens).
-    Positions: 0 [CLS], 1-2 question, 3 [SEP], then words, then [SEP]."""
+    Positions: 0 [CLS], 1-2 question, 3 [SEP], then 3 words, then [SEP]: 8 in all."""
     context = "Hillary climbed Everest in 1953"
     words = [(0, 7), (8, 15), (16, 23), (24, 26), (27, 31)]
-    head = [None, None, None, None]
-    first = QAWindow(0, [0] * 8, [0] * 4 + [1] * 4, head + words[0:3] + [None], 0, 0)  # Hillary climbed Everest
-    second = QAWindow(0, [0] * 8, [0] * 4 + [1] * 4, head + words[2:5] + [None], 0, 0)  # Everest in 1953
+    question, ids = [7, 8], [10, 11, 12, 13, 14]
+    first = QAWindow(0, question, ids, words, 0, 3, 0, 0, cls_id=1, sep_id=2)  # Hillary climbed Everest
+    second = QAWindow(0, question, ids, words, 2, 3, 0, 0, cls_id=1, sep_id=2)  # Everest in 1953
+    assert second.input_ids == [1, 7, 8, 2, 12, 13, 14, 2] and second.offset(6) == (27, 31)
     example = QAExample("q", "When?", context, [Answer("1953", 27)])
     return example, [first, second]
 

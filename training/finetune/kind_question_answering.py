@@ -70,7 +70,7 @@ def _padded(windows: List[QAWindow], length: int, pad_id: int) -> Dict[str, torc
     token_types = torch.zeros((len(windows), length), dtype=torch.long)
     mask = torch.zeros((len(windows), length), dtype=torch.long)
     for row, window in enumerate(windows):
-        n = len(window.input_ids)
+        n = window.num_tokens
         input_ids[row, :n] = torch.tensor(window.input_ids)
         token_types[row, :n] = torch.tensor(window.token_type_ids)
         mask[row, :n] = 1

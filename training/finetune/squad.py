@@ -160,17 +160,48 @@ def _question(qa, context: str, v2: bool, policy: _QuestionPolicy, place: str, s
 
 @dataclass
 class QAWindow:
-    """One model input: ``[CLS] question [SEP] context tokens [first, first + n) [SEP]``, unpadded."""
+    """One model input: ``[CLS] question [SEP] context tokens [first, first + length) [SEP]``.
+
+    The question's and the context's token lists are shared with the example's other windows (and
+    the context's with every question on it), so a window costs a few references, not its tokens.
+    """
 
     example: int
     """Index of the example in the list encoded."""
-    input_ids: List[int]
-    token_type_ids: List[int]
-    offsets: List[Optional[Tuple[int, int]]]
-    """Per position: (start, end) characters in the context for a context token, None for the others."""
+    question_ids: List[int]
+    context_ids: List[int]
+    context_offsets: List[Tuple[int, int]]
+    """(start, end) characters of each context token in the context."""
+    first: int
+    length: int
     start_position: int
     end_position: int
     """Positions of the first answer's first and last token; both 0 ([CLS]) if it is not in the window."""
+    cls_id: int
+    sep_id: int
+
+    @property
+    def context_start(self) -> int:
+        """Position of the window's first context token (after [CLS], the question and [SEP])."""
+        return len(self.question_ids) + 2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.context_start + self.length + 1
+
+    @property
+    def input_ids(self) -> List[int]:
+        return ([self.cls_id] + self.question_ids + [self.sep_id]
+                + self.context_ids[self.first:self.first + self.length] + [self.sep_id])
+
+    @property
+    def token_type_ids(self) -> List[int]:
+        return [0] * self.context_start + [1] * (self.length + 1)
+
+    def offset(self, position: int) -> Optional[Tuple[int, int]]:
+        """(start, end) characters in the context of the token at ``position``; None off the context."""
+        i = position - self.context_start
+        return self.context_offsets[self.first + i] if 0 <= i < self.length else None
 
 
 @dataclass
@@ -246,16 +277,12 @@ def _answer_tokens(example: QAExample, offsets: List[Tuple[int, int]]) -> Option
 
 def _window(example: int, question: List[int], ids: List[int], offsets: List[Tuple[int, int]], first: int,
             length: int, answer: Optional[Tuple[int, int]], tokenizer) -> QAWindow:
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    input_ids = [cls] + question + [sep] + ids[first:first + length] + [sep]
-    token_types = [0] * (len(question) + 2) + [1] * (length + 1)
-    shift = len(question) + 2 - first  # context token i sits at position i + shift
-    window_offsets: List[Optional[Tuple[int, int]]] = [None] * (len(question) + 2)
-    window_offsets += offsets[first:first + length] + [None]
     start = end = 0
     if answer is not None and first <= answer[0] and answer[1] < first + length:
+        shift = len(question) + 2 - first  # context token i sits at position i + shift
         start, end = answer[0] + shift, answer[1] + shift
-    return QAWindow(example, input_ids, token_types, window_offsets, start, end)
+    return QAWindow(example, question, ids, offsets, first, length, start, end, tokenizer.cls_token_id,
+                    tokenizer.sep_token_id)
 
 
 # --- best spans -----------------------------------------------------------------------------
@@ -274,11 +301,11 @@ def best_answers(examples: Sequence[QAExample], windows: Sequence[QAWindow], sta
     best: Dict[int, Tuple[float, int, int, int]] = {}  # example -> (score, window, start, end)
     null: Dict[int, float] = {}
     for w, window in enumerate(windows):
-        starts, ends = start_logits[w], end_logits[w]  # (T,) each; T >= len(window.input_ids)
+        starts, ends = start_logits[w], end_logits[w]  # (T,) each; T >= window.num_tokens
         null[window.example] = min(null.get(window.example, np.inf), float(starts[0] + ends[0]))
-        n = len(window.offsets)
-        top_starts = [i for i in np.argsort(-starts[:n], kind="stable")[:n_best_size] if window.offsets[i] is not None]
-        top_ends = [i for i in np.argsort(-ends[:n], kind="stable")[:n_best_size] if window.offsets[i] is not None]
+        n = window.num_tokens
+        top_starts = [i for i in np.argsort(-starts[:n], kind="stable")[:n_best_size] if window.offset(i)]
+        top_ends = [i for i in np.argsort(-ends[:n], kind="stable")[:n_best_size] if window.offset(i)]
         for s in top_starts:
             for e in top_ends:
                 if e < s or e - s + 1 > max_answer_length:
@@ -295,8 +322,7 @@ def best_answers(examples: Sequence[QAExample], windows: Sequence[QAWindow], sta
         if version_2_with_negative and null[index] - score > null_score_threshold:
             predictions[example.qid] = ""
             continue
-        offsets = windows[w].offsets
-        predictions[example.qid] = example.context[offsets[s][0]:offsets[e][1]]
+        predictions[example.qid] = example.context[windows[w].offset(s)[0]:windows[w].offset(e)[1]]
     return predictions
 
 
