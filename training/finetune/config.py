@@ -77,6 +77,8 @@ class TaskConfig:
     """question_answering (SQuAD 2.0): predict no answer when null score - best span score exceeds this."""
 
     def __post_init__(self):
+        if self.kind == MISSING:
+            return  # the schema's empty task (FinetuneConfig.task) before a preset fills it
         if self.kind not in KINDS:
             raise ConfigError(f"task.kind must be one of {KINDS}, got {self.kind!r}")
         if self.on_bad_row not in ON_BAD_ROW:
@@ -164,7 +166,9 @@ class FinetuneConfig:
     """Seeds the new head's initialisation, dropout, shuffling and the cross-validation folds."""
     save_model: bool = False
     """Also save the fine-tuned model and tokenizer (save_pretrained) in output_dir/model."""
-    task: TaskConfig = MISSING
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The task preset (task=<conf/task/*.yaml>); an empty node, not a missing one, so that a sweep over
+    task= still takes task.* overrides (Hydra applies them to the sweep's base config first)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -182,6 +186,8 @@ def to_finetune_config(cfg) -> FinetuneConfig:
 
     from training.config import _keys_outside_schema
 
+    if OmegaConf.is_missing(cfg.task, "kind"):
+        raise ConfigError("task is required: task=<preset> (python -m training.finetune --help lists them)")
     extra = _keys_outside_schema(cfg, "")
     if extra:
         raise ConfigError(f"unknown config keys {extra} (added with '+'?); see training/finetune/config.py")
