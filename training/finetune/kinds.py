@@ -17,7 +17,10 @@ functions; the loop (training/finetune/loop.py) knows nothing else about any of 
     recorded in ``TaskData.skipped`` under skip. Every tensor in ``inputs`` has the same first
     dimension N (the rows, or windows, the model sees), is padded to task.max_seq_length, and
     includes the label tensors the model's loss needs (``labels``, or ``start_positions`` /
-    ``end_positions``), for a dev file too when its labels allow a dev loss.
+    ``end_positions``), for a dev file too when its labels allow a dev loss. Padding is on the
+    right: in a training batch the loop cuts every (N, T) tensor (T = attention_mask's width) to
+    the batch's longest row, so a (N, T) label tensor is cut with the inputs; dev batches are
+    not cut, so ``outputs`` below keep the full T.
 
 ``build_model(model_dir: str, task: TaskConfig, label_names: list[str] | None) -> torch.nn.Module``
     The pre-trained encoder of model_dir with the kind's new head. ``model(**batch)``, with
