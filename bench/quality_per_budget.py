@@ -254,7 +254,8 @@ def export_our_checkpoint(output_dir: str, tag: str, bert_cfg: BertConfig, shard
     from training import checkpoint as ckpt
     from training.export import consolidated_state_dict_from_checkpoint, export_hf
 
-    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed's reader prints what it parses
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # DeepSpeed's reader's chatter
         state = consolidated_state_dict_from_checkpoint(os.path.join(output_dir, ckpt.CHECKPOINTS_SUBDIR), tag)
     return export_hf(state, bert_cfg, shards, dest)
 
@@ -265,7 +266,7 @@ def ours_timeline(run: dict, checkpoint_every: int) -> dict:
     stamps = run["stamps"]
     steps = sorted(stamps)
     gaps = {s: stamps[s] - stamps[s - 1] for s in steps if s - 1 in stamps}
-    plain = sorted(g for s, g in gaps.items() if (s - 1) % checkpoint_every)
+    plain = sorted(g for s, g in gaps.items() if (s - 1) % checkpoint_every) or sorted(gaps.values())
     median = plain[len(plain) // 2] if plain else 0.0
     save_s = sum(max(0.0, g - median) for s, g in gaps.items() if (s - 1) % checkpoint_every == 0)
     return {"first_step_s": stamps[steps[0]] if steps else None, "steps": steps[-1] if steps else 0,
@@ -523,6 +524,8 @@ def plot(result: dict, path: str) -> None:
         ax_loss.axvline(reach, color=colors["ours"], ls=":", lw=1,
                         label=f"ours reaches it: {reach:.0f} s = {result['comparison']['ratio']:.2f} x budget")
     for ax, name in ((ax_loss, "held-out MLM loss"), (ax_acc, "held-out MLM accuracy (%)")):
+        ax.axvline(result["setup"]["budget_s"], color="grey", ls="--", lw=1)
+        ax.set_xlim(left=0)
         ax.set_xlabel("wall time since the training process started (s)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
