@@ -382,12 +382,14 @@ def test_lr_sweep_writes_each_job_and_a_summary_naming_the_best(glue_dir, tiny_b
         summary = json.load(f)
     assert [p["lr"] for p in summary["points"]] == [2e-5, 3e-5, 5e-5]
     assert [p["dir"] for p in summary["points"]] == [str(tmp_path / str(i)) for i in range(3)]
-    assert [p["varied"] for p in summary["points"]] == [[f"optim.lr={lr}"] for lr in (2e-5, 3e-5, 5e-5)]  # as Hydra writes them
+    # Hydra writes the swept values back the way Python prints floats: 2e-05.
+    assert [p["varied"] for p in summary["points"]] == [[f"optim.lr={lr}"] for lr in (2e-5, 3e-5, 5e-5)]
     for point in summary["points"]:
         assert point["score"] == read_results(point["dir"])["final"]["dev/accuracy"]
     assert summary["best"]["score"] == max(p["score"] for p in summary["points"])
     assert summary["main_metric"] == "dev/accuracy"
-    assert f"sweep: best dev/accuracy {summary['best']['score']:.4f} with {summary['best']['varied'][0]}" in result.stdout
+    best = summary["best"]
+    assert f"sweep: best dev/accuracy {best['score']:.4f} with {best['varied'][0]}" in result.stdout
 
 
 def test_wandb_offline_run_holds_the_dev_metric_of_every_epoch(glue_dir, tiny_bert, tmp_path):
@@ -438,8 +440,8 @@ def our_pretrained_model(tmp_path_factory):
     env.setdefault("OMP_NUM_THREADS", "1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, "-m", "training", "experiment=cpu_smoke", "model=tiny", f"data_dir={root / 'shards'}",
-                           f"output_dir={root / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "training", "experiment=cpu_smoke", "model=tiny",
+                           f"data_dir={root / 'shards'}", f"output_dir={root / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return str(root / "run" / "hf")

@@ -61,7 +61,8 @@ def load(task: TaskConfig, path: str, tokenizer, *, split: str) -> TaskData:
 
     def label_id(example: glue.TextExample, policy: RowPolicy):
         if example.label not in ids:
-            policy.reject(example.line, "unknown label", f"{example.label!r} is not one of task.labels {list(task.labels)}")
+            policy.reject(example.line, "unknown label",
+                          f"{example.label!r} is not one of task.labels {list(task.labels)}")
             return None
         return ids[example.label]
 

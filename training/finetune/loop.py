@@ -62,7 +62,8 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     warmup = int(round(cfg.warmup_ratio * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: linear_warmup_decay(step, warmup, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: linear_warmup_decay(step, warmup, total_steps))
     return optimizer, scheduler
 
 
