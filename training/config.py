@@ -297,9 +297,13 @@ class TrainerConfig:
     max_nonfinite_in_a_row: int = 10
     """Stop the run after this many consecutive non-finite losses (each one skips its update)."""
     init_from: Optional[str] = MISSING
-    """Weights to start from: null (random init), or for phase 2 a model.safetensors or a directory
-    with one, e.g. phase 1's output_dir/hf (optimizer, schedule and step start fresh). Every
-    trainer preset sets it, so phase2 fails to compose without it. Ignored when resuming."""
+    """Weights to start from (optimizer, schedule and step start fresh): null (random init); for phase 2,
+    phase 1's output_dir/hf (or a model.safetensors in our names); for continued pre-training, a
+    published BERT in Hugging Face layout (config.json, model.safetensors or pytorch_model.bin,
+    vocab.txt; BertForPreTraining or a bare BertModel), whose architecture must be model.*'s and whose
+    vocab.txt the shards' (tokenizer=vocab_file tokenizer.vocab_file=<dir>/vocab.txt); tensors it
+    lacks (MLM/NSP heads) start fresh, listed in the log and run_config.json. Every trainer preset
+    sets it, so phase2 fails to compose without it. Ignored when resuming."""
     sparse_mlm_head: bool = True
     """Run the MLM head on masked positions only; false runs it on every token (transformers' layout)."""
     compile: bool = False

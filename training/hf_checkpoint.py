@@ -47,7 +47,7 @@ ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", 
                      "max_position_embeddings", "type_vocab_size", "vocab_size", "layer_norm_eps")
 """config.json keys that must equal the model's (same names in our BertConfig and ModelConfig)."""
 
-SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 """The keys a ``model=`` preset sets (training/conf/model/*.yaml, training.model.PRESETS)."""
 
 ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.")
@@ -122,12 +122,12 @@ class HFCheckpoint:
 
     def bert_config(self, with_nsp_head: bool = False) -> BertConfig:
         """Our BertConfig of this architecture (dropouts and init range from config.json)."""
-        arch = self.architecture()
-        return BertConfig(**arch, with_nsp_head=with_nsp_head,
+        pad = self.config.get("pad_token_id")
+        return BertConfig(**self.architecture(), with_nsp_head=with_nsp_head,
                           hidden_dropout_prob=self.config.get("hidden_dropout_prob", 0.1),
                           attention_probs_dropout_prob=self.config.get("attention_probs_dropout_prob", 0.1),
                           initializer_range=self.config.get("initializer_range", 0.02),
-                          pad_token_id=self.config.get("pad_token_id", 0) or 0)
+                          pad_token_id=0 if pad is None else pad)
 
     def vocab(self) -> list[str]:
         if self.vocab_path is None:
@@ -216,11 +216,15 @@ def check_fits(checkpoint: HFCheckpoint, bert_cfg: BertConfig, manifest: contrac
             f"{str(manifest.lowercase).lower()}: make them with tokenizer.lowercase="
             f"{str(checkpoint.lowercase).lower()}")
     arch = checkpoint.architecture()
+    if arch["vocab_size"] != len(vocab):
+        raise CheckpointError(f"{checkpoint.where}: its embedding table has {arch['vocab_size']:,} rows (config.json "
+                              f"vocab_size) for the {len(vocab):,} tokens of its vocab.txt; this trainer needs "
+                              "one row per token")
     differ = [f"{key} {arch[key]} in the checkpoint, {getattr(bert_cfg, key)} here" for key in ARCHITECTURE_KEYS
               if arch[key] != getattr(bert_cfg, key)]
     if differ:
         raise CheckpointError(f"{checkpoint.where} does not fit this model: {'; '.join(differ)}; "
-                              f"its architecture is {fitting_overrides(arch)}")
+                              f"run with {fitting_overrides(arch)}, the checkpoint's architecture")
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 Build order: W&B login check -> shards (an object store's copied to the node's cache) and their
 manifest -> ``BertConfig`` (vocabulary, sentence head) -> manifest check (``DataContractError``)
 -> resume check (the newest complete checkpoint's run_config.json against this run:
-``ConfigError`` naming what differs) -> process group -> the ranks agree on output_dir, config and
+``ConfigError`` naming what differs) -> ``trainer.init_from`` check (a Hugging Face directory:
+the shards' vocabulary and the configured architecture, ``training.hf_checkpoint``) -> process group -> the ranks agree on output_dir, config and
 checkpoint (``check_ranks_agree``; a rank whose own checks failed says so there, so every rank
 stops together) -> model, optimizer, schedule -> ``deepspeed.initialize`` -> resume from that
 checkpoint, the schedule set to this run's (``optim.restore_schedule_position``).
@@ -129,8 +130,10 @@ def checkpoint_to_resume(cfg: TrainConfig, record: dict) -> Optional[str]:
 
 
 def init_weights_path(init_from: str) -> str:
-    """The model.safetensors that ``trainer.init_from`` names (the file, or a directory holding one,
-    e.g. phase 1's output_dir/hf); ConfigError when there is none, checked before anything is built."""
+    """The model.safetensors that ``trainer.init_from`` names when it is in our own names without a
+    config.json (the file, or a directory holding one); ConfigError when there is none, checked
+    before anything is built. A directory with a config.json is a Hugging Face checkpoint instead
+    (``training.hf_checkpoint``)."""
     path = os.path.join(init_from, "model.safetensors") if os.path.isdir(init_from) else init_from
     if not os.path.exists(init_from):
         raise ConfigError(f"trainer.init_from={init_from} does not exist")
@@ -139,27 +142,75 @@ def init_weights_path(init_from: str) -> str:
     return path
 
 
-def build_model(bert_cfg: BertConfig, cfg: TrainConfig, resuming: bool) -> BertForPreTraining:
-    """Same initial weights on every rank (seeded by cfg.seed), or ``trainer.init_from``'s."""
+def check_init_from(init_from: str, bert_cfg: BertConfig, manifest) -> None:
+    """Before anything is built: ``trainer.init_from`` exists, and a Hugging Face directory (our
+    export or a published BERT) has the shards' vocabulary and the configured architecture
+    (``hf_checkpoint.check_fits``). manifest: the shards' ``ShardManifest``. Raises ConfigError."""
+    from training import hf_checkpoint
+
+    if hf_checkpoint.is_hf_directory(init_from):
+        hf_checkpoint.check_fits(hf_checkpoint.HFCheckpoint.open(init_from, "trainer.init_from"), bert_cfg, manifest)
+    else:
+        init_weights_path(init_from)
+
+
+def load_init_weights(model: BertForPreTraining, init_from: str) -> dict:
+    """Copy ``trainer.init_from``'s weights into the freshly initialised ``model``; returns what
+    was done, for the log and the run's record: ``hf_checkpoint.InitReport.to_dict()``.
+
+    A Hugging Face directory may lack the heads (a bare BertModel such as MiniLM has no MLM or NSP
+    head): those keep the fresh initialisation and are listed under "fresh". A bare safetensors
+    file in our names must hold every tensor of this model."""
+    from training import hf_checkpoint
+
+    if hf_checkpoint.is_hf_directory(init_from):
+        return hf_checkpoint.load_into(model, hf_checkpoint.HFCheckpoint.open(init_from, "trainer.init_from")).to_dict()
+    from safetensors.torch import load_file
+
+    path = init_weights_path(init_from)
+    weights = load_file(path)
+    expected, bert_cfg = model.state_dict(), model.config
+    wrong = [f"{k} {tuple(v.shape)}, this model {tuple(expected[k].shape)}"
+             for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
+    loaded = None if wrong else model.load_state_dict(weights, strict=False)
+    if wrong or loaded.missing_keys or loaded.unexpected_keys:
+        missing, unexpected = (loaded.missing_keys, loaded.unexpected_keys) if loaded else ([], [])
+        raise ConfigError(
+            f"trainer.init_from={init_from} does not fit this model ({bert_cfg.num_hidden_layers} "
+            f"layers of {bert_cfg.hidden_size}, vocabulary {bert_cfg.vocab_size:,}): "
+            f"{len(wrong)} tensors of another shape {wrong[:2]}, {len(missing)} missing {missing[:2]}, "
+            f"{len(unexpected)} unexpected {unexpected[:2]}; use the model preset and shards it was trained with")
+    model.tie_weights()
+    return {"path": init_from, "weights_file": os.path.basename(path), "fresh": [], "unused": []}
+
+
+def build_model(bert_cfg: BertConfig, cfg: TrainConfig, resuming: bool) -> tuple[BertForPreTraining, Optional[dict]]:
+    """Same initial weights on every rank (seeded by cfg.seed), then ``trainer.init_from``'s where
+    it has them (not when resuming). Returns the model and ``load_init_weights``' report (None
+    without init_from)."""
     torch.manual_seed(cfg.seed)
     model = BertForPreTraining(bert_cfg, unpad=cfg.trainer.unpad)
     if cfg.trainer.init_from and not resuming:
-        from safetensors.torch import load_file
+        return model, load_init_weights(model, cfg.trainer.init_from)
+    return model, None
 
-        weights = load_file(init_weights_path(cfg.trainer.init_from))
-        expected = model.state_dict()
-        wrong = [f"{k} {tuple(v.shape)}, this model {tuple(expected[k].shape)}"
-                 for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
-        loaded = None if wrong else model.load_state_dict(weights, strict=False)
-        if wrong or loaded.missing_keys or loaded.unexpected_keys:
-            missing, unexpected = (loaded.missing_keys, loaded.unexpected_keys) if loaded else ([], [])
-            raise ConfigError(
-                f"trainer.init_from={cfg.trainer.init_from} does not fit this model ({bert_cfg.num_hidden_layers} "
-                f"layers of {bert_cfg.hidden_size}, vocabulary {bert_cfg.vocab_size:,}): "
-                f"{len(wrong)} tensors of another shape {wrong[:2]}, {len(missing)} missing {missing[:2]}, "
-                f"{len(unexpected)} unexpected {unexpected[:2]}; use the model preset and shards it was trained with")
-        model.tie_weights()
-    return model
+
+def log_init_report(report: dict) -> None:
+    """Rank 0: where the weights came from and which tensors start fresh or go unused."""
+    log.warning("trainer.init_from=%s: weights from %s", report["path"], report["weights_file"])
+    if report["fresh"]:
+        log.warning("%d tensors the checkpoint lacks start from a fresh initialisation (as without init_from): %s",
+                    len(report["fresh"]), ", ".join(report["fresh"]))
+    if report["unused"]:
+        log.warning("%d tensors of the checkpoint this model has no place for are not used: %s",
+                    len(report["unused"]), ", ".join(report["unused"]))
+
+
+def saved_init_report(output_dir: str, tag: str) -> Optional[dict]:
+    """The "init_from" entry of a checkpoint's run record: a resumed run keeps saying where its
+    first weights came from. None when that run started from a random init."""
+    saved = ckpt.read_run_record(os.path.join(output_dir, ckpt.CHECKPOINTS_SUBDIR), tag)
+    return (saved or {}).get("init_from")
 
 
 def check_precision_supported(precision: str) -> None:
@@ -654,7 +705,7 @@ def prepare_run(cfg: TrainConfig, resolved: dict) -> tuple[BertConfig, Pretraini
     record = ckpt.run_record(resolved, bert_cfg, ckpt.data_identity(data.manifest))
     resume_tag = checkpoint_to_resume(cfg, record)  # fails on another run's checkpoint, as early
     if cfg.trainer.init_from and resume_tag is None:
-        init_weights_path(cfg.trainer.init_from)
+        check_init_from(cfg.trainer.init_from, bert_cfg, data.manifest)
     check_precision_supported(cfg.deepspeed.precision)
     return bert_cfg, data, record, resume_tag
 
@@ -685,7 +736,13 @@ def train(cfg: TrainConfig, resolved: dict) -> int:
     os.makedirs(cfg.output_dir, exist_ok=True)
     if ctx.is_main:
         drop_torn_steps_line(cfg.output_dir)
-    model = build_model(bert_cfg, cfg, resuming=resume_tag is not None)
+    model, init_report = build_model(bert_cfg, cfg, resuming=resume_tag is not None)
+    if init_report is not None and ctx.is_main:
+        log_init_report(init_report)
+    if init_report is None and resume_tag is not None:
+        init_report = saved_init_report(cfg.output_dir, resume_tag)
+    if init_report is not None:
+        record["init_from"] = init_report  # written beside every checkpoint (run_config.json)
     seed_rank(cfg.seed, ctx.rank)
     engine, accumulation = build_engine(model, cfg, ctx.world_size)
     trainer = Trainer(cfg, resolved, ctx, bert_cfg, data, engine, accumulation, record, resume_tag)
