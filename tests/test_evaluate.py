@@ -102,14 +102,14 @@ def test_long_documents_are_cut_into_windows_or_truncated():
 
 def test_published_minilm_correlates_with_human_judgments(minilm_dir, tmp_path):
     out = tmp_path / "lee.json"
-    result = evaluate_command(f"model_dir={minilm_dir}", "benchmark=lee", f"output={out}")
+    result = evaluate_command(f"model_dir={minilm_dir}", "task=lee", f"output={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
     assert f"lee: pearson {results['pearson']:.4f}" in result.stdout
-    assert set(results) == {"benchmark", "model_dir", "pearson", "spearman", "pairs", "documents", "pooling",
+    assert set(results) == {"task", "model_dir", "pearson", "spearman", "pairs", "documents", "pooling",
                             "max_seq_length", "long_documents", "documents_longer_than_a_window", "windows",
                             "model", "device", "seconds"}
-    assert results["benchmark"] == "lee" and results["pairs"] == 1225 and results["documents"] == 50
+    assert results["task"] == "lee" and results["pairs"] == 1225 and results["documents"] == 50
     assert results["model"] == {"num_hidden_layers": 6, "hidden_size": 384, "num_attention_heads": 12,
                                 "intermediate_size": 1536, "vocab_size": 30522}
     # five documents exceed 126 word pieces: two windows each

@@ -1,4 +1,4 @@
-"""python -m training.evaluate model_dir=<dir> [benchmark=lee] [output=<file.json>] [key=value ...]
+"""python -m training.evaluate model_dir=<dir> [task=lee] [output=<file.json>] [key=value ...]
 
 A zero-shot score of an encoder, no fine-tuning: the Lee document-similarity benchmark (Lee,
 Pincombe & Welsh 2005; the files ship in gensim's wheel, ``gensim/test/test_data``):
@@ -35,10 +35,10 @@ from omegaconf import MISSING
 
 from training.config import ConfigError
 
-BENCHMARKS = ("lee",)
+TASKS = ("lee",)
 LONG_DOCUMENTS = ("windows", "truncate")
 DEVICES = ("auto", "cpu", "cuda")
-USAGE = "python -m training.evaluate model_dir=<Hugging Face BERT dir> [benchmark=lee] [output=<file.json>]"
+USAGE = "python -m training.evaluate model_dir=<Hugging Face BERT dir> [task=lee] [output=<file.json>]"
 LEE_DOCUMENTS = "lee.cor"
 LEE_SIMILARITIES = "similarities0-1.txt"
 
@@ -61,7 +61,7 @@ class EvaluateConfig:
     model_dir: str = MISSING
     """A Hugging Face BERT directory: config.json, model.safetensors or pytorch_model.bin, vocab.txt
     (this project's <train output_dir>/hf, or a published encoder)."""
-    benchmark: str = "lee"
+    task: str = "lee"
     """Which benchmark: lee (document similarity against human judgments)."""
     output: Optional[str] = None
     """Write the results here as JSON; null: only print them."""
@@ -77,8 +77,8 @@ class EvaluateConfig:
     lee: LeeConfig = field(default_factory=LeeConfig)
 
     def __post_init__(self):
-        if self.benchmark not in BENCHMARKS:
-            raise ConfigError(f"benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.long_documents not in LONG_DOCUMENTS:
             raise ConfigError(f"long_documents must be one of {LONG_DOCUMENTS}, got {self.long_documents!r}")
         if self.device not in DEVICES:
@@ -239,7 +239,7 @@ def evaluate_lee(cfg: EvaluateConfig) -> dict:
                                                device)
     model_scores, human_scores = pair_values(cosine_similarities(vectors)), pair_values(human)
     return {
-        "benchmark": "lee",
+        "task": "lee",
         "model_dir": os.path.abspath(cfg.model_dir),
         "pearson": pearson(model_scores, human_scores),
         "spearman": spearman(model_scores, human_scores),
