@@ -24,7 +24,7 @@ from training.finetune.config import TaskConfig
 from training.finetune.kinds import BadInputError, RowPolicy, load_kind
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONF_DIR = os.path.join(REPO, "training", "conf")
+CONF_DIR = os.path.join(REPO, "training", "finetune", "conf")
 MY_PRESETS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli", "polarity")
 
 

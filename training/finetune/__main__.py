@@ -12,19 +12,23 @@ from training.finetune.config import register_configs, to_finetune_config
 
 USAGE = ("python -m training.finetune task=<preset> data_dir=<task files> model_dir=<HF BERT dir> "
          "output_dir=<dir> [key=value ...]")
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+# Fine-tuning's own configs (finetune.yaml, the task group), then the trainer's, for the logger
+# group (finetune.yaml's hydra.searchpath): kept apart so the trainer's help lists no task presets.
+CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
+TRAINING_CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
 def presets(group: str) -> str:
     """The options of a config group, for the help text (``${finetune_presets:task}``)."""
-    return ", ".join(sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml")))
+    return ", ".join(sorted({f[:-5] for d in (CONF_DIR, TRAINING_CONF_DIR) if os.path.isdir(os.path.join(d, group))
+                             for f in os.listdir(os.path.join(d, group)) if f.endswith(".yaml")}))
 
 
 register_configs()
 OmegaConf.register_new_resolver("finetune_presets", presets, replace=True)
 
 
-@hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
+@hydra.main(config_path="conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from training.finetune.kinds import BadInputError
     from training.finetune.loop import run

@@ -1,6 +1,6 @@
-"""Dataclass schemas of the fine-tuning config (``training/conf/finetune.yaml``).
+"""Dataclass schemas of the fine-tuning config (``training/finetune/conf/finetune.yaml``).
 
-One schema per part: the task (group ``task``, one preset per benchmark in ``training/conf/task``),
+One schema per part: the task (group ``task``, one preset per benchmark in ``training/finetune/conf/task``),
 the optimizer and schedule (``optim``), the loop (``train``) and tracking (``logger``, the
 pre-training's own schema and presets). Stored in Hydra's ConfigStore, so a misspelt key fails at
 composition. Each component gets its own slice: a task kind sees ``cfg.task``, the optimizer
@@ -154,7 +154,7 @@ class TrainLoopConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Root of ``training/conf/finetune.yaml``."""
+    """Root of ``training/finetune/conf/finetune.yaml``."""
 
     data_dir: str = MISSING
     """The task's own directory (e.g. GLUE's SST-2/), holding task.train_file and task.dev_files."""
