@@ -98,12 +98,15 @@ def make_copies(sample: str, work: str, n: int) -> list[str]:
     return paths
 
 
-def run_job(inputs: list[str], out: str, workers: int, vocab_file: str, extra: list[str]) -> dict:
-    """The job as a user runs it, with every process's peak RSS sampled from outside."""
+def run_job(inputs: list[str], out: str, workers: int, vocab_file: str, extra: list[str], cwd: str | None = None,
+            interval_s: float = 0.05) -> dict:
+    """The job as a user runs it, with every process's peak RSS sampled from outside; ``cwd``:
+    the checkout whose ``pipeline`` package runs (its launcher and workers import from there)."""
     cmd = [sys.executable, "-m", "pipeline", f"inputs=[{','.join(inputs)}]", f"output_dir={out}", "overwrite=true",
            "tokenizer=vocab_file", f"tokenizer.vocab_file={vocab_file}", f"runner.direct_num_workers={workers}",
            "runner.direct_running_mode=multi_processing", "progress_every_s=0", *extra]
-    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ, PYTHONPATH=cwd) if cwd else None
+    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
     peaks: dict[int, tuple[str, int]] = {}
     cpu: dict[int, float] = {}  # user + system seconds, last seen
     done = threading.Event()
@@ -121,7 +124,7 @@ def run_job(inputs: list[str], out: str, workers: int, vocab_file: str, extra: l
                         pass
             except psutil.Error:
                 pass
-            time.sleep(0.05)
+            time.sleep(interval_s)
 
     t = threading.Thread(target=sample, daemon=True)
     start = time.perf_counter()

@@ -246,6 +246,22 @@ class StorageConfig:
 
 
 @dataclass
+class ShuffleConfig:
+    """How data crosses the job's shuffles: as chunk files in its temp dir, only references
+    through the runner (``pipeline.spill``), so a local run's memory does not follow the corpus."""
+
+    chunk_bytes: int = 1_000_000
+    """Records read from a file and cleaned documents: bytes per chunk file (smaller: more, finer work units)."""
+    pool_chunk_bytes: int = 64_000_000
+    """Tokenized documents on their way to pools: a worker buffers this many bytes, then writes one
+    file with a piece per pool it holds (larger: fewer pieces per pool; a worker's memory holds it)."""
+
+    def __post_init__(self):
+        if self.chunk_bytes < 1 or self.pool_chunk_bytes < 1:
+            raise ValueError("shuffle.chunk_bytes and shuffle.pool_chunk_bytes must be >= 1")
+
+
+@dataclass
 class PipelineConfig:
     """Root of ``pipeline/conf/pipeline.yaml``."""
 
@@ -270,6 +286,7 @@ class PipelineConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    shuffle: ShuffleConfig = field(default_factory=ShuffleConfig)
 
     LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

@@ -69,8 +69,8 @@ class SpilledBatch:
     rows: int
 
     @classmethod
-    def write(cls, temp_dir: str, name: str, index: int, batch: pa.RecordBatch) -> "SpilledBatch":
-        path = FileSystems.join(temp_dir, "spill", f"{name}-{index:05d}-{uuid.uuid4().hex}{contract.SHARD_SUFFIX}")
+    def write(cls, spill_dir: str, name: str, index: int, batch: pa.RecordBatch) -> "SpilledBatch":
+        path = FileSystems.join(spill_dir, f"{name}-{index:05d}-{uuid.uuid4().hex}{contract.SHARD_SUFFIX}")
         storage.write_bytes(path, arrow_file_bytes([batch], batch.schema))
         return cls(path, batch.num_rows)
 

@@ -27,6 +27,7 @@ from pipeline.records import RawDocument, RejectReason, Rejection, WikitextPage
 from pipeline.seeding import unit_interval, unit_interval_of
 from pipeline.shard_sink import SpilledBatch, num_shards_for
 from pipeline.sources import read_source, wikitext_page_to_documents
+from pipeline.spill import ChunkWriter, KeyedChunkWriter, ReadChunks, Spill, SpillChunks, in_window, read_all
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
 from pipeline.tokenization import (SPECIAL_TOKENS, CasingDecision, build_tokenizer, masking_vocabulary,
                                    training_casing, vocab_sha256)
@@ -58,20 +59,33 @@ def _documents_and_rejects(counting: CountingDoFn, items):
 
 
 class _ReadSourceFile(CountingDoFn):
-    """A file path -> its records, streamed: RawDocuments, or WikitextPages whose conversion
-    to prose waits until after the reshuffle (main output); Rejections (``rejects``)."""
+    """A file path -> its records, streamed into chunk files: RawDocuments, or WikitextPages
+    whose conversion to prose waits until after the reshuffle, leave as SpilledChunks (main
+    output), so one large file never sits whole in the runner; Rejections (``rejects``)."""
 
-    def __init__(self, cfg: SourceConfig, storage_cfg: StorageConfig | None = None):
-        self.cfg, self.storage_cfg = cfg, storage_cfg or StorageConfig()
+    def __init__(self, cfg: SourceConfig, spill: Spill):
+        self.cfg, self.spill = cfg, spill
 
     def setup(self):
-        storage.configure_filesystems(self.storage_cfg)  # not every runner does (pipeline.storage)
+        storage.configure_filesystems(self.spill.storage_cfg or StorageConfig())  # not every runner does
+
+    def start_bundle(self):
+        super().start_bundle()
+        self._chunks = ChunkWriter(self.spill, "records")
 
     def process(self, path: str):
         self.count("files_read")
         opener = lambda: FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)  # noqa: E731
         for item in read_source(path, opener, self.cfg, defer_wikitext=True):
-            yield _reject(self, item) if isinstance(item, Rejection) else item
+            if isinstance(item, Rejection):
+                yield _reject(self, item)
+            else:
+                yield from self._chunks.add(item)
+
+    def finish_bundle(self):
+        for chunk in self._chunks.flush():
+            yield in_window(chunk)
+        yield from super().finish_bundle()
 
 
 class _ToRawDocuments(CountingDoFn):
@@ -96,23 +110,24 @@ class ReadSources(beam.PTransform):
     """Input paths -> RawDocument, with rejects and stats as extra outputs.
 
     Work is spread twice: files over workers (real corpora come as many files), then the
-    records read from them. Wikitext conversion costs more than the sequential scan of a dump
-    that finds the pages, so it runs after the second spread: a single large dump (or one
-    large JSON-lines file) still keeps every worker busy. One reshuffle for every kind of
-    record, so the documents leave as one PCollection that later steps fuse onto.
-    ``storage_cfg``: how the reading workers reach an object store (``pipeline.storage``)."""
+    records read from them, in chunks of about ``shuffle.chunk_bytes``. Wikitext conversion
+    costs more than the sequential scan of a dump that finds the pages, so it runs after the
+    second spread: a single large dump (or one large JSON-lines file) still keeps every worker
+    busy. One reshuffle for every kind of record, so the documents leave as one PCollection
+    that later steps fuse onto. ``spill``: where the chunks go (``pipeline.spill``)."""
 
-    def __init__(self, cfg: SourceConfig, storage_cfg: StorageConfig | None = None):
+    def __init__(self, cfg: SourceConfig, spill: Spill):
         super().__init__()
-        self.cfg, self.storage_cfg = cfg, storage_cfg
+        self.cfg, self.spill = cfg, spill
 
     def expand(self, paths) -> ReadOutputs:
         read = (paths
                 | "SpreadFiles" >> beam.Reshuffle()
-                | "ReadFile" >> beam.ParDo(_ReadSourceFile(self.cfg, self.storage_cfg)).with_outputs(
+                | "ReadFile" >> beam.ParDo(_ReadSourceFile(self.cfg, self.spill)).with_outputs(
                     REJECTS_TAG, STATS_TAG, main="records"))
         converted = (read.records
                      | "SpreadRecords" >> beam.Reshuffle()
+                     | "RecordsOfChunks" >> ReadChunks(self.spill)
                      | "ToDocuments" >> beam.ParDo(_ToRawDocuments(self.cfg)).with_outputs(
                          REJECTS_TAG, STATS_TAG, main="documents"))
         return ReadOutputs(
@@ -180,7 +195,10 @@ def make_vocab_info(tokens, casing: CasingDecision | bool) -> VocabInfo:
 
 
 class _CountWords(beam.DoFn):
-    """A document -> (doc_id, Counter of its words, as BERT's WordPiece pre-tokeniser splits them)."""
+    """A sampled training document -> a Counter of its words, as BERT's WordPiece pre-tokeniser
+    splits them; a copy other than the one in ``chosen`` (doc id -> (source, record id) of the
+    copy to count, for ids with several copies) gives nothing. Combiner lifting sums the
+    Counters within each bundle, so only per-bundle sums cross the shuffle."""
 
     def __init__(self, casing: CasingDecision):
         self.casing = casing
@@ -188,40 +206,72 @@ class _CountWords(beam.DoFn):
     def setup(self):
         self._counter = WordCounter(self.casing.lowercase, self.casing.strip_accents)
 
-    def process(self, doc: Document):
-        yield doc.doc_id, self._counter.count(doc.sentences)
+    def process(self, doc: Document, chosen: dict):
+        if chosen.get(doc.doc_id, (doc.source, doc.record_id)) == (doc.source, doc.record_id):
+            yield self._counter.count(doc.sentences)
 
 
-def _one_copy(counts):
-    """The counts of one copy of a text (copies share the id and have equal counts)."""
-    return next(iter(counts))
+class _FirstCopy(beam.CombineFn):
+    """(source, record id) of one document id's copies -> (copies, the smallest (source, record id))."""
+
+    def create_accumulator(self):
+        return 0, None
+
+    def add_input(self, acc, copy):
+        n, first = acc
+        return n + 1, copy if first is None or copy < first else first
+
+    def merge_accumulators(self, accs):
+        n, first = 0, None
+        for m, f in accs:
+            n += m
+            if f is not None and (first is None or f < first):
+                first = f
+        return n, first
+
+    def extract_output(self, acc):
+        return acc
 
 
 class TrainVocabulary(beam.PTransform):
-    """(split, Document) -> one VocabInfo, trained deterministically on the word counts of at most
-    ``train_sample_documents`` training documents, chosen by a hash of their id. Counting runs on
-    every worker; only the summed counts meet on one worker for the merges. With
-    ``drop_duplicates`` an exact duplicate is counted once, as the shards will hold it once."""
+    """Chunks of (split, Document) -> one VocabInfo, trained deterministically on the word counts
+    of at most ``train_sample_documents`` training documents, chosen by a hash of their id
+    (``doc_counts``: {split: documents}, gives the sampling fraction). Counting runs on every
+    worker; only the summed counts meet on one worker for the merges. With ``drop_duplicates``
+    an exact duplicate is counted once, as the shards will hold it once: the sampled ids with
+    several copies, and the copy to count, are found first (an id and a record name per sampled
+    document cross the shuffle, not its counts); two copies with the same source and record
+    id as well as the same text are indistinguishable and both counted."""
 
-    def __init__(self, cfg: TokenizerConfig, drop_duplicates: bool = True):
+    def __init__(self, cfg: TokenizerConfig, spill: Spill, doc_counts, drop_duplicates: bool = True):
         super().__init__()
-        self.cfg, self.drop_duplicates = cfg, drop_duplicates
+        self.cfg, self.spill, self.doc_counts, self.drop_duplicates = cfg, spill, doc_counts, drop_duplicates
 
-    def expand(self, split_docs):
+    def expand(self, doc_chunks):
         cfg = self.cfg
         casing = training_casing(cfg.lowercase, cfg.strip_accents)
-        train_docs = split_docs | "TrainOnly" >> beam.FlatMap(lambda sd: [sd[1]] if sd[0] == "train" else [])
-        fraction = (train_docs
-                    | "CountDocs" >> beam.combiners.Count.Globally()
-                    | "SampleFraction" >> beam.Map(lambda n: min(1.0, cfg.train_sample_documents / max(n, 1))))
-        counts = (train_docs
-                  | "Sample" >> beam.Filter(lambda d, f: unit_interval("vocab", d.doc_id) < f,
-                                            f=beam.pvalue.AsSingleton(fraction))
-                  | "CountWords" >> beam.ParDo(_CountWords(casing)))
+        fraction = self.doc_counts | "SampleFraction" >> beam.Map(
+            lambda n: min(1.0, cfg.train_sample_documents / max(n.get("train", 0), 1)))
+
+        def sampled(label: str):
+            # Read afresh for each use: a PCollection used twice, once through a side input of
+            # its own descendants, would be held whole by the runner.
+            return (doc_chunks
+                    | f"{label}Documents" >> ReadChunks(self.spill)
+                    | f"{label}Sample" >> beam.FlatMap(
+                        lambda sd, f: [sd[1]] if sd[0] == "train" and unit_interval("vocab", sd[1].doc_id) < f else [],
+                        f=beam.pvalue.AsSingleton(fraction)))
+
         if self.drop_duplicates:
-            counts = counts | "OneCopyEach" >> beam.CombinePerKey(_one_copy)
-        return (counts
-                | "DropIds" >> beam.Values()
+            chosen = (sampled("Copies")
+                      | "CopyNames" >> beam.Map(lambda d: (d.doc_id, (d.source, d.record_id)))
+                      | "FirstCopy" >> beam.CombinePerKey(_FirstCopy())
+                      | "SeveralCopies" >> beam.FlatMap(lambda kv: [(kv[0], kv[1][1])] if kv[1][0] > 1 else [])
+                      | "CopiesToDict" >> beam.combiners.ToDict())
+        else:
+            chosen = doc_chunks.pipeline | "NoCopies" >> beam.Create([{}])
+        return (sampled("Count")
+                | "CountWords" >> beam.ParDo(_CountWords(casing), chosen=beam.pvalue.AsSingleton(chosen))
                 | "SumCounts" >> beam.CombineGlobally(SumCounts())
                 | "Train" >> beam.Map(lambda counts: make_vocab_info(
                     train_wordpiece(counts, cfg.vocab_size, SPECIAL_TOKENS, cfg.min_frequency, cfg.limit_alphabet),
@@ -268,18 +318,20 @@ class _Tokenize(beam.DoFn):
 
 
 class TokenizeDocuments(beam.PTransform):
-    """(split, Document) -> (split, (TokenizedDocument, DocumentRecord)); after expansion
-    ``self.unknown_words`` holds one list: the TOP_UNKNOWN_WORDS words most often [UNK], as
-    (word, count) sorted by count then word."""
+    """Chunks of (split, Document) -> (split, (TokenizedDocument, DocumentRecord)); after
+    expansion ``self.unknown_words`` holds one list: the TOP_UNKNOWN_WORDS words most often
+    [UNK], as (word, count) sorted by count then word."""
 
-    def __init__(self, vocab):
+    def __init__(self, vocab, spill: Spill):
         super().__init__()
-        self.vocab = vocab
+        self.vocab, self.spill = vocab, spill
         self.unknown_words = None
 
-    def expand(self, split_docs):
+    def expand(self, doc_chunks):
         tokenize = beam.ParDo(_Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab))
-        out = split_docs | "WordPiece" >> tokenize.with_outputs(UNKNOWN_WORDS_TAG, main="tokenized")
+        out = (doc_chunks
+               | "Documents" >> ReadChunks(self.spill)
+               | "WordPiece" >> tokenize.with_outputs(UNKNOWN_WORDS_TAG, main="tokenized"))
         by_count_then_word = lambda wc: (wc[1], wc[0])  # noqa: E731
         self.unknown_words = (out[UNKNOWN_WORDS_TAG]
                               | "SumUnknownWords" >> beam.CombinePerKey(sum)
@@ -296,7 +348,8 @@ def pass_groups(num_pools: int, passes: int, min_units: int) -> int:
 
 
 class _ExamplesOfPoolPasses(CountingDoFn):
-    """((split, pool, group, groups), [(TokenizedDocument, DocumentRecord)...]) -> ((split, shard), RecordBatch).
+    """((split, pool, group, groups), [SpilledChunk of (TokenizedDocument, DocumentRecord)...])
+    -> ((split, shard), RecordBatch or SpilledBatch).
 
     A pool is the unit of NSP negative sampling: B of a random pair comes from another document
     of the same pool. A unit runs the passes ``p`` of its pool with ``p % groups == group``.
@@ -304,8 +357,8 @@ class _ExamplesOfPoolPasses(CountingDoFn):
     every draw, do not depend on arrival order; each (document, pass) is seeded on its own, so
     how passes are grouped into units does not change a byte. Examples leave as one Arrow
     record batch per shard (not one element per example), which keeps Beam's per-element cost
-    off the hot path; with a ``spill_dir`` the batch goes to a file there and only a
-    SpilledBatch reference leaves (see ``pipeline.shard_sink.SpilledBatch``).
+    off the hot path; the batch goes to a file in ``spill.directory`` and only a SpilledBatch
+    reference leaves (see ``pipeline.shard_sink.SpilledBatch``).
 
     Copies of a text share its id, hence its pool: with ``drop_duplicates`` the first by
     (source, record id) is kept and the others rejected. Group 0 of each pool reports what
@@ -314,24 +367,23 @@ class _ExamplesOfPoolPasses(CountingDoFn):
     ``empty`` output, once per pass."""
 
     def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, schema, passes: int,
-                 drop_duplicates: bool, spill_dir: str | None, storage_cfg: StorageConfig | None = None):
+                 drop_duplicates: bool, spill: Spill):
         self.params = InstanceParams(instances.max_seq_length, instances.short_seq_prob, instances.objective)
         self.masking = (MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
                         if masking.mode == "static" else None)
         self.seed, self.schema, self.passes, self.drop_duplicates = seed, schema, passes, drop_duplicates
-        self.spill_dir, self.storage_cfg = spill_dir, storage_cfg or StorageConfig()
+        self.spill = spill
 
     def setup(self):
         self._vocab, self._sha, self._unk = None, None, None
-        if self.spill_dir is not None:
-            storage.configure_filesystems(self.storage_cfg)  # spill files may go to an object store
+        storage.configure_filesystems(self.spill.storage_cfg or StorageConfig())  # spill files may be on an object store
 
     def process(self, element, vocab: VocabInfo, shards: dict):
         if self._sha != vocab.sha256:
             self._vocab, self._sha = masking_vocabulary(vocab.tokens), vocab.sha256
             self._unk = vocab.tokens.index(UNK)
-        (split, _, group, groups), members = element
-        members = sorted(members, key=lambda m: (m[0].doc_id, m[1].source, m[1].record_id))
+        (split, _, group, groups), chunks = element
+        members = sorted(read_all(chunks), key=lambda m: (m[0].doc_id, m[1].source, m[1].record_id))
         kept: list = []
         for doc, record in members:
             if self.drop_duplicates and kept and kept[-1][0].doc_id == doc.doc_id:
@@ -365,9 +417,7 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         shard = (unit_interval_of(cols.example_id, self.seed, "shard") * shards[split]).astype(np.int64)
         for s in np.unique(shard):
             part = batch.take(pa.array(np.flatnonzero(shard == s)))
-            if self.spill_dir is not None:
-                part = SpilledBatch.write(self.spill_dir, split, int(s), part)
-            yield (split, int(s)), part
+            yield (split, int(s)), SpilledBatch.write(self.spill.directory, split, int(s), part)
 
     def _count_examples(self, split, cols):
         self.count(f"examples/{split}", len(cols))
@@ -384,52 +434,72 @@ class ExampleOutputs:
     stats: beam.PCollection  # per-bundle counters
 
 
+class _SpillToUnits(beam.DoFn):
+    """(split, (TokenizedDocument, DocumentRecord)) -> (unit, SpilledChunk): each document goes to
+    its pool, hashed by (seed, doc id) into ``pools[split]`` pools. With few pools (a small
+    corpus) a pool's passes are split over several units, so every worker gets work; the
+    pool's chunk is written once and named by each of its units."""
+
+    def __init__(self, spill: Spill, seed: int, passes: int, min_units: int):
+        self.spill, self.seed, self.passes, self.min_units = spill, seed, passes, min_units
+
+    def setup(self):
+        storage.configure_filesystems(self.spill.storage_cfg or StorageConfig())
+
+    def start_bundle(self):
+        self._writer, self._pools = KeyedChunkWriter(self.spill, "pools"), None
+
+    def _units(self, flushed):
+        for (split, pool), chunk in flushed:
+            groups = pass_groups(self._pools[split], self.passes, self.min_units)
+            for g in range(groups):
+                yield (split, pool, g, groups), chunk
+
+    def process(self, element, pools: dict):
+        self._pools = pools
+        split, member = element
+        pool = int(unit_interval("pool", self.seed, member[0].doc_id) * pools[split])
+        yield from self._units(self._writer.add((split, pool), element[1]))
+
+    def finish_bundle(self):
+        for unit in self._units(self._writer.flush()):
+            yield in_window(unit)
+
+
 class CreateExamples(beam.PTransform):
     """(split, (TokenizedDocument, DocumentRecord)) -> ExampleOutputs, documents grouped into pools.
 
-    How documents are grouped: each split's documents are hashed by (seed, doc id) into
-    ``round(n / pool_size)`` pools of about ``pool_size`` documents. A worker holds one pool at a
-    time, so memory is bounded by the pool size, not the corpus; negatives are drawn from a pool
-    of thousands of unrelated documents, which matches the original's corpus-wide draw in
-    distribution (and never from the same document, unlike the original's fallback).
+    How documents are grouped: each split's documents (``doc_counts``: {split: documents}) are
+    hashed by (seed, doc id) into ``round(n / pool_size)`` pools of about ``pool_size`` documents.
+    A worker holds one pool at a time, so memory is bounded by the pool size, not the corpus; a
+    pool's documents reach it as a few chunk files (``pipeline.spill``), not through the
+    runner. Negatives are drawn from a pool of thousands of unrelated documents, which matches
+    the original's corpus-wide draw in distribution (and never from the same document, unlike
+    the original's fallback).
 
     Shards per split follow the split's tokens x passes (``output.target_shard_tokens``) unless
     ``output.num_shards`` is set; ``self.shard_counts`` holds {split: shards} after expansion.
-    ``storage_cfg``: how the workers reach an object store holding ``spill_dir``."""
+    ``spill``: where the pools' chunks and the example batches go."""
 
     def __init__(self, instances: InstancesConfig, masking: MaskingConfig, output: OutputConfig, seed: int,
-                 vocab, schema, drop_duplicates: bool = True, spill_dir: str | None = None,
-                 storage_cfg: StorageConfig | None = None):
+                 vocab, schema, doc_counts, spill: Spill, drop_duplicates: bool = True):
         super().__init__()
         self.instances, self.masking, self.output, self.seed = instances, masking, output, seed
-        self.vocab, self.schema, self.drop_duplicates, self.spill_dir = vocab, schema, drop_duplicates, spill_dir
-        self.storage_cfg = storage_cfg
+        self.vocab, self.schema, self.drop_duplicates, self.spill = vocab, schema, drop_duplicates, spill
+        self.doc_counts = doc_counts
         self.shard_counts = None
 
     def expand(self, tokenized):
         pool_size, seed, out = self.instances.pool_size, self.seed, self.output
         passes = self.masking.dupe_factor
-        pools_per_split = (tokenized
-                           | "CountDocs" >> beam.combiners.Count.PerKey()
-                           | "PoolCount" >> beam.Map(lambda kv: (kv[0], max(1, round(kv[1] / pool_size))))
-                           | "PoolsToDict" >> beam.combiners.ToDict())
+        pools_per_split = self.doc_counts | "PoolCount" >> beam.Map(
+            lambda counts: {split: max(1, round(n / pool_size)) for split, n in counts.items()})
         self.shard_counts = (tokenized
                              | "DocTokens" >> beam.Map(lambda sm: (sm[0], sm[1][1].tokens))
                              | "SumTokens" >> beam.CombinePerKey(sum)
                              | "ShardCount" >> beam.Map(lambda kv: (kv[0], num_shards_for(
                                  kv[1] * passes, out.target_shard_tokens, out.num_shards)))
                              | "ShardsToDict" >> beam.combiners.ToDict())
-
-        min_units = self.instances.min_work_units
-
-        def to_units(element, pools):
-            # Few pools (a small corpus): a pool's passes are split over several units (keys),
-            # so every worker gets work; each unit receives the pool's documents. Many pools:
-            # one unit per pool, so each document crosses the shuffle once.
-            split, member = element
-            pool = int(unit_interval("pool", seed, member[0].doc_id) * pools[split])
-            groups = pass_groups(pools[split], passes, min_units)
-            return [((split, pool, g, groups), member) for g in range(groups)]
 
         def no_example_in_any_pass(element):
             (source, record_id, tokens, sentences), n_empty = element
@@ -438,11 +508,11 @@ class CreateExamples(beam.PTransform):
                                 f"{tokens} tokens in {sentences} sentences gave no example in {passes} passes")
 
         made = (tokenized
-                | "AssignUnits" >> beam.FlatMap(to_units, pools=beam.pvalue.AsSingleton(pools_per_split))
+                | "AssignUnits" >> beam.ParDo(_SpillToUnits(self.spill, seed, passes, self.instances.min_work_units),
+                                              pools=beam.pvalue.AsSingleton(pools_per_split))
                 | "GroupUnits" >> beam.GroupByKey()
                 | "Examples" >> beam.ParDo(_ExamplesOfPoolPasses(self.instances, self.masking, seed, self.schema, passes,
-                                                                 self.drop_duplicates, self.spill_dir,
-                                                                 self.storage_cfg),
+                                                                 self.drop_duplicates, self.spill),
                                            vocab=beam.pvalue.AsSingleton(self.vocab),
                                            shards=beam.pvalue.AsSingleton(self.shard_counts)).with_outputs(
                     DOCUMENTS_TAG, EMPTY_TAG, REJECTS_TAG, STATS_TAG, main="examples"))
@@ -451,3 +521,13 @@ class CreateExamples(beam.PTransform):
                       | "NoExample" >> beam.FlatMap(no_example_in_any_pass))
         rejects = (made[REJECTS_TAG], no_example) | "ExampleRejects" >> beam.Flatten()
         return ExampleOutputs(made.examples, made[DOCUMENTS_TAG], rejects, made[STATS_TAG])
+
+
+class CountPerSplit(beam.PTransform):
+    """(split, document) -> one {split: documents} (every split present in the input)."""
+
+    def expand(self, split_docs):
+        return (split_docs
+                | "Split" >> beam.Map(lambda sd: sd[0])
+                | "Count" >> beam.combiners.Count.PerElement()
+                | "ToDict" >> beam.combiners.ToDict())

@@ -153,6 +153,16 @@ def test_same_seed_is_byte_identical_across_workers_retries_and_work_units(sampl
     assert shard_hashes(out) == shard_hashes(tmp_path / "again")
 
 
+def test_shuffle_chunk_sizes_do_not_change_a_byte(sample_job, tmp_path):
+    """Every record, document and pool member its own chunk file (the finest spread a shuffle of
+    data would give) against the defaults' few large chunks: the same shards, no spill left."""
+    out, _ = sample_job
+    run_job(tmp_path / "fine", "seed=7", "instances.eval_fraction=0.05", *SMALL_VOCAB, *IN_MEMORY,
+            "shuffle.chunk_bytes=1", "shuffle.pool_chunk_bytes=1")
+    assert shard_hashes(out) == shard_hashes(tmp_path / "fine")
+    assert not [p for p in os.listdir(tmp_path / "fine") if p.startswith(".")]
+
+
 def test_another_seed_gives_other_shards(sample_job, tmp_path):
     out, _ = sample_job
     run_job(tmp_path / "seed8", "seed=8", "instances.eval_fraction=0.05", *SMALL_VOCAB, *IN_MEMORY)

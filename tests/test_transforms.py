@@ -17,8 +17,9 @@ from pipeline.masking import MaskingParams
 from pipeline.records import RawDocument, SourceFormat
 from pipeline.shard_sink import JsonLinesFormat, ShardRecords, WriteShards, commit, complete_shards
 from pipeline.tokenization import build_tokenizer, encode_sentences, masking_vocabulary, train_vocabulary
-from pipeline.transforms import (CreateExamples, PrepareDocuments, ReadSources, TokenizeDocuments, TrainVocabulary,
-                                 make_vocab_info)
+from pipeline.spill import Spill, SpillChunks
+from pipeline.transforms import (CountPerSplit, CreateExamples, PrepareDocuments, ReadSources, TokenizeDocuments,
+                                 TrainVocabulary, make_vocab_info)
 
 TEXTS = [f"Document number {i} talks about topic {i % 7}. It has a second sentence! And a third one here? "
          f"Words like running, runner and runs repeat in document {i}." for i in range(40)]
@@ -26,6 +27,17 @@ TEXTS = [f"Document number {i} talks about topic {i % 7}. It has a second senten
 
 def beam_pipeline():
     return BeamTestPipeline(runner=fn_runner.FnApiRunner())
+
+
+def spill_at(tmp_path, chunk_bytes=200, pool_chunk_bytes=500):
+    """Small chunks, so every transform's input and groups span several chunk files."""
+    return Spill(str(tmp_path / "spill"), chunk_bytes, pool_chunk_bytes)
+
+
+def chunked(p, spill, split_docs, label="Docs"):
+    """(split, document) pairs as the job hands them on: chunk references, and the count per split."""
+    docs = p | f"{label}Create" >> beam.Create(split_docs)
+    return docs | f"{label}Spill" >> SpillChunks(spill, "documents"), docs | f"{label}Count" >> CountPerSplit()
 
 
 def doc(i, text=None):
@@ -38,7 +50,7 @@ def test_read_sources(tmp_path):
     good = tmp_path / "a.jsonl"
     good.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in enumerate(TEXTS[:3])) + "\n{bad\n")
     with beam_pipeline() as p:
-        read = p | beam.Create([str(good)]) | ReadSources(SourceConfig())
+        read = p | beam.Create([str(good)]) | ReadSources(SourceConfig(), spill_at(tmp_path))
         assert_that(read.documents | beam.Map(lambda d: d.record_id), equal_to(["0", "1", "2"]), label="docs")
         assert_that(read.rejects | beam.Map(lambda r: r.reason.value), equal_to(["malformed_json"]), label="rejects")
 
@@ -56,13 +68,15 @@ def test_prepare_documents_drops_short_documents_and_keeps_copies_for_the_pools(
                     equal_to([("10", "too_short")]), label="rejected")
 
 
-def test_train_vocabulary_equals_the_library_function_and_counts_a_copy_once():
+def test_train_vocabulary_equals_the_library_function_and_counts_a_copy_once(tmp_path):
     docs = [doc(i) for i in range(40)]
     cfg = TokenizerConfig(vocab_size=200, min_frequency=1)
     expected = train_vocabulary([" ".join(d.sentences) for d in docs], 200, True, 1, cfg.limit_alphabet)
     copies = [Document(d.doc_id, "other.jsonl", d.record_id, d.title, d.sentences, d.chars) for d in docs[:30]]
     with beam_pipeline() as p:
-        vocab = p | beam.Create([("train", d) for d in docs + copies]) | TrainVocabulary(cfg)
+        spill = spill_at(tmp_path)
+        chunks, counts = chunked(p, spill, [("train", d) for d in docs + copies])
+        vocab = chunks | TrainVocabulary(cfg, spill, counts)
         assert_that(vocab | beam.Map(lambda v: list(v.tokens)), equal_to([expected]))
 
 
@@ -70,21 +84,27 @@ def small_vocab():
     return make_vocab_info(train_vocabulary(TEXTS, 300, True, 1, 200), True)
 
 
-def test_tokenize_documents():
+def test_tokenize_documents(tmp_path):
     vocab = small_vocab()
     docs = [doc(i) for i in range(6)]
     tok = build_tokenizer(vocab.tokens, True)
     expected = [(d.doc_id, [t for s in encode_sentences(tok, d.sentences) for t in s]) for d in docs]
     with beam_pipeline() as p:
-        out = (p | beam.Create([("train", d) for d in docs])
-               | TokenizeDocuments(p | "V" >> beam.Create([vocab])))
+        spill = spill_at(tmp_path)
+        chunks, _ = chunked(p, spill, [("train", d) for d in docs])
+        out = chunks | TokenizeDocuments(p | "V" >> beam.Create([vocab]), spill)
         assert_that(out | beam.Map(lambda sm: (sm[1][0].doc_id, sm[1][0].ids.tolist())),
                     equal_to(expected), label="ids")
         assert_that(out | beam.Map(lambda sm: (sm[1][1].record_id, sm[1][1].tokens)),
                     equal_to([(d.record_id, len(e[1])) for d, e in zip(docs, expected)]), label="provenance")
 
 
-def test_create_examples_matches_the_algorithm_per_pool():
+def examples_of(made):
+    """((split, shard), SpilledBatch) -> ((split, shard), RecordBatch)."""
+    return made.examples | "Unspill" >> beam.Map(lambda kv: (kv[0], kv[1].read()))
+
+
+def test_create_examples_matches_the_algorithm_per_pool(tmp_path):
     vocab = small_vocab()
     tok = build_tokenizer(vocab.tokens, True)
     docs = [TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences))
@@ -96,9 +116,11 @@ def test_create_examples_matches_the_algorithm_per_pool():
     expected = sorted(i for ps in range(2) for d in range(len(pool)) for i in examples_for_document(
         pool, d, ps, 3, InstanceParams(32, 0.1, "nsp"), MaskingParams(), masking_vocabulary(vocab.tokens)).example_id)
     with beam_pipeline() as p:
-        create = CreateExamples(inst, mask, OutputConfig(num_shards=3), 3, p | "V" >> beam.Create([vocab]), schema)
+        counts = p | "Counts" >> beam.Create([{"train": len(docs)}])
+        create = CreateExamples(inst, mask, OutputConfig(num_shards=3), 3, p | "V" >> beam.Create([vocab]), schema,
+                                counts, spill_at(tmp_path))
         made = p | beam.Create([("train", member(d)) for d in docs]) | create
-        ids = (made.examples
+        ids = (examples_of(made)
                | beam.FlatMap(lambda kv: [(kv[0][1], i) for i in kv[1].column(contract.EXAMPLE_ID).to_pylist()]))
         assert_that(ids | "Ids" >> beam.Map(lambda si: si[1]), equal_to(expected), label="same examples")
         assert_that(ids | "Shards" >> beam.Map(lambda si: si[0]) | beam.Distinct(), equal_to([0, 1, 2]),
@@ -110,7 +132,7 @@ def member(d: TokenizedDocument, source="s.jsonl", record_id=None):
     return d, DocumentRecord(d.doc_id, "train", source, record_id, "", d.num_sentences, len(d.ids))
 
 
-def test_create_examples_drops_copies_in_their_pool_and_reports_each_document_once():
+def test_create_examples_drops_copies_in_their_pool_and_reports_each_document_once(tmp_path):
     vocab = small_vocab()
     tok = build_tokenizer(vocab.tokens, True)
     docs = [TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences))
@@ -121,7 +143,9 @@ def test_create_examples_drops_copies_in_their_pool_and_reports_each_document_on
     mask = MaskingConfig(dupe_factor=5)
     schema = contract.example_schema(len(vocab.tokens), "nsp", "static")
     with beam_pipeline() as p:
-        create = CreateExamples(inst, mask, OutputConfig(num_shards=2), 3, p | "V" >> beam.Create([vocab]), schema)
+        counts = p | "Counts" >> beam.Create([{"train": len(members)}])
+        create = CreateExamples(inst, mask, OutputConfig(num_shards=2), 3, p | "V" >> beam.Create([vocab]), schema,
+                                counts, spill_at(tmp_path))
         made = p | beam.Create([("train", m) for m in members]) | create
         # The copy from a.jsonl sorts first, so it is kept and b.jsonl's record is the duplicate.
         assert_that(made.documents | beam.Map(lambda r: (r.source, r.doc_id)),
@@ -129,7 +153,7 @@ def test_create_examples_drops_copies_in_their_pool_and_reports_each_document_on
                     label="documents")
         assert_that(made.rejects | beam.Map(lambda r: (r.source, r.reason.value)),
                     equal_to([("b.jsonl", "duplicate")] * 3), label="duplicates")
-        kept_ids = (made.examples
+        kept_ids = (examples_of(made)
                     | beam.FlatMap(lambda kv: kv[1].column(contract.DOC_ID_A).to_pylist())
                     | beam.Distinct())
         assert_that(kept_ids, equal_to([d.doc_id for d in docs]), label="every document gives examples")
@@ -169,12 +193,12 @@ def test_spilled_batches_encode_like_the_batches_themselves(tmp_path):
            for i in range(12)]
     a = contract.to_record_batch(contract.ExampleColumns.concat(exs[:5]), schema)
     b = contract.to_record_batch(contract.ExampleColumns.concat(exs[5:]), schema)
-    spilled = SpilledBatch.write(str(tmp_path), "train", 3, a)
+    spilled = SpilledBatch.write(str(tmp_path / "spill"), "train", 3, a)
     assert spilled.rows == 5 and spilled.path.startswith(str(tmp_path / "spill")) and spilled.read().equals(a)
     fmt = ExampleFormat(schema, rows_per_batch=4, seed=5)
     assert fmt.encode([spilled, b]) == fmt.encode([a, b])
     # Each attempt writes its own file: a retried bundle never overwrites what another points to.
-    assert SpilledBatch.write(str(tmp_path), "train", 3, a).path != spilled.path
+    assert SpilledBatch.write(str(tmp_path / "spill"), "train", 3, a).path != spilled.path
 
 
 def test_pass_groups_split_few_pools_and_keep_many_whole():
