@@ -191,6 +191,8 @@ def test_config_mistakes_fail_at_composition():
         compose("task=sst2", "task.on_bad_row=ignore")
     with pytest.raises(Exception, match="has no dev_files: set task.cv_folds"):
         compose("task=polarity", "task.cv_folds=0")
+    with pytest.raises(Exception, match="has an entry named 'train'"):
+        compose("task=sst2", "+task.dev_files.train=train.tsv")
     with pytest.raises(Exception, match="save_model=true with task.cv_folds"):
         compose("task=polarity", "save_model=true")
     with pytest.raises(ConfigError, match="not classification metrics"):

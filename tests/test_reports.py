@@ -232,6 +232,11 @@ def test_training_report_of_a_resumed_run_is_one_continuous_curve(resumed_run, s
     assert [r["step"] for r in first] == [1, 2, 3, 4, 5, 6] and [r["step"] for r in second] == list(range(5, 13))
     evals = {r["step"]: r for r in first[:4] + second if "eval/loss" in r}
     assert sorted(evals) == [4, 8, 12]
+    # evals.jsonl (every run writes it, whatever the logger) holds the same evaluations.
+    with open(os.path.join(out, "evals.jsonl")) as f:
+        logged = [json.loads(line) for line in f]
+    assert [r["step"] for r in logged] == [4, 8, 12]
+    assert [r["eval/loss"] for r in logged] == [evals[s]["eval/loss"] for s in (4, 8, 12)]
     assert loss["step/eval loss"].x == [4, 8, 12]
     assert loss["step/eval loss"].y == [evals[s]["eval/loss"] for s in (4, 8, 12)]
     assert accuracy["step/eval MLM accuracy"].y == [evals[s]["eval/mlm_accuracy"] for s in (4, 8, 12)]
@@ -267,7 +272,7 @@ def test_training_report_supersedes_relogged_steps_and_skips_a_torn_line(resumed
     assert train_loss.x == list(range(1, STEPS + 1)) and train_loss.y == [s["loss"] for s in steps]
     assert "throughput" not in report.plots and "step/eval loss" not in report.plots["loss"].series
     assert any("half-written" in n for n in report.notes)
-    assert any("evaluations only to W&B" in n for n in report.notes)
+    assert any("no evaluation points" in n for n in report.notes)
     assert all(os.path.dirname(p.path) == str(run_dir / "report") for p in report.plots.values())
     exact = report.tokens.tokens
 

@@ -14,12 +14,13 @@ Where the numbers come from, all of it under output_dir:
 - ``steps.jsonl`` (``Trainer.write_step``, rank 0, one line per optimizer step): step, loss,
   mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (no NSP keys for objective none), lr,
   samples_consumed, and example_ids (``trainer.record_example_ids``).
-- Evaluations and throughput are not in steps.jsonl: the trainer gives them to its tracker
-  only (``eval/*`` every ``trainer.eval_every`` steps and at the end, ``perf/tokens_per_s``
-  every ``trainer.log_every`` steps) and prints them. With ``logger=wandb`` or ``wandb_offline``
-  W&B keeps them in its local transaction log, one file per attempt,
-  ``<logger.dir or output_dir>/wandb/*run-*/run-<id>.wandb``, read here (``wandb_history``). A run
-  with ``logger=disabled`` has no evaluation points and no throughput plot (a printed note says so).
+- ``evals.jsonl`` (rank 0, one line per evaluation: ``eval/*`` every ``trainer.eval_every``
+  steps and at the end), whatever the logger.
+- Throughput (``perf/tokens_per_s`` every ``trainer.log_every`` steps) goes to the tracker only.
+  With ``logger=wandb`` or ``wandb_offline`` W&B keeps it in its local transaction log, one file
+  per attempt, ``<logger.dir or output_dir>/wandb/*run-*/run-<id>.wandb``, read here
+  (``wandb_history``; also the evaluations of a run from before evals.jsonl). A run with
+  ``logger=disabled`` has no throughput plot (a printed note says so).
 - Tokens seen: the non-padding tokens of the examples each step trained on (its example_ids
   looked up in the train shards of the run's data_dir, or ``--data-dir``); without example ids,
   samples_consumed x the train split's mean example length from the manifest, and the axis
@@ -54,7 +55,7 @@ from pipeline.cli import exit_with
 from pipeline.plots import Plotted, Series, new_figure, rolling_mean, save
 from pipeline.report import read_split
 from training import checkpoint as ckpt
-from training.trainer import STEPS_FILE
+from training.trainer import EVALS_FILE, STEPS_FILE
 
 REPORT_SUBDIR = "report"
 SMOOTH_FROM = 200
@@ -358,10 +359,13 @@ def write_report(output_dir: str, out_dir: Optional[str] = None, data_dir: Optio
     report.tokens, why = tokens_seen(report.steps, data_dir or config.get("data_dir"))
     if why:
         report.notes.append(why)
-    evals = [r for r in report.history if "eval/loss" in r]
+    evals_path = os.path.join(output_dir, EVALS_FILE)
+    if os.path.exists(evals_path):  # written by every run, whatever its logger
+        evals = continuous(read_steps_file(evals_path).records)
+    else:  # a run from before evals.jsonl: its W&B files, if any
+        evals = [r for r in report.history if "eval/loss" in r]
     if not evals:
-        report.notes.append("no evaluation points: the trainer logs evaluations only to W&B (logger=wandb or "
-                            f"wandb_offline), and {logger_dir}/wandb holds no run file with any")
+        report.notes.append(f"no evaluation points: no {EVALS_FILE} and no W&B run file with any in {logger_dir}")
 
     out_dir = out_dir or os.path.join(output_dir, REPORT_SUBDIR)
     out = lambda name: os.path.join(out_dir, f"{name}.png")  # noqa: E731

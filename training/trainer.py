@@ -66,6 +66,7 @@ from training.tracking import check_wandb_login, format_progress, make_tracker
 log = logging.getLogger(__name__)
 
 STEPS_FILE = "steps.jsonl"
+EVALS_FILE = "evals.jsonl"  # rank 0: one line per evaluation, {"step": ..., "eval/...": ...}, whatever the logger
 HF_SUBDIR = "hf"
 
 
@@ -640,6 +641,8 @@ class Trainer:
         metrics = self.evaluate()
         if metrics and self.is_main:
             self.tracker.log(metrics, self.state.step)
+            with open(os.path.join(self.cfg.output_dir, EVALS_FILE), "a") as f:
+                f.write(json.dumps({"step": self.state.step, **metrics}) + "\n")
             print("eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in metrics.items() if k != "eval/batches_per_rank"),
                   flush=True)
         return metrics

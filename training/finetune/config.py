@@ -87,6 +87,9 @@ class TaskConfig:
             raise ConfigError(f"task.max_seq_length must be in [8, 4096], got {self.max_seq_length}")
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ConfigError(f"task.cv_folds must be 0 (no cross-validation) or >= 2, got {self.cv_folds}")
+        if "train" in (self.dev_files or {}):
+            raise ConfigError("task.dev_files has an entry named 'train', the name of the training file's own "
+                              "counts in results.json: name it otherwise (e.g. train_as_dev)")
         if not self.dev_files and self.cv_folds == 0:
             raise ConfigError(f"task {self.name} has no dev_files: set task.cv_folds=k for k-fold cross-validation")
         if self.num_columns is not None and self.num_columns < 1:

@@ -89,17 +89,10 @@ def _padded(windows: List[TokenWindow], length: int, pad_id: int) -> Dict[str, t
 def build_model(model_dir: str, task, label_names: Optional[List[str]]) -> torch.nn.Module:
     from transformers import BertForTokenClassification
 
-    class BertTagger(BertForTokenClassification):
-        """BertForTokenClassification whose loss takes a column slice of the (N, T) labels: the
-        loop's batch_at cuts padding columns off as a strided view, which the stock head's
-        ``labels.view(-1)`` rejects. Same weights; AutoModelForTokenClassification reloads it."""
-
-        def forward(self, *args, labels=None, **kwargs):
-            return super().forward(*args, labels=None if labels is None else labels.contiguous(), **kwargs)
-
     names = list(label_names or task.labels)
-    return BertTagger.from_pretrained(model_dir, num_labels=len(names), id2label=dict(enumerate(names)),
-                                      label2id={name: i for i, name in enumerate(names)})
+    return BertForTokenClassification.from_pretrained(model_dir, num_labels=len(names),
+                                                      id2label=dict(enumerate(names)),
+                                                      label2id={name: i for i, name in enumerate(names)})
 
 
 def evaluate(task, data: TaskData, outputs: Dict[str, np.ndarray]) -> Dict[str, float]:

@@ -86,7 +86,9 @@ def batch_at(inputs: dict[str, torch.Tensor], rows: torch.Tensor, device: torch.
     mask = batch.get("attention_mask")
     if trim and mask is not None and mask.ndim == 2:
         width, longest = mask.shape[1], max(int(mask.sum(dim=1).max()), 1)
-        batch = {k: v[:, :longest] if v.ndim >= 2 and v.shape[1] == width else v for k, v in batch.items()}
+        # contiguous: a column slice is a strided view, and heads call labels.view(-1) on it
+        batch = {k: v[:, :longest].contiguous() if v.ndim >= 2 and v.shape[1] == width else v
+                 for k, v in batch.items()}
     return {k: v.to(device) for k, v in batch.items()}
 
 
