@@ -22,7 +22,7 @@ from __future__ import annotations
 import pickle
 import struct
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Iterator
 
 import apache_beam as beam
@@ -49,7 +49,7 @@ class Spill:
     directory: str
     chunk_bytes: int
     keyed_chunk_bytes: int
-    storage_cfg: StorageConfig | None = None
+    storage_cfg: StorageConfig = field(default_factory=StorageConfig)
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class _SpillDoFn(beam.DoFn):
         self.spill, self.name = spill, name
 
     def setup(self):
-        storage.configure_filesystems(self.spill.storage_cfg or StorageConfig())
+        storage.configure_filesystems(self.spill.storage_cfg)
 
     def start_bundle(self):
         self._writer = ChunkWriter(self.spill, self.name)
@@ -178,11 +178,11 @@ class SpillChunks(beam.PTransform):
 
 
 class _ReadChunk(beam.DoFn):
-    def __init__(self, storage_cfg: StorageConfig | None):
+    def __init__(self, storage_cfg: StorageConfig):
         self.storage_cfg = storage_cfg
 
     def setup(self):
-        storage.configure_filesystems(self.storage_cfg or StorageConfig())
+        storage.configure_filesystems(self.storage_cfg)
 
     def process(self, chunk: SpilledChunk) -> Iterator:
         yield from chunk.read()

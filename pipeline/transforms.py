@@ -17,8 +17,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import contract, storage
-from pipeline.config import (CleaningConfig, InstancesConfig, MaskingConfig, OutputConfig, SourceConfig,
-                             StorageConfig, TokenizerConfig)
+from pipeline.config import CleaningConfig, InstancesConfig, MaskingConfig, OutputConfig, SourceConfig, TokenizerConfig
 from pipeline.documents import Document, prepare_document, split_of
 from pipeline.formats import DocumentRecord
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
@@ -27,7 +26,7 @@ from pipeline.records import RawDocument, RejectReason, Rejection, WikitextPage
 from pipeline.seeding import unit_interval, unit_interval_of
 from pipeline.shard_sink import SpilledBatch, num_shards_for
 from pipeline.sources import read_source, wikitext_page_to_documents
-from pipeline.spill import ChunkWriter, KeyedChunkWriter, ReadChunks, Spill, SpillChunks, in_window, read_all
+from pipeline.spill import ChunkWriter, KeyedChunkWriter, ReadChunks, Spill, in_window, read_all
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
 from pipeline.tokenization import (SPECIAL_TOKENS, CasingDecision, build_tokenizer, masking_vocabulary,
                                    training_casing, vocab_sha256)
@@ -67,7 +66,7 @@ class _ReadSourceFile(CountingDoFn):
         self.cfg, self.spill = cfg, spill
 
     def setup(self):
-        storage.configure_filesystems(self.spill.storage_cfg or StorageConfig())  # not every runner does
+        storage.configure_filesystems(self.spill.storage_cfg)  # not every runner does
 
     def start_bundle(self):
         super().start_bundle()
@@ -376,7 +375,7 @@ class _ExamplesOfPoolPasses(CountingDoFn):
 
     def setup(self):
         self._vocab, self._sha, self._unk = None, None, None
-        storage.configure_filesystems(self.spill.storage_cfg or StorageConfig())  # spill files may be on an object store
+        storage.configure_filesystems(self.spill.storage_cfg)  # spill files may be on an object store
 
     def process(self, element, vocab: VocabInfo, shards: dict):
         if self._sha != vocab.sha256:
@@ -444,7 +443,7 @@ class _SpillToUnits(beam.DoFn):
         self.spill, self.seed, self.passes, self.min_units = spill, seed, passes, min_units
 
     def setup(self):
-        storage.configure_filesystems(self.spill.storage_cfg or StorageConfig())
+        storage.configure_filesystems(self.spill.storage_cfg)
 
     def start_bundle(self):
         self._writer, self._pools = KeyedChunkWriter(self.spill, "pools"), None

@@ -483,9 +483,15 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     that a ``+key=value`` override appended: Hydra lets those past the schema and
     ``to_object`` would drop them silently (a misspelt ``+optim.lr_peak`` would do nothing).
     """
+    return checked_object(cfg, "training/config.py")
+
+
+def checked_object(cfg: DictConfig, schema_file: str):
+    """``OmegaConf.to_object(cfg)``, refusing keys outside the schema (``schema_file`` is named in
+    the error): Hydra lets a ``+key=value`` override past the schema and ``to_object`` drops it."""
     extra = _keys_outside_schema(cfg, "")
     if extra:
-        raise ConfigError(f"unknown config keys {extra} (added with '+'?); see training/config.py for the schema")
+        raise ConfigError(f"unknown config keys {extra} (added with '+'?); see {schema_file} for the schema")
     return OmegaConf.to_object(cfg)
 
 

@@ -187,14 +187,11 @@ def to_finetune_config(cfg) -> FinetuneConfig:
     appended are rejected (``OmegaConf.to_object`` would drop them silently)."""
     from omegaconf import OmegaConf
 
-    from training.config import _keys_outside_schema
+    from training.config import checked_object
 
     if OmegaConf.is_missing(cfg.task, "kind"):
         raise ConfigError("task is required: task=<preset> (python -m training.finetune --help lists them)")
-    extra = _keys_outside_schema(cfg, "")
-    if extra:
-        raise ConfigError(f"unknown config keys {extra} (added with '+'?); see training/finetune/config.py")
-    return OmegaConf.to_object(cfg)
+    return checked_object(cfg, "training/finetune/config.py")
 
 
 def register_configs() -> None:
