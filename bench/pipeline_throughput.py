@@ -91,7 +91,7 @@ def make_copies(sample: str, work: str, n: int) -> list[str]:
     for k in range(n):
         path = os.path.join(work, f"copy{k}-pages-articles.xml.bz2")
         if not os.path.exists(path):
-            text = re.sub(r"(<text[^>]*>)", lambda m: f"{m.group(1)}Copy {k} of the sample. ", xml)
+            text = re.sub(r"(<text[^>]*>)", lambda m, k=k: f"{m.group(1)}Copy {k} of the sample. ", xml)
             with bz2.open(path, "wt", encoding="utf-8", compresslevel=1) as f:
                 f.write(text)
         paths.append(path)

@@ -67,7 +67,8 @@ import torch  # noqa: E402
 
 from pipeline import contract  # noqa: E402
 from training.config import DataConfig, OptimConfig  # noqa: E402
-from training.data import IGNORE_INDEX, RunExpectations, model_inputs, open_pretraining_data  # noqa: E402
+from training.data import RunExpectations, model_inputs, open_pretraining_data  # noqa: E402
+from training.labels import IGNORE_INDEX  # noqa: E402
 from training.model import PRESETS, BertConfig, BertForPreTraining  # noqa: E402
 
 MODEL = "mini"
@@ -99,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="evaluate on the first N held-out examples only (default: the whole eval split)")
     p.add_argument("--polarity-data", default=None,
                    help="data_dir of `python -m training.finetune task=polarity` (default: gensim's test data, "
-                        "as training/finetune/conf/task/polarity.yaml says)")
+                        "as conf/finetune/task/polarity.yaml says)")
     p.add_argument("--skip-polarity", action="store_true", help="leave out the downstream fine-tuning")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--transformers-side", default=None, metavar="SPEC_JSON", help=argparse.SUPPRESS)
@@ -407,9 +408,9 @@ def run_transformers(args, shards: str, init_dir: str, work: str) -> dict:
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             code = proc.wait(timeout=args.budget_s + 600)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
             proc.kill()
-            raise SystemExit(f"transformers' side ran 600 s past its budget: see {log_path}")
+            raise SystemExit(f"transformers' side ran 600 s past its budget: see {log_path}") from e
     if code:
         with open(log_path) as f:
             sys.stderr.write(f.read()[-4000:])
@@ -541,7 +542,7 @@ def plot(result: dict, path: str) -> None:
 # --- downstream -----------------------------------------------------------------------------------
 
 def polarity_data_dir(given: Optional[str]) -> Optional[str]:
-    """--polarity-data, else gensim's test data (training/finetune/conf/task/polarity.yaml: the 200 Pang & Lee
+    """--polarity-data, else gensim's test data (conf/finetune/task/polarity.yaml: the 200 Pang & Lee
     sentences that gensim's wheel ships, the sample corpus's package)."""
     if given:
         return given
@@ -553,7 +554,7 @@ def polarity_data_dir(given: Optional[str]) -> Optional[str]:
 
 def polarity_unavailable(data_dir: Optional[str]) -> Optional[str]:
     """None when `python -m training.finetune task=polarity` can run here, else why not."""
-    missing = [p for p in ("training/finetune/__main__.py", "training/finetune/conf/task/polarity.yaml")
+    missing = [p for p in ("training/finetune/__main__.py", "conf/finetune/task/polarity.yaml")
                if not os.path.exists(os.path.join(REPO, p))]
     if missing:
         return f"not in this checkout: {', '.join(missing)}"

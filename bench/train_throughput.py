@@ -39,7 +39,8 @@ import transformers  # noqa: E402
 
 from pipeline import contract  # noqa: E402
 from training.config import DataConfig, OptimConfig  # noqa: E402
-from training.data import IGNORE_INDEX, RunExpectations, model_inputs, open_pretraining_data  # noqa: E402
+from training.data import RunExpectations, dense_mlm_labels, model_inputs, open_pretraining_data  # noqa: E402
+from training.labels import IGNORE_INDEX  # noqa: E402
 from training.model import PRESETS, BertConfig, BertForPreTraining, flops_per_token  # noqa: E402
 from training.optim import build_optimizer, param_groups  # noqa: E402
 from training.throughput import mfu, resolve_peak_tflops  # noqa: E402
@@ -123,16 +124,6 @@ def load_batches(data_dir: str, model_cfg: BertConfig, args: argparse.Namespace,
         if len(batches) == before:
             raise SystemExit(f"{data_dir}: fewer rows than one batch of {args.micro_batch}")
     return batches
-
-
-def dense_labels(batch: dict) -> torch.Tensor:
-    """transformers' (B, T) MLM labels: -100 except at the masked positions, where the original id."""
-    positions, labels = batch["masked_lm_positions"], batch["masked_lm_labels"]  # (B, P)
-    dense = torch.full_like(batch["input_ids"], IGNORE_INDEX)  # (B, T)
-    real = labels != IGNORE_INDEX
-    rows = torch.arange(positions.shape[0])[:, None].expand_as(positions)  # (B, P)
-    dense[rows[real], positions[real]] = labels[real]
-    return dense
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -304,7 +295,7 @@ def main() -> None:
     per_round = args.warmup + args.steps
     batches = load_batches(data_dir, model_cfg, args, per_round * args.rounds)
     for b in batches:
-        b["dense_labels"] = dense_labels(b)
+        b["dense_labels"] = dense_mlm_labels(b)  # transformers' (B, T) labels
     batches = [to_device(b, device) for b in batches]  # staged before timing, for both models alike
 
     torch.manual_seed(args.seed)

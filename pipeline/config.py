@@ -1,4 +1,4 @@
-"""Dataclass schemas of the pipeline's Hydra config (``pipeline/conf/pipeline.yaml``).
+"""Dataclass schemas of the pipeline's Hydra config (``conf/pipeline/pipeline.yaml``).
 
 Each component receives its own slice (``cfg.source``, ``cfg.instances``...),
 never the whole tree. Invariants are checked in ``__post_init__`` so a bad
@@ -263,7 +263,7 @@ class ShuffleConfig:
 
 @dataclass
 class PipelineConfig:
-    """Root of ``pipeline/conf/pipeline.yaml``."""
+    """Root of ``conf/pipeline/pipeline.yaml``."""
 
     inputs: list = MISSING
     """Input files, globs or directories (a directory: every file under it, recursively, hidden

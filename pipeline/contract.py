@@ -251,6 +251,23 @@ class ShardManifest:
     statistics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_job(cls, *, vocab: Sequence[str], vocab_sha256: str, lowercase: bool, strip_accents: bool,
+                 casing_reason: str, max_seq_length: int, objective: str, masking: MaskingSpec, seed: int,
+                 shards: Sequence[ShardInfo], statistics: dict[str, Any], config: dict[str, Any]) -> "ShardManifest":
+        """The manifest of a finished job, from its parts: the vocabulary written to VOCAB_FILE
+        (``vocab``, in id order, and the sha256 of that file), how its text was normalised, the
+        example settings, the committed shards, the summed statistics and the (redacted)
+        configuration. This contract's schema version and file name are filled in, and the
+        special tokens' ids looked up in ``vocab`` (ContractError when one is missing)."""
+        special = SpecialTokens.from_vocab(vocab)
+        return cls(schema_version=SCHEMA_VERSION, vocab_file=VOCAB_FILE, vocab_sha256=vocab_sha256,
+                   vocab_size=len(vocab), lowercase=lowercase,
+                   special_tokens={name: getattr(special, name) for name in SpecialTokens.NAMES},
+                   max_seq_length=max_seq_length, objective=objective, masking=masking, seed=seed,
+                   shards=list(shards), strip_accents=strip_accents, casing_reason=casing_reason,
+                   statistics=statistics, config=config)
+
     @property
     def strips_accents(self) -> bool:
         """Whether the shards' text had accents stripped (resolving an older manifest's None)."""

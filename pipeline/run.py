@@ -12,23 +12,19 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import contract, storage
 from pipeline.config import PipelineConfig
-from pipeline.contract import MaskingSpec, ShardManifest, SpecialTokens
-from pipeline.formats import DocumentFormat, ExampleFormat, JsonLinesFormat
-from pipeline.output_checks import FIRST_REJECTS, check_train_split, check_unk_rate
+from pipeline.contract import ShardManifest, SpecialTokens
+from pipeline.formats import ExampleFormat
+from pipeline.outputs import FAILURE_REPORT, WriteOutputs
 from pipeline.progress import ProgressReporter
-from pipeline.redaction import redact
 from pipeline.runner import beam_options, make_runner, runner_heap, worker_environment
-from pipeline.seeding import derive_seed
-from pipeline.shard_sink import ShardRecords, WriteShards, commit, complete_shards, write_text
-from pipeline.stats import SumCounts, format_summary, nest
+from pipeline.spill import Spill
+from pipeline.stats import format_summary
 from pipeline.tokenization import decide_casing
-from pipeline.spill import Spill, SpillChunks
-from pipeline.transforms import (CountPerSplit, CreateExamples, PrepareDocuments, ReadSources, TokenizeDocuments,
-                                 TrainVocabulary, VocabInfo, make_vocab_info)
+from pipeline.transforms import (CreateExamples, PrepareDocuments, ReadSources, TokenizeDocuments, TrainVocabulary,
+                                 VocabInfo, make_vocab_info)
 
 OUTPUT_ENTRIES = ("train", "eval", "documents", "rejects", contract.VOCAB_FILE)
-FAILURE_REPORT = "failure.json"  # written into the job's temp dir by a finalize step that refuses the output
-ROWS_PER_SIDE_SHARD = 500_000  # documents / rejects tables
+
 
 class JobError(RuntimeError):
     """A problem with the job's inputs or output directory, reported before any work starts, or
@@ -113,133 +109,38 @@ def vocabulary_note(vocab_size: int, cfg) -> str:
             "(a larger corpus fills it; a smaller min_frequency adds rarer pieces)")
 
 
-def first_rejects(written, n: int = FIRST_REJECTS) -> list[dict]:
-    """The first ``n`` rejects of the temporary reject shards (each sorted), in shard order."""
-    out: list[dict] = []
-    for shard in sorted(written, key=lambda w: w.index):
-        with FileSystems.open(shard.temp_path) as f:
-            out += [json.loads(line) for line in f.read().decode("utf-8").splitlines()[:n - len(out)]]
-        if len(out) >= n:
-            break
-    return out
-
-
-def summary_statistics(stats: dict) -> dict:
-    """The summed counters, nested, with [UNK] counts present (0) for every split with tokens."""
-    stats = dict(stats)
-    for key in [k for k in stats if k.startswith("tokens/")]:
-        stats.setdefault("unk_tokens/" + key.split("/", 1)[1], 0)
-    return nest(stats)
-
-
-class _Finalize(beam.DoFn):
-    """Runs once, after every shard is written: checks the output (``pipeline.output_checks``),
-    then commits temporaries, writes vocab.txt, and the manifest last (its presence marks a
-    complete output). An output that fails a check is not committed: the failure report goes
-    to the temp dir, where ``run`` finds it."""
-
-    def __init__(self, cfg: PipelineConfig, config_dict: dict, temp_dir: str, example_format: ExampleFormat):
-        self.cfg, self.config_dict, self.temp_dir, self.example_format = cfg, config_dict, temp_dir, example_format
-
-    def setup(self):
-        storage.configure_filesystems(self.cfg.storage)
-
-    def process(self, _, examples, documents, rejects, vocab: VocabInfo, stats: dict, unknown_words: list):
-        cfg, out = self.cfg, self.cfg.output_dir
-        statistics = summary_statistics(stats)
-        problems = [m for m in (
-            check_train_split(statistics, first_rejects(rejects) if not statistics.get("examples", {}).get("train")
-                              else []),
-            check_unk_rate(statistics, unknown_words, vocab.casing, cfg.tokenizer.max_unk_fraction)) if m]
-        if problems:
-            report = {"message": " ".join(problems), "statistics": statistics, "casing": vocab.casing.reason}
-            write_text(FileSystems.join(self.temp_dir, FAILURE_REPORT), json.dumps(report, indent=2) + "\n")
-            return
-        infos = commit(complete_shards(self.example_format, self.temp_dir, examples, ["train"]), out,
-                       contract.SHARD_SUFFIX)
-        commit(complete_shards(DocumentFormat(), self.temp_dir, documents, ["documents"]), out, contract.SHARD_SUFFIX)
-        commit(complete_shards(JsonLinesFormat(), self.temp_dir, rejects, ["rejects"]), out, ".jsonl")
-        write_text(FileSystems.join(out, contract.VOCAB_FILE), "\n".join(vocab.tokens) + "\n")
-        special = SpecialTokens.from_vocab(vocab.tokens)
-        m = cfg.masking
-        manifest = ShardManifest(
-            schema_version=contract.SCHEMA_VERSION, vocab_file=contract.VOCAB_FILE, vocab_sha256=vocab.sha256,
-            vocab_size=len(vocab.tokens), lowercase=vocab.lowercase,
-            special_tokens={k: getattr(special, k) for k in SpecialTokens.NAMES},
-            max_seq_length=cfg.instances.max_seq_length, objective=cfg.instances.objective,
-            masking=MaskingSpec(m.mode, m.masked_lm_prob, m.max_predictions_per_seq, m.whole_word, m.dupe_factor),
-            seed=cfg.seed, shards=infos, strip_accents=vocab.strip_accents, casing_reason=vocab.casing.reason,
-            statistics=statistics, config=self.config_dict)
-        write_text(FileSystems.join(out, contract.MANIFEST_FILE), manifest.to_json())
-        storage.delete_directory(self.temp_dir)  # spill files too; a retried finalize finds it gone
-        yield manifest.statistics
+def example_format_for(cfg: PipelineConfig, fixed_vocab: VocabInfo | None) -> ExampleFormat:
+    """How the examples are encoded. The id type follows the vocabulary size, known before the
+    job only for a given vocabulary; a trained one never exceeds tokenizer.vocab_size, so that
+    bound picks the type."""
+    vocab_size = len(fixed_vocab.tokens) if fixed_vocab else cfg.tokenizer.vocab_size
+    schema = contract.example_schema(vocab_size, cfg.instances.objective, cfg.masking.mode)
+    return ExampleFormat(schema, cfg.output.rows_per_batch, cfg.seed)
 
 
 def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: dict[str, Any],
           fixed_vocab: VocabInfo | None, temp_dir: str) -> None:
+    """The job: input paths -> documents -> vocabulary -> tokens -> examples -> output_dir. Each
+    stage passes its named outputs on (``pipeline.transforms``); large intermediate data goes
+    through chunk files under ``temp_dir`` (``pipeline.spill``)."""
     spill = Spill(FileSystems.join(temp_dir, "spill"), cfg.shuffle.chunk_bytes, cfg.shuffle.pool_chunk_bytes,
                   cfg.storage)
+    example_format = example_format_for(cfg, fixed_vocab)
     read = p | "Inputs" >> beam.Create(paths) | "ReadSources" >> ReadSources(cfg.source, spill)
-    split_docs, rejects, stats = read.documents | "PrepareDocuments" >> PrepareDocuments(
-        cfg.cleaning, cfg.instances.eval_fraction)
-    rejects.insert(0, read.rejects)
-    stats.insert(0, read.stats)
-    # Every later step reads the documents from chunk files (pipeline.spill): the vocabulary,
-    # which tokenising waits for, would otherwise hold them all in the runner meanwhile. The
-    # reshuffle ends the stage at the references: the steps after it wait for side inputs of
-    # this stage (the counts per split), and without it Beam's fuser would end the stage after
-    # the first such step's predecessor instead, so that the runner would hold its output
-    # (measured: the tokenized documents, 40+ MB a bundle at 64x the sample).
-    doc_counts = split_docs | "DocumentsPerSplit" >> CountPerSplit()
-    doc_chunks = (split_docs
-                  | "SpillDocuments" >> SpillChunks(spill, "documents")
-                  | "SpreadDocuments" >> beam.Reshuffle())
-
+    prepared = read.documents | "PrepareDocuments" >> PrepareDocuments(cfg.cleaning, cfg.instances.eval_fraction,
+                                                                       spill)
     if fixed_vocab is not None:
         vocab = p | "GivenVocabulary" >> beam.Create([fixed_vocab])
     else:
-        vocab = doc_chunks | "TrainVocabulary" >> TrainVocabulary(cfg.tokenizer, spill, doc_counts,
-                                                                   cfg.cleaning.drop_duplicates)
-
-    # The id type follows the vocabulary size, known before the job only for a given vocabulary;
-    # a trained one never exceeds tokenizer.vocab_size, so that bound picks the type.
-    vocab_size = len(fixed_vocab.tokens) if fixed_vocab else cfg.tokenizer.vocab_size
-    schema = contract.example_schema(vocab_size, cfg.instances.objective, cfg.masking.mode)
-    example_format = ExampleFormat(schema, cfg.output.rows_per_batch, cfg.seed)
-
-    tokenize = TokenizeDocuments(vocab, spill)
-    tokenized = doc_chunks | "Tokenize" >> tokenize
-    create = CreateExamples(cfg.instances, cfg.masking, cfg.output, cfg.seed, vocab, schema, doc_counts, spill,
-                            cfg.cleaning.drop_duplicates)
-    made = tokenized | "CreateExamples" >> create
-    rejects.append(made.rejects)
-    stats.append(made.stats)
-
-    written_examples = made.examples | "WriteExamples" >> WriteShards(
-        example_format, temp_dir, create.shard_counts, cfg.storage)
-    doc_keyed, doc_counts = (made.documents
-                             | "NameDocuments" >> beam.Map(lambda d: ("documents", d))
-                             | "ShardDocuments" >> ShardRecords(cfg.seed, lambda d: d.doc_id, ROWS_PER_SIDE_SHARD))
-    written_docs = doc_keyed | "WriteDocuments" >> WriteShards(
-        DocumentFormat(), temp_dir, doc_counts, cfg.storage)
-    reject_keyed, reject_counts = (rejects
-                                   | "AllRejects" >> beam.Flatten()
-                                   | "RejectsAsJson" >> beam.Map(lambda r: ("rejects", r.to_json_dict()))
-                                   | "ShardRejects" >> ShardRecords(cfg.seed, lambda r: derive_seed(
-                                       json.dumps(r, sort_keys=True)), ROWS_PER_SIDE_SHARD))
-    written_rejects = reject_keyed | "WriteRejects" >> WriteShards(
-        JsonLinesFormat(), temp_dir, reject_counts, cfg.storage)
-    totals = stats | "AllStats" >> beam.Flatten() | "SumStats" >> beam.CombineGlobally(SumCounts())
-
-    _ = (p
-         | "Once" >> beam.Create([None])
-         | "Finalize" >> beam.ParDo(_Finalize(cfg, redact(config_dict), temp_dir, example_format),
-                                    examples=beam.pvalue.AsList(written_examples),
-                                    documents=beam.pvalue.AsList(written_docs),
-                                    rejects=beam.pvalue.AsList(written_rejects),
-                                    vocab=beam.pvalue.AsSingleton(vocab),
-                                    stats=beam.pvalue.AsSingleton(totals),
-                                    unknown_words=beam.pvalue.AsSingleton(tokenize.unknown_words)))
+        vocab = prepared.chunks | "TrainVocabulary" >> TrainVocabulary(cfg.tokenizer, spill, prepared.counts,
+                                                                        cfg.cleaning.drop_duplicates)
+    tokenized = prepared.chunks | "Tokenize" >> TokenizeDocuments(vocab, spill)
+    made = tokenized.documents | "CreateExamples" >> CreateExamples(
+        cfg.instances, cfg.masking, cfg.output, cfg.seed, vocab, example_format.schema, prepared.counts, spill,
+        cfg.cleaning.drop_duplicates)
+    _ = made | "WriteOutputs" >> WriteOutputs(cfg, config_dict, temp_dir, example_format, vocab,
+                                              tokenized.unknown_words, rejects=(read.rejects, prepared.rejects),
+                                              stats=(read.stats, prepared.stats))
 
 
 def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:

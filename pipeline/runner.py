@@ -58,7 +58,7 @@ def _environment_config(cfg: RunnerConfig) -> str | None:
 
 def beam_options(cfg: RunnerConfig, log_level: str = "WARNING", extra_flags: Sequence[str] = ()) -> PipelineOptions:
     """The pipeline options of ``cfg``; SDK workers log at ``log_level`` (except those of a worker
-    pool started by Beam's ``worker_pool_main``, which receive no pipeline options: infra/README.md).
+    pool started by Beam's ``worker_pool_main``, which receive no pipeline options: docs/clusters.md).
 
     extra_flags: more ``--name=value`` options from other parts of the config (e.g. object
     storage), placed before ``cfg.extra`` so that a user's own runner.extra wins."""

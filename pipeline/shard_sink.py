@@ -93,17 +93,25 @@ def shard_of(seed: int, key: int, num_shards: int) -> int:
     return int(unit_interval("shard", seed, key) * num_shards)
 
 
+@dataclass(frozen=True)
+class ShardedRecords:
+    """What ``ShardRecords`` gives: the input for ``WriteShards``."""
+
+    records: beam.PCollection  # ((name, shard), record)
+    shard_counts: beam.PCollection  # one {name: shards}
+
+
 class ShardRecords(beam.PTransform):
-    """(name, record) -> ((name, shard), record), for outputs sharded record by record.
+    """(name, record) -> ShardedRecords, for outputs sharded record by record.
 
     Each name gets ``ceil(total size / target_per_shard)`` shards (``size_of(record)`` rows by
-    default). Returns the keyed records and the {name: num_shards} dict (a singleton PCollection)."""
+    default)."""
 
     def __init__(self, seed: int, key_of, target_per_shard: int, size_of=lambda r: 1):
         super().__init__()
         self.seed, self.key_of, self.target, self.size_of = seed, key_of, target_per_shard, size_of
 
-    def expand(self, named_records):
+    def expand(self, named_records) -> ShardedRecords:
         seed, key_of, target, size_of = self.seed, self.key_of, self.target, self.size_of
         counts = (named_records
                   | "SizeOf" >> beam.Map(lambda nr: (nr[0], size_of(nr[1])))
@@ -113,7 +121,7 @@ class ShardRecords(beam.PTransform):
         keyed = named_records | "AssignShard" >> beam.Map(
             lambda nr, n: ((nr[0], shard_of(seed, key_of(nr[1]), n[nr[0]])), nr[1]),
             n=beam.pvalue.AsSingleton(counts))
-        return keyed, counts
+        return ShardedRecords(records=keyed, shard_counts=counts)
 
 
 class _WriteTempShard(beam.DoFn):

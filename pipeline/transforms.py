@@ -1,5 +1,9 @@
 """The job's composite transforms, in pipeline order. Each per-element function is small and
-counts what it rejects (``CountingDoFn.count``) and emits the rejection instead of dropping it."""
+counts what it rejects (``CountingDoFn.count``) and emits the rejection instead of dropping it.
+
+A transform with several outputs returns them as a frozen dataclass of named PCollections
+(``SourceDocuments``, ``PreparedDocuments``, ``TokenizedDocuments``, ``CreatedExamples``), which
+the next stage is given by name; writing them all is ``pipeline.outputs.WriteOutputs``."""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from pipeline.records import RawDocument, RejectReason, Rejection, WikitextPage
 from pipeline.seeding import unit_interval, unit_interval_of
 from pipeline.shard_sink import SpilledBatch, num_shards_for
 from pipeline.sources import read_source, wikitext_page_to_documents
-from pipeline.spill import ChunkWriter, KeyedChunkWriter, ReadChunks, Spill, in_window, read_all
+from pipeline.spill import ChunkWriter, KeyedChunkWriter, ReadChunks, Spill, SpillChunks, in_window, read_all
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
 from pipeline.tokenization import (SPECIAL_TOKENS, CasingDecision, build_tokenizer, masking_vocabulary,
                                    training_casing, vocab_sha256)
@@ -98,15 +102,17 @@ class _ToRawDocuments(CountingDoFn):
         yield from _documents_and_rejects(self, items)
 
 
-@dataclass
-class ReadOutputs:
+@dataclass(frozen=True)
+class SourceDocuments:
+    """What ``ReadSources`` gives."""
+
     documents: beam.PCollection  # RawDocument
-    rejects: beam.PCollection  # Rejection
-    stats: beam.PCollection  # per-bundle counters
+    rejects: beam.PCollection  # Rejection: unreadable or malformed parts, pages that are no article, repairs
+    stats: beam.PCollection  # dict of per-bundle counters (``pipeline.stats``)
 
 
 class ReadSources(beam.PTransform):
-    """Input paths -> RawDocument, with rejects and stats as extra outputs.
+    """Input paths -> SourceDocuments: RawDocuments, with rejects and stats.
 
     Work is spread twice: files over workers (real corpora come as many files), then the
     records read from them, in chunks of about ``shuffle.chunk_bytes``. Wikitext conversion
@@ -119,7 +125,7 @@ class ReadSources(beam.PTransform):
         super().__init__()
         self.cfg, self.spill = cfg, spill
 
-    def expand(self, paths) -> ReadOutputs:
+    def expand(self, paths) -> SourceDocuments:
         read = (paths
                 | "SpreadFiles" >> beam.Reshuffle()
                 | "ReadFile" >> beam.ParDo(_ReadSourceFile(self.cfg, self.spill)).with_outputs(
@@ -129,7 +135,7 @@ class ReadSources(beam.PTransform):
                      | "RecordsOfChunks" >> ReadChunks(self.spill)
                      | "ToDocuments" >> beam.ParDo(_ToRawDocuments(self.cfg)).with_outputs(
                          REJECTS_TAG, STATS_TAG, main="documents"))
-        return ReadOutputs(
+        return SourceDocuments(
             documents=converted.documents,
             rejects=(read[REJECTS_TAG], converted[REJECTS_TAG]) | "ReadRejects" >> beam.Flatten(),
             stats=(read[STATS_TAG], converted[STATS_TAG]) | "ReadStats" >> beam.Flatten())
@@ -149,23 +155,56 @@ class _PrepareDocument(CountingDoFn):
             yield doc
 
 
+class CountPerSplit(beam.PTransform):
+    """(split, document) -> one {split: documents} (every split present in the input)."""
+
+    def expand(self, split_docs):
+        return (split_docs
+                | "Split" >> beam.Map(lambda sd: sd[0])
+                | "Count" >> beam.combiners.Count.PerElement()
+                | "ToDict" >> beam.combiners.ToDict())
+
+
+@dataclass(frozen=True)
+class PreparedDocuments:
+    """What ``PrepareDocuments`` gives: the documents as every later step reads them."""
+
+    chunks: beam.PCollection  # SpilledChunk of (split, Document), spread over the workers
+    counts: beam.PCollection  # one {split: documents}
+    rejects: beam.PCollection  # Rejection: documents too short
+    stats: beam.PCollection  # dict of per-bundle counters (``pipeline.stats``)
+
+
 class PrepareDocuments(beam.PTransform):
-    """RawDocument -> (split, Document): sentence-split and filtered.
+    """RawDocument -> PreparedDocuments: sentence-split, filtered, given a split, and written to
+    chunk files (``spill``), with the count per split.
+
+    Every later step reads the documents from chunk files (``pipeline.spill``): the vocabulary,
+    which tokenising waits for, would otherwise hold them all in the runner meanwhile. The
+    reshuffle ends the stage at the references: the steps after it wait for side inputs of this
+    stage (the counts per split), and without it Beam's fuser would end the stage after the
+    first such step's predecessor instead, so that the runner would hold its output (measured:
+    the tokenized documents, 40+ MB a bundle at 64x the sample).
 
     Exact duplicates are dropped later, in ``CreateExamples``: a document's id is a hash of its
     text and its pool a hash of the id, so copies meet in one pool, and the documents cross
     the shuffle once (for the pools) instead of twice."""
 
-    def __init__(self, cfg: CleaningConfig, eval_fraction: float):
+    def __init__(self, cfg: CleaningConfig, eval_fraction: float, spill: Spill):
         super().__init__()
-        self.cfg, self.eval_fraction = cfg, eval_fraction
+        self.cfg, self.eval_fraction, self.spill = cfg, eval_fraction, spill
 
-    def expand(self, raw_docs):
+    def expand(self, raw_docs) -> PreparedDocuments:
         prepared = raw_docs | "CleanAndSplit" >> beam.ParDo(_PrepareDocument(self.cfg)).with_outputs(
             REJECTS_TAG, STATS_TAG, main="documents")
         fraction = self.eval_fraction
         split_docs = prepared.documents | "AssignSplit" >> beam.Map(lambda d: (split_of(d.doc_id, fraction), d))
-        return split_docs, [prepared[REJECTS_TAG]], [prepared[STATS_TAG]]
+        counts = split_docs | "DocumentsPerSplit" >> CountPerSplit()
+        chunks = (split_docs
+                  | "SpillDocuments" >> SpillChunks(self.spill, "documents")
+                  | "SpreadDocuments" >> beam.Reshuffle())
+        return PreparedDocuments(chunks=chunks, counts=counts, rejects=prepared[REJECTS_TAG],
+                                 stats=prepared[STATS_TAG])
 
 
 # --- vocabulary ------------------------------------------------------------------------------
@@ -316,27 +355,33 @@ class _Tokenize(beam.DoFn):
                                            WindowedValue(word_count, MIN_TIMESTAMP, [GlobalWindow()]))
 
 
+@dataclass(frozen=True)
+class TokenizedDocuments:
+    """What ``TokenizeDocuments`` gives."""
+
+    documents: beam.PCollection  # (split, (TokenizedDocument, DocumentRecord))
+    unknown_words: beam.PCollection  # one list of the TOP_UNKNOWN_WORDS (word, count) most often [UNK],
+    #                                  sorted by count (descending) then word
+
+
 class TokenizeDocuments(beam.PTransform):
-    """Chunks of (split, Document) -> (split, (TokenizedDocument, DocumentRecord)); after
-    expansion ``self.unknown_words`` holds one list: the TOP_UNKNOWN_WORDS words most often
-    [UNK], as (word, count) sorted by count then word."""
+    """Chunks of (split, Document) -> TokenizedDocuments, with ``vocab`` (a singleton VocabInfo)."""
 
     def __init__(self, vocab, spill: Spill):
         super().__init__()
         self.vocab, self.spill = vocab, spill
-        self.unknown_words = None
 
-    def expand(self, doc_chunks):
+    def expand(self, doc_chunks) -> TokenizedDocuments:
         tokenize = beam.ParDo(_Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab))
         out = (doc_chunks
                | "Documents" >> ReadChunks(self.spill)
                | "WordPiece" >> tokenize.with_outputs(UNKNOWN_WORDS_TAG, main="tokenized"))
         by_count_then_word = lambda wc: (wc[1], wc[0])  # noqa: E731
-        self.unknown_words = (out[UNKNOWN_WORDS_TAG]
-                              | "SumUnknownWords" >> beam.CombinePerKey(sum)
-                              | "TopUnknownWords" >> beam.combiners.Top.Of(TOP_UNKNOWN_WORDS, key=by_count_then_word)
-                              | "SortUnknownWords" >> beam.Map(lambda top: sorted(top, key=lambda wc: (-wc[1], wc[0]))))
-        return out.tokenized
+        unknown_words = (out[UNKNOWN_WORDS_TAG]
+                         | "SumUnknownWords" >> beam.CombinePerKey(sum)
+                         | "TopUnknownWords" >> beam.combiners.Top.Of(TOP_UNKNOWN_WORDS, key=by_count_then_word)
+                         | "SortUnknownWords" >> beam.Map(lambda top: sorted(top, key=lambda wc: (-wc[1], wc[0]))))
+        return TokenizedDocuments(documents=out.tokenized, unknown_words=unknown_words)
 
 
 # --- examples ---------------------------------------------------------------------------------
@@ -425,12 +470,15 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         self.count(f"sentence_pair_negatives/{split}", int(np.sum(cols.next_sentence_label == 1)))
 
 
-@dataclass
-class ExampleOutputs:
-    examples: beam.PCollection  # ((split, shard), RecordBatch or SpilledBatch)
+@dataclass(frozen=True)
+class CreatedExamples:
+    """What ``CreateExamples`` gives."""
+
+    examples: beam.PCollection  # ((split, shard), SpilledBatch): one shard's examples of one unit
+    shard_counts: beam.PCollection  # one {split: shards}
     documents: beam.PCollection  # DocumentRecord of every kept document
     rejects: beam.PCollection  # Rejection: duplicates, documents with no example
-    stats: beam.PCollection  # per-bundle counters
+    stats: beam.PCollection  # dict of per-bundle counters (``pipeline.stats``)
 
 
 class _SpillToUnits(beam.DoFn):
@@ -466,7 +514,7 @@ class _SpillToUnits(beam.DoFn):
 
 
 class CreateExamples(beam.PTransform):
-    """(split, (TokenizedDocument, DocumentRecord)) -> ExampleOutputs, documents grouped into pools.
+    """(split, (TokenizedDocument, DocumentRecord)) -> CreatedExamples, documents grouped into pools.
 
     How documents are grouped: each split's documents (``doc_counts``: {split: documents}) are
     hashed by (seed, doc id) into ``round(n / pool_size)`` pools of about ``pool_size`` documents.
@@ -477,8 +525,8 @@ class CreateExamples(beam.PTransform):
     the original's fallback).
 
     Shards per split follow the split's tokens x passes (``output.target_shard_tokens``) unless
-    ``output.num_shards`` is set; ``self.shard_counts`` holds {split: shards} after expansion.
-    ``spill``: where the pools' chunks and the example batches go."""
+    ``output.num_shards`` is set (``CreatedExamples.shard_counts``). ``spill``: where the pools'
+    chunks and the example batches go."""
 
     def __init__(self, instances: InstancesConfig, masking: MaskingConfig, output: OutputConfig, seed: int,
                  vocab, schema, doc_counts, spill: Spill, drop_duplicates: bool = True):
@@ -486,19 +534,18 @@ class CreateExamples(beam.PTransform):
         self.instances, self.masking, self.output, self.seed = instances, masking, output, seed
         self.vocab, self.schema, self.drop_duplicates, self.spill = vocab, schema, drop_duplicates, spill
         self.doc_counts = doc_counts
-        self.shard_counts = None
 
-    def expand(self, tokenized):
+    def expand(self, tokenized) -> CreatedExamples:
         pool_size, seed, out = self.instances.pool_size, self.seed, self.output
         passes = self.masking.dupe_factor
         pools_per_split = self.doc_counts | "PoolCount" >> beam.Map(
             lambda counts: {split: max(1, round(n / pool_size)) for split, n in counts.items()})
-        self.shard_counts = (tokenized
-                             | "DocTokens" >> beam.Map(lambda sm: (sm[0], sm[1][1].tokens))
-                             | "SumTokens" >> beam.CombinePerKey(sum)
-                             | "ShardCount" >> beam.Map(lambda kv: (kv[0], num_shards_for(
-                                 kv[1] * passes, out.target_shard_tokens, out.num_shards)))
-                             | "ShardsToDict" >> beam.combiners.ToDict())
+        shard_counts = (tokenized
+                        | "DocTokens" >> beam.Map(lambda sm: (sm[0], sm[1][1].tokens))
+                        | "SumTokens" >> beam.CombinePerKey(sum)
+                        | "ShardCount" >> beam.Map(lambda kv: (kv[0], num_shards_for(
+                            kv[1] * passes, out.target_shard_tokens, out.num_shards)))
+                        | "ShardsToDict" >> beam.combiners.ToDict())
 
         def no_example_in_any_pass(element):
             (source, record_id, tokens, sentences), n_empty = element
@@ -513,20 +560,11 @@ class CreateExamples(beam.PTransform):
                 | "Examples" >> beam.ParDo(_ExamplesOfPoolPasses(self.instances, self.masking, seed, self.schema, passes,
                                                                  self.drop_duplicates, self.spill),
                                            vocab=beam.pvalue.AsSingleton(self.vocab),
-                                           shards=beam.pvalue.AsSingleton(self.shard_counts)).with_outputs(
+                                           shards=beam.pvalue.AsSingleton(shard_counts)).with_outputs(
                     DOCUMENTS_TAG, EMPTY_TAG, REJECTS_TAG, STATS_TAG, main="examples"))
         no_example = (made[EMPTY_TAG]
                       | "EmptyPasses" >> beam.CombinePerKey(sum)
                       | "NoExample" >> beam.FlatMap(no_example_in_any_pass))
         rejects = (made[REJECTS_TAG], no_example) | "ExampleRejects" >> beam.Flatten()
-        return ExampleOutputs(made.examples, made[DOCUMENTS_TAG], rejects, made[STATS_TAG])
-
-
-class CountPerSplit(beam.PTransform):
-    """(split, document) -> one {split: documents} (every split present in the input)."""
-
-    def expand(self, split_docs):
-        return (split_docs
-                | "Split" >> beam.Map(lambda sd: sd[0])
-                | "Count" >> beam.combiners.Count.PerElement()
-                | "ToDict" >> beam.combiners.ToDict())
+        return CreatedExamples(examples=made.examples, shard_counts=shard_counts, documents=made[DOCUMENTS_TAG],
+                               rejects=rejects, stats=made[STATS_TAG])

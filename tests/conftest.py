@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from paths import CONF
+
 
 @pytest.fixture(scope="session")
 def wiki_sample_path() -> str:
@@ -35,9 +37,26 @@ def sample_paragraphs(sample_documents):
     return [" ".join(d.sentences) for d in sample_documents]
 
 
+@pytest.fixture(scope="session")
+def sample_vocabulary(sample_paragraphs):
+    """WordPiece trained on the sample's documents (4,000 pieces), by casing: ``sample_vocabulary(lowercase)``.
+    Trained once per casing for the whole session (the casing and tokenizer tests share them)."""
+    from pipeline.tokenization import train_vocabulary
+
+    trained: dict[bool, list[str]] = {}
+
+    def vocabulary(lowercase: bool) -> list[str]:
+        if lowercase not in trained:
+            trained[lowercase] = train_vocabulary(sample_paragraphs, vocab_size=4000, lowercase=lowercase,
+                                                  min_frequency=2, limit_alphabet=500)
+        return list(trained[lowercase])
+
+    return vocabulary
+
+
 # --- running the Beam job -------------------------------------------------------------------
 
-CONF_DIR = os.path.join(os.path.dirname(__file__), "..", "pipeline", "conf")
+CONF_DIR = os.path.join(CONF, "pipeline")
 
 
 def compose_pipeline_config(overrides):
@@ -91,3 +110,28 @@ def loader_dynamic_job(tmp_path_factory):
     """Examples stored unmasked (dynamic masking), objective none (no sentence-pair label)."""
     out = tmp_path_factory.mktemp("loader_dynamic")
     return out, run_job(out, "masking=dynamic", "instances=none", "output.num_shards=2", *SMALL_VOCAB, *IN_MEMORY)
+
+
+# --- shards for the trainer's tests (tests/integration: trainer, multinode, resume guard, SLURM, shard cache)
+
+@pytest.fixture(scope="session")
+def trainer_shards(tmp_path_factory):
+    """NSP, static masks, length 64, a 2000-id vocabulary, 5% held out for evaluation."""
+    out = tmp_path_factory.mktemp("trainer_shards")
+    run_job(out, "seed=3", "tokenizer.vocab_size=2000", "instances.max_seq_length=64",
+            "instances.eval_fraction=0.05", *IN_MEMORY)
+    return str(out)
+
+
+# --- the two layers -------------------------------------------------------------------------
+
+INTEGRATION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integration")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/integration carries the ``integration`` marker (pyproject.toml), so
+    ``-m "not integration"`` selects the unit layer by where a test lives, not by a decorator one
+    could forget."""
+    for item in items:
+        if os.path.commonpath([str(item.path), INTEGRATION_DIR]) == INTEGRATION_DIR:
+            item.add_marker(pytest.mark.integration)

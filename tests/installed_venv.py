@@ -17,7 +17,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+from paths import REPO
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "outputs", "multirun", "build", "dist", "*.egg-info",
                                     "__pycache__", ".pytest_cache")
 

@@ -24,6 +24,8 @@ from typing import Any, Optional
 
 import yaml
 
+from paths import CONF
+
 KUSTOMIZATION = "kustomization.yaml"
 KNOWN_KEYS = {"apiVersion", "kind", "resources", "patches", "images", "configMapGenerator", "generatorOptions"}
 MERGE_KEYS = {  # field name -> merge key of its list items (the Kubernetes API's patchMergeKey)
@@ -33,7 +35,7 @@ MERGE_KEYS = {  # field name -> merge key of its list items (the Kubernetes API'
 GPU = "nvidia.com/gpu"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 EXIT_STOPPED = 75  # infra/k8s/base/train_node.py
-TRAINING_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "conf")
+TRAINING_CONF = os.path.join(CONF, "train")
 TORCHRUN_WORKER_KILL_S = 30  # torch.distributed.elastic: workers get this long after SIGTERM
 
 

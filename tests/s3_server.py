@@ -50,11 +50,11 @@ class S3Server:
             try:
                 urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=1).close()
                 return self
-            except (urllib.error.URLError, OSError):
+            except (urllib.error.URLError, OSError) as e:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(f"moto_server did not answer on {self.endpoint_url} "
-                                       f"within {START_TIMEOUT_S:.0f} s")
+                                       f"within {START_TIMEOUT_S:.0f} s") from e
                 time.sleep(0.1)
 
     def stop(self) -> None:

@@ -6,9 +6,9 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipeline.cli import exit_with, user_error
+from pipeline.cli import config_or_exit, exit_on
 from training.config import ConfigError, register_configs, to_train_config
 
 USAGE = "python -m training data_dir=<shards> output_dir=<dir> [group=option ...] [key=value ...]"
@@ -16,24 +16,16 @@ USAGE = "python -m training data_dir=<shards> output_dir=<dir> [group=option ...
 register_configs()
 
 
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@hydra.main(config_path="pkg://training.conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from training.data import DataContractError
     from training.trainer import train
 
-    try:
-        train_cfg, resolved = to_train_config(cfg), OmegaConf.to_container(cfg, resolve=True)
-    except Exception as e:  # noqa: BLE001 - anything that is not a user error is re-raised
-        message = user_error(e, USAGE)
-        if message is None:
-            raise
-        exit_with(message)
-    # output_dir itself in a single run, output_dir/<job number> in a multirun sweep (training/conf/train.yaml)
+    train_cfg, resolved = config_or_exit(cfg, USAGE, to_train_config)
+    # output_dir itself in a single run, output_dir/<job number> in a multirun sweep (conf/train/train.yaml)
     train_cfg.output_dir = resolved["output_dir"] = HydraConfig.get().runtime.output_dir
-    try:
+    with exit_on(ConfigError, DataContractError):  # what to change, without a traceback
         code = train(train_cfg, resolved)
-    except (ConfigError, DataContractError) as e:  # what to change, without a traceback
-        exit_with(str(e))
     if code:
         sys.exit(code)  # returning keeps a multirun sweep going with its next job
 

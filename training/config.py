@@ -1,4 +1,4 @@
-"""Dataclass schemas of the trainer's Hydra config (``training/conf/train.yaml``).
+"""Dataclass schemas of the trainer's Hydra config (``conf/train/train.yaml``).
 
 One schema per swappable group (model, data, optim, deepspeed, trainer, logger), each stored in
 Hydra's ConfigStore, so a misspelt key or a bad value fails when the config is composed, not an
@@ -30,6 +30,17 @@ DIST_BACKENDS = ("nccl", "gloo")
 
 class ConfigError(ValueError):
     """A configuration that cannot run (raised while composing or when the run starts)."""
+
+
+def check_adam_fields(optim) -> None:
+    """The checks every optimizer schema (pre-training's and fine-tuning's ``OptimConfig``) shares:
+    lr, Adam's betas and eps, weight_decay and grad_clip, named under ``optim.``."""
+    if not optim.lr > 0:
+        raise ConfigError(f"optim.lr must be positive, got {optim.lr}")
+    if len(optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in optim.betas):
+        raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(optim.betas)}")
+    if not optim.eps > 0 or optim.weight_decay < 0 or optim.grad_clip < 0:
+        raise ConfigError("optim.eps must be positive, optim.weight_decay and optim.grad_clip >= 0")
 
 
 def _positive(group: str, **values) -> None:
@@ -188,12 +199,7 @@ class OptimConfig:
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(self.betas)}")
-        if not self.eps > 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("optim.eps must be positive, optim.weight_decay and optim.grad_clip >= 0")
+        check_adam_fields(self)
         if self.min_trust_ratio < 0 or (self.max_trust_ratio is not None
                                         and self.max_trust_ratio < max(self.min_trust_ratio, 1e-12)):
             raise ConfigError("optim.min_trust_ratio must be >= 0 and optim.max_trust_ratio "
@@ -432,7 +438,7 @@ class LoggerConfig:
 
 @dataclass
 class TrainConfig:
-    """Root of ``training/conf/train.yaml``."""
+    """Root of ``conf/train/train.yaml``."""
 
     data_dir: str = MISSING
     """The Beam job's output directory (manifest.json, vocab.txt, train/ and eval/ shards)."""

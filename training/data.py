@@ -38,10 +38,8 @@ from pipeline.masking import MaskingParams, mask_tokens
 from pipeline.seeding import rng_for
 from pipeline.tokenization import masking_vocabulary
 from training.config import DataConfig
+from training.labels import IGNORE_INDEX
 from training.sampler import BatchRequest, EvalBatchPlan, TrainBatchPlan
-
-IGNORE_INDEX = -100
-"""Label of a padding prediction slot (what ``training.model`` and torch's cross-entropy skip)."""
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions",
                 "masked_lm_labels", "next_sentence_label")
@@ -399,6 +397,18 @@ class Collator:
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The keyword arguments of ``BertForPreTraining.forward`` in a collated batch."""
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+def dense_mlm_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T) labels for a dense MLM head (ours with ``dense_mlm_labels``, transformers' ``labels``)
+    from a batch's sparse (B, P) positions/labels: the original id at each masked position,
+    IGNORE_INDEX elsewhere. On the batch's device."""
+    positions, labels = batch["masked_lm_positions"], batch["masked_lm_labels"]  # (B, P)
+    dense = torch.full_like(batch["input_ids"], IGNORE_INDEX)  # (B, T)
+    rows = torch.arange(positions.shape[0], device=positions.device)[:, None].expand_as(positions)  # (B, P)
+    real = labels != IGNORE_INDEX
+    dense[rows[real], positions[real]] = labels[real]
+    return dense
 
 
 # --- loaders -----------------------------------------------------------------------------------

@@ -73,6 +73,17 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """The device of a one-process command (fine-tuning, evaluation) from its config value: auto
+    (cuda if available, else cpu), cpu or cuda. key: the config key, named in the ConfigError for
+    cuda without a CUDA device."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
 def init_distributed(backend: Optional[str] = None, timeout_minutes: int = 30) -> DistributedContext:
     """Initialise torch.distributed through DeepSpeed and return this process's place in it.
 

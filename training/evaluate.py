@@ -30,9 +30,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import hydra
 import numpy as np
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
+from pipeline.cli import config_or_exit, configure_logging, exit_on
 from training.config import ConfigError
 
 TASKS = ("lee",)
@@ -56,7 +58,7 @@ class LeeConfig:
 
 @dataclass
 class EvaluateConfig:
-    """Root of ``training/conf/evaluate.yaml``."""
+    """Root of ``conf/evaluate/evaluate.yaml``."""
 
     model_dir: str = MISSING
     """A Hugging Face BERT directory: config.json, model.safetensors or pytorch_model.bin, vocab.txt
@@ -162,16 +164,6 @@ def document_windows(pieces: Sequence[int], max_pieces: int, long_documents: str
     return windows[:1] if long_documents == "truncate" else windows
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def embed_documents(encoder, tokenizer, special, documents: Sequence[str], max_seq_length: int,
                     long_documents: str, batch_size: int, device) -> tuple[np.ndarray, int, int]:
     """(D, H) float64 document vectors: the attention-masked mean of the last layer's token
@@ -223,6 +215,7 @@ def cosine_similarities(vectors: np.ndarray) -> np.ndarray:
 def evaluate_lee(cfg: EvaluateConfig) -> dict:
     """The Lee correlation of cfg.model_dir's encoder: the results dict written to cfg.output."""
     from pipeline.contract import SpecialTokens
+    from training.distributed import resolve_device
     from training.hf_checkpoint import load_encoder
 
     started = time.perf_counter()
@@ -273,30 +266,16 @@ def run(cfg: EvaluateConfig) -> dict:
     return results
 
 
-def main() -> None:
-    import hydra
-    from omegaconf import DictConfig, OmegaConf
+register_configs()
 
-    from pipeline.cli import configure_logging, exit_with, user_error
 
-    register_configs()
-
-    @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
-    def entry(cfg: DictConfig) -> None:
-        try:
-            config: EvaluateConfig = OmegaConf.to_object(cfg)
-        except Exception as e:  # noqa: BLE001 - anything that is not a user error is re-raised
-            message = user_error(e, USAGE)
-            if message is None:
-                raise
-            exit_with(message)
-        configure_logging("WARNING")
-        try:
-            run(config)
-        except ConfigError as e:  # what to change, without a traceback
-            exit_with(str(e))
-
-    entry()
+@hydra.main(config_path="pkg://training.evaluate_conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    config: EvaluateConfig
+    config, _ = config_or_exit(cfg, USAGE)
+    configure_logging("WARNING")
+    with exit_on(ConfigError):  # what to change, without a traceback
+        run(config)
 
 
 if __name__ == "__main__":

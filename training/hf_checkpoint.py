@@ -48,7 +48,7 @@ ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", 
 """config.json keys that must equal the model's (same names in our BertConfig and ModelConfig)."""
 
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-"""The keys a ``model=`` preset sets (training/conf/model/*.yaml, training.model.PRESETS)."""
+"""The keys a ``model=`` preset sets (conf/train/model/*.yaml, training.model.PRESETS)."""
 
 ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.")
 """Top-level modules of transformers' bare BertModel; in BertForPreTraining they sit under ``bert.``."""

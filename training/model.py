@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
-"""Label value that marks a position without a target (same as transformers and torch's default)."""
+from training.labels import IGNORE_INDEX
 
 
 @dataclass

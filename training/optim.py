@@ -29,7 +29,7 @@ def _is_no_decay(module: nn.Module, param_name: str) -> bool:
 def no_decay_parameter_names(model: nn.Module) -> set[str]:
     """Qualified names (as in ``named_parameters()``) of the parameters kept free of weight decay."""
     names = set()
-    for name, param in _owned_parameters(model):
+    for name, _param in _owned_parameters(model):
         module_name, _, param_name = name.rpartition(".")
         if _is_no_decay(model.get_submodule(module_name), param_name):
             names.add(name)

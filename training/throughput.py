@@ -14,7 +14,6 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from training.model import flops_per_token  # noqa: F401  (re-exported: the numerator of MFU)
 
 PEAK_TFLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756.0),

@@ -56,7 +56,7 @@ import torch.distributed as dist
 
 from training import checkpoint as ckpt
 from training.config import ConfigError, TrainConfig
-from training.data import IGNORE_INDEX, DataContractError, PretrainingData, RunExpectations, model_inputs
+from training.data import DataContractError, PretrainingData, RunExpectations, dense_mlm_labels, model_inputs
 from training.distributed import DistributedContext, check_ranks_agree, init_distributed, launcher_world_size
 from training.model import BertConfig, BertForPreTraining, flops_per_token
 from training.optim import restore_schedule_position
@@ -274,16 +274,6 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-
-
-def dense_mlm_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, T) labels for the dense head from the sparse (B, P) positions/labels, -100 elsewhere."""
-    positions, labels = batch["masked_lm_positions"], batch["masked_lm_labels"]
-    dense = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-    rows = torch.arange(positions.shape[0], device=positions.device)[:, None].expand_as(positions)
-    real = labels != IGNORE_INDEX
-    dense[rows[real], positions[real]] = labels[real]
-    return dense
 
 
 def forward_inputs(batch: dict[str, torch.Tensor], device: torch.device, sparse_head: bool) -> dict:

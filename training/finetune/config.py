@@ -1,6 +1,6 @@
-"""Dataclass schemas of the fine-tuning config (``training/finetune/conf/finetune.yaml``).
+"""Dataclass schemas of the fine-tuning config (``conf/finetune/finetune.yaml``).
 
-One schema per part: the task (group ``task``, one preset per benchmark in ``training/finetune/conf/task``),
+One schema per part: the task (group ``task``, one preset per benchmark in ``conf/finetune/task``),
 the optimizer and schedule (``optim``), the loop (``train``) and tracking (``logger``, the
 pre-training's own schema and presets). Stored in Hydra's ConfigStore, so a misspelt key fails at
 composition. Each component gets its own slice: a task kind sees ``cfg.task``, the optimizer
@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
-from training.config import ConfigError, LoggerConfig
+from training.config import ConfigError, LoggerConfig, check_adam_fields
 
 KINDS = ("classification", "regression", "token_classification", "question_answering")
 ON_BAD_ROW = ("error", "skip")
@@ -122,12 +122,7 @@ class OptimConfig:
     """Clip the global gradient norm to this; 0 turns clipping off."""
 
     def __post_init__(self):
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(self.betas)}")
-        if not self.eps > 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("optim.eps must be positive, optim.weight_decay and optim.grad_clip >= 0")
+        check_adam_fields(self)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -157,7 +152,7 @@ class TrainLoopConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Root of ``training/finetune/conf/finetune.yaml``."""
+    """Root of ``conf/finetune/finetune.yaml``."""
 
     data_dir: str = MISSING
     """The task's own directory (e.g. GLUE's SST-2/), holding task.train_file and task.dev_files."""

@@ -26,11 +26,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from training.config import ConfigError
-from training.finetune.kinds import RowPolicy, SkippedRows
-
-IGNORE_INDEX = -100
-"""Label of a position the loss and the decoding skip: special tokens and non-first word pieces."""
+from training.finetune.kinds import RowPolicy, SkippedRows, open_task_file
+from training.labels import IGNORE_INDEX
 
 DOCSTART = "-DOCSTART-"
 _TAG = re.compile(r"^(?:O|([BI])-(\S+))$")
@@ -65,11 +62,7 @@ def read_conll(path: str, labels: Optional[Sequence[str]] = None, on_bad_row: st
     policy = RowPolicy(on_bad_row, path)
     sentences: List[Sentence] = []
     dropped = converted = 0
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise ConfigError(f"task file {path} does not exist (data_dir + task.train_file / task.dev_files)") from None
-    with f:
+    with open_task_file(path) as f:
         for block in _blocks(f, encoding):
             tags, n_converted = to_bio(block.tags)
             problems = list(block.problems)

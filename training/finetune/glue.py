@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Optional
 
 from training.config import ConfigError
 from training.finetune.config import TaskConfig
-from training.finetune.kinds import BadInputError, RowPolicy
+from training.finetune.kinds import BadInputError, RowPolicy, open_task_file
 
 FASTTEXT_LABEL_PREFIX = "__label__"
 
@@ -37,11 +37,8 @@ class TextExample:
 
 def _lines(path: str) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, bytes without the line end) of every line; no empty last line."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ConfigError(f"task file {path} does not exist (data_dir + task.train_file / task.dev_files)") from None
+    with open_task_file(path) as f:
+        data = f.read()
     if not data:
         return
     pieces = data.split(b"\n")

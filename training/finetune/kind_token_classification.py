@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from training.config import ConfigError
-from training.finetune.conll import IGNORE_INDEX, Sentence, TokenWindow, decode_windows, encode_sentences, \
-    entity_scores, read_conll
+from training.finetune.conll import Sentence, TokenWindow, decode_windows, encode_sentences, entity_scores, read_conll
 from training.finetune.kinds import TaskData
+from training.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Optional, Sequence
+from typing import Any, BinaryIO, Optional, Sequence
 
 from training.config import ConfigError
 
@@ -52,6 +52,15 @@ KIND_FUNCTIONS = ("check", "load", "build_model", "evaluate")
 
 FIRST_SKIPPED_KEPT = 5
 """How many skipped rows are kept verbatim (file:line: reason) in results.json."""
+
+
+def open_task_file(path: str) -> BinaryIO:
+    """A task file (data_dir joined with task.train_file or a dev file) opened for reading bytes;
+    ConfigError when it does not exist."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise ConfigError(f"task file {path} does not exist (data_dir + task.train_file / task.dev_files)") from None
 
 
 class BadInputError(ValueError):
@@ -72,9 +81,13 @@ class SkippedRows:
     """The first FIRST_SKIPPED_KEPT skipped rows as "file:line: reason: detail"."""
 
     def add(self, path: str, line: int, reason: str, detail: str = "") -> None:
+        self.add_at(f"{path}:{line}", reason, detail)
+
+    def add_at(self, where: str, reason: str, detail: str = "") -> None:
+        """``add`` for a row named otherwise than by file and line (``where``: e.g. a SQuAD question id)."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
         if len(self.first) < FIRST_SKIPPED_KEPT:
-            self.first.append(f"{path}:{line}: {reason}" + (f": {detail}" if detail else ""))
+            self.first.append(f"{where}: {reason}" + (f": {detail}" if detail else ""))
 
     @property
     def total(self) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from training.config import ConfigError
+from training.distributed import resolve_device
 from training.finetune.config import FinetuneConfig, OptimConfig, TaskConfig, TrainLoopConfig
 from training.finetune.kinds import TaskData, load_kind
 from training.tracking import Tracker, check_wandb_login, make_tracker, redact
@@ -40,14 +41,6 @@ HELDOUT = "heldout"
 """The dev name of a cross-validation fold's held-out rows."""
 NOT_COLLECTED = ("loss", "hidden_states", "attentions")
 """Output fields the loop does not hand to a kind's evaluate."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 # --- optimizer and schedule ------------------------------------------------------------------
@@ -209,7 +202,7 @@ def run(cfg: FinetuneConfig, resolved: dict, overrides: Sequence[str] = ()) -> d
         raise ConfigError(f"model_dir {cfg.model_dir} is not a Hugging Face model directory (no config.json)")
     if not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"data_dir {cfg.data_dir} is not a directory")
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
 
     from transformers import AutoTokenizer
 

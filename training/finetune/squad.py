@@ -32,8 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from training.config import ConfigError
-from training.finetune.kinds import FIRST_SKIPPED_KEPT, BadInputError, SkippedRows
+from training.finetune.kinds import BadInputError, SkippedRows, open_task_file
 
 
 class SquadInputError(BadInputError):
@@ -78,19 +77,14 @@ class _QuestionPolicy:
     def reject(self, question: str, reason: str, detail: str = "") -> None:
         if self.on_bad_row == "error":
             raise SquadInputError(self.path, question, reason + (f": {detail}" if detail else ""))
-        self.skipped.counts[reason] = self.skipped.counts.get(reason, 0) + 1
-        if len(self.skipped.first) < FIRST_SKIPPED_KEPT:
-            self.skipped.first.append(f"{self.path}: question {question}: {reason}" + (f": {detail}" if detail else ""))
+        self.skipped.add_at(f"{self.path}: question {question}", reason, detail)
 
 
 def read_squad(path: str, version_2_with_negative: bool, on_bad_row: str = "error",
                encoding: str = "utf-8") -> SquadFile:
     """The questions of a SQuAD file, each answer checked against its context."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ConfigError(f"task file {path} does not exist (data_dir + task.train_file / task.dev_files)") from None
+    with open_task_file(path) as f:
+        data = f.read()
     try:
         document = json.loads(data.decode(encoding))
     except UnicodeDecodeError as e:

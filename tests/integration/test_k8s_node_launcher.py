@@ -1,0 +1,67 @@
+"""infra/k8s/base/train_node.py as the pod runs it: a launcher process that starts the training
+command as its child, forwards SIGTERM to it and exits with the code the Job's podFailurePolicy
+expects (0 only when the last complete checkpoint is the final step). Each test starts processes,
+so this sits in the integration layer; the launcher's pure functions are tested in
+tests/unit/test_k8s_manifests.py."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from paths import REPO
+
+LAUNCHER = os.path.join(REPO, "infra", "k8s", "base", "train_node.py")
+spec = importlib.util.spec_from_file_location("train_node", LAUNCHER)
+train_node = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_node)
+
+
+def write_checkpoint(output_dir, step, max_steps, complete=True):
+    tag = os.path.join(output_dir, "checkpoints", f"step{step:08d}")
+    os.makedirs(tag)
+    with open(os.path.join(tag, "run_config.json"), "w") as f:
+        json.dump({"version": 1, "config": {"trainer": {"max_steps": max_steps}}}, f)
+    if complete:
+        open(os.path.join(tag, "complete"), "w").close()
+
+
+def launch(tmp_path, code: str, **popen):
+    env = {**os.environ, "BERT_K8S_MARKER_WAIT_S": "0", "PYTHONPATH": REPO}
+    return subprocess.Popen([sys.executable, LAUNCHER, sys.executable, "-c", code, "--rdzv_endpoint=localhost:29500",
+                             f"output_dir={tmp_path}"], env=env, **popen)
+
+
+@pytest.mark.parametrize("checkpoints,expected", [
+    ([], train_node.EXIT_STOPPED),                          # stopped before the first checkpoint
+    ([(100, 1000, True)], train_node.EXIT_STOPPED),          # stopped on request at step 100
+    ([(1000, 1000, True)], 0),                                # finished
+    ([(500, 1000, True), (1000, 1000, False)], train_node.EXIT_STOPPED),  # final save not complete
+])
+def test_launcher_passes_zero_only_when_training_is_finished(tmp_path, checkpoints, expected):
+    for step, max_steps, complete in checkpoints:
+        write_checkpoint(str(tmp_path), step, max_steps, complete)
+    assert launch(tmp_path, "pass").wait(timeout=120) == expected
+
+
+def test_launcher_passes_a_failure_on(tmp_path):
+    assert launch(tmp_path, "raise SystemExit(3)").wait(timeout=60) == 3
+
+
+def test_launcher_forwards_sigterm(tmp_path):
+    ready = tmp_path / "ready"
+    code = ("import signal, sys, time, pathlib\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+            f"pathlib.Path({str(ready)!r}).touch()\n"
+            "time.sleep(60)\n")
+    proc = launch(tmp_path, code)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 7

@@ -1,1 +1,0 @@
-"""The trainer's Hydra configs, importable so that other apps can name them (pkg://training.conf: fine-tuning takes its logger group from here)."""
