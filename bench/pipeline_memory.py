@@ -38,8 +38,12 @@ from pipeline.records import RawDocument  # noqa: E402
 from pipeline.sources import read_source  # noqa: E402
 
 WORKERS = 2
-SCALED = ["instances.pool_size=200", "output.target_shard_tokens=8000000", "instances.min_work_units=4",
-          "source.text_format=bert_lines"]
+SCALED = [
+    "instances.pool_size=200",
+    "output.target_shard_tokens=8000000",
+    "instances.min_work_units=4",
+    "source.text_format=bert_lines",
+]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -58,8 +62,9 @@ def sample_documents() -> list[list[str]]:
 
 
 def copy_text(docs: list[list[str]], k: int) -> str:
-    return "".join(f"Copy {k} of the sample, document {i}.\n" + "\n".join(sents) + "\n\n"
-                   for i, sents in enumerate(docs))
+    return "".join(
+        f"Copy {k} of the sample, document {i}.\n" + "\n".join(sents) + "\n\n" for i, sents in enumerate(docs)
+    )
 
 
 def make_inputs(work: str, docs: list[list[str]], scale: int) -> dict[str, list[str]]:
@@ -83,8 +88,9 @@ def make_inputs(work: str, docs: list[list[str]], scale: int) -> dict[str, list[
 def checkout(rev: str, work: str) -> str:
     path = os.path.join(work, f"baseline-{rev}")
     if not os.path.isdir(path):
-        subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", "-f", path, rev], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["git", "-C", REPO, "worktree", "add", "--detach", "-f", path, rev], check=True, stdout=subprocess.DEVNULL
+        )
     return path
 
 
@@ -101,8 +107,10 @@ def main():
     vocab = minilm_vocab()
     docs = sample_documents()
     mb = len(copy_text(docs, 0).encode("utf-8")) / 1e6
-    print(f"# local data job memory: the sample ({len(docs)} documents, {mb:.2f} MB of pre-split text) "
-          f"x {args.scales}, {WORKERS} workers, {psutil.cpu_count()} cores; {' '.join(SCALED)}\n")
+    print(
+        f"# local data job memory: the sample ({len(docs)} documents, {mb:.2f} MB of pre-split text) "
+        f"x {args.scales}, {WORKERS} workers, {psutil.cpu_count()} cores; {' '.join(SCALED)}\n"
+    )
 
     runs = []
     plan = [(None, s) for s in args.scales]
@@ -111,16 +119,18 @@ def main():
         plan += [(args.baseline_rev, s) for s in args.baseline_scales]
     for rev, scale in plan:
         for shape, inputs in make_inputs(work, docs, scale).items():
-            r = run_job(inputs, os.path.join(work, "out"), WORKERS, vocab, SCALED,
-                        cwd=base if rev else None)
+            r = run_job(inputs, os.path.join(work, "out"), WORKERS, vocab, SCALED, cwd=base if rev else None)
             r.update(code=rev or "this checkout", scale=scale, shape=shape, input_mb=mb * scale)
             r["mb_per_s_per_core"] = r["input_mb"] / r["job_seconds"] / WORKERS
             r["tokens_per_s_per_core"] = r["tokens"] / r["job_seconds"] / WORKERS
             runs.append(r)
-            print(f"{r['code']:>14s} {scale:3d}x {shape:10s}: {r['input_mb']:7.1f} MB, {r['tokens']:11,} tokens in "
-                  f"{r['job_seconds']:6.1f} s = {r['tokens_per_s_per_core']:8,.0f} tokens/s/core "
-                  f"({r['mb_per_s_per_core']:.2f} MB/s/core); peak RSS: runner {r['runner_peak'] / 2**20:6,.0f} MiB, "
-                  f"largest worker {r['worker_peak'] / 2**20:6,.0f} MiB", flush=True)
+            print(
+                f"{r['code']:>14s} {scale:3d}x {shape:10s}: {r['input_mb']:7.1f} MB, {r['tokens']:11,} tokens in "
+                f"{r['job_seconds']:6.1f} s = {r['tokens_per_s_per_core']:8,.0f} tokens/s/core "
+                f"({r['mb_per_s_per_core']:.2f} MB/s/core); peak RSS: runner {r['runner_peak'] / 2**20:6,.0f} MiB, "
+                f"largest worker {r['worker_peak'] / 2**20:6,.0f} MiB",
+                flush=True,
+            )
 
     def find(code, scale, shape):
         return next((r for r in runs if r["code"] == code and r["scale"] == scale and r["shape"] == shape), None)
@@ -131,15 +141,19 @@ def main():
         for shape in ("one file", "many files"):
             a, b = find(code, lo, shape), find(code, hi, shape)
             if a and b:
-                print(f"  {code}, {shape}: peak memory {hi}x / {lo}x: runner {b['runner_peak'] / a['runner_peak']:.2f}, "
-                      f"largest worker {b['worker_peak'] / a['worker_peak']:.2f}  (goal <= 1.3)")
+                print(
+                    f"  {code}, {shape}: peak memory {hi}x / {lo}x: runner {b['runner_peak'] / a['runner_peak']:.2f}, "
+                    f"largest worker {b['worker_peak'] / a['worker_peak']:.2f}  (goal <= 1.3)"
+                )
     if args.baseline_rev:
         for scale in args.baseline_scales:
             for shape in ("one file", "many files"):
                 a, b = find("this checkout", scale, shape), find(args.baseline_rev, scale, shape)
                 if a and b:
-                    print(f"  {scale}x {shape}: throughput per core, this checkout / {args.baseline_rev} = "
-                          f"{a['tokens_per_s_per_core'] / b['tokens_per_s_per_core']:.2f}  (goal >= 0.8)")
+                    print(
+                        f"  {scale}x {shape}: throughput per core, this checkout / {args.baseline_rev} = "
+                        f"{a['tokens_per_s_per_core'] / b['tokens_per_s_per_core']:.2f}  (goal >= 0.8)"
+                    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=2)

@@ -59,19 +59,36 @@ def stages(path: str, vocab_file: str) -> dict:
     # The ceiling: encode_batch alone over the same cleaned text (whole documents).
     enc, t_ceiling = timed(lambda: tok.encode_batch(texts, add_special_tokens=False))
     ceiling_tokens = sum(len(e.ids) for e in enc)
-    tdocs, t_tok = timed(lambda: [TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences))
-                                  for d in docs])
+    tdocs, t_tok = timed(
+        lambda: [TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences)) for d in docs]
+    )
     mv = masking_vocabulary(vocab)
     params, masking = InstanceParams(), MaskingParams()
-    examples, t_ex = timed(lambda: ExampleColumns.concat([
-        examples_for_document(tdocs, i, p, 1, params, masking, mv)
-        for p in range(DUPE_FACTOR) for i in range(len(tdocs))]))
+    examples, t_ex = timed(
+        lambda: ExampleColumns.concat(
+            [
+                examples_for_document(tdocs, i, p, 1, params, masking, mv)
+                for p in range(DUPE_FACTOR)
+                for i in range(len(tdocs))
+            ]
+        )
+    )
     fmt = ExampleFormat(example_schema(len(vocab), "nsp", "static"), 1024, 1)
     _, t_write = timed(lambda: fmt.encode([to_record_batch(examples, fmt.schema)]))
-    return dict(docs=len(docs), tokens=sum(len(d.ids) for d in tdocs), ceiling_tokens=ceiling_tokens,
-                seconds={"read + wikitext + clean": t_read, "sentence split": t_split, "vocabulary training": t_vocab,
-                         "WordPiece (job)": t_tok, f"instances + masks (x{DUPE_FACTOR})": t_ex,
-                         "Arrow shard encode": t_write, "ceiling: encode_batch": t_ceiling})
+    return dict(
+        docs=len(docs),
+        tokens=sum(len(d.ids) for d in tdocs),
+        ceiling_tokens=ceiling_tokens,
+        seconds={
+            "read + wikitext + clean": t_read,
+            "sentence split": t_split,
+            "vocabulary training": t_vocab,
+            "WordPiece (job)": t_tok,
+            f"instances + masks (x{DUPE_FACTOR})": t_ex,
+            "Arrow shard encode": t_write,
+            "ceiling: encode_batch": t_ceiling,
+        },
+    )
 
 
 def make_tiny(sample: str, work: str, n_docs: int = 40) -> str:
@@ -98,13 +115,31 @@ def make_copies(sample: str, work: str, n: int) -> list[str]:
     return paths
 
 
-def run_job(inputs: list[str], out: str, workers: int, vocab_file: str, extra: list[str], cwd: str | None = None,
-            interval_s: float = 0.05) -> dict:
+def run_job(
+    inputs: list[str],
+    out: str,
+    workers: int,
+    vocab_file: str,
+    extra: list[str],
+    cwd: str | None = None,
+    interval_s: float = 0.05,
+) -> dict:
     """The job as a user runs it, with every process's peak RSS sampled from outside; ``cwd``:
     the checkout whose ``pipeline`` package runs (its launcher and workers import from there)."""
-    cmd = [sys.executable, "-m", "pipeline", f"inputs=[{','.join(inputs)}]", f"output_dir={out}", "overwrite=true",
-           "tokenizer=vocab_file", f"tokenizer.vocab_file={vocab_file}", f"runner.direct_num_workers={workers}",
-           "runner.direct_running_mode=multi_processing", "progress_every_s=0", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"inputs=[{','.join(inputs)}]",
+        f"output_dir={out}",
+        "overwrite=true",
+        "tokenizer=vocab_file",
+        f"tokenizer.vocab_file={vocab_file}",
+        f"runner.direct_num_workers={workers}",
+        "runner.direct_running_mode=multi_processing",
+        "progress_every_s=0",
+        *extra,
+    ]
     env = dict(os.environ, PYTHONPATH=cwd) if cwd else None
     proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
     peaks: dict[int, tuple[str, int]] = {}
@@ -139,18 +174,28 @@ def run_job(inputs: list[str], out: str, workers: int, vocab_file: str, extra: l
     tokens = int(re.search(r"tokens\s+([\d,]+)\n", output).group(1).replace(",", ""))
     docs = int(re.search(r"documents kept\s+([\d,]+)", output).group(1).replace(",", ""))
     workers_rss = [rss for role, rss in peaks.values() if role == "worker" and rss > 50e6]
-    return dict(job_seconds=float(m.group(1).replace(",", "")), wall=wall, tokens=tokens, docs=docs,
-                worker_peak=max(workers_rss) if workers_rss else 0, runner_peak=peaks[proc.pid][1],
-                runner_cpu=cpu.get(proc.pid, 0.0),
-                worker_cpu=sum(c for pid, c in cpu.items() if pid != proc.pid))
+    return dict(
+        job_seconds=float(m.group(1).replace(",", "")),
+        wall=wall,
+        tokens=tokens,
+        docs=docs,
+        worker_peak=max(workers_rss) if workers_rss else 0,
+        runner_peak=peaks[proc.pid][1],
+        runner_cpu=cpu.get(proc.pid, 0.0),
+        worker_cpu=sum(c for pid, c in cpu.items() if pid != proc.pid),
+    )
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="runs per end-to-end configuration; the fastest is reported (shared machines are noisy), "
-                         "with the highest peak memory of all runs")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per end-to-end configuration; the fastest is reported (shared machines are noisy), "
+        "with the highest peak memory of all runs",
+    )
     args = ap.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="bench-pipeline-")
     os.makedirs(work, exist_ok=True)
@@ -169,9 +214,13 @@ def main():
     print(f"  tokenisation ceiling: {ceiling:,.0f} tokens/s per core")
     # The end-to-end runs below are given the vocabulary, so their work is these stages; their
     # sum without any runner overhead bounds what end to end can reach against the ceiling.
-    job_work = sum(sec for name, sec in s["seconds"].items() if name not in ("vocabulary training", "ceiling: encode_batch"))
-    print(f"  the job's stages summed (given vocabulary): {job_work:.2f} s = {s['tokens'] / job_work:,.0f} tokens/s, "
-          f"at most {s['tokens'] / job_work / ceiling:.2f} of the ceiling with no runner overhead\n")
+    job_work = sum(
+        sec for name, sec in s["seconds"].items() if name not in ("vocabulary training", "ceiling: encode_batch")
+    )
+    print(
+        f"  the job's stages summed (given vocabulary): {job_work:.2f} s = {s['tokens'] / job_work:,.0f} tokens/s, "
+        f"at most {s['tokens'] / job_work / ceiling:.2f} of the ceiling with no runner overhead\n"
+    )
 
     # The production regime, scaled down: a corpus of many pools and many shards. A worker holds
     # one pool or one shard at a time, so these bound its memory; with the defaults (2,000
@@ -190,8 +239,9 @@ def main():
         runs = {w: [] for w in (1, 2)}
         for _ in range(args.repeat):
             for workers in (1, 2):
-                runs[workers].append(run_job(inputs, os.path.join(work, f"out-{label}-{workers}"), workers,
-                                             vocab_file, extra))
+                runs[workers].append(
+                    run_job(inputs, os.path.join(work, f"out-{label}-{workers}"), workers, vocab_file, extra)
+                )
         for workers in (1, 2):
             r = dict(min(runs[workers], key=lambda x: x["job_seconds"]))
             r["worker_peak"] = max(x["worker_peak"] for x in runs[workers])
@@ -199,12 +249,14 @@ def main():
             results[label, workers] = r
             per_core = r["tokens"] / r["job_seconds"] / workers
             every = ", ".join(f"{x['job_seconds']:.1f}" for x in runs[workers])
-            print(f"end to end {label} input, {workers} worker(s): {r['job_seconds']:6.1f} s job "
-                  f"({r['wall']:.1f} s with start-up; runs {every} s), "
-                  f"{r['docs'] / r['job_seconds'] / workers:6.1f} docs/s/core, "
-                  f"{per_core:9,.0f} tokens/s/core = {per_core / ceiling:.2f} of the ceiling; "
-                  f"peak RSS: worker {r['worker_peak'] / 2**20:,.0f} MiB, runner {r['runner_peak'] / 2**20:,.0f} MiB; "
-                  f"CPU s: workers {r['worker_cpu']:.1f}, runner {r['runner_cpu']:.1f}")
+            print(
+                f"end to end {label} input, {workers} worker(s): {r['job_seconds']:6.1f} s job "
+                f"({r['wall']:.1f} s with start-up; runs {every} s), "
+                f"{r['docs'] / r['job_seconds'] / workers:6.1f} docs/s/core, "
+                f"{per_core:9,.0f} tokens/s/core = {per_core / ceiling:.2f} of the ceiling; "
+                f"peak RSS: worker {r['worker_peak'] / 2**20:,.0f} MiB, runner {r['runner_peak'] / 2**20:,.0f} MiB; "
+                f"CPU s: workers {r['worker_cpu']:.1f}, runner {r['runner_cpu']:.1f}"
+            )
 
     print("\nratios:")
     fixed = {w: results["tiny", w]["job_seconds"] for w in (1, 2)}
@@ -214,9 +266,11 @@ def main():
         print(f"  {label}: end to end / ceiling per core (1 worker) = {best / ceiling:.2f}  (goal >= 0.25)")
         print(f"  {label}: 2 workers / 1 worker = {r1['job_seconds'] / r2['job_seconds']:.2f}x  (goal >= 1.7)")
         beyond = {w: results[label, w]["job_seconds"] - fixed[w] for w in (1, 2)}
-        print(f"  {label}: beyond the fixed cost of a job (tiny input: {fixed[1]:.1f} s with 1 worker, {fixed[2]:.1f} s "
-              f"with 2): 1 worker {beyond[1]:.1f} s, 2 workers {beyond[2]:.1f} s = {beyond[1] / beyond[2]:.2f}x; "
-              f"end to end / ceiling per core {r1['tokens'] / beyond[1] / ceiling:.2f}")
+        print(
+            f"  {label}: beyond the fixed cost of a job (tiny input: {fixed[1]:.1f} s with 1 worker, {fixed[2]:.1f} s "
+            f"with 2): 1 worker {beyond[1]:.1f} s, 2 workers {beyond[2]:.1f} s = {beyond[1] / beyond[2]:.2f}x; "
+            f"end to end / ceiling per core {r1['tokens'] / beyond[1] / ceiling:.2f}"
+        )
     for workers in (1, 2):
         g = results["4x", workers]["worker_peak"] / results["1x", workers]["worker_peak"]
         print(f"  worker peak memory 4x / 1x input, {workers} worker(s) = {g:.2f}  (goal <= 1.2)")

@@ -85,22 +85,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget-s", type=float, default=600.0, help="wall-clock seconds per side (default 600)")
     p.add_argument("--shards", default=None, help="existing shard directory (default: build one under --work)")
-    p.add_argument("--out", default=os.path.join(REPO, "bench", "results"),
-                   help=f"where {PLOT_FILE} and {JSON_FILE} go (default bench/results)")
-    p.add_argument("--eval-points", type=int, default=10,
-                   help="evaluated snapshots per side, evenly spaced in time, the last at the deadline (default 10)")
-    p.add_argument("--work", default=None,
-                   help="checkpoints, snapshots and logs (default: a temporary directory, removed at the end)")
+    p.add_argument(
+        "--out",
+        default=os.path.join(REPO, "bench", "results"),
+        help=f"where {PLOT_FILE} and {JSON_FILE} go (default bench/results)",
+    )
+    p.add_argument(
+        "--eval-points",
+        type=int,
+        default=10,
+        help="evaluated snapshots per side, evenly spaced in time, the last at the deadline (default 10)",
+    )
+    p.add_argument(
+        "--work",
+        default=None,
+        help="checkpoints, snapshots and logs (default: a temporary directory, removed at the end)",
+    )
     p.add_argument("--keep-work", action="store_true", help="keep --work's temporary directory")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per optimizer step, both sides (default 32)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, both sides (default 5e-4)")
     p.add_argument("--warmup-steps", type=int, default=30, help="linear warmup steps, both sides (default 30)")
     p.add_argument("--eval-batch-size", type=int, default=64, help="sequences per evaluation forward (default 64)")
-    p.add_argument("--eval-examples", type=int, default=None,
-                   help="evaluate on the first N held-out examples only (default: the whole eval split)")
-    p.add_argument("--polarity-data", default=None,
-                   help="data_dir of `python -m training.finetune task=polarity` (default: gensim's test data, "
-                        "as conf/finetune/task/polarity.yaml says)")
+    p.add_argument(
+        "--eval-examples",
+        type=int,
+        default=None,
+        help="evaluate on the first N held-out examples only (default: the whole eval split)",
+    )
+    p.add_argument(
+        "--polarity-data",
+        default=None,
+        help="data_dir of `python -m training.finetune task=polarity` (default: gensim's test data, "
+        "as conf/finetune/task/polarity.yaml says)",
+    )
     p.add_argument("--skip-polarity", action="store_true", help="leave out the downstream fine-tuning")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--transformers-side", default=None, metavar="SPEC_JSON", help=argparse.SUPPRESS)
@@ -119,11 +136,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # --- shards, model, initial weights ------------------------------------------------------------
 
+
 def build_shards(work: str) -> str:
     """The data job on the embedded Wikipedia sample (static masks, length 128) into work/shards."""
     out = os.path.join(work, "shards")
-    cmd = [sys.executable, "-m", "pipeline", f"output_dir={out}", "overwrite=true", "instances.eval_fraction=0.05",
-           "runner.direct_num_workers=1", "runner.direct_running_mode=in_memory"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"output_dir={out}",
+        "overwrite=true",
+        "instances.eval_fraction=0.05",
+        "runner.direct_num_workers=1",
+        "runner.direct_running_mode=in_memory",
+    ]
     print("building shards: python", " ".join(cmd[1:]), flush=True)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -136,8 +162,12 @@ def build_shards(work: str) -> str:
 
 def model_config(manifest: contract.ShardManifest) -> BertConfig:
     """The mini BERT the trainer builds for these shards (model=mini: its vocabulary, [PAD] and head)."""
-    return BertConfig(vocab_size=manifest.vocab_size, pad_token_id=manifest.special_tokens["pad"],
-                      with_nsp_head=manifest.objective != "none", **PRESETS[MODEL])
+    return BertConfig(
+        vocab_size=manifest.vocab_size,
+        pad_token_id=manifest.special_tokens["pad"],
+        with_nsp_head=manifest.objective != "none",
+        **PRESETS[MODEL],
+    )
 
 
 def write_initial_weights(bert_cfg: BertConfig, shards: str, out_dir: str, seed: int) -> str:
@@ -177,17 +207,33 @@ def snapshot_targets(budget_s: float, points: int) -> list[float]:
 
 # --- our trainer --------------------------------------------------------------------------------
 
+
 def run_ours(args, shards: str, init_dir: str, work: str, checkpoint_every: int) -> dict:
     """`python -m training` until the deadline, then SIGTERM. Returns the step timeline observed in
     steps.jsonl ({step: seconds since launch}, polled every 0.1 s), the exit code and the log."""
     out = os.path.join(work, "ours")
     log_path = os.path.join(work, "ours.log")
-    cmd = [sys.executable, "-m", "training", "experiment=cpu_smoke", f"data_dir={shards}", f"output_dir={out}",
-           f"seed={args.seed}", f"trainer.init_from={init_dir}", f"trainer.max_steps={HUGE_MAX_STEPS}",
-           f"trainer.global_batch_size={args.batch_size}", f"data.micro_batch_size={args.batch_size}",
-           "trainer.eval_every=0", f"trainer.checkpoint_every={checkpoint_every}", "trainer.keep_last_k=1000000",
-           "trainer.log_every=10", "trainer.record_example_ids=false", "trainer.export_hf=false",
-           f"optim.lr={args.lr}", f"optim.warmup_steps={args.warmup_steps}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training",
+        "experiment=cpu_smoke",
+        f"data_dir={shards}",
+        f"output_dir={out}",
+        f"seed={args.seed}",
+        f"trainer.init_from={init_dir}",
+        f"trainer.max_steps={HUGE_MAX_STEPS}",
+        f"trainer.global_batch_size={args.batch_size}",
+        f"data.micro_batch_size={args.batch_size}",
+        "trainer.eval_every=0",
+        f"trainer.checkpoint_every={checkpoint_every}",
+        "trainer.keep_last_k=1000000",
+        "trainer.log_every=10",
+        "trainer.record_example_ids=false",
+        "trainer.export_hf=false",
+        f"optim.lr={args.lr}",
+        f"optim.warmup_steps={args.warmup_steps}",
+    ]
     print("ours: python", " ".join(cmd[1:]), flush=True)
     steps_path = os.path.join(out, "steps.jsonl")
     stamps: dict[int, float] = {}
@@ -213,8 +259,9 @@ def run_ours(args, shards: str, init_dir: str, work: str, checkpoint_every: int)
 
     with open(log_path, "w") as log:
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         while proc.poll() is None:
             now = time.monotonic() - t0
             poll(now)
@@ -271,11 +318,16 @@ def ours_timeline(run: dict, checkpoint_every: int) -> dict:
     plain = sorted(g for s, g in gaps.items() if (s - 1) % checkpoint_every) or sorted(gaps.values())
     median = plain[len(plain) // 2] if plain else 0.0
     save_s = sum(max(0.0, g - median) for s, g in gaps.items() if (s - 1) % checkpoint_every == 0)
-    return {"first_step_s": stamps[steps[0]] if steps else None, "steps": steps[-1] if steps else 0,
-            "median_step_s": median, "checkpoint_save_s_estimate": save_s}
+    return {
+        "first_step_s": stamps[steps[0]] if steps else None,
+        "steps": steps[-1] if steps else 0,
+        "median_step_s": median,
+        "checkpoint_save_s_estimate": save_s,
+    }
 
 
 # --- transformers' Trainer ------------------------------------------------------------------------
+
 
 class UnmaskedTrainSplit(torch.utils.data.Dataset):
     """The train split's token sequences with the stored static masks undone (the original ids put
@@ -301,7 +353,7 @@ class UnmaskedTrainSplit(torch.utils.data.Dataset):
             else:
                 pos_off = None
             for r in range(table.num_rows):
-                ids = ids_val[ids_off[r]:ids_off[r + 1]].astype(np.int64)  # (T,) a private copy
+                ids = ids_val[ids_off[r] : ids_off[r + 1]].astype(np.int64)  # (T,) a private copy
                 if pos_off is not None:
                     a, b = pos_off[r], pos_off[r + 1]
                     ids[pos_val[a:b]] = lab_val[a:b]  # the original tokens back at the masked positions
@@ -319,9 +371,11 @@ class UnmaskedTrainSplit(torch.utils.data.Dataset):
         import numpy as np
 
         ids = self.ids[i]
-        feature = {"input_ids": ids.tolist(),
-                   "token_type_ids": (np.arange(len(ids)) >= self.b_start[i]).astype(np.int64).tolist(),
-                   "special_tokens_mask": np.isin(ids, self.special).astype(np.int64).tolist()}
+        feature = {
+            "input_ids": ids.tolist(),
+            "token_type_ids": (np.arange(len(ids)) >= self.b_start[i]).astype(np.int64).tolist(),
+            "special_tokens_mask": np.isin(ids, self.special).astype(np.int64).tolist(),
+        }
         if self.sentence_label is not None:
             feature["next_sentence_label"] = int(self.sentence_label[i])
         return feature
@@ -334,8 +388,7 @@ def transformers_side(spec_path: str) -> None:
         spec = json.load(f)
     t0, budget = spec["t0"], spec["budget_s"]
     import transformers
-    from transformers import (AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
     transformers.logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(spec["init_dir"])
@@ -376,17 +429,42 @@ def transformers_side(spec_path: str) -> None:
 
     budget_cb = WallClockBudget()
     targs = TrainingArguments(
-        output_dir=os.path.join(spec["work"], "trainer"), per_device_train_batch_size=spec["batch_size"],
-        learning_rate=spec["lr"], warmup_steps=spec["warmup_steps"], max_steps=HUGE_MAX_STEPS,
-        lr_scheduler_type="linear", optim="adamw_torch", weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999,
-        adam_epsilon=1e-6, max_grad_norm=1.0, logging_steps=50, save_strategy="no", eval_strategy="no",
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=True, seed=spec["seed"])
+        output_dir=os.path.join(spec["work"], "trainer"),
+        per_device_train_batch_size=spec["batch_size"],
+        learning_rate=spec["lr"],
+        warmup_steps=spec["warmup_steps"],
+        max_steps=HUGE_MAX_STEPS,
+        lr_scheduler_type="linear",
+        optim="adamw_torch",
+        weight_decay=0.01,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-6,
+        max_grad_norm=1.0,
+        logging_steps=50,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=True,
+        seed=spec["seed"],
+    )
     trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=collator, callbacks=[budget_cb])
     trainer.train()
     tokenizer.save_pretrained(timeline[-1]["snapshot"])  # after the clock: the final model fine-tunes
     with open(os.path.join(spec["work"], "timeline.json"), "w") as f:
-        json.dump({"points": timeline, "first_step_s": budget_cb.first_step_s, "snapshot_save_s": budget_cb.save_s,
-                   "steps": timeline[-1]["step"], "train_rows": len(train)}, f, indent=1)
+        json.dump(
+            {
+                "points": timeline,
+                "first_step_s": budget_cb.first_step_s,
+                "snapshot_save_s": budget_cb.save_s,
+                "steps": timeline[-1]["step"],
+                "train_rows": len(train),
+            },
+            f,
+            indent=1,
+        )
 
 
 def run_transformers(args, shards: str, init_dir: str, work: str) -> dict:
@@ -396,16 +474,28 @@ def run_transformers(args, shards: str, init_dir: str, work: str) -> dict:
     log_path = os.path.join(work, "transformers.log")
     spec_path = os.path.join(out, "spec.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--transformers-side", spec_path]
-    print(f"transformers: Trainer + BertForPreTraining + DataCollatorForLanguageModeling (log {log_path})",
-          flush=True)
+    print(f"transformers: Trainer + BertForPreTraining + DataCollatorForLanguageModeling (log {log_path})", flush=True)
     with open(log_path, "w") as log:
         t0 = time.monotonic()  # CLOCK_MONOTONIC: the same clock in the child on Linux
         with open(spec_path, "w") as f:
-            json.dump({"t0": t0, "budget_s": args.budget_s, "targets": snapshot_targets(args.budget_s, args.eval_points),
-                       "shards": shards, "init_dir": init_dir, "work": out, "batch_size": args.batch_size,
-                       "lr": args.lr, "warmup_steps": args.warmup_steps, "seed": args.seed}, f)
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            json.dump(
+                {
+                    "t0": t0,
+                    "budget_s": args.budget_s,
+                    "targets": snapshot_targets(args.budget_s, args.eval_points),
+                    "shards": shards,
+                    "init_dir": init_dir,
+                    "work": out,
+                    "batch_size": args.batch_size,
+                    "lr": args.lr,
+                    "warmup_steps": args.warmup_steps,
+                    "seed": args.seed,
+                },
+                f,
+            )
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         try:
             code = proc.wait(timeout=args.budget_s + 600)
         except subprocess.TimeoutExpired as e:
@@ -421,8 +511,10 @@ def run_transformers(args, shards: str, init_dir: str, work: str) -> dict:
 
 # --- the one evaluation -----------------------------------------------------------------------------
 
-def eval_batches(shards: str, bert_cfg: BertConfig, batch_size: int, seed: int,
-                 limit: Optional[int] = None) -> list[dict]:
+
+def eval_batches(
+    shards: str, bert_cfg: BertConfig, batch_size: int, seed: int, limit: Optional[int] = None
+) -> list[dict]:
     """The eval split in storage order (its first `limit` rows if set) with its stored static masks
     (dynamic shards: the trainer's own fixed eval masking, epoch 0), collated once and reused for
     every snapshot of both sides."""
@@ -454,8 +546,9 @@ def evaluate_export(model_dir: str, batches: list[dict]) -> dict:
     model = transformers.BertForPreTraining.from_pretrained(model_dir, attn_implementation="sdpa").eval()
     sums = {"mlm_loss": 0.0, "mlm_correct": 0, "mlm_count": 0, "nsp_loss": 0.0, "nsp_correct": 0, "nsp_count": 0}
     for b in batches:
-        out = model.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                         token_type_ids=b["token_type_ids"])
+        out = model.bert(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]
+        )
         positions, labels = b["masked_lm_positions"], b["masked_lm_labels"]  # (B, P)
         real = labels != IGNORE_INDEX  # (B, P)
         rows = torch.arange(positions.shape[0])[:, None].expand_as(positions)  # (B, P)
@@ -470,15 +563,20 @@ def evaluate_export(model_dir: str, batches: list[dict]) -> dict:
             sums["nsp_loss"] += float(F.cross_entropy(nsp_logits, b["next_sentence_label"], reduction="sum"))
             sums["nsp_correct"] += int((nsp_logits.argmax(-1) == b["next_sentence_label"]).sum())
             sums["nsp_count"] += int(b["next_sentence_label"].numel())
-    metrics = {"mlm_loss": sums["mlm_loss"] / sums["mlm_count"], "mlm_accuracy": sums["mlm_correct"] / sums["mlm_count"],
-               "mlm_predictions": sums["mlm_count"]}
+    metrics = {
+        "mlm_loss": sums["mlm_loss"] / sums["mlm_count"],
+        "mlm_accuracy": sums["mlm_correct"] / sums["mlm_count"],
+        "mlm_predictions": sums["mlm_count"],
+    }
     if sums["nsp_count"]:
-        metrics.update(nsp_loss=sums["nsp_loss"] / sums["nsp_count"],
-                       nsp_accuracy=sums["nsp_correct"] / sums["nsp_count"])
+        metrics.update(
+            nsp_loss=sums["nsp_loss"] / sums["nsp_count"], nsp_accuracy=sums["nsp_correct"] / sums["nsp_count"]
+        )
     return metrics
 
 
 # --- comparison -----------------------------------------------------------------------------------
+
 
 def time_to_reach(points: list[dict], target: float) -> dict:
     """When a curve of evaluated points (by time) first gets to a held-out MLM loss <= target:
@@ -519,12 +617,16 @@ def plot(result: dict, path: str) -> None:
         ax_loss.plot(t, [p["mlm_loss"] for p in pts], "o-", color=colors[side], label=result[side]["label"])
         ax_acc.plot(t, [100 * p["mlm_accuracy"] for p in pts], "o-", color=colors[side], label=result[side]["label"])
     target = result["comparison"]["transformers_final_mlm_loss"]
-    ax_loss.axhline(target, color=colors["transformers"], ls=":", lw=1,
-                    label=f"transformers' final loss {target:.3f}")
+    ax_loss.axhline(target, color=colors["transformers"], ls=":", lw=1, label=f"transformers' final loss {target:.3f}")
     reach = result["comparison"]["ours_reaches_it"]["measured_s"]
     if reach is not None:
-        ax_loss.axvline(reach, color=colors["ours"], ls=":", lw=1,
-                        label=f"ours reaches it: {reach:.0f} s = {result['comparison']['ratio']:.2f} x budget")
+        ax_loss.axvline(
+            reach,
+            color=colors["ours"],
+            ls=":",
+            lw=1,
+            label=f"ours reaches it: {reach:.0f} s = {result['comparison']['ratio']:.2f} x budget",
+        )
     for ax, name in ((ax_loss, "held-out MLM loss"), (ax_acc, "held-out MLM accuracy (%)")):
         ax.axvline(result["setup"]["budget_s"], color="grey", ls="--", lw=1)
         ax.set_xlim(left=0)
@@ -532,14 +634,18 @@ def plot(result: dict, path: str) -> None:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"mini BERT, batch {result['setup']['batch_size']}, {result['setup']['budget_s']:.0f} s each, "
-                 f"{result['setup']['machine']}", fontsize=10)
+    fig.suptitle(
+        f"mini BERT, batch {result['setup']['batch_size']}, {result['setup']['budget_s']:.0f} s each, "
+        f"{result['setup']['machine']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 # --- downstream -----------------------------------------------------------------------------------
+
 
 def polarity_data_dir(given: Optional[str]) -> Optional[str]:
     """--polarity-data, else gensim's test data (conf/finetune/task/polarity.yaml: the 200 Pang & Lee
@@ -554,8 +660,11 @@ def polarity_data_dir(given: Optional[str]) -> Optional[str]:
 
 def polarity_unavailable(data_dir: Optional[str]) -> Optional[str]:
     """None when `python -m training.finetune task=polarity` can run here, else why not."""
-    missing = [p for p in ("training/finetune/__main__.py", "conf/finetune/task/polarity.yaml")
-               if not os.path.exists(os.path.join(REPO, p))]
+    missing = [
+        p
+        for p in ("training/finetune/__main__.py", "conf/finetune/task/polarity.yaml")
+        if not os.path.exists(os.path.join(REPO, p))
+    ]
     if missing:
         return f"not in this checkout: {', '.join(missing)}"
     if data_dir is None:
@@ -568,8 +677,18 @@ def polarity_unavailable(data_dir: Optional[str]) -> Optional[str]:
 def run_polarity(model_dir: str, out_dir: str, data_dir: str, seed: int) -> dict:
     """5-fold cross-validated polarity accuracy of one export, by the fine-tuning CLI (its
     results.json: `score` is the mean over folds of the main metric, accuracy)."""
-    cmd = [sys.executable, "-m", "training.finetune", "task=polarity", f"data_dir={data_dir}",
-           f"model_dir={model_dir}", f"output_dir={out_dir}", "task.cv_folds=5", f"seed={seed}", "logger=disabled"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.finetune",
+        "task=polarity",
+        f"data_dir={data_dir}",
+        f"model_dir={model_dir}",
+        f"output_dir={out_dir}",
+        "task.cv_folds=5",
+        f"seed={seed}",
+        "logger=disabled",
+    ]
     print("  python", " ".join(cmd[1:]), flush=True)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -579,12 +698,18 @@ def run_polarity(model_dir: str, out_dir: str, data_dir: str, seed: int) -> dict
     with open(os.path.join(out_dir, "results.json")) as f:
         results = json.load(f)
     main = results["main_metric"]
-    return {"accuracy": results["score"], "std_over_folds": results.get("final_std", {}).get(main),
-            "main_metric": main, "per_fold": [f["final"].get(main) for f in results.get("cv", {}).get("per_fold", [])],
-            "seconds": seconds, "results_json": os.path.join(out_dir, "results.json")}
+    return {
+        "accuracy": results["score"],
+        "std_over_folds": results.get("final_std", {}).get(main),
+        "main_metric": main,
+        "per_fold": [f["final"].get(main) for f in results.get("cv", {}).get("per_fold", [])],
+        "seconds": seconds,
+        "results_json": os.path.join(out_dir, "results.json"),
+    }
 
 
 # --- main -----------------------------------------------------------------------------------------
+
 
 def machine() -> str:
     return f"CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores), torch {torch.__version__}"
@@ -639,12 +764,16 @@ def main() -> None:
     snap_dir = os.path.join(work, "ours_snapshots")
 
     def our_point(step: int) -> dict:
-        path = export_our_checkpoint(ours_run["output_dir"], by_step[step], bert_cfg, shards,
-                                     os.path.join(snap_dir, by_step[step]))
+        path = export_our_checkpoint(
+            ours_run["output_dir"], by_step[step], bert_cfg, shards, os.path.join(snap_dir, by_step[step])
+        )
         point = {"step": step, "t_s": ours_run["stamps"][step], "snapshot": path, "final": step == final_step}
         point.update(evaluate_export(path, evals))
-        print(f"  ours         {point['t_s']:7.1f} s  step {step:6d}  mlm loss {point['mlm_loss']:.4f}  "
-              f"acc {point['mlm_accuracy']:.2%}", flush=True)
+        print(
+            f"  ours         {point['t_s']:7.1f} s  step {step:6d}  mlm loss {point['mlm_loss']:.4f}  "
+            f"acc {point['mlm_accuracy']:.2%}",
+            flush=True,
+        )
         return point
 
     n_masked = sum(int((b["masked_lm_labels"] != IGNORE_INDEX).sum()) for b in evals)
@@ -654,8 +783,11 @@ def main() -> None:
     for p in hf_run["points"]:
         point = {**p, **evaluate_export(p["snapshot"], evals)}
         hf_points.append(point)
-        print(f"  transformers {point['t_s']:7.1f} s  step {point['step']:6d}  mlm loss {point['mlm_loss']:.4f}  "
-              f"acc {point['mlm_accuracy']:.2%}", flush=True)
+        print(
+            f"  transformers {point['t_s']:7.1f} s  step {point['step']:6d}  mlm loss {point['mlm_loss']:.4f}  "
+            f"acc {point['mlm_accuracy']:.2%}",
+            flush=True,
+        )
 
     target = hf_points[-1]["mlm_loss"]
     # refine where ours crosses transformers' final loss with the checkpoints between the two points
@@ -695,27 +827,56 @@ def main() -> None:
     if reach["measured_s"] is not None:
         ratio_steps = (reach["measured_s"] - ours_info["first_step_s"]) / (args.budget_s - hf_run["first_step_s"])
     result = {
-        "setup": {"budget_s": args.budget_s, "eval_points": args.eval_points, "batch_size": args.batch_size,
-                  "lr": args.lr, "warmup_steps": args.warmup_steps, "schedule": f"linear warmup, then linear decay over "
-                  f"{HUGE_MAX_STEPS:,} steps (constant within 0.1%)", "seed": args.seed, "model": MODEL,
-                  "model_config": bert_cfg.to_hf_config_dict(), "shards": shards,
-                  "shards_masking": manifest.masking.mode, "train_rows": hf_run["train_rows"],
-                  "eval_examples": n_eval, "machine": machine(), "transformers": transformers.__version__,
-                  "calibrated_step_s": step_s, "checkpoint_every": checkpoint_every,
-                  "budget_counts": "wall time from the training process's launch to the end of the first step "
-                                   "finishing after the deadline: start-up, every step, snapshot saves; no evaluation"},
-        "ours": {"label": "ours (python -m training, ZeRO-2 fp32, sparse MLM head)", "points": ours_points,
-                 "steps": ours_info["steps"], "first_step_s": ours_info["first_step_s"],
-                 "median_step_s": ours_info["median_step_s"], "sigterm_s": ours_run["sigterm_s"],
-                 "checkpoints_saved": len(checkpoints),
-                 "checkpoint_save_s_estimate": ours_info["checkpoint_save_s_estimate"], "process_wall_s": ours_wall},
-        "transformers": {"label": "transformers Trainer + BertForPreTraining + DataCollatorForLanguageModeling",
-                         "points": hf_points, "steps": hf_run["steps"], "first_step_s": hf_run["first_step_s"],
-                         "snapshot_save_s": hf_run["snapshot_save_s"], "process_wall_s": hf_wall},
-        "comparison": {"transformers_final_mlm_loss": target, "ours_final_mlm_loss": ours_points[-1]["mlm_loss"],
-                       "ours_reaches_it": reach, "ratio": ratio, "ratio_interpolated": ratio_interp,
-                       "ratio_without_startup": ratio_steps,
-                       "goal": "ratio <= 0.5", "goal_met": ratio is not None and ratio <= 0.5},
+        "setup": {
+            "budget_s": args.budget_s,
+            "eval_points": args.eval_points,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "warmup_steps": args.warmup_steps,
+            "schedule": f"linear warmup, then linear decay over {HUGE_MAX_STEPS:,} steps (constant within 0.1%)",
+            "seed": args.seed,
+            "model": MODEL,
+            "model_config": bert_cfg.to_hf_config_dict(),
+            "shards": shards,
+            "shards_masking": manifest.masking.mode,
+            "train_rows": hf_run["train_rows"],
+            "eval_examples": n_eval,
+            "machine": machine(),
+            "transformers": transformers.__version__,
+            "calibrated_step_s": step_s,
+            "checkpoint_every": checkpoint_every,
+            "budget_counts": "wall time from the training process's launch to the end of the first step "
+            "finishing after the deadline: start-up, every step, snapshot saves; no evaluation",
+        },
+        "ours": {
+            "label": "ours (python -m training, ZeRO-2 fp32, sparse MLM head)",
+            "points": ours_points,
+            "steps": ours_info["steps"],
+            "first_step_s": ours_info["first_step_s"],
+            "median_step_s": ours_info["median_step_s"],
+            "sigterm_s": ours_run["sigterm_s"],
+            "checkpoints_saved": len(checkpoints),
+            "checkpoint_save_s_estimate": ours_info["checkpoint_save_s_estimate"],
+            "process_wall_s": ours_wall,
+        },
+        "transformers": {
+            "label": "transformers Trainer + BertForPreTraining + DataCollatorForLanguageModeling",
+            "points": hf_points,
+            "steps": hf_run["steps"],
+            "first_step_s": hf_run["first_step_s"],
+            "snapshot_save_s": hf_run["snapshot_save_s"],
+            "process_wall_s": hf_wall,
+        },
+        "comparison": {
+            "transformers_final_mlm_loss": target,
+            "ours_final_mlm_loss": ours_points[-1]["mlm_loss"],
+            "ours_reaches_it": reach,
+            "ratio": ratio,
+            "ratio_interpolated": ratio_interp,
+            "ratio_without_startup": ratio_steps,
+            "goal": "ratio <= 0.5",
+            "goal_met": ratio is not None and ratio <= 0.5,
+        },
         "polarity": polarity,
         "seconds": {"total": None, "evaluation": eval_s, "polarity": pol_s},
     }
@@ -736,8 +897,10 @@ def print_report(r: dict, out: str) -> None:
     s = r["setup"]
     print()
     print(f"device        {s['machine']}; transformers {s['transformers']}")
-    print(f"setup         mini BERT, batch {s['batch_size']}, lr {s['lr']:g} after {s['warmup_steps']} warmup steps, "
-          f"{s['budget_s']:.0f} s per side; {s['eval_examples']} held-out examples ({s['shards_masking']} masks)")
+    print(
+        f"setup         mini BERT, batch {s['batch_size']}, lr {s['lr']:g} after {s['warmup_steps']} warmup steps, "
+        f"{s['budget_s']:.0f} s per side; {s['eval_examples']} held-out examples ({s['shards_masking']} masks)"
+    )
     print()
     print(f"{'':<14}{'time s':>8}{'step':>8}{'MLM loss':>10}{'MLM acc':>9}{'NSP acc':>9}")
     for side in SIDES:
@@ -746,22 +909,33 @@ def print_report(r: dict, out: str) -> None:
             print(f"{side:<14}{p['t_s']:8.1f}{p['step']:8d}{p['mlm_loss']:10.4f}{p['mlm_accuracy']:9.2%}{nsp:>9}")
     print()
     o, t = r["ours"], r["transformers"]
-    print(f"steps         ours {o['steps']} ({o['median_step_s']:.2f} s median, first step at {o['first_step_s']:.1f} s, "
-          f"{o['checkpoints_saved']} checkpoints ~{o['checkpoint_save_s_estimate']:.1f} s); transformers {t['steps']} "
-          f"(first step at {t['first_step_s']:.1f} s, snapshots {t['snapshot_save_s']:.1f} s)")
+    print(
+        f"steps         ours {o['steps']} ({o['median_step_s']:.2f} s median, first step at {o['first_step_s']:.1f} s, "
+        f"{o['checkpoints_saved']} checkpoints ~{o['checkpoint_save_s_estimate']:.1f} s); transformers {t['steps']} "
+        f"(first step at {t['first_step_s']:.1f} s, snapshots {t['snapshot_save_s']:.1f} s)"
+    )
     c = r["comparison"]
     reach = c["ours_reaches_it"]
     if reach["measured_s"] is None:
-        print(f"ours does not reach transformers' final held-out MLM loss {c['transformers_final_mlm_loss']:.4f} "
-              f"within its budget (ours' final {c['ours_final_mlm_loss']:.4f})")
+        print(
+            f"ours does not reach transformers' final held-out MLM loss {c['transformers_final_mlm_loss']:.4f} "
+            f"within its budget (ours' final {c['ours_final_mlm_loss']:.4f})"
+        )
     else:
-        interp = (f"; interpolated {reach['interpolated_s']:.0f} s = {c['ratio_interpolated']:.2f}"
-                  if reach["interpolated_s"] is not None else "")
-        print(f"ours reaches transformers' final held-out MLM loss {c['transformers_final_mlm_loss']:.4f} at "
-              f"{reach['measured_s']:.0f} s (first evaluated point at or below it{interp})")
-        print(f"ratio time for ours to reach it / transformers' budget: {c['ratio']:.2f}  (goal <= 0.5: "
-              f"{'met' if c['goal_met'] else 'NOT met'}); {c['ratio_without_startup']:.2f} with both sides' "
-              f"start-up (launch to first step) left out")
+        interp = (
+            f"; interpolated {reach['interpolated_s']:.0f} s = {c['ratio_interpolated']:.2f}"
+            if reach["interpolated_s"] is not None
+            else ""
+        )
+        print(
+            f"ours reaches transformers' final held-out MLM loss {c['transformers_final_mlm_loss']:.4f} at "
+            f"{reach['measured_s']:.0f} s (first evaluated point at or below it{interp})"
+        )
+        print(
+            f"ratio time for ours to reach it / transformers' budget: {c['ratio']:.2f}  (goal <= 0.5: "
+            f"{'met' if c['goal_met'] else 'NOT met'}); {c['ratio_without_startup']:.2f} with both sides' "
+            f"start-up (launch to first step) left out"
+        )
     pol = r["polarity"]
     if "skipped" in pol:
         print(f"polarity      skipped: {pol['skipped']}")
@@ -771,10 +945,14 @@ def print_report(r: dict, out: str) -> None:
             if "error" in e:
                 print(f"polarity      {side:<13} failed ({e['seconds']:.0f} s)")
             else:
-                print(f"polarity      {side:<13} accuracy {e['accuracy']:.2%} ± {e['std_over_folds']:.2%} "
-                      f"(5-fold CV, {e['seconds']:.0f} s)")
+                print(
+                    f"polarity      {side:<13} accuracy {e['accuracy']:.2%} ± {e['std_over_folds']:.2%} "
+                    f"(5-fold CV, {e['seconds']:.0f} s)"
+                )
     sec = r["seconds"]
-    print(f"took          {sec['total']:.0f} s in all (evaluation {sec['evaluation']:.0f} s, polarity {sec['polarity']:.0f} s)")
+    print(
+        f"took          {sec['total']:.0f} s in all (evaluation {sec['evaluation']:.0f} s, polarity {sec['polarity']:.0f} s)"
+    )
     print(f"wrote         {os.path.join(out, PLOT_FILE)}, {os.path.join(out, JSON_FILE)}")
 
 

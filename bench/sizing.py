@@ -56,9 +56,11 @@ WIKI_MB_PER_GB_BZ2 = 4.5  # uncompressed per compressed byte of a pages-articles
 
 def read_rate(path: str, cfg: SourceConfig) -> tuple[list, float]:
     """Documents read and cleaned from ``path`` and the seconds that took, one core."""
+
     def go():
         raws = [r for r in read_source(path, lambda: open(path, "rb"), cfg) if isinstance(r, RawDocument)]
         return [d for d in (prepare_document(r, CleaningConfig())[0] for r in raws) if d]
+
     return timed(go)
 
 
@@ -68,8 +70,9 @@ def stage_rates(work: str) -> dict:
     docs, t_wiki = read_rate(wiki, SourceConfig())
     # The sequential part of reading a dump: decompressing and finding the pages (one worker per
     # file); the wikitext conversion runs after the reshuffle, on every worker.
-    _, t_scan = timed(lambda: sum(1 for _ in read_source(wiki, lambda: open(wiki, "rb"), SourceConfig(),
-                                                         defer_wikitext=True)))
+    _, t_scan = timed(
+        lambda: sum(1 for _ in read_source(wiki, lambda: open(wiki, "rb"), SourceConfig(), defer_wikitext=True))
+    )
     book = os.path.join(work, "sample-as-book.txt")
     with open(book, "w", encoding="utf-8") as f:
         f.write("\n\n".join(" ".join(s for s in d.sentences) for d in docs))
@@ -80,13 +83,21 @@ def stage_rates(work: str) -> dict:
     _, t_lines = read_rate(lines, SourceConfig(text_format="bert_lines"))
     vocab = [line.rstrip("\n") for line in open(minilm_vocab(), encoding="utf-8")]
     tok = build_tokenizer(vocab, True)
-    tdocs, t_tok = timed(lambda: [TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences))
-                                  for d in docs])
+    tdocs, t_tok = timed(
+        lambda: [TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences)) for d in docs]
+    )
     tokens = sum(len(d.ids) for d in tdocs)
     words = sum(len(s.split()) for d in docs for s in d.sentences)
     mv, params, masking = masking_vocabulary(vocab), InstanceParams(), MaskingParams()
-    cols, t_ex = timed(lambda: ExampleColumns.concat([examples_for_document(tdocs, i, p, 1, params, masking, mv)
-                                                      for p in range(DUPE_FACTOR) for i in range(len(tdocs))]))
+    cols, t_ex = timed(
+        lambda: ExampleColumns.concat(
+            [
+                examples_for_document(tdocs, i, p, 1, params, masking, mv)
+                for p in range(DUPE_FACTOR)
+                for i in range(len(tdocs))
+            ]
+        )
+    )
     fmt = ExampleFormat(example_schema(len(vocab), "nsp", "static"), 1024, 1)
     (data, _, _), t_write = timed(lambda: fmt.encode([to_record_batch(cols, fmt.schema)]))
     counter = WordCounter(True)
@@ -94,21 +105,35 @@ def stage_rates(work: str) -> dict:
     _, t_train = timed(lambda: train_wordpiece(counts, 30522, SPECIAL_TOKENS, 2, 1000))
     # The trainer at more distinct words: the sample's counts 8 times over, each copy's words
     # with their own suffix (8x the distinct words, the same frequency profile).
-    wide = {f"{w}{chr(0x3b1 + k)}": c for k in range(8) for w, c in counts.items()}
+    wide = {f"{w}{chr(0x3B1 + k)}": c for k in range(8) for w, c in counts.items()}
     _, t_wide = timed(lambda: train_wordpiece(wide, 30522, SPECIAL_TOKENS, 2, 1000))
     # Heaps' law V = K n^beta on the sample's growing prefix: distinct words of a larger sample.
     half = WordCounter(True).count(s for d in docs[: len(docs) // 4] for s in d.sentences)
     n_half, n_all = sum(half.values()), sum(counts.values())
     beta = math.log(len(counts) / len(half)) / math.log(n_all / n_half)
-    return dict(tokens=tokens, words=words, tokens_per_word=tokens / words, docs=len(docs),
-                rate={"read + wikitext + clean (XML dumps)": tokens / t_wiki, "read + clean (books)": tokens / t_book,
-                      "read (pre-split lines)": tokens / t_lines, "WordPiece": tokens / t_tok,
-                      f"instances + masks (x{DUPE_FACTOR})": tokens / t_ex, "Arrow encode": tokens / t_write},
-                shard_bytes_per_token=len(data) / tokens,
-                vocab_s_per_distinct_word=max(t_train / len(counts), t_wide / len(wide)),
-                vocab_sample=(len(counts), t_train), vocab_wide=(len(wide), t_wide), count_words_per_s=n_all / t_count,
-                scan_compressed_bytes_per_s=os.path.getsize(wiki) / t_scan,
-                distinct_words=len(counts), counted_words=n_all, heaps_beta=beta)
+    return dict(
+        tokens=tokens,
+        words=words,
+        tokens_per_word=tokens / words,
+        docs=len(docs),
+        rate={
+            "read + wikitext + clean (XML dumps)": tokens / t_wiki,
+            "read + clean (books)": tokens / t_book,
+            "read (pre-split lines)": tokens / t_lines,
+            "WordPiece": tokens / t_tok,
+            f"instances + masks (x{DUPE_FACTOR})": tokens / t_ex,
+            "Arrow encode": tokens / t_write,
+        },
+        shard_bytes_per_token=len(data) / tokens,
+        vocab_s_per_distinct_word=max(t_train / len(counts), t_wide / len(wide)),
+        vocab_sample=(len(counts), t_train),
+        vocab_wide=(len(wide), t_wide),
+        count_words_per_s=n_all / t_count,
+        scan_compressed_bytes_per_s=os.path.getsize(wiki) / t_scan,
+        distinct_words=len(counts),
+        counted_words=n_all,
+        heaps_beta=beta,
+    )
 
 
 def defaults_job(work: str, scale: int = 64) -> dict:
@@ -139,9 +164,12 @@ def defaults_job(work: str, scale: int = 64) -> dict:
     done.set()
     t.join()
     manifest = json.load(open(os.path.join(out, "manifest.json")))
-    r.update(input_bytes=os.path.getsize(big), spill_peak=peak["spill"],
-             shard_bytes=sum(s["bytes"] for s in manifest["shards"] if s["split"] in ("train", "eval")),
-             shards=sum(1 for s in manifest["shards"] if s["split"] == "train"))
+    r.update(
+        input_bytes=os.path.getsize(big),
+        spill_peak=peak["spill"],
+        shard_bytes=sum(s["bytes"] for s in manifest["shards"] if s["split"] in ("train", "eval")),
+        shards=sum(1 for s in manifest["shards"] if s["split"] == "train"),
+    )
     return r
 
 
@@ -151,9 +179,13 @@ def main():
     ap.add_argument("--words", type=float, default=3.3e9)
     ap.add_argument("--wiki-fraction", type=float, default=2500 / 3300)
     ap.add_argument("--compressed-gb", type=float, default=20.0, help="compressed size of the inputs")
-    ap.add_argument("--files", type=int, default=60, help="input files (enwiki's pages-articles dump comes in ~60 parts)")
-    ap.add_argument("--memory-json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                         "pipeline_memory.json"))
+    ap.add_argument(
+        "--files", type=int, default=60, help="input files (enwiki's pages-articles dump comes in ~60 parts)"
+    )
+    ap.add_argument(
+        "--memory-json",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "pipeline_memory.json"),
+    )
     args = ap.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="bench-sizing-")
     os.makedirs(work, exist_ok=True)
@@ -165,26 +197,40 @@ def main():
     # The memory benchmark's job does pre-split lines, WordPiece, instances and encoding: its
     # end-to-end rate against those stages summed is the runner's share, applied to every stage.
     r = s["rate"]
-    lines_work = 1 / r["read (pre-split lines)"] + 1 / r["WordPiece"] + 1 / r[f"instances + masks (x{DUPE_FACTOR})"] \
+    lines_work = (
+        1 / r["read (pre-split lines)"]
+        + 1 / r["WordPiece"]
+        + 1 / r[f"instances + masks (x{DUPE_FACTOR})"]
         + 1 / r["Arrow encode"]
+    )
     overhead = (1 / e2e["tokens_per_s_per_core"]) / lines_work
 
-    print(f"# measured here, one core, on the sample ({s['docs']} documents, {s['tokens']:,} tokens, "
-          f"{s['tokens_per_word']:.2f} tokens per word with bert-base-uncased's vocabulary):")
+    print(
+        f"# measured here, one core, on the sample ({s['docs']} documents, {s['tokens']:,} tokens, "
+        f"{s['tokens_per_word']:.2f} tokens per word with bert-base-uncased's vocabulary):"
+    )
     for name, rate in r.items():
         print(f"  {name:38s} {rate:12,.0f} tokens/s")
-    print(f"  end to end, 64x, 2 workers (bench/pipeline_memory.py): {e2e['tokens_per_s_per_core']:,.0f} tokens/s/core"
-          f" = the stages' own time x {overhead:.2f} (runner, shuffles, spill)")
+    print(
+        f"  end to end, 64x, 2 workers (bench/pipeline_memory.py): {e2e['tokens_per_s_per_core']:,.0f} tokens/s/core"
+        f" = the stages' own time x {overhead:.2f} (runner, shuffles, spill)"
+    )
     (n1, t1), (n2, t2) = s["vocab_sample"], s["vocab_wide"]
-    print(f"  vocabulary: counting {s['count_words_per_s']:,.0f} words/s; WordPiece trainer {t1 / n1 * 1e3:.3f} ms per "
-          f"distinct word at {n1:,} distinct words, {t2 / n2 * 1e3:.3f} ms at {n2:,}; Heaps exponent {s['heaps_beta']:.2f}")
-    print(f"  dump scan (decompress + find pages, one worker per file): {s['scan_compressed_bytes_per_s'] / 1e6:.1f} "
-          "MB/s of .bz2")
+    print(
+        f"  vocabulary: counting {s['count_words_per_s']:,.0f} words/s; WordPiece trainer {t1 / n1 * 1e3:.3f} ms per "
+        f"distinct word at {n1:,} distinct words, {t2 / n2 * 1e3:.3f} ms at {n2:,}; Heaps exponent {s['heaps_beta']:.2f}"
+    )
+    print(
+        f"  dump scan (decompress + find pages, one worker per file): {s['scan_compressed_bytes_per_s'] / 1e6:.1f} "
+        "MB/s of .bz2"
+    )
     print(f"  shards: {s['shard_bytes_per_token']:.1f} bytes per input token (seq 128, static masks x{DUPE_FACTOR})")
-    print(f"  defaults job (64x, one file, 2 workers): {d['job_seconds']:.1f} s, {d['shards']} train shards, "
-          f"peak RSS runner {d['runner_peak'] / 2**20:,.0f} MiB, largest worker {d['worker_peak'] / 2**20:,.0f} MiB, "
-          f"spill peak {d['spill_peak'] / 1e6:,.0f} MB = {d['spill_peak'] / d['input_bytes']:.1f}x the input, "
-          f"shards {d['shard_bytes'] / 1e6:,.0f} MB")
+    print(
+        f"  defaults job (64x, one file, 2 workers): {d['job_seconds']:.1f} s, {d['shards']} train shards, "
+        f"peak RSS runner {d['runner_peak'] / 2**20:,.0f} MiB, largest worker {d['worker_peak'] / 2**20:,.0f} MiB, "
+        f"spill peak {d['spill_peak'] / 1e6:,.0f} MB = {d['spill_peak'] / d['input_bytes']:.1f}x the input, "
+        f"shards {d['shard_bytes'] / 1e6:,.0f} MB"
+    )
 
     tokens = args.words * s["tokens_per_word"]
     wiki, books = tokens * args.wiki_fraction, tokens * (1 - args.wiki_fraction)
@@ -214,38 +260,52 @@ def main():
     spill_gb = uncompressed_gb + docs_factor * text_gb + 2 * shards * shard_mb / 1e3
     scan_s = args.compressed_gb * 1e9 / args.files / s["scan_compressed_bytes_per_s"]
 
-    print(f"\n# sizing: {args.words / 1e9:.1f}B words ({args.wiki_fraction:.0%} Wikipedia), {tokens / 1e9:.2f}B tokens "
-          f"[extrapolated from the measured tokens per word], {args.compressed_gb:.0f} GB compressed\n")
+    print(
+        f"\n# sizing: {args.words / 1e9:.1f}B words ({args.wiki_fraction:.0%} Wikipedia), {tokens / 1e9:.2f}B tokens "
+        f"[extrapolated from the measured tokens per word], {args.compressed_gb:.0f} GB compressed\n"
+    )
     print("| stage | worker-hours (1 core each) | |")
     print("|---|---:|---|")
     for k, v in hours.items():
         print(f"| {k} | {v:.1f} | extrapolated from the measured rate x {overhead:.2f} |")
     print(f"| **all stages** | **{total:.1f}** | extrapolated |")
-    print(f"| vocabulary (one worker, serial) | {vocab_s / 3600:.2f} | {distinct / 1e6:.1f}M distinct words in "
-          f"{SAMPLE_DOCS:,} sampled documents (Heaps' law from the sample) x measured "
-          f"{s['vocab_s_per_distinct_word'] * 1e3:.2f} ms |")
+    print(
+        f"| vocabulary (one worker, serial) | {vocab_s / 3600:.2f} | {distinct / 1e6:.1f}M distinct words in "
+        f"{SAMPLE_DOCS:,} sampled documents (Heaps' law from the sample) x measured "
+        f"{s['vocab_s_per_distinct_word'] * 1e3:.2f} ms |"
+    )
     print()
     print("| output and resources | value | |")
     print("|---|---:|---|")
-    print(f"| train shards | {shards:,} of ~{shard_mb:,.0f} MB ({shards * shard_mb / 1e3:,.0f} GB) | extrapolated from "
-          f"{s['shard_bytes_per_token']:.1f} measured bytes per token |")
-    print(f"| peak memory per worker | {d['worker_peak'] / 2**20:,.0f} MiB | measured at the defaults (full pools "
-          f"and 64M-token shards) |")
-    print(f"| peak memory, local runner | {d['runner_peak'] / 2**20:,.0f} MiB + ~250 B per document "
-          f"({docs_total * 250 / 1e9:.1f} GB) | measured / estimated |")
-    print(f"| spill space (temp dir, until the job ends) | {spill_gb:,.0f} GB | the input as read (~{uncompressed_gb:.0f} GB "
-          f"uncompressed, assumed) + {docs_factor:.1f}x the text (~{text_gb:.0f} GB; documents and tokens, measured) + "
-          f"2x the shards (measured: {d['spill_peak'] / 1e6:,.0f} MB for {d['input_bytes'] / 1e6:,.0f} MB of text and "
-          f"{d['shard_bytes'] / 1e6:,.0f} MB of shards) |")
+    print(
+        f"| train shards | {shards:,} of ~{shard_mb:,.0f} MB ({shards * shard_mb / 1e3:,.0f} GB) | extrapolated from "
+        f"{s['shard_bytes_per_token']:.1f} measured bytes per token |"
+    )
+    print(
+        f"| peak memory per worker | {d['worker_peak'] / 2**20:,.0f} MiB | measured at the defaults (full pools "
+        f"and 64M-token shards) |"
+    )
+    print(
+        f"| peak memory, local runner | {d['runner_peak'] / 2**20:,.0f} MiB + ~250 B per document "
+        f"({docs_total * 250 / 1e9:.1f} GB) | measured / estimated |"
+    )
+    print(
+        f"| spill space (temp dir, until the job ends) | {spill_gb:,.0f} GB | the input as read (~{uncompressed_gb:.0f} GB "
+        f"uncompressed, assumed) + {docs_factor:.1f}x the text (~{text_gb:.0f} GB; documents and tokens, measured) + "
+        f"2x the shards (measured: {d['spill_peak'] / 1e6:,.0f} MB for {d['input_bytes'] / 1e6:,.0f} MB of text and "
+        f"{d['shard_bytes'] / 1e6:,.0f} MB of shards) |"
+    )
     print()
     print("| workers | wall time | |")
     print("|---:|---:|---|")
     for n in (16, 64, 256):
         wall = max(total / n, scan_s / 3600) + vocab_s / 3600
-        print(f"| {n} | {wall:.2f} h ({wall * 60:.0f} min) | extrapolated: worker-hours / workers (at least one "
-              f"file's scan, {scan_s / 60:.1f} min for {args.compressed_gb / args.files * 1e3:,.0f} MB) + the serial "
-              f"vocabulary step; cluster start-up, autoscaling and the runner's own overhead beyond the local one's "
-              f"not included |")
+        print(
+            f"| {n} | {wall:.2f} h ({wall * 60:.0f} min) | extrapolated: worker-hours / workers (at least one "
+            f"file's scan, {scan_s / 60:.1f} min for {args.compressed_gb / args.files * 1e3:,.0f} MB) + the serial "
+            f"vocabulary step; cluster start-up, autoscaling and the runner's own overhead beyond the local one's "
+            f"not included |"
+        )
 
 
 if __name__ == "__main__":

@@ -49,32 +49,58 @@ from training.throughput import mfu, resolve_peak_tflops  # noqa: E402
 def parse_args() -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=sorted(PRESETS), default="base" if cuda else "mini",
-                   help="preset of training.model.PRESETS (default: base on GPU, mini on CPU)")
+    p.add_argument(
+        "--model",
+        choices=sorted(PRESETS),
+        default="base" if cuda else "mini",
+        help="preset of training.model.PRESETS (default: base on GPU, mini on CPU)",
+    )
     p.add_argument("--micro-batch", type=int, default=32, help="sequences per step (default 32)")
-    p.add_argument("--seq-len", type=int, default=128,
-                   help="max_seq_length the shards must have (and that the pipeline builds; default 128)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=128,
+        help="max_seq_length the shards must have (and that the pipeline builds; default 128)",
+    )
     p.add_argument("--data-dir", default=None, help="existing shard directory (default: build one under --work)")
     p.add_argument("--work", default=None, help="where to build the shards (default: a temporary directory)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and round (default 3)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per model and round (default 10)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="alternate the two models this many times (timed steps add up; default 1)")
-    p.add_argument("--interleave", choices=["step", "model"], default="model" if cuda else "step",
-                   help="step: alternate the models every step (each step timed on its own, so both see the "
-                        "same machine load; default on CPU); model: each model runs its warmup and timed steps "
-                        "in one block per round (no sync between steps; default on GPU)")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="alternate the two models this many times (timed steps add up; default 1)"
+    )
+    p.add_argument(
+        "--interleave",
+        choices=["step", "model"],
+        default="model" if cuda else "step",
+        help="step: alternate the models every step (each step timed on its own, so both see the "
+        "same machine load; default on CPU); model: each model runs its warmup and timed steps "
+        "in one block per round (no sync between steps; default on GPU)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
     p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--pad-to-multiple-of", type=int, default=8 if cuda else 1,
-                   help="collator padding multiple (default 8 on GPU, 1 on CPU)")
+    p.add_argument(
+        "--pad-to-multiple-of",
+        type=int,
+        default=8 if cuda else 1,
+        help="collator padding multiple (default 8 on GPU, 1 on CPU)",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: the table's)")
-    p.add_argument("--fused-adamw", action="store_true",
-                   help="torch.optim.AdamW(fused=True) for both models (default: the trainer's build_optimizer)")
-    p.add_argument("--breakdown", action="store_true",
-                   help="on GPU, also time forward / backward / optimizer (a sync per phase; always on CPU)")
-    p.add_argument("--unpad", action="store_true",
-                   help="also time ours with the unpadded encoder (trainer.unpad: dense layers on real tokens only)")
+    p.add_argument(
+        "--fused-adamw",
+        action="store_true",
+        help="torch.optim.AdamW(fused=True) for both models (default: the trainer's build_optimizer)",
+    )
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="on GPU, also time forward / backward / optimizer (a sync per phase; always on CPU)",
+    )
+    p.add_argument(
+        "--unpad",
+        action="store_true",
+        help="also time ours with the unpadded encoder (trainer.unpad: dense layers on real tokens only)",
+    )
     p.add_argument("--seed", type=int, default=1234)
     args = p.parse_args()
     for name in ("micro_batch", "steps", "rounds"):
@@ -87,14 +113,22 @@ def parse_args() -> argparse.Namespace:
 
 # --- data -------------------------------------------------------------------------------------
 
+
 def build_shards(work: str, seq_len: int) -> str:
     """Run the data job on the real Wikipedia sample (static masks) into work/shards."""
     out = os.path.join(work, "shards")
     if os.path.exists(os.path.join(out, contract.MANIFEST_FILE)):
         print(f"reusing shards in {out}", flush=True)
         return out
-    cmd = [sys.executable, "-m", "pipeline", f"output_dir={out}", "tokenizer.vocab_size=30522",
-           "runner.direct_num_workers=1", "runner.direct_running_mode=in_memory"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"output_dir={out}",
+        "tokenizer.vocab_size=30522",
+        "runner.direct_num_workers=1",
+        "runner.direct_running_mode=in_memory",
+    ]
     if seq_len != 128:  # the job's default
         cmd.append(f"instances.max_seq_length={seq_len}")
     print("building shards:", " ".join(cmd[1:]), flush=True)
@@ -109,10 +143,10 @@ def build_shards(work: str, seq_len: int) -> str:
 
 def load_batches(data_dir: str, model_cfg: BertConfig, args: argparse.Namespace, count: int) -> list[dict]:
     """`count` collated training batches (cycling through the epoch if it is shorter)."""
-    cfg = DataConfig(micro_batch_size=args.micro_batch, max_seq_length=args.seq_len, num_workers=0,
-                     pin_memory=False)
-    data = open_pretraining_data(data_dir, cfg, args.seed, RunExpectations.of_model(model_cfg),
-                                 pad_to_multiple_of=args.pad_to_multiple_of)
+    cfg = DataConfig(micro_batch_size=args.micro_batch, max_seq_length=args.seq_len, num_workers=0, pin_memory=False)
+    data = open_pretraining_data(
+        data_dir, cfg, args.seed, RunExpectations.of_model(model_cfg), pad_to_multiple_of=args.pad_to_multiple_of
+    )
     loader = data.train_loader()
     batches: list[dict] = []
     while len(batches) < count:
@@ -132,6 +166,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 # --- models -----------------------------------------------------------------------------------
 
+
 def build_models(model_cfg: BertConfig, device: torch.device):
     ours = BertForPreTraining(model_cfg)
     hf_cfg = transformers.BertConfig(**model_cfg.to_hf_config_dict(), attn_implementation="sdpa")
@@ -148,16 +183,22 @@ def build_models(model_cfg: BertConfig, device: torch.device):
 def ours_step_fn(model):
     def forward(batch):
         return model(**model_inputs(batch)).loss
+
     return forward
 
 
 def theirs_step_fn(model):
     def forward(batch):
-        kwargs = dict(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                      attention_mask=batch["attention_mask"], labels=batch["dense_labels"])
+        kwargs = dict(
+            input_ids=batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["dense_labels"],
+        )
         if "next_sentence_label" in batch:
             kwargs["next_sentence_label"] = batch["next_sentence_label"]
         return model(**kwargs).loss
+
     return forward
 
 
@@ -175,14 +216,20 @@ def check_same_loss(ours, theirs, batch: dict, autocast) -> tuple[float, float]:
 class Runner:
     """One model, its optimizer and its accumulated timings."""
 
-    def __init__(self, name: str, model, forward, device: torch.device, autocast, fused: bool = False,
-                 breakdown: bool = False):
+    def __init__(
+        self, name: str, model, forward, device: torch.device, autocast, fused: bool = False, breakdown: bool = False
+    ):
         self.name, self.model, self.forward = name, model, forward
         optim = OptimConfig()
         if fused:
-            self.optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr,
-                                               betas=tuple(optim.betas), eps=optim.eps,
-                                               weight_decay=optim.weight_decay, fused=True)
+            self.optimizer = torch.optim.AdamW(
+                param_groups(model, optim.weight_decay),
+                lr=optim.lr,
+                betas=tuple(optim.betas),
+                eps=optim.eps,
+                weight_decay=optim.weight_decay,
+                fused=True,
+            )
         else:
             self.optimizer = build_optimizer(model, optim)  # torch.optim.AdamW, decay/no-decay groups
         self.device, self.autocast = device, autocast
@@ -226,7 +273,7 @@ class Runner:
         for batch in batches[:warmup]:
             self.step(batch)
         self.sync()
-        timed = batches[warmup:warmup + steps]
+        timed = batches[warmup : warmup + steps]
         loss = None
         start = last = time.perf_counter()
         for batch in timed:
@@ -272,11 +319,14 @@ def main() -> None:
 
         def autocast():
             return torch.autocast("cuda", dtype=torch.bfloat16)
+
         precision = "bf16 autocast"
         device_name = torch.cuda.get_device_name(device)
     else:
+
         def autocast():
             return torch.autocast("cpu", enabled=False)
+
         precision = "fp32"
         device_name = f"CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores)"
 
@@ -289,8 +339,12 @@ def main() -> None:
             work = tmp.name
         data_dir = build_shards(work, args.seq_len)
     manifest = contract.read_manifest(data_dir)
-    model_cfg = BertConfig(vocab_size=manifest.vocab_size, max_position_embeddings=max(512, args.seq_len),
-                           with_nsp_head=manifest.objective != "none", **PRESETS[args.model])
+    model_cfg = BertConfig(
+        vocab_size=manifest.vocab_size,
+        max_position_embeddings=max(512, args.seq_len),
+        with_nsp_head=manifest.objective != "none",
+        **PRESETS[args.model],
+    )
 
     per_round = args.warmup + args.steps
     batches = load_batches(data_dir, model_cfg, args, per_round * args.rounds)
@@ -301,17 +355,21 @@ def main() -> None:
     torch.manual_seed(args.seed)
     ours, theirs = build_models(model_cfg, device)
     loss_ours, loss_theirs = check_same_loss(ours, theirs, batches[0], autocast)
-    runners = [Runner("ours", ours, ours_step_fn(ours), device, autocast, args.fused_adamw, args.breakdown),
-               Runner("transformers", theirs, theirs_step_fn(theirs), device, autocast, args.fused_adamw,
-                      args.breakdown)]
+    runners = [
+        Runner("ours", ours, ours_step_fn(ours), device, autocast, args.fused_adamw, args.breakdown),
+        Runner("transformers", theirs, theirs_step_fn(theirs), device, autocast, args.fused_adamw, args.breakdown),
+    ]
     if args.unpad:
         unpadded = BertForPreTraining(model_cfg, unpad=True)
         unpadded.load_state_dict(ours.state_dict(), strict=True)
         unpadded.to(device).train()
-        runners.append(Runner("ours unpadded", unpadded, ours_step_fn(unpadded), device, autocast,
-                              args.fused_adamw, args.breakdown))
+        runners.append(
+            Runner(
+                "ours unpadded", unpadded, ours_step_fn(unpadded), device, autocast, args.fused_adamw, args.breakdown
+            )
+        )
 
-    timed = [b for r in range(args.rounds) for b in batches[r * per_round + args.warmup:(r + 1) * per_round]]
+    timed = [b for r in range(args.rounds) for b in batches[r * per_round + args.warmup : (r + 1) * per_round]]
     tokens = sum(int(b["num_tokens"]) for b in timed)
     padded = sum(b["input_ids"].numel() for b in timed)
     predicted = sum(int((b["masked_lm_labels"] != IGNORE_INDEX).sum()) for b in timed)
@@ -320,49 +378,64 @@ def main() -> None:
     n_params = sum(p.numel() for p in ours.parameters())
 
     print(f"device        {device_name}; torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"model         {args.model}: L={model_cfg.num_hidden_layers} H={model_cfg.hidden_size} "
-          f"heads={model_cfg.num_attention_heads} V={model_cfg.vocab_size}, {n_params / 1e6:.1f}M parameters, "
-          f"NSP head {model_cfg.with_nsp_head}")
-    print(f"setup         {precision}; micro batch {args.micro_batch}; {args.warmup} warmup + {args.steps} timed "
-          f"steps x {args.rounds} round(s) per model, interleaved by {args.interleave}; torch.optim.AdamW{'(fused=True)' if args.fused_adamw else ''}; "
-          f"data {data_dir}")
-    print(f"timed batches padded length {seq_len:.1f}; non-padding {tokens / padded:.1%} of "
-          f"{padded} positions; {sparse_fraction:.1%} of tokens predicted ({predicted / len(timed):.1f}/batch)")
+    print(
+        f"model         {args.model}: L={model_cfg.num_hidden_layers} H={model_cfg.hidden_size} "
+        f"heads={model_cfg.num_attention_heads} V={model_cfg.vocab_size}, {n_params / 1e6:.1f}M parameters, "
+        f"NSP head {model_cfg.with_nsp_head}"
+    )
+    print(
+        f"setup         {precision}; micro batch {args.micro_batch}; {args.warmup} warmup + {args.steps} timed "
+        f"steps x {args.rounds} round(s) per model, interleaved by {args.interleave}; torch.optim.AdamW{'(fused=True)' if args.fused_adamw else ''}; "
+        f"data {data_dir}"
+    )
+    print(
+        f"timed batches padded length {seq_len:.1f}; non-padding {tokens / padded:.1%} of "
+        f"{padded} positions; {sparse_fraction:.1%} of tokens predicted ({predicted / len(timed):.1f}/batch)"
+    )
     print(f"same weights  initial loss (no dropout) ours {loss_ours:.4f}, transformers {loss_theirs:.4f}")
     print(flush=True)
 
     for r in range(args.rounds):
-        chunk = batches[r * per_round:(r + 1) * per_round]
+        chunk = batches[r * per_round : (r + 1) * per_round]
         if args.interleave == "model":
             for runner in runners:
                 runner.run(chunk, args.warmup, args.steps)
         else:
-            for batch in chunk[:args.warmup]:
+            for batch in chunk[: args.warmup]:
                 for runner in runners:
                     runner.step(batch)
-            for i, batch in enumerate(chunk[args.warmup:]):
-                for runner in (runners if i % 2 == 0 else runners[::-1]):  # alternate who goes first
+            for i, batch in enumerate(chunk[args.warmup :]):
+                for runner in runners if i % 2 == 0 else runners[::-1]:  # alternate who goes first
                     runner.timed_step(batch)
         for runner in runners:
-            print(f"  round {r + 1}: {runner.name:<12} {runner.tokens / runner.seconds:10,.0f} tokens/s so far "
-                  f"(last loss {runner.last_loss:.3f})", flush=True)
+            print(
+                f"  round {r + 1}: {runner.name:<12} {runner.tokens / runner.seconds:10,.0f} tokens/s so far "
+                f"(last loss {runner.last_loss:.3f})",
+                flush=True,
+            )
 
     peak = resolve_peak_tflops(args.peak_tflops) if device.type == "cuda" or args.peak_tflops else None
-    flops = {"ours": flops_per_token(model_cfg, round(seq_len), sparse_fraction),
-             "transformers": flops_per_token(model_cfg, round(seq_len), None)}
+    flops = {
+        "ours": flops_per_token(model_cfg, round(seq_len), sparse_fraction),
+        "transformers": flops_per_token(model_cfg, round(seq_len), None),
+    }
     flops["ours unpadded"] = flops["ours"]  # model FLOPs per real token do not depend on the layout
     print()
-    header = f"{'':<14}{'tokens/s':>12}{'samples/s':>11}{'step ms':>10}{'step ms med':>13}" \
-             f"{'GFLOP/tok':>11}{'TFLOP/s':>9}{'MFU':>8}"
+    header = (
+        f"{'':<14}{'tokens/s':>12}{'samples/s':>11}{'step ms':>10}{'step ms med':>13}"
+        f"{'GFLOP/tok':>11}{'TFLOP/s':>9}{'MFU':>8}"
+    )
     print(header)
     for runner in runners:
         tps = runner.tokens_per_s
         achieved = tps * flops[runner.name] / 1e12
         med = f"{1e3 * statistics.median(runner.step_seconds):.1f}" if runner.step_seconds else "-"
         util = f"{mfu(tps, flops[runner.name], peak):.1%}" if peak else "n/a"
-        print(f"{runner.name:<14}{tps:12,.0f}{runner.samples / runner.seconds:11.1f}"
-              f"{1e3 * runner.seconds / runner.steps:10.1f}{med:>13}{flops[runner.name] / 1e9:11.3f}"
-              f"{achieved:9.3f}{util:>8}")
+        print(
+            f"{runner.name:<14}{tps:12,.0f}{runner.samples / runner.seconds:11.1f}"
+            f"{1e3 * runner.seconds / runner.steps:10.1f}{med:>13}{flops[runner.name] / 1e9:11.3f}"
+            f"{achieved:9.3f}{util:>8}"
+        )
     if runners[0].breakdown:
         print()
         print(f"{'ms per step':<14}{'forward':>10}{'backward':>10}{'optimizer':>11}")
@@ -373,14 +446,20 @@ def main() -> None:
     print()
     print(f"ratio ours / transformers (non-padding tokens/s): {ratio:.2f}x")
     if args.unpad:
-        print(f"ratio ours unpadded / ours padded: {runners[2].tokens_per_s / runners[0].tokens_per_s:.2f}x  "
-              f"(ours unpadded / transformers: {runners[2].tokens_per_s / runners[1].tokens_per_s:.2f}x)")
+        print(
+            f"ratio ours unpadded / ours padded: {runners[2].tokens_per_s / runners[0].tokens_per_s:.2f}x  "
+            f"(ours unpadded / transformers: {runners[2].tokens_per_s / runners[1].tokens_per_s:.2f}x)"
+        )
     if peak is None:
-        print("MFU: no peak known for this device (CPU, or pass --peak-tflops); GFLOP/tok counts each "
-              "model's own MLM head (sparse for ours, every token for transformers)")
+        print(
+            "MFU: no peak known for this device (CPU, or pass --peak-tflops); GFLOP/tok counts each "
+            "model's own MLM head (sparse for ours, every token for transformers)"
+        )
     else:
-        print(f"MFU against a peak of {peak:.0f} TFLOP/s; GFLOP/tok counts each model's own MLM head "
-              f"(sparse for ours, every token for transformers)")
+        print(
+            f"MFU against a peak of {peak:.0f} TFLOP/s; GFLOP/tok counts each model's own MLM head "
+            f"(sparse for ours, every token for transformers)"
+        )
     if device.type == "cpu" and args.model == "mini":
         print(f"goal (CPU, mini, length 128): ours >= 2x transformers: {'met' if ratio >= 2 else 'NOT met'}")
     if device.type == "cuda" and args.model == "base" and peak:

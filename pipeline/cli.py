@@ -48,8 +48,9 @@ def exit_with(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def config_or_exit(cfg: DictConfig, usage: str,
-                   to_object: Callable[[DictConfig], Any] = OmegaConf.to_object) -> tuple[Any, dict]:
+def config_or_exit(
+    cfg: DictConfig, usage: str, to_object: Callable[[DictConfig], Any] = OmegaConf.to_object
+) -> tuple[Any, dict]:
     """The composed config as its schema's object, and as a plain dict with every value resolved
     (what a run records); a configuration mistake (``user_error``) exits 2 with its one line.
 

@@ -200,9 +200,12 @@ class RunnerConfig:
     extra: list = field(default_factory=list)
     """Any other Beam pipeline options; on the command line quote each: runner.extra=['--opt=value']."""
 
-    REQUIRED = {"DataflowRunner": ("project", "region", "temp_location"),
-                "FlinkRunner": ("flink_master",), "SparkRunner": ("spark_master_url",),
-                "PortableRunner": ("job_endpoint",)}
+    REQUIRED = {
+        "DataflowRunner": ("project", "region", "temp_location"),
+        "FlinkRunner": ("flink_master",),
+        "SparkRunner": ("spark_master_url",),
+        "PortableRunner": ("job_endpoint",),
+    }
     ENVIRONMENT_TYPES = ("DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK")
     # What environment_config means for each type, in the message when it is missing.
     ENVIRONMENT_CONFIG_NEEDED = {"EXTERNAL": "the worker pool's host:port", "PROCESS": "the SDK boot command"}
@@ -214,12 +217,15 @@ class RunnerConfig:
         if self.environment_type is not None:
             self.environment_type = str(self.environment_type).upper()
             if self.environment_type not in self.ENVIRONMENT_TYPES:
-                raise ValueError(f"runner.environment_type must be one of {', '.join(self.ENVIRONMENT_TYPES)}, "
-                                 f"got {self.environment_type!r}")
+                raise ValueError(
+                    f"runner.environment_type must be one of {', '.join(self.ENVIRONMENT_TYPES)}, "
+                    f"got {self.environment_type!r}"
+                )
             needed = self.ENVIRONMENT_CONFIG_NEEDED.get(self.environment_type)
             if needed and not self.environment_config:
-                raise ValueError(f"runner.environment_type={self.environment_type} needs runner.environment_config "
-                                 f"({needed})")
+                raise ValueError(
+                    f"runner.environment_type={self.environment_type} needs runner.environment_config ({needed})"
+                )
 
 
 @dataclass
@@ -241,8 +247,10 @@ class StorageConfig:
         if url is not None and not str(url).startswith(("http://", "https://")):
             raise ValueError(f"storage.s3_endpoint_url must start with http:// or https://, got {url!r}")
         if self.s3_verify is not None and str(self.s3_verify).lower() in ("true", "false", "0", "1", ""):
-            raise ValueError("storage.s3_verify is the path of a CA bundle (PEM), not a switch: leave it null "
-                             f"for boto3's own bundle, got {self.s3_verify!r}")
+            raise ValueError(
+                "storage.s3_verify is the path of a CA bundle (PEM), not a switch: leave it null "
+                f"for boto3's own bundle, got {self.s3_verify!r}"
+            )
 
 
 @dataclass

@@ -71,16 +71,22 @@ def example_schema(vocab_size: int, objective: str, masking: str) -> pa.Schema:
     if masking not in MASKING_MODES:
         raise ContractError(f"masking must be one of {MASKING_MODES}, got {masking!r}")
     ids = token_id_type(vocab_size)
-    fields = [pa.field(INPUT_IDS, pa.list_(ids), nullable=False),
-              pa.field(SEGMENT_B_START, pa.uint16(), nullable=False)]
+    fields = [
+        pa.field(INPUT_IDS, pa.list_(ids), nullable=False),
+        pa.field(SEGMENT_B_START, pa.uint16(), nullable=False),
+    ]
     if objective != "none":
         fields.append(pa.field(NEXT_SENTENCE_LABEL, pa.int8(), nullable=False))
     if masking == "static":
-        fields += [pa.field(MASKED_LM_POSITIONS, pa.list_(pa.uint16()), nullable=False),
-                   pa.field(MASKED_LM_IDS, pa.list_(ids), nullable=False)]
-    fields += [pa.field(EXAMPLE_ID, pa.int64(), nullable=False),
-               pa.field(DOC_ID_A, pa.int64(), nullable=False),
-               pa.field(DOC_ID_B, pa.int64(), nullable=False)]
+        fields += [
+            pa.field(MASKED_LM_POSITIONS, pa.list_(pa.uint16()), nullable=False),
+            pa.field(MASKED_LM_IDS, pa.list_(ids), nullable=False),
+        ]
+    fields += [
+        pa.field(EXAMPLE_ID, pa.int64(), nullable=False),
+        pa.field(DOC_ID_A, pa.int64(), nullable=False),
+        pa.field(DOC_ID_B, pa.int64(), nullable=False),
+    ]
     return pa.schema(fields, metadata={SCHEMA_METADATA_KEY: str(SCHEMA_VERSION).encode()})
 
 
@@ -122,29 +128,62 @@ class ExampleColumns:
                 base = pieces[-1][-1]
             return np.concatenate(pieces)
 
-        flat = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                for f in dataclasses.fields(cls) if f.name not in ("offsets", "masked_offsets")}
+        flat = {
+            f.name: np.concatenate([getattr(p, f.name) for p in parts])
+            for f in dataclasses.fields(cls)
+            if f.name not in ("offsets", "masked_offsets")
+        }
         return cls(offsets=offsets("offsets"), masked_offsets=offsets("masked_offsets"), **flat)
 
     @classmethod
-    def of_example(cls, input_ids, segment_b_start: int, next_sentence_label: int, masked_lm_positions,
-                   masked_lm_ids, example_id: int, doc_id_a: int, doc_id_b: int) -> "ExampleColumns":
+    def of_example(
+        cls,
+        input_ids,
+        segment_b_start: int,
+        next_sentence_label: int,
+        masked_lm_positions,
+        masked_lm_ids,
+        example_id: int,
+        doc_id_a: int,
+        doc_id_b: int,
+    ) -> "ExampleColumns":
         """One example (tests and small tools)."""
         ids, pos = np.asarray(input_ids, np.int32), np.asarray(masked_lm_positions, np.int32)
-        return cls(ids, np.array([0, len(ids)]), np.array([segment_b_start]), np.array([next_sentence_label], np.int8),
-                   pos, np.array([0, len(pos)]), np.asarray(masked_lm_ids, np.int32), np.array([example_id]),
-                   np.array([doc_id_a]), np.array([doc_id_b]))
+        return cls(
+            ids,
+            np.array([0, len(ids)]),
+            np.array([segment_b_start]),
+            np.array([next_sentence_label], np.int8),
+            pos,
+            np.array([0, len(pos)]),
+            np.asarray(masked_lm_ids, np.int32),
+            np.array([example_id]),
+            np.array([doc_id_a]),
+            np.array([doc_id_b]),
+        )
 
 
 def empty_columns() -> ExampleColumns:
     z = np.zeros(0, np.int64)
-    return ExampleColumns(z.astype(np.int32), np.zeros(1, np.int64), z, z.astype(np.int8), z.astype(np.int32),
-                          np.zeros(1, np.int64), z.astype(np.int32), z, z, z)
+    return ExampleColumns(
+        z.astype(np.int32),
+        np.zeros(1, np.int64),
+        z,
+        z.astype(np.int8),
+        z.astype(np.int32),
+        np.zeros(1, np.int64),
+        z.astype(np.int32),
+        z,
+        z,
+        z,
+    )
 
 
 def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), type=pa.int32()),
-                                    pa.array(values.astype(np.dtype(str(value_type)), copy=False), type=value_type))
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32), type=pa.int32()),
+        pa.array(values.astype(np.dtype(str(value_type)), copy=False), type=value_type),
+    )
 
 
 def to_record_batch(cols: ExampleColumns, schema: pa.Schema) -> pa.RecordBatch:
@@ -252,21 +291,45 @@ class ShardManifest:
     config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_job(cls, *, vocab: Sequence[str], vocab_sha256: str, lowercase: bool, strip_accents: bool,
-                 casing_reason: str, max_seq_length: int, objective: str, masking: MaskingSpec, seed: int,
-                 shards: Sequence[ShardInfo], statistics: dict[str, Any], config: dict[str, Any]) -> "ShardManifest":
+    def from_job(
+        cls,
+        *,
+        vocab: Sequence[str],
+        vocab_sha256: str,
+        lowercase: bool,
+        strip_accents: bool,
+        casing_reason: str,
+        max_seq_length: int,
+        objective: str,
+        masking: MaskingSpec,
+        seed: int,
+        shards: Sequence[ShardInfo],
+        statistics: dict[str, Any],
+        config: dict[str, Any],
+    ) -> "ShardManifest":
         """The manifest of a finished job, from its parts: the vocabulary written to VOCAB_FILE
         (``vocab``, in id order, and the sha256 of that file), how its text was normalised, the
         example settings, the committed shards, the summed statistics and the (redacted)
         configuration. This contract's schema version and file name are filled in, and the
         special tokens' ids looked up in ``vocab`` (ContractError when one is missing)."""
         special = SpecialTokens.from_vocab(vocab)
-        return cls(schema_version=SCHEMA_VERSION, vocab_file=VOCAB_FILE, vocab_sha256=vocab_sha256,
-                   vocab_size=len(vocab), lowercase=lowercase,
-                   special_tokens={name: getattr(special, name) for name in SpecialTokens.NAMES},
-                   max_seq_length=max_seq_length, objective=objective, masking=masking, seed=seed,
-                   shards=list(shards), strip_accents=strip_accents, casing_reason=casing_reason,
-                   statistics=statistics, config=config)
+        return cls(
+            schema_version=SCHEMA_VERSION,
+            vocab_file=VOCAB_FILE,
+            vocab_sha256=vocab_sha256,
+            vocab_size=len(vocab),
+            lowercase=lowercase,
+            special_tokens={name: getattr(special, name) for name in SpecialTokens.NAMES},
+            max_seq_length=max_seq_length,
+            objective=objective,
+            masking=masking,
+            seed=seed,
+            shards=list(shards),
+            strip_accents=strip_accents,
+            casing_reason=casing_reason,
+            statistics=statistics,
+            config=config,
+        )
 
     @property
     def strips_accents(self) -> bool:
@@ -284,7 +347,8 @@ class ShardManifest:
         d = dict(d)
         if d.get("schema_version") != SCHEMA_VERSION:
             raise ContractError(
-                f"manifest schema version {d.get('schema_version')!r}; this code reads {SCHEMA_VERSION}")
+                f"manifest schema version {d.get('schema_version')!r}; this code reads {SCHEMA_VERSION}"
+            )
         d["masking"] = MaskingSpec(**d["masking"])
         d["shards"] = [ShardInfo(**s) for s in d["shards"]]
         return cls(**d)
@@ -293,8 +357,9 @@ class ShardManifest:
 def read_manifest(output_dir: str) -> ShardManifest:
     path = os.path.join(output_dir, MANIFEST_FILE)
     if not os.path.isdir(output_dir):
-        raise ContractError(f"{output_dir} does not exist" if not os.path.exists(output_dir)
-                            else f"{output_dir} is not a directory")
+        raise ContractError(
+            f"{output_dir} does not exist" if not os.path.exists(output_dir) else f"{output_dir} is not a directory"
+        )
     if not os.path.exists(path):
         raise ContractError(f"no {MANIFEST_FILE} in {output_dir}: not a finished pipeline output")
     with open(path, encoding="utf-8") as f:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from pipeline.config import CleaningConfig
-from pipeline.records import RawDocument, RejectReason, Rejection
+from pipeline.records import RawDocument, Rejection, RejectReason
 from pipeline.seeding import stable_id, unit_interval
 from pipeline.sentences import paragraphs_of, split_sentences
 
@@ -40,10 +40,15 @@ def prepare_document(raw: RawDocument, cfg: CleaningConfig) -> tuple[Document | 
     else:
         sentences = split_sentences(paragraphs_of(text))
     if len(text) < cfg.min_document_chars or len(sentences) < cfg.min_sentences:
-        rejections.append(Rejection(
-            raw.source, raw.record_id, RejectReason.TOO_SHORT,
-            f"{len(text)} chars, {len(sentences)} sentences (minimum {cfg.min_document_chars} chars, "
-            f"{cfg.min_sentences} sentences)"))
+        rejections.append(
+            Rejection(
+                raw.source,
+                raw.record_id,
+                RejectReason.TOO_SHORT,
+                f"{len(text)} chars, {len(sentences)} sentences (minimum {cfg.min_document_chars} chars, "
+                f"{cfg.min_sentences} sentences)",
+            )
+        )
         return None, rejections
     key = text if cfg.drop_duplicates else f"{os.path.basename(raw.source)}\x00{raw.record_id}\x00{text}"
     doc = Document(stable_id(key), raw.source, raw.record_id, raw.title, tuple(sentences), len(text))

@@ -45,10 +45,18 @@ class DocumentRecord:
     tokens: int
 
 
-DOCUMENT_SCHEMA = pa.schema([
-    ("doc_id", pa.int64()), ("split", pa.string()), ("source", pa.string()), ("record_id", pa.string()),
-    ("title", pa.string()), ("sentences", pa.int32()), ("tokens", pa.int32())],
-    metadata={contract.SCHEMA_METADATA_KEY: str(contract.SCHEMA_VERSION).encode()})
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.int64()),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("record_id", pa.string()),
+        ("title", pa.string()),
+        ("sentences", pa.int32()),
+        ("tokens", pa.int32()),
+    ],
+    metadata={contract.SCHEMA_METADATA_KEY: str(contract.SCHEMA_VERSION).encode()},
+)
 
 
 class DocumentFormat(ShardFormat):

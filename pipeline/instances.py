@@ -20,7 +20,6 @@ from pipeline.masking import MaskingParams, mask_batch
 from pipeline.seeding import MASK63, derive_seed, mix64, rng_for
 
 
-
 @dataclass(frozen=True)
 class TokenizedDocument:
     """A document as WordPiece ids: ``ids`` (N,) all sentences back to back; sentence k is
@@ -50,11 +49,11 @@ class TokenizedDocument:
         return len(self.bounds) - 1
 
     def sentence(self, k: int) -> np.ndarray:
-        return self.ids[self.bounds[k]:self.bounds[k + 1]]
+        return self.ids[self.bounds[k] : self.bounds[k + 1]]
 
     def span(self, start: int, stop: int) -> np.ndarray:
         """Sentences [start, stop) concatenated (a view, no copy)."""
-        return self.ids[self.bounds[start]:self.bounds[stop]]
+        return self.ids[self.bounds[start] : self.bounds[stop]]
 
 
 def _unpack_tokenized(doc_id: int, ids: np.ndarray, bounds: np.ndarray) -> TokenizedDocument:
@@ -78,8 +77,9 @@ class RawInstance:
     doc_id_b: int
 
 
-def truncate_seq_pair(a: np.ndarray, b: np.ndarray, max_num_tokens: int,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def truncate_seq_pair(
+    a: np.ndarray, b: np.ndarray, max_num_tokens: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Trim the longer of A and B, one token at a time from its front or back (p = 0.5 each).
 
     Step k trims A if A is then strictly longer, else B, using coin k (front or back). Which
@@ -93,12 +93,11 @@ def truncate_seq_pair(a: np.ndarray, b: np.ndarray, max_num_tokens: int,
     d = len(a) - len(b)
     p = min(abs(d), excess)
     if d > 0:
-        a_steps, b_steps = fronts[:p] + fronts[p + 1::2], fronts[p::2]
+        a_steps, b_steps = fronts[:p] + fronts[p + 1 :: 2], fronts[p::2]
     else:
-        a_steps, b_steps = fronts[p + 1::2], fronts[:p] + fronts[p::2]
+        a_steps, b_steps = fronts[p + 1 :: 2], fronts[:p] + fronts[p::2]
     a_front, b_front = sum(a_steps), sum(b_steps)
-    return (a[a_front:len(a) - (len(a_steps) - a_front)],
-            b[b_front:len(b) - (len(b_steps) - b_front)])
+    return (a[a_front : len(a) - (len(a_steps) - a_front)], b[b_front : len(b) - (len(b_steps) - b_front)])
 
 
 def _target_length(max_num_tokens: int, short_seq_prob: float, rng: np.random.Generator) -> int:
@@ -114,8 +113,9 @@ def _random_other(pool_size: int, index: int, rng: np.random.Generator) -> int:
     return j + 1 if j >= index else j
 
 
-def create_instances(pool: Sequence[TokenizedDocument], index: int, params: InstanceParams,
-                     rng: np.random.Generator) -> list[RawInstance]:
+def create_instances(
+    pool: Sequence[TokenizedDocument], index: int, params: InstanceParams, rng: np.random.Generator
+) -> list[RawInstance]:
     """All instances of ``pool[index]`` for one pass."""
     if params.objective == "none":
         return _packed_instances(pool[index], params, rng)
@@ -194,7 +194,7 @@ def _packed_instances(doc: TokenizedDocument, params: InstanceParams, rng) -> li
         if doc.bounds[k + 1] - doc.bounds[start] > max_num_tokens:  # one over-long sentence
             long = doc.span(start, k + 1)
             for lo in range(0, len(long), max_num_tokens):
-                out.append(RawInstance(long[lo:lo + max_num_tokens], empty, -1, doc.doc_id))
+                out.append(RawInstance(long[lo : lo + max_num_tokens], empty, -1, doc.doc_id))
             start = k + 1
     if start < doc.num_sentences:
         out.append(RawInstance(doc.span(start, doc.num_sentences), empty, -1, doc.doc_id))
@@ -215,8 +215,9 @@ class Vocabulary:
 
 def example_ids(seed: int, doc_id: int, pass_index: int, count: int) -> np.ndarray:
     """(count,) int64: the stable ids of a document pass's examples, in creation order."""
-    return (mix64(np.arange(count, dtype=np.int64), derive_seed("example", seed, doc_id, pass_index))
-            & np.uint64(MASK63)).astype(np.int64)
+    return (
+        mix64(np.arange(count, dtype=np.int64), derive_seed("example", seed, doc_id, pass_index)) & np.uint64(MASK63)
+    ).astype(np.int64)
 
 
 def assemble(raws: Sequence[RawInstance], vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -237,9 +238,15 @@ def assemble(raws: Sequence[RawInstance], vocab: Vocabulary) -> tuple[np.ndarray
     return tokens, offsets, b_start
 
 
-def examples_for_document(pool: Sequence[TokenizedDocument], index: int, pass_index: int, seed: int,
-                          params: InstanceParams, masking: MaskingParams | None,
-                          vocab: Vocabulary) -> ExampleColumns:
+def examples_for_document(
+    pool: Sequence[TokenizedDocument],
+    index: int,
+    pass_index: int,
+    seed: int,
+    params: InstanceParams,
+    masking: MaskingParams | None,
+    vocab: Vocabulary,
+) -> ExampleColumns:
     """One pass over one document: instances, then (static masking) their masks, as columns.
 
     Seeded by (seed, doc_id, pass) alone, so the result does not depend on where or how
@@ -253,8 +260,9 @@ def examples_for_document(pool: Sequence[TokenizedDocument], index: int, pass_in
     tokens, offsets, b_start = assemble(raws, vocab)
     n = len(raws)
     if masking is not None:
-        tokens, positions, labels = mask_batch(tokens, offsets, rng, masking, vocab.never_mask, vocab.mask_id,
-                                               vocab.size, vocab.is_continuation)
+        tokens, positions, labels = mask_batch(
+            tokens, offsets, rng, masking, vocab.never_mask, vocab.mask_id, vocab.size, vocab.is_continuation
+        )
         owner = np.searchsorted(offsets, positions, side="right") - 1  # example of each position
         masked_offsets = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(owner, minlength=n), out=masked_offsets[1:])
@@ -264,8 +272,14 @@ def examples_for_document(pool: Sequence[TokenizedDocument], index: int, pass_in
         positions = labels = np.zeros(0, np.int32)
         masked_offsets = np.zeros(n + 1, np.int64)
     return ExampleColumns(
-        input_ids=tokens, offsets=offsets, segment_b_start=b_start,
+        input_ids=tokens,
+        offsets=offsets,
+        segment_b_start=b_start,
         next_sentence_label=np.array([r.label for r in raws], np.int8),
-        masked_lm_positions=positions, masked_offsets=masked_offsets, masked_lm_ids=labels,
+        masked_lm_positions=positions,
+        masked_offsets=masked_offsets,
+        masked_lm_ids=labels,
         example_id=example_ids(seed, doc.doc_id, pass_index, n),
-        doc_id_a=np.full(n, doc.doc_id, np.int64), doc_id_b=np.array([r.doc_id_b for r in raws], np.int64))
+        doc_id_a=np.full(n, doc.doc_id, np.int64),
+        doc_id_b=np.array([r.doc_id_b for r in raws], np.int64),
+    )

@@ -37,8 +37,10 @@ _MAX_EXAMPLES = 1 << (63 - _KEY_BITS)
 def num_to_predict(length, params: MaskingParams):
     """The original formula; ``length`` counts the special tokens too. Takes an int or an array of
     lengths (np.rint rounds half to even, exactly like Python 3's round())."""
-    n = np.minimum(params.max_predictions_per_seq,
-                   np.maximum(1, np.rint(np.asarray(length) * params.masked_lm_prob).astype(np.int64)))
+    n = np.minimum(
+        params.max_predictions_per_seq,
+        np.maximum(1, np.rint(np.asarray(length) * params.masked_lm_prob).astype(np.int64)),
+    )
     return int(n) if n.ndim == 0 else n
 
 
@@ -82,9 +84,20 @@ def mask_batch(
     budgets = num_to_predict(lengths, params)
     candidate = ~never_mask[tokens]
     if params.whole_word and is_continuation is not None:
-        positions = np.concatenate([np.zeros(0, np.int64)] + [
-            offsets[e] + _whole_words(tokens[offsets[e]:offsets[e + 1]], candidate[offsets[e]:offsets[e + 1]],
-                                      int(budgets[e]), rng, is_continuation) for e in range(n_examples)])
+        positions = np.concatenate(
+            [np.zeros(0, np.int64)]
+            + [
+                offsets[e]
+                + _whole_words(
+                    tokens[offsets[e] : offsets[e + 1]],
+                    candidate[offsets[e] : offsets[e + 1]],
+                    int(budgets[e]),
+                    rng,
+                    is_continuation,
+                )
+                for e in range(n_examples)
+            ]
+        )
     else:
         # A random 40-bit key per token (non-candidates get 2^41, after every candidate); per
         # example, the `budget` candidates with the smallest keys. Example index in the high
@@ -133,6 +146,7 @@ def mask_tokens(
     is_continuation: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``mask_batch`` for one example: (masked (T,), positions (P,) sorted, labels (P,))."""
-    masked, positions, labels = mask_batch(tokens, np.array([0, len(tokens)]), rng, params, never_mask, mask_id,
-                                           vocab_size, is_continuation)
+    masked, positions, labels = mask_batch(
+        tokens, np.array([0, len(tokens)]), rng, params, never_mask, mask_id, vocab_size, is_continuation
+    )
     return masked, positions.astype(np.int32), labels.astype(np.int32)

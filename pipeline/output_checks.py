@@ -37,25 +37,33 @@ def _likely_causes(words: Sequence[str], casing: CasingDecision) -> list[str]:
     causes = []
     capitals = sum(map(_has_capital, words))
     if not casing.lowercase:
-        causes.append(f"casing: the text is not lowercased and {capitals} of these {len(words)} words have capitals;"
-                      " an uncased vocabulary read as cased gives this: try tokenizer.lowercase=true")
+        causes.append(
+            f"casing: the text is not lowercased and {capitals} of these {len(words)} words have capitals;"
+            " an uncased vocabulary read as cased gives this: try tokenizer.lowercase=true"
+        )
     else:
-        causes.append("casing: the text is lowercased; a cased vocabulary read as uncased gives this:"
-                      " try tokenizer.lowercase=false")
+        causes.append(
+            "casing: the text is lowercased; a cased vocabulary read as uncased gives this:"
+            " try tokenizer.lowercase=false"
+        )
     if not casing.strip_accents and sum(map(has_accent, words)) >= half:
-        causes.append("accents: most of these words carry accents the vocabulary lacks:"
-                      " try tokenizer.strip_accents=true")
+        causes.append(
+            "accents: most of these words carry accents the vocabulary lacks: try tokenizer.strip_accents=true"
+        )
     foreign = sum(not _is_latin_or_digits(w) for w in words)
-    script = (f" ({foreign} of these words are in another script than Latin)" if foreign else "")
-    causes.append(f"language: text in another language or script than the vocabulary's{script}:"
-                  " use a vocabulary made for it, or train one on the corpus (tokenizer=train)")
+    script = f" ({foreign} of these words are in another script than Latin)" if foreign else ""
+    causes.append(
+        f"language: text in another language or script than the vocabulary's{script}:"
+        " use a vocabulary made for it, or train one on the corpus (tokenizer=train)"
+    )
     if foreign >= half or (capitals < half and not casing.lowercase):
         causes.insert(0, causes.pop())  # the words do not point at casing: the language is likelier
     return causes
 
 
-def check_unk_rate(stats: Mapping, unknown_words: Sequence[tuple[str, int]], casing: CasingDecision,
-                   max_unk_fraction: float) -> Optional[str]:
+def check_unk_rate(
+    stats: Mapping, unknown_words: Sequence[tuple[str, int]], casing: CasingDecision, max_unk_fraction: float
+) -> Optional[str]:
     """Fails when over ``max_unk_fraction`` of all tokens are [UNK]; names the words behind them."""
     tokens = sum(_per_split(stats, "tokens").values())
     unk = sum(_per_split(stats, "unk_tokens").values())
@@ -64,10 +72,12 @@ def check_unk_rate(stats: Mapping, unknown_words: Sequence[tuple[str, int]], cas
     rates = ", ".join(f"{split} {rate:.2%}" for split, rate in unk_rates(stats).items())
     words = ", ".join(f"{w!r} {n:,}" for w, n in unknown_words) or "none collected"
     causes = "; ".join(_likely_causes([w for w, _ in unknown_words], casing))
-    return (f"{unk / tokens:.2%} of the tokens are [UNK] ({unk:,} of {tokens:,}: {rates}), above "
-            f"tokenizer.max_unk_fraction={max_unk_fraction}. Words most often [UNK]: {words}. "
-            f"Tokenizer: lowercase={str(casing.lowercase).lower()}, strip_accents={str(casing.strip_accents).lower()}"
-            f" ({casing.reason}). Likely causes: {causes}.")
+    return (
+        f"{unk / tokens:.2%} of the tokens are [UNK] ({unk:,} of {tokens:,}: {rates}), above "
+        f"tokenizer.max_unk_fraction={max_unk_fraction}. Words most often [UNK]: {words}. "
+        f"Tokenizer: lowercase={str(casing.lowercase).lower()}, strip_accents={str(casing.strip_accents).lower()}"
+        f" ({casing.reason}). Likely causes: {causes}."
+    )
 
 
 def check_train_split(stats: Mapping, first_rejects: Sequence[Mapping]) -> Optional[str]:
@@ -86,7 +96,9 @@ def check_train_split(stats: Mapping, first_rejects: Sequence[Mapping]) -> Optio
         why = f"all {read:,} documents read were rejected or went to eval"
     else:
         why = f"{kept:,} training documents gave no example"
-    quoted = "; ".join(f"{r.get('source')} ({r.get('reason')}: {r.get('detail')})"
-                       for r in first_rejects[:FIRST_REJECTS])
-    return (f"the train split has no examples: {why}. Rejected by reason: {by_reason}."
-            + (f" First rejects: {quoted}." if quoted else ""))
+    quoted = "; ".join(
+        f"{r.get('source')} ({r.get('reason')}: {r.get('detail')})" for r in first_rejects[:FIRST_REJECTS]
+    )
+    return f"the train split has no examples: {why}. Rejected by reason: {by_reason}." + (
+        f" First rejects: {quoted}." if quoted else ""
+    )

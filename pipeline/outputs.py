@@ -29,7 +29,7 @@ def first_rejects(written, n: int = FIRST_REJECTS) -> list[dict]:
     out: list[dict] = []
     for shard in sorted(written, key=lambda w: w.index):
         with FileSystems.open(shard.temp_path) as f:
-            out += [json.loads(line) for line in f.read().decode("utf-8").splitlines()[:n - len(out)]]
+            out += [json.loads(line) for line in f.read().decode("utf-8").splitlines()[: n - len(out)]]
         if len(out) >= n:
             break
     return out
@@ -63,25 +63,40 @@ class _Finalize(beam.DoFn):
     def process(self, _, examples, documents, rejects, vocab: VocabInfo, stats: dict, unknown_words: list):
         cfg, out = self.cfg, self.cfg.output_dir
         statistics = summary_statistics(stats)
-        problems = [m for m in (
-            check_train_split(statistics, first_rejects(rejects) if not statistics.get("examples", {}).get("train")
-                              else []),
-            check_unk_rate(statistics, unknown_words, vocab.casing, cfg.tokenizer.max_unk_fraction)) if m]
+        problems = [
+            m
+            for m in (
+                check_train_split(
+                    statistics, first_rejects(rejects) if not statistics.get("examples", {}).get("train") else []
+                ),
+                check_unk_rate(statistics, unknown_words, vocab.casing, cfg.tokenizer.max_unk_fraction),
+            )
+            if m
+        ]
         if problems:
             report = {"message": " ".join(problems), "statistics": statistics, "casing": vocab.casing.reason}
             write_text(FileSystems.join(self.temp_dir, FAILURE_REPORT), json.dumps(report, indent=2) + "\n")
             return
-        infos = commit(complete_shards(self.example_format, self.temp_dir, examples, ["train"]), out,
-                       contract.SHARD_SUFFIX)
+        infos = commit(
+            complete_shards(self.example_format, self.temp_dir, examples, ["train"]), out, contract.SHARD_SUFFIX
+        )
         commit(complete_shards(DocumentFormat(), self.temp_dir, documents, ["documents"]), out, contract.SHARD_SUFFIX)
         commit(complete_shards(JsonLinesFormat(), self.temp_dir, rejects, ["rejects"]), out, ".jsonl")
         write_text(FileSystems.join(out, contract.VOCAB_FILE), "\n".join(vocab.tokens) + "\n")
         manifest = ShardManifest.from_job(
-            vocab=vocab.tokens, vocab_sha256=vocab.sha256, lowercase=vocab.lowercase,
-            strip_accents=vocab.strip_accents, casing_reason=vocab.casing.reason,
-            max_seq_length=cfg.instances.max_seq_length, objective=cfg.instances.objective,
-            masking=masking_spec(cfg.masking), seed=cfg.seed, shards=infos, statistics=statistics,
-            config=self.config_dict)
+            vocab=vocab.tokens,
+            vocab_sha256=vocab.sha256,
+            lowercase=vocab.lowercase,
+            strip_accents=vocab.strip_accents,
+            casing_reason=vocab.casing.reason,
+            max_seq_length=cfg.instances.max_seq_length,
+            objective=cfg.instances.objective,
+            masking=masking_spec(cfg.masking),
+            seed=cfg.seed,
+            shards=infos,
+            statistics=statistics,
+            config=self.config_dict,
+        )
         write_text(FileSystems.join(out, contract.MANIFEST_FILE), manifest.to_json())
         storage.delete_directory(self.temp_dir)  # spill files too; a retried finalize finds it gone
         yield manifest.statistics
@@ -109,8 +124,17 @@ class WriteOutputs(beam.PTransform):
     the manifest. Returns the manifest's statistics: one dict, or none when a check refused the
     output."""
 
-    def __init__(self, cfg: PipelineConfig, config_dict: dict, temp_dir: str, example_format: ExampleFormat,
-                 vocab, unknown_words, rejects: Sequence = (), stats: Sequence = ()):
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        config_dict: dict,
+        temp_dir: str,
+        example_format: ExampleFormat,
+        vocab,
+        unknown_words,
+        rejects: Sequence = (),
+        stats: Sequence = (),
+    ):
         super().__init__()
         self.cfg, self.config_dict, self.temp_dir, self.example_format = cfg, config_dict, temp_dir, example_format
         self.vocab, self.unknown_words, self.rejects, self.stats = vocab, unknown_words, tuple(rejects), tuple(stats)
@@ -125,27 +149,39 @@ class WriteOutputs(beam.PTransform):
     def expand(self, made: CreatedExamples):
         cfg, temp_dir, storage_cfg = self.cfg, self.temp_dir, self.cfg.storage
         written_examples = made.examples | "WriteExamples" >> WriteShards(
-            self.example_format, temp_dir, made.shard_counts, storage_cfg)
-        documents = (made.documents
-                     | "NameDocuments" >> beam.Map(lambda d: ("documents", d))
-                     | "ShardDocuments" >> ShardRecords(cfg.seed, lambda d: d.doc_id, ROWS_PER_SIDE_SHARD))
+            self.example_format, temp_dir, made.shard_counts, storage_cfg
+        )
+        documents = (
+            made.documents
+            | "NameDocuments" >> beam.Map(lambda d: ("documents", d))
+            | "ShardDocuments" >> ShardRecords(cfg.seed, lambda d: d.doc_id, ROWS_PER_SIDE_SHARD)
+        )
         written_documents = documents.records | "WriteDocuments" >> WriteShards(
-            DocumentFormat(), temp_dir, documents.shard_counts, storage_cfg)
-        rejects = ((*self.rejects, made.rejects)
-                   | "AllRejects" >> beam.Flatten()
-                   | "RejectsAsJson" >> beam.Map(lambda r: ("rejects", r.to_json_dict()))
-                   | "ShardRejects" >> ShardRecords(cfg.seed, _reject_key, ROWS_PER_SIDE_SHARD))
+            DocumentFormat(), temp_dir, documents.shard_counts, storage_cfg
+        )
+        rejects = (
+            (*self.rejects, made.rejects)
+            | "AllRejects" >> beam.Flatten()
+            | "RejectsAsJson" >> beam.Map(lambda r: ("rejects", r.to_json_dict()))
+            | "ShardRejects" >> ShardRecords(cfg.seed, _reject_key, ROWS_PER_SIDE_SHARD)
+        )
         written_rejects = rejects.records | "WriteRejects" >> WriteShards(
-            JsonLinesFormat(), temp_dir, rejects.shard_counts, storage_cfg)
-        totals = ((*self.stats, made.stats)
-                  | "AllStats" >> beam.Flatten()
-                  | "SumStats" >> beam.CombineGlobally(SumCounts()))
-        return (made.examples.pipeline
-                | "Once" >> beam.Create([None])
-                | "Finalize" >> beam.ParDo(_Finalize(cfg, redact(self.config_dict), temp_dir, self.example_format),
-                                           examples=beam.pvalue.AsList(written_examples),
-                                           documents=beam.pvalue.AsList(written_documents),
-                                           rejects=beam.pvalue.AsList(written_rejects),
-                                           vocab=beam.pvalue.AsSingleton(self.vocab),
-                                           stats=beam.pvalue.AsSingleton(totals),
-                                           unknown_words=beam.pvalue.AsSingleton(self.unknown_words)))
+            JsonLinesFormat(), temp_dir, rejects.shard_counts, storage_cfg
+        )
+        totals = (
+            (*self.stats, made.stats) | "AllStats" >> beam.Flatten() | "SumStats" >> beam.CombineGlobally(SumCounts())
+        )
+        return (
+            made.examples.pipeline
+            | "Once" >> beam.Create([None])
+            | "Finalize"
+            >> beam.ParDo(
+                _Finalize(cfg, redact(self.config_dict), temp_dir, self.example_format),
+                examples=beam.pvalue.AsList(written_examples),
+                documents=beam.pvalue.AsList(written_documents),
+                rejects=beam.pvalue.AsList(written_rejects),
+                vocab=beam.pvalue.AsSingleton(self.vocab),
+                stats=beam.pvalue.AsSingleton(totals),
+                unknown_words=beam.pvalue.AsSingleton(self.unknown_words),
+            )
+        )

@@ -134,8 +134,9 @@ class ProgressReporter:
 
     def _report(self) -> None:
         while not self._stop.wait(self.every_s):
-            print(format_line(read_totals(self.directory), time.monotonic() - self._start),
-                  file=self.stream, flush=True)
+            print(
+                format_line(read_totals(self.directory), time.monotonic() - self._start), file=self.stream, flush=True
+            )
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

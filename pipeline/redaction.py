@@ -48,7 +48,7 @@ def _redact_list(items) -> list:
                 out.append(item)
                 value_is_secret = True
             else:
-                out.append(f"{item[:item.index('=')]}={REDACTED}")
+                out.append(f"{item[: item.index('=')]}={REDACTED}")
             continue
         out.append(redact(item))
     return out

@@ -48,6 +48,7 @@ SENTENCE_LABELS = {"nsp": ("B next", "B random"), "sop": ("in order", "swapped")
 
 # --- reading the shards ------------------------------------------------------------------------
 
+
 def sample_rows(total: int, max_rows: Optional[int]) -> np.ndarray:
     """Split row indices to read, sorted: all ``total`` rows, or ``max_rows`` evenly spaced ones."""
     if max_rows is None or total <= max_rows:
@@ -88,8 +89,9 @@ def _list_lengths(column: pa.ListArray, rows: np.ndarray) -> np.ndarray:
     return (offsets[rows + 1] - offsets[rows]).astype(np.int64)
 
 
-def read_split(data_dir: str, manifest: contract.ShardManifest, split: str,
-               max_rows: Optional[int] = None) -> SplitSample:
+def read_split(
+    data_dir: str, manifest: contract.ShardManifest, split: str, max_rows: Optional[int] = None
+) -> SplitSample:
     """The rows ``sample_rows`` picks from ``split``'s shards. Raises ContractError for a shard
     whose row count differs from the manifest's."""
     shards = manifest.shards_of(split)
@@ -120,9 +122,15 @@ def read_split(data_dir: str, manifest: contract.ShardManifest, split: str,
     def joined(name, dtype):
         return np.concatenate(parts[name]) if parts[name] else np.zeros(0, dtype)
 
-    return SplitSample(split, total, rows, joined("example_id", np.int64), joined("lengths", np.int64),
-                       joined("masked", np.int64) if static else None,
-                       joined("label", np.int8) if labelled else None)
+    return SplitSample(
+        split,
+        total,
+        rows,
+        joined("example_id", np.int64),
+        joined("lengths", np.int64),
+        joined("masked", np.int64) if static else None,
+        joined("label", np.int8) if labelled else None,
+    )
 
 
 def _side_tables(data_dir: str, name: str, suffix: str) -> list[str]:
@@ -155,8 +163,10 @@ def rejects_by_reason(data_dir: str, manifest: contract.ShardManifest) -> tuple[
 
 # --- the plots ----------------------------------------------------------------------------------
 
-def plot_histograms(samples: list[SplitSample], values: str, path: str, title: str, xlabel: str,
-                    max_value: int) -> Plotted:
+
+def plot_histograms(
+    samples: list[SplitSample], values: str, path: str, title: str, xlabel: str, max_value: int
+) -> Plotted:
     """One panel per split: how many examples have each value 0..max_value of ``values``
     (a SplitSample field). Series "<split>": x the values, y the example counts."""
     fig, axes = new_figure(len(samples))
@@ -173,8 +183,9 @@ def plot_histograms(samples: list[SplitSample], values: str, path: str, title: s
         ax.set_xlabel(xlabel)
         ax.set_ylabel("examples" + (" (log scale)" if ax.get_yscale() == "log" else ""))
         if len(data):
-            ax.axvline(float(np.mean(data)), color="black", linestyle="--", linewidth=1,
-                       label=f"mean {np.mean(data):.1f}")
+            ax.axvline(
+                float(np.mean(data)), color="black", linestyle="--", linewidth=1, label=f"mean {np.mean(data):.1f}"
+            )
             ax.legend()
         plotted.series[sample.split] = Series(x.tolist(), counts.tolist())
     fig.suptitle(title)
@@ -186,12 +197,18 @@ def plot_sentence_pairs(samples: list[SplitSample], objective: str, path: str) -
     """Per split, the share of examples with next_sentence_label 0 and 1 (counts written on the
     bars). Series "<split>": x the two label names, y their counts."""
     names = SENTENCE_LABELS[objective]
-    title = "\n".join([f"{objective.upper()} balance (next_sentence_label)"] + [s.describe() for s in samples if s.sampled])
+    title = "\n".join(
+        [f"{objective.upper()} balance (next_sentence_label)"] + [s.describe() for s in samples if s.sampled]
+    )
     counts = {s.split: np.bincount(s.sentence_label.astype(np.int64), minlength=2)[:2] for s in samples}
     shares = {s.split: counts[s.split] / max(int(counts[s.split].sum()), 1) for s in samples}
     fig, (ax,) = new_figure(1, width=7.0, height=1.6 + 0.6 * len(samples))
-    bars(ax, [s.split for s in samples],
-         {f"{label} ({i})": [shares[s.split][i] for s in samples] for i, label in enumerate(names)}, horizontal=True)
+    bars(
+        ax,
+        [s.split for s in samples],
+        {f"{label} ({i})": [shares[s.split][i] for s in samples] for i, label in enumerate(names)},
+        horizontal=True,
+    )
     for row, s in enumerate(samples):
         zero, one = counts[s.split]
         ax.text(0.01, row, f"{zero:,}", va="center", fontsize=8)
@@ -216,7 +233,7 @@ def short_sources(sources: list[str]) -> dict[str, str]:
     else:
         common = os.path.commonpath(sources) if all(s.startswith("/") for s in sources) else ""
         labels = {s: os.path.relpath(s, common) if common else s for s in sources}
-    return {s: label if len(label) <= LABEL_CHARS else "..." + label[-LABEL_CHARS + 3:] for s, label in labels.items()}
+    return {s: label if len(label) <= LABEL_CHARS else "..." + label[-LABEL_CHARS + 3 :] for s, label in labels.items()}
 
 
 def plot_documents_per_source(counts: dict[tuple[str, str], int], path: str) -> Plotted:
@@ -289,8 +306,13 @@ def write_report(data_dir: str, out_dir: Optional[str] = None, max_rows: Optiona
 
     if samples:
         report.plots["example_lengths"] = plot_histograms(
-            samples, "lengths", out("example_lengths"), "Example lengths (non-padding tokens)",
-            "tokens per example", manifest.max_seq_length)
+            samples,
+            "lengths",
+            out("example_lengths"),
+            "Example lengths (non-padding tokens)",
+            "tokens per example",
+            manifest.max_seq_length,
+        )
         if manifest.objective == "none":
             report.notes.append("sentence pairs: not plotted: the shards have no sentence-pair label (objective none)")
         else:
@@ -298,14 +320,19 @@ def write_report(data_dir: str, out_dir: Optional[str] = None, max_rows: Optiona
         m = manifest.masking
         if m.mode == "static":
             report.plots["masked_positions"] = plot_histograms(
-                samples, "masked_positions", out("masked_positions"),
+                samples,
+                "masked_positions",
+                out("masked_positions"),
                 f"Masked positions per example (static, masked_lm_prob {m.masked_lm_prob}, dupe_factor {m.dupe_factor})",
-                "masked positions", m.max_predictions_per_seq)
+                "masked positions",
+                m.max_predictions_per_seq,
+            )
         else:
             report.notes.append(
                 f"masked positions: not plotted: the shards are stored unmasked (masking=dynamic); the trainer "
                 f"draws masks as it loads (masked_lm_prob {m.masked_lm_prob}, at most "
-                f"{m.max_predictions_per_seq} per example)")
+                f"{m.max_predictions_per_seq} per example)"
+            )
     else:
         report.notes.append("examples: not plotted: the manifest lists no examples")
     documents = documents_by_source(data_dir)
@@ -319,12 +346,18 @@ def write_report(data_dir: str, out_dir: Optional[str] = None, max_rows: Optiona
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.report",
-                                     description="PNG plots of a data job's output (shards, manifest, side tables).")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.report",
+        description="PNG plots of a data job's output (shards, manifest, side tables).",
+    )
     parser.add_argument("data_dir", help="the job's output_dir (holds manifest.json)")
     parser.add_argument("--out", help="where to write the plots (default: <data_dir>/report)")
-    parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
-                        help=f"read at most this many examples per split, evenly spaced (default {DEFAULT_MAX_ROWS:,})")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        help=f"read at most this many examples per split, evenly spaced (default {DEFAULT_MAX_ROWS:,})",
+    )
     args = parser.parse_args(argv)
     if args.max_rows < 1:
         parser.error("--max-rows must be at least 1")

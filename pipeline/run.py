@@ -20,8 +20,15 @@ from pipeline.runner import beam_options, make_runner, runner_heap, worker_envir
 from pipeline.spill import Spill
 from pipeline.stats import format_summary
 from pipeline.tokenization import decide_casing
-from pipeline.transforms import (CreateExamples, PrepareDocuments, ReadSources, TokenizeDocuments, TrainVocabulary,
-                                 VocabInfo, make_vocab_info)
+from pipeline.transforms import (
+    CreateExamples,
+    PrepareDocuments,
+    ReadSources,
+    TokenizeDocuments,
+    TrainVocabulary,
+    VocabInfo,
+    make_vocab_info,
+)
 
 OUTPUT_ENTRIES = ("train", "eval", "documents", "rejects", contract.VOCAB_FILE)
 
@@ -34,7 +41,7 @@ class JobError(RuntimeError):
 def _visible(paths: list[str], directory: str) -> list[str]:
     """The paths with no hidden name ('.' first) below ``directory``."""
     root = directory.rstrip("/")
-    return [p for p in paths if not any(part.startswith(".") for part in p[len(root):].split("/") if part)]
+    return [p for p in paths if not any(part.startswith(".") for part in p[len(root) :].split("/") if part)]
 
 
 def _files_of_directory(pattern: str) -> list[str] | None:
@@ -65,13 +72,16 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     every shard, documents and rejects file of the earlier run whatever its shard count (an
     object store's "directories" included, so no stale part-*-of-<old n> is left for a glob
     over ``train/*.arrow`` to read), vocab.txt, and the manifest first."""
-    existing = [e for e in (contract.MANIFEST_FILE,) + OUTPUT_ENTRIES
-                if storage.exists(FileSystems.join(output_dir, e))]
+    existing = [
+        e for e in (contract.MANIFEST_FILE,) + OUTPUT_ENTRIES if storage.exists(FileSystems.join(output_dir, e))
+    ]
     if not existing:
         return
     if not overwrite:
-        raise JobError(f"{output_dir} already holds a job's output ({', '.join(existing)}); "
-                       "choose another output_dir or pass overwrite=true")
+        raise JobError(
+            f"{output_dir} already holds a job's output ({', '.join(existing)}); "
+            "choose another output_dir or pass overwrite=true"
+        )
     # The manifest goes first: a directory without one is never mistaken for a finished output.
     storage.delete_all([FileSystems.join(output_dir, e) for e in existing])
 
@@ -104,9 +114,11 @@ def vocabulary_note(vocab_size: int, cfg) -> str:
         return f"{vocab_size:,} pieces from {cfg.vocab_file}"
     if vocab_size >= cfg.vocab_size:
         return f"{vocab_size:,} pieces trained on the corpus"
-    return (f"{vocab_size:,} pieces trained on the corpus, fewer than tokenizer.vocab_size={cfg.vocab_size:,}: "
-            f"no further merge occurs at least tokenizer.min_frequency={cfg.min_frequency} times in this corpus "
-            "(a larger corpus fills it; a smaller min_frequency adds rarer pieces)")
+    return (
+        f"{vocab_size:,} pieces trained on the corpus, fewer than tokenizer.vocab_size={cfg.vocab_size:,}: "
+        f"no further merge occurs at least tokenizer.min_frequency={cfg.min_frequency} times in this corpus "
+        "(a larger corpus fills it; a smaller min_frequency adds rarer pieces)"
+    )
 
 
 def example_format_for(cfg: PipelineConfig, fixed_vocab: VocabInfo | None) -> ExampleFormat:
@@ -118,29 +130,51 @@ def example_format_for(cfg: PipelineConfig, fixed_vocab: VocabInfo | None) -> Ex
     return ExampleFormat(schema, cfg.output.rows_per_batch, cfg.seed)
 
 
-def build(p: beam.Pipeline, cfg: PipelineConfig, paths: list[str], config_dict: dict[str, Any],
-          fixed_vocab: VocabInfo | None, temp_dir: str) -> None:
+def build(
+    p: beam.Pipeline,
+    cfg: PipelineConfig,
+    paths: list[str],
+    config_dict: dict[str, Any],
+    fixed_vocab: VocabInfo | None,
+    temp_dir: str,
+) -> None:
     """The job: input paths -> documents -> vocabulary -> tokens -> examples -> output_dir. Each
     stage passes its named outputs on (``pipeline.transforms``); large intermediate data goes
     through chunk files under ``temp_dir`` (``pipeline.spill``)."""
-    spill = Spill(FileSystems.join(temp_dir, "spill"), cfg.shuffle.chunk_bytes, cfg.shuffle.pool_chunk_bytes,
-                  cfg.storage)
+    spill = Spill(
+        FileSystems.join(temp_dir, "spill"), cfg.shuffle.chunk_bytes, cfg.shuffle.pool_chunk_bytes, cfg.storage
+    )
     example_format = example_format_for(cfg, fixed_vocab)
     read = p | "Inputs" >> beam.Create(paths) | "ReadSources" >> ReadSources(cfg.source, spill)
-    prepared = read.documents | "PrepareDocuments" >> PrepareDocuments(cfg.cleaning, cfg.instances.eval_fraction,
-                                                                       spill)
+    prepared = read.documents | "PrepareDocuments" >> PrepareDocuments(cfg.cleaning, cfg.instances.eval_fraction, spill)
     if fixed_vocab is not None:
         vocab = p | "GivenVocabulary" >> beam.Create([fixed_vocab])
     else:
-        vocab = prepared.chunks | "TrainVocabulary" >> TrainVocabulary(cfg.tokenizer, spill, prepared.counts,
-                                                                        cfg.cleaning.drop_duplicates)
+        vocab = prepared.chunks | "TrainVocabulary" >> TrainVocabulary(
+            cfg.tokenizer, spill, prepared.counts, cfg.cleaning.drop_duplicates
+        )
     tokenized = prepared.chunks | "Tokenize" >> TokenizeDocuments(vocab, spill)
     made = tokenized.documents | "CreateExamples" >> CreateExamples(
-        cfg.instances, cfg.masking, cfg.output, cfg.seed, vocab, example_format.schema, prepared.counts, spill,
-        cfg.cleaning.drop_duplicates)
-    _ = made | "WriteOutputs" >> WriteOutputs(cfg, config_dict, temp_dir, example_format, vocab,
-                                              tokenized.unknown_words, rejects=(read.rejects, prepared.rejects),
-                                              stats=(read.stats, prepared.stats))
+        cfg.instances,
+        cfg.masking,
+        cfg.output,
+        cfg.seed,
+        vocab,
+        example_format.schema,
+        prepared.counts,
+        spill,
+        cfg.cleaning.drop_duplicates,
+    )
+    _ = made | "WriteOutputs" >> WriteOutputs(
+        cfg,
+        config_dict,
+        temp_dir,
+        example_format,
+        vocab,
+        tokenized.unknown_words,
+        rejects=(read.rejects, prepared.rejects),
+        stats=(read.stats, prepared.stats),
+    )
 
 
 def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
@@ -148,8 +182,10 @@ def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
     Raises JobError when the output fails a check (no manifest then, and no temporaries left)."""
     twice = storage.flags_given_twice(cfg.storage, cfg.runner.extra)
     if twice:
-        raise JobError(f"runner.extra={twice} repeats a storage.* setting: give it once, as storage.* "
-                       "(which every worker applies itself)")
+        raise JobError(
+            f"runner.extra={twice} repeats a storage.* setting: give it once, as storage.* "
+            "(which every worker applies itself)"
+        )
     options = beam_options(cfg.runner, cfg.log_level, extra_flags=storage.storage_flags(cfg.storage))
     # Beam's runners configure FileSystems on their workers only; the launcher lists inputs first.
     FileSystems.set_options(options)
@@ -159,9 +195,12 @@ def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
     temp_dir = FileSystems.join(cfg.output_dir, f".temp-{uuid.uuid4().hex}")
     start = time.perf_counter()
     local = cfg.runner.runner == "DirectRunner"
-    with ProgressReporter(cfg.progress_every_s if local else 0) as progress, runner_heap(cfg.runner), \
-            worker_environment(cfg.runner, cfg.log_level, progress.env), \
-            beam.Pipeline(runner=make_runner(cfg.runner, options), options=options) as p:
+    with (
+        ProgressReporter(cfg.progress_every_s if local else 0) as progress,
+        runner_heap(cfg.runner),
+        worker_environment(cfg.runner, cfg.log_level, progress.env),
+        beam.Pipeline(runner=make_runner(cfg.runner, options), options=options) as p,
+    ):
         build(p, cfg, paths, config_dict, fixed_vocab, temp_dir)
     seconds = time.perf_counter() - start
     manifest_path = FileSystems.join(cfg.output_dir, contract.MANIFEST_FILE)
@@ -169,8 +208,16 @@ def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
         raise_failure(cfg.output_dir, temp_dir, seconds)
     with FileSystems.open(manifest_path) as f:
         manifest = ShardManifest.from_dict(json.loads(f.read().decode("utf-8")))
-    print(format_summary(manifest.statistics, seconds, cfg.output_dir, casing=manifest.casing_reason,
-                         vocabulary=vocabulary_note(manifest.vocab_size, cfg.tokenizer)), flush=True)
+    print(
+        format_summary(
+            manifest.statistics,
+            seconds,
+            cfg.output_dir,
+            casing=manifest.casing_reason,
+            vocabulary=vocabulary_note(manifest.vocab_size, cfg.tokenizer),
+        ),
+        flush=True,
+    )
     return manifest
 
 

@@ -35,8 +35,11 @@ from pipeline.worker import WORKER_LOG_LEVEL_ENV
 # buffers of 1 MiB or more mapped on their own and unmapped when freed, keep it near what is
 # live: on the benchmark's 4x input a worker's peak went from 455 to 330 MiB at the same speed.
 # Variables already set by the user win. Cluster workers take these from their container image.
-WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
-                     "MALLOC_TRIM_THRESHOLD_": str(1 << 20)}
+WORKER_MALLOC_ENV = {
+    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 20),
+}
 WORKER_COMMAND = f"{sys.executable} -m pipeline.worker"
 # mallopt(3) parameters for the same settings in the launcher, which hosts the local runner.
 _MALLOPT = {"MALLOC_ARENA_MAX": -8, "MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
@@ -63,10 +66,26 @@ def beam_options(cfg: RunnerConfig, log_level: str = "WARNING", extra_flags: Seq
     extra_flags: more ``--name=value`` options from other parts of the config (e.g. object
     storage), placed before ``cfg.extra`` so that a user's own runner.extra wins."""
     flags = [f"--runner={cfg.runner}", f"--default_sdk_harness_log_level={log_level}"]
-    values = {k: getattr(cfg, k) for k in (
-        "project", "region", "temp_location", "staging_location", "job_name", "machine_type",
-        "max_num_workers", "setup_file", "sdk_container_image", "flink_master", "spark_master_url", "environment_type",
-        "job_endpoint", "artifact_endpoint", "direct_running_mode")}
+    values = {
+        k: getattr(cfg, k)
+        for k in (
+            "project",
+            "region",
+            "temp_location",
+            "staging_location",
+            "job_name",
+            "machine_type",
+            "max_num_workers",
+            "setup_file",
+            "sdk_container_image",
+            "flink_master",
+            "spark_master_url",
+            "environment_type",
+            "job_endpoint",
+            "artifact_endpoint",
+            "direct_running_mode",
+        )
+    }
     values["environment_config"] = _environment_config(cfg)
     if cfg.runner == "DirectRunner" and cfg.direct_num_workers is not None:
         values["direct_num_workers"] = cfg.direct_num_workers or os.cpu_count() or 1
@@ -106,8 +125,11 @@ def make_runner(cfg: RunnerConfig, options: PipelineOptions):
 def worker_environment(cfg: RunnerConfig, log_level: str = "WARNING", extra: dict | None = None):
     """While the job runs, the DirectRunner's worker processes (which inherit the environment)
     start with WORKER_MALLOC_ENV, the job's log level and ``extra``; variables the user has set win."""
-    wanted = dict(WORKER_MALLOC_ENV, **{WORKER_LOG_LEVEL_ENV: log_level}, **(extra or {})) \
-        if cfg.runner == "DirectRunner" else {}
+    wanted = (
+        dict(WORKER_MALLOC_ENV, **{WORKER_LOG_LEVEL_ENV: log_level}, **(extra or {}))
+        if cfg.runner == "DirectRunner"
+        else {}
+    )
     added = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(added)
     try:

@@ -113,14 +113,16 @@ class ShardRecords(beam.PTransform):
 
     def expand(self, named_records) -> ShardedRecords:
         seed, key_of, target, size_of = self.seed, self.key_of, self.target, self.size_of
-        counts = (named_records
-                  | "SizeOf" >> beam.Map(lambda nr: (nr[0], size_of(nr[1])))
-                  | "TotalSize" >> beam.CombinePerKey(sum)
-                  | "ToShardCount" >> beam.Map(lambda kv: (kv[0], num_shards_for(kv[1], target, None)))
-                  | "ToDict" >> beam.combiners.ToDict())
+        counts = (
+            named_records
+            | "SizeOf" >> beam.Map(lambda nr: (nr[0], size_of(nr[1])))
+            | "TotalSize" >> beam.CombinePerKey(sum)
+            | "ToShardCount" >> beam.Map(lambda kv: (kv[0], num_shards_for(kv[1], target, None)))
+            | "ToDict" >> beam.combiners.ToDict()
+        )
         keyed = named_records | "AssignShard" >> beam.Map(
-            lambda nr, n: ((nr[0], shard_of(seed, key_of(nr[1]), n[nr[0]])), nr[1]),
-            n=beam.pvalue.AsSingleton(counts))
+            lambda nr, n: ((nr[0], shard_of(seed, key_of(nr[1]), n[nr[0]])), nr[1]), n=beam.pvalue.AsSingleton(counts)
+        )
         return ShardedRecords(records=keyed, shard_counts=counts)
 
 
@@ -148,24 +150,30 @@ class WriteShards(beam.PTransform):
         self.fmt, self.temp_dir, self.shard_counts, self.storage_cfg = fmt, temp_dir, shard_counts, storage_cfg
 
     def expand(self, keyed_chunks):
-        return (keyed_chunks
-                | "GroupByShard" >> beam.GroupByKey()
-                | "WriteTemp" >> beam.ParDo(_WriteTempShard(self.fmt, self.temp_dir, self.storage_cfg),
-                                            counts=beam.pvalue.AsSingleton(self.shard_counts)))
+        return (
+            keyed_chunks
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteTemp"
+            >> beam.ParDo(
+                _WriteTempShard(self.fmt, self.temp_dir, self.storage_cfg),
+                counts=beam.pvalue.AsSingleton(self.shard_counts),
+            )
+        )
 
 
-def write_temp_shard(fmt: ShardFormat, temp_dir: str, name: str, index: int, num_shards: int,
-                     chunks: Sequence) -> WrittenShard:
+def write_temp_shard(
+    fmt: ShardFormat, temp_dir: str, name: str, index: int, num_shards: int, chunks: Sequence
+) -> WrittenShard:
     data, rows, tokens = fmt.encode(chunks)
     # A unique name per attempt: a retried bundle never collides with (or half-overwrites) another.
     path = FileSystems.join(temp_dir, f"{name}-{index:05d}-of-{num_shards:05d}-{uuid.uuid4().hex}{fmt.suffix}")
     storage.write_bytes(path, data)
-    return WrittenShard(name, index, num_shards, path, rows, tokens,
-                        hashlib.sha256(data).hexdigest(), len(data))
+    return WrittenShard(name, index, num_shards, path, rows, tokens, hashlib.sha256(data).hexdigest(), len(data))
 
 
-def complete_shards(fmt: ShardFormat, temp_dir: str, written: Sequence[WrittenShard],
-                    names: Sequence[str]) -> list[WrittenShard]:
+def complete_shards(
+    fmt: ShardFormat, temp_dir: str, written: Sequence[WrittenShard], names: Sequence[str]
+) -> list[WrittenShard]:
     """Every shard index of every name, writing empty shards where no record landed (so a
     reader always sees part-i-of-n for every i), sorted by (name, index)."""
     by_key = {(w.name, w.index): w for w in written}
@@ -199,8 +207,12 @@ def commit(shards: Sequence[WrittenShard], output_dir: str, suffix: str) -> list
     pending = [(src, dst) for src, dst in pending if FileSystems.exists(src) or not FileSystems.exists(dst)]
     if pending:
         FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
-    return [contract.ShardInfo(file=s.final_relpath(suffix), split=s.name, rows=s.rows, tokens=s.tokens,
-                               sha256=s.sha256, bytes=s.bytes) for s in shards]
+    return [
+        contract.ShardInfo(
+            file=s.final_relpath(suffix), split=s.name, rows=s.rows, tokens=s.tokens, sha256=s.sha256, bytes=s.bytes
+        )
+        for s in shards
+    ]
 
 
 def write_text(path: str, text: str) -> None:

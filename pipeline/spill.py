@@ -71,7 +71,7 @@ class SpilledChunk:
         out, pos = [], 0
         while pos < len(data):
             (n,) = _LENGTH.unpack_from(data, pos)
-            out.append(pickle.loads(data[pos + _LENGTH.size:pos + _LENGTH.size + n]))
+            out.append(pickle.loads(data[pos + _LENGTH.size : pos + _LENGTH.size + n]))
             pos += _LENGTH.size + n
         if len(out) != self.count:
             raise IOError(f"spill file {self.path} holds {len(out)} elements at {self.offset}, expected {self.count}")

@@ -37,7 +37,8 @@ class CountingDoFn(beam.DoFn):
         progress.flush()
         if self._counts:
             yield beam.pvalue.TaggedOutput(
-                STATS_TAG, WindowedValue(dict(self._counts), MIN_TIMESTAMP, [GlobalWindow()]))
+                STATS_TAG, WindowedValue(dict(self._counts), MIN_TIMESTAMP, [GlobalWindow()])
+            )
 
 
 class SumCounts(beam.CombineFn):
@@ -70,8 +71,9 @@ def nest(flat: Mapping[str, int]) -> dict:
     return out
 
 
-def format_summary(stats: Mapping, seconds: float, output_dir: str, casing: str = "", failed: bool = False,
-                   vocabulary: str = "") -> str:
+def format_summary(
+    stats: Mapping, seconds: float, output_dir: str, casing: str = "", failed: bool = False, vocabulary: str = ""
+) -> str:
     """The readable end-of-job report; ``casing``: why the text was (not) lowercased / stripped;
     ``vocabulary``: its size and where it came from."""
     g = lambda *path: _get(stats, path)  # noqa: E731
@@ -85,8 +87,7 @@ def format_summary(stats: Mapping, seconds: float, output_dir: str, casing: str 
         f"  documents kept    {sum((g('documents_kept') or {}).values()):>12,}   " + _inline(g("documents_kept")),
         f"  sentences         {sum((g('sentences') or {}).values()):>12,}",
         f"  tokens            {tokens:>12,}",
-        f"  [UNK] tokens      {sum((g('unk_tokens') or {}).values()):>12,}   "
-        + _unk_rates(stats),
+        f"  [UNK] tokens      {sum((g('unk_tokens') or {}).values()):>12,}   " + _unk_rates(stats),
         f"  examples          {sum((g('examples') or {}).values()):>12,}   " + _inline(g("examples")),
         f"  example tokens    {sum((g('example_tokens') or {}).values()):>12,}",
     ]
@@ -110,7 +111,7 @@ def unk_rates(stats: Mapping) -> dict[str, float]:
 
 
 def _unk_rates(stats: Mapping) -> str:
-    """"(eval 0.02%, train 0.01%)"."""
+    """ "(eval 0.02%, train 0.01%)"."""
     rates = unk_rates(stats)
     return "(" + ", ".join(f"{k} {r:.2%}" for k, r in rates.items()) + ")" if rates else ""
 
@@ -128,4 +129,3 @@ def _inline(d) -> str:
     if not isinstance(d, Mapping) or not d:
         return ""
     return "(" + ", ".join(f"{k} {v:,}" for k, v in sorted(d.items())) + ")"
-

@@ -113,7 +113,7 @@ def delete_directory(directory: str) -> None:
         return
     found = files_under(directory)
     for i in range(0, len(found), DELETE_BATCH):
-        FileSystems.delete(found[i:i + DELETE_BATCH])
+        FileSystems.delete(found[i : i + DELETE_BATCH])
 
 
 def delete_all(paths: Sequence[str]) -> None:

@@ -71,8 +71,9 @@ def _follows(lowercase: bool, strip_accents: Optional[bool], decided: bool) -> t
     return (decided, "") if lowercase else (False, "accents kept as cased BERT does")
 
 
-def decide_casing(vocab: Sequence[str], lowercase: Optional[bool] = None,
-                  strip_accents: Optional[bool] = None) -> CasingDecision:
+def decide_casing(
+    vocab: Sequence[str], lowercase: Optional[bool] = None, strip_accents: Optional[bool] = None
+) -> CasingDecision:
     """Lowercasing and accent stripping for an existing vocabulary; a given setting wins.
 
     Cased: more than a few of the pieces with cased letters change when lowercased (counting only
@@ -106,19 +107,32 @@ def training_casing(lowercase: Optional[bool] = None, strip_accents: Optional[bo
     lowercase = True if lowercase is None else lowercase
     strip, accent_why = _follows(lowercase, strip_accents, True)
     accent_why = accent_why or "accents stripped with lowercasing"
-    return CasingDecision(lowercase, strip,
-                          f"vocabulary trained by the job with lowercase={str(lowercase).lower()}; {accent_why}")
+    return CasingDecision(
+        lowercase, strip, f"vocabulary trained by the job with lowercase={str(lowercase).lower()}; {accent_why}"
+    )
 
 
-def build_tokenizer(vocab: Sequence[str], lowercase: bool, strip_accents: Optional[bool] = None
-                    ) -> BertWordPieceTokenizer:
+def build_tokenizer(
+    vocab: Sequence[str], lowercase: bool, strip_accents: Optional[bool] = None
+) -> BertWordPieceTokenizer:
     # strip_accents=None follows `lowercase`, as BERT's uncased models do.
-    return BertWordPieceTokenizer({tok: i for i, tok in enumerate(vocab)}, lowercase=lowercase,
-                                  clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents)
+    return BertWordPieceTokenizer(
+        {tok: i for i, tok in enumerate(vocab)},
+        lowercase=lowercase,
+        clean_text=True,
+        handle_chinese_chars=True,
+        strip_accents=strip_accents,
+    )
 
 
-def train_vocabulary(texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int,
-                     limit_alphabet: int, strip_accents: Optional[bool] = None) -> list[str]:
+def train_vocabulary(
+    texts: Iterable[str],
+    vocab_size: int,
+    lowercase: bool,
+    min_frequency: int,
+    limit_alphabet: int,
+    strip_accents: Optional[bool] = None,
+) -> list[str]:
     """A WordPiece vocabulary with BERT's special tokens first; deterministic (see
     ``pipeline.vocab_training``, which the Beam job uses piecewise: counts per document, summed).
     strip_accents=None follows ``lowercase``."""
@@ -131,8 +145,13 @@ def masking_vocabulary(vocab: Sequence[str]) -> Vocabulary:
     never_mask = np.zeros(len(vocab), dtype=bool)
     never_mask[[special.pad, special.cls, special.sep, special.mask]] = True  # [UNK] is a real prediction
     return Vocabulary(
-        size=len(vocab), cls_id=special.cls, sep_id=special.sep, mask_id=special.mask, never_mask=never_mask,
-        is_continuation=np.array([t.startswith("##") for t in vocab], dtype=bool))
+        size=len(vocab),
+        cls_id=special.cls,
+        sep_id=special.sep,
+        mask_id=special.mask,
+        never_mask=never_mask,
+        is_continuation=np.array([t.startswith("##") for t in vocab], dtype=bool),
+    )
 
 
 def encode_sentences(tokenizer: Tokenizer | BertWordPieceTokenizer, sentences: Sequence[str]) -> list[list[int]]:

@@ -26,14 +26,20 @@ from pipeline.documents import Document, prepare_document, split_of
 from pipeline.formats import DocumentRecord
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
 from pipeline.masking import MaskingParams
-from pipeline.records import RawDocument, RejectReason, Rejection, WikitextPage
+from pipeline.records import RawDocument, Rejection, RejectReason, WikitextPage
 from pipeline.seeding import unit_interval, unit_interval_of
 from pipeline.shard_sink import SpilledBatch, num_shards_for
 from pipeline.sources import read_source, wikitext_page_to_documents
 from pipeline.spill import ChunkWriter, KeyedChunkWriter, ReadChunks, Spill, SpillChunks, in_window, read_all
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
-from pipeline.tokenization import (SPECIAL_TOKENS, CasingDecision, build_tokenizer, masking_vocabulary,
-                                   training_casing, vocab_sha256)
+from pipeline.tokenization import (
+    SPECIAL_TOKENS,
+    CasingDecision,
+    build_tokenizer,
+    masking_vocabulary,
+    training_casing,
+    vocab_sha256,
+)
 from pipeline.vocab_training import WordCounter, train_wordpiece
 
 REJECTS_TAG = "rejects"
@@ -50,6 +56,7 @@ def _reject(counting: CountingDoFn, r: Rejection):
 
 
 # --- reading -------------------------------------------------------------------------------
+
 
 def _documents_and_rejects(counting: CountingDoFn, items):
     """RawDocuments (counted per format) to the main output, Rejections to ``rejects``."""
@@ -126,22 +133,28 @@ class ReadSources(beam.PTransform):
         self.cfg, self.spill = cfg, spill
 
     def expand(self, paths) -> SourceDocuments:
-        read = (paths
-                | "SpreadFiles" >> beam.Reshuffle()
-                | "ReadFile" >> beam.ParDo(_ReadSourceFile(self.cfg, self.spill)).with_outputs(
-                    REJECTS_TAG, STATS_TAG, main="records"))
-        converted = (read.records
-                     | "SpreadRecords" >> beam.Reshuffle()
-                     | "RecordsOfChunks" >> ReadChunks(self.spill)
-                     | "ToDocuments" >> beam.ParDo(_ToRawDocuments(self.cfg)).with_outputs(
-                         REJECTS_TAG, STATS_TAG, main="documents"))
+        read = (
+            paths
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadFile"
+            >> beam.ParDo(_ReadSourceFile(self.cfg, self.spill)).with_outputs(REJECTS_TAG, STATS_TAG, main="records")
+        )
+        converted = (
+            read.records
+            | "SpreadRecords" >> beam.Reshuffle()
+            | "RecordsOfChunks" >> ReadChunks(self.spill)
+            | "ToDocuments"
+            >> beam.ParDo(_ToRawDocuments(self.cfg)).with_outputs(REJECTS_TAG, STATS_TAG, main="documents")
+        )
         return SourceDocuments(
             documents=converted.documents,
             rejects=(read[REJECTS_TAG], converted[REJECTS_TAG]) | "ReadRejects" >> beam.Flatten(),
-            stats=(read[STATS_TAG], converted[STATS_TAG]) | "ReadStats" >> beam.Flatten())
+            stats=(read[STATS_TAG], converted[STATS_TAG]) | "ReadStats" >> beam.Flatten(),
+        )
 
 
 # --- cleaning --------------------------------------------------------------------------------
+
 
 class _PrepareDocument(CountingDoFn):
     def __init__(self, cfg: CleaningConfig):
@@ -159,10 +172,12 @@ class CountPerSplit(beam.PTransform):
     """(split, document) -> one {split: documents} (every split present in the input)."""
 
     def expand(self, split_docs):
-        return (split_docs
-                | "Split" >> beam.Map(lambda sd: sd[0])
-                | "Count" >> beam.combiners.Count.PerElement()
-                | "ToDict" >> beam.combiners.ToDict())
+        return (
+            split_docs
+            | "Split" >> beam.Map(lambda sd: sd[0])
+            | "Count" >> beam.combiners.Count.PerElement()
+            | "ToDict" >> beam.combiners.ToDict()
+        )
 
 
 @dataclass(frozen=True)
@@ -196,18 +211,21 @@ class PrepareDocuments(beam.PTransform):
 
     def expand(self, raw_docs) -> PreparedDocuments:
         prepared = raw_docs | "CleanAndSplit" >> beam.ParDo(_PrepareDocument(self.cfg)).with_outputs(
-            REJECTS_TAG, STATS_TAG, main="documents")
+            REJECTS_TAG, STATS_TAG, main="documents"
+        )
         fraction = self.eval_fraction
         split_docs = prepared.documents | "AssignSplit" >> beam.Map(lambda d: (split_of(d.doc_id, fraction), d))
         counts = split_docs | "DocumentsPerSplit" >> CountPerSplit()
-        chunks = (split_docs
-                  | "SpillDocuments" >> SpillChunks(self.spill, "documents")
-                  | "SpreadDocuments" >> beam.Reshuffle())
-        return PreparedDocuments(chunks=chunks, counts=counts, rejects=prepared[REJECTS_TAG],
-                                 stats=prepared[STATS_TAG])
+        chunks = (
+            split_docs
+            | "SpillDocuments" >> SpillChunks(self.spill, "documents")
+            | "SpreadDocuments" >> beam.Reshuffle()
+        )
+        return PreparedDocuments(chunks=chunks, counts=counts, rejects=prepared[REJECTS_TAG], stats=prepared[STATS_TAG])
 
 
 # --- vocabulary ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class VocabInfo:
@@ -289,34 +307,48 @@ class TrainVocabulary(beam.PTransform):
         cfg = self.cfg
         casing = training_casing(cfg.lowercase, cfg.strip_accents)
         fraction = self.doc_counts | "SampleFraction" >> beam.Map(
-            lambda n: min(1.0, cfg.train_sample_documents / max(n.get("train", 0), 1)))
+            lambda n: min(1.0, cfg.train_sample_documents / max(n.get("train", 0), 1))
+        )
 
         def sampled(label: str):
             # Read afresh for each use: a PCollection used twice, once through a side input of
             # its own descendants, would be held whole by the runner.
-            return (doc_chunks
-                    | f"{label}Documents" >> ReadChunks(self.spill)
-                    | f"{label}Sample" >> beam.FlatMap(
-                        lambda sd, f: [sd[1]] if sd[0] == "train" and unit_interval("vocab", sd[1].doc_id) < f else [],
-                        f=beam.pvalue.AsSingleton(fraction)))
+            return (
+                doc_chunks
+                | f"{label}Documents" >> ReadChunks(self.spill)
+                | f"{label}Sample"
+                >> beam.FlatMap(
+                    lambda sd, f: [sd[1]] if sd[0] == "train" and unit_interval("vocab", sd[1].doc_id) < f else [],
+                    f=beam.pvalue.AsSingleton(fraction),
+                )
+            )
 
         if self.drop_duplicates:
-            chosen = (sampled("Copies")
-                      | "CopyNames" >> beam.Map(lambda d: (d.doc_id, (d.source, d.record_id)))
-                      | "FirstCopy" >> beam.CombinePerKey(_FirstCopy())
-                      | "SeveralCopies" >> beam.FlatMap(lambda kv: [(kv[0], kv[1][1])] if kv[1][0] > 1 else [])
-                      | "CopiesToDict" >> beam.combiners.ToDict())
+            chosen = (
+                sampled("Copies")
+                | "CopyNames" >> beam.Map(lambda d: (d.doc_id, (d.source, d.record_id)))
+                | "FirstCopy" >> beam.CombinePerKey(_FirstCopy())
+                | "SeveralCopies" >> beam.FlatMap(lambda kv: [(kv[0], kv[1][1])] if kv[1][0] > 1 else [])
+                | "CopiesToDict" >> beam.combiners.ToDict()
+            )
         else:
             chosen = doc_chunks.pipeline | "NoCopies" >> beam.Create([{}])
-        return (sampled("Count")
-                | "CountWords" >> beam.ParDo(_CountWords(casing), chosen=beam.pvalue.AsSingleton(chosen))
-                | "SumCounts" >> beam.CombineGlobally(SumCounts())
-                | "Train" >> beam.Map(lambda counts: make_vocab_info(
+        return (
+            sampled("Count")
+            | "CountWords" >> beam.ParDo(_CountWords(casing), chosen=beam.pvalue.AsSingleton(chosen))
+            | "SumCounts" >> beam.CombineGlobally(SumCounts())
+            | "Train"
+            >> beam.Map(
+                lambda counts: make_vocab_info(
                     train_wordpiece(counts, cfg.vocab_size, SPECIAL_TOKENS, cfg.min_frequency, cfg.limit_alphabet),
-                    casing)))
+                    casing,
+                )
+            )
+        )
 
 
 # --- tokenising ------------------------------------------------------------------------------
+
 
 class _Tokenize(beam.DoFn):
     """(split, Document) -> (split, (TokenizedDocument, DocumentRecord)); the record is the
@@ -346,13 +378,21 @@ class _Tokenize(beam.DoFn):
             if self._unk in e.ids:
                 self._unknown.update(sentence[a:b] for i, (a, b) in zip(e.ids, e.offsets) if i == self._unk)
         tdoc = TokenizedDocument.from_sentences(doc.doc_id, [e.ids for e in encodings])
-        yield split, (tdoc, DocumentRecord(doc.doc_id, split, doc.source, doc.record_id, doc.title,
-                                           tdoc.num_sentences, len(tdoc.ids)))
+        yield (
+            split,
+            (
+                tdoc,
+                DocumentRecord(
+                    doc.doc_id, split, doc.source, doc.record_id, doc.title, tdoc.num_sentences, len(tdoc.ids)
+                ),
+            ),
+        )
 
     def finish_bundle(self):
         for word_count in self._unknown.items():
-            yield beam.pvalue.TaggedOutput(UNKNOWN_WORDS_TAG,
-                                           WindowedValue(word_count, MIN_TIMESTAMP, [GlobalWindow()]))
+            yield beam.pvalue.TaggedOutput(
+                UNKNOWN_WORDS_TAG, WindowedValue(word_count, MIN_TIMESTAMP, [GlobalWindow()])
+            )
 
 
 @dataclass(frozen=True)
@@ -373,18 +413,23 @@ class TokenizeDocuments(beam.PTransform):
 
     def expand(self, doc_chunks) -> TokenizedDocuments:
         tokenize = beam.ParDo(_Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab))
-        out = (doc_chunks
-               | "Documents" >> ReadChunks(self.spill)
-               | "WordPiece" >> tokenize.with_outputs(UNKNOWN_WORDS_TAG, main="tokenized"))
+        out = (
+            doc_chunks
+            | "Documents" >> ReadChunks(self.spill)
+            | "WordPiece" >> tokenize.with_outputs(UNKNOWN_WORDS_TAG, main="tokenized")
+        )
         by_count_then_word = lambda wc: (wc[1], wc[0])  # noqa: E731
-        unknown_words = (out[UNKNOWN_WORDS_TAG]
-                         | "SumUnknownWords" >> beam.CombinePerKey(sum)
-                         | "TopUnknownWords" >> beam.combiners.Top.Of(TOP_UNKNOWN_WORDS, key=by_count_then_word)
-                         | "SortUnknownWords" >> beam.Map(lambda top: sorted(top, key=lambda wc: (-wc[1], wc[0]))))
+        unknown_words = (
+            out[UNKNOWN_WORDS_TAG]
+            | "SumUnknownWords" >> beam.CombinePerKey(sum)
+            | "TopUnknownWords" >> beam.combiners.Top.Of(TOP_UNKNOWN_WORDS, key=by_count_then_word)
+            | "SortUnknownWords" >> beam.Map(lambda top: sorted(top, key=lambda wc: (-wc[1], wc[0])))
+        )
         return TokenizedDocuments(documents=out.tokenized, unknown_words=unknown_words)
 
 
 # --- examples ---------------------------------------------------------------------------------
+
 
 def pass_groups(num_pools: int, passes: int, min_units: int) -> int:
     """How many units a pool's passes are split into: enough for ``min_units`` units in all."""
@@ -410,11 +455,22 @@ class _ExamplesOfPoolPasses(CountingDoFn):
     over several units reports it once. Documents that give no example in a pass go to the
     ``empty`` output, once per pass."""
 
-    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, seed: int, schema, passes: int,
-                 drop_duplicates: bool, spill: Spill):
+    def __init__(
+        self,
+        instances: InstancesConfig,
+        masking: MaskingConfig,
+        seed: int,
+        schema,
+        passes: int,
+        drop_duplicates: bool,
+        spill: Spill,
+    ):
         self.params = InstanceParams(instances.max_seq_length, instances.short_seq_prob, instances.objective)
-        self.masking = (MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
-                        if masking.mode == "static" else None)
+        self.masking = (
+            MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
+            if masking.mode == "static"
+            else None
+        )
         self.seed, self.schema, self.passes, self.drop_duplicates = seed, schema, passes, drop_duplicates
         self.spill = spill
 
@@ -433,8 +489,15 @@ class _ExamplesOfPoolPasses(CountingDoFn):
             if self.drop_duplicates and kept and kept[-1][0].doc_id == doc.doc_id:
                 if group == 0:
                     first = kept[-1][1]
-                    yield _reject(self, Rejection(record.source, record.record_id, RejectReason.DUPLICATE,
-                                                  f"same text as {first.source} record {first.record_id}"))
+                    yield _reject(
+                        self,
+                        Rejection(
+                            record.source,
+                            record.record_id,
+                            RejectReason.DUPLICATE,
+                            f"same text as {first.source} record {first.record_id}",
+                        ),
+                    )
                 continue
             kept.append((doc, record))
         if group == 0:
@@ -447,11 +510,12 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         pool = [doc for doc, _ in kept]
         parts = []
         for pass_index in range(group, self.passes, groups):
-            for i, (doc, record) in enumerate(kept):
+            for i, (_doc, record) in enumerate(kept):
                 cols = examples_for_document(pool, i, pass_index, self.seed, self.params, self.masking, self._vocab)
                 if not len(cols):
-                    yield beam.pvalue.TaggedOutput(EMPTY_TAG, (
-                        (record.source, record.record_id, record.tokens, record.sentences), 1))
+                    yield beam.pvalue.TaggedOutput(
+                        EMPTY_TAG, ((record.source, record.record_id, record.tokens, record.sentences), 1)
+                    )
                 parts.append(cols)
         cols = contract.ExampleColumns.concat(parts)
         if not len(cols):
@@ -528,8 +592,18 @@ class CreateExamples(beam.PTransform):
     ``output.num_shards`` is set (``CreatedExamples.shard_counts``). ``spill``: where the pools'
     chunks and the example batches go."""
 
-    def __init__(self, instances: InstancesConfig, masking: MaskingConfig, output: OutputConfig, seed: int,
-                 vocab, schema, doc_counts, spill: Spill, drop_duplicates: bool = True):
+    def __init__(
+        self,
+        instances: InstancesConfig,
+        masking: MaskingConfig,
+        output: OutputConfig,
+        seed: int,
+        vocab,
+        schema,
+        doc_counts,
+        spill: Spill,
+        drop_duplicates: bool = True,
+    ):
         super().__init__()
         self.instances, self.masking, self.output, self.seed = instances, masking, output, seed
         self.vocab, self.schema, self.drop_duplicates, self.spill = vocab, schema, drop_duplicates, spill
@@ -539,32 +613,54 @@ class CreateExamples(beam.PTransform):
         pool_size, seed, out = self.instances.pool_size, self.seed, self.output
         passes = self.masking.dupe_factor
         pools_per_split = self.doc_counts | "PoolCount" >> beam.Map(
-            lambda counts: {split: max(1, round(n / pool_size)) for split, n in counts.items()})
-        shard_counts = (tokenized
-                        | "DocTokens" >> beam.Map(lambda sm: (sm[0], sm[1][1].tokens))
-                        | "SumTokens" >> beam.CombinePerKey(sum)
-                        | "ShardCount" >> beam.Map(lambda kv: (kv[0], num_shards_for(
-                            kv[1] * passes, out.target_shard_tokens, out.num_shards)))
-                        | "ShardsToDict" >> beam.combiners.ToDict())
+            lambda counts: {split: max(1, round(n / pool_size)) for split, n in counts.items()}
+        )
+        shard_counts = (
+            tokenized
+            | "DocTokens" >> beam.Map(lambda sm: (sm[0], sm[1][1].tokens))
+            | "SumTokens" >> beam.CombinePerKey(sum)
+            | "ShardCount"
+            >> beam.Map(lambda kv: (kv[0], num_shards_for(kv[1] * passes, out.target_shard_tokens, out.num_shards)))
+            | "ShardsToDict" >> beam.combiners.ToDict()
+        )
 
         def no_example_in_any_pass(element):
             (source, record_id, tokens, sentences), n_empty = element
             if n_empty == passes:
-                yield Rejection(source, record_id, RejectReason.NO_INSTANCES,
-                                f"{tokens} tokens in {sentences} sentences gave no example in {passes} passes")
+                yield Rejection(
+                    source,
+                    record_id,
+                    RejectReason.NO_INSTANCES,
+                    f"{tokens} tokens in {sentences} sentences gave no example in {passes} passes",
+                )
 
-        made = (tokenized
-                | "AssignUnits" >> beam.ParDo(_SpillToUnits(self.spill, seed, passes, self.instances.min_work_units),
-                                              pools=beam.pvalue.AsSingleton(pools_per_split))
-                | "GroupUnits" >> beam.GroupByKey()
-                | "Examples" >> beam.ParDo(_ExamplesOfPoolPasses(self.instances, self.masking, seed, self.schema, passes,
-                                                                 self.drop_duplicates, self.spill),
-                                           vocab=beam.pvalue.AsSingleton(self.vocab),
-                                           shards=beam.pvalue.AsSingleton(shard_counts)).with_outputs(
-                    DOCUMENTS_TAG, EMPTY_TAG, REJECTS_TAG, STATS_TAG, main="examples"))
-        no_example = (made[EMPTY_TAG]
-                      | "EmptyPasses" >> beam.CombinePerKey(sum)
-                      | "NoExample" >> beam.FlatMap(no_example_in_any_pass))
+        made = (
+            tokenized
+            | "AssignUnits"
+            >> beam.ParDo(
+                _SpillToUnits(self.spill, seed, passes, self.instances.min_work_units),
+                pools=beam.pvalue.AsSingleton(pools_per_split),
+            )
+            | "GroupUnits" >> beam.GroupByKey()
+            | "Examples"
+            >> beam.ParDo(
+                _ExamplesOfPoolPasses(
+                    self.instances, self.masking, seed, self.schema, passes, self.drop_duplicates, self.spill
+                ),
+                vocab=beam.pvalue.AsSingleton(self.vocab),
+                shards=beam.pvalue.AsSingleton(shard_counts),
+            ).with_outputs(DOCUMENTS_TAG, EMPTY_TAG, REJECTS_TAG, STATS_TAG, main="examples")
+        )
+        no_example = (
+            made[EMPTY_TAG]
+            | "EmptyPasses" >> beam.CombinePerKey(sum)
+            | "NoExample" >> beam.FlatMap(no_example_in_any_pass)
+        )
         rejects = (made[REJECTS_TAG], no_example) | "ExampleRejects" >> beam.Flatten()
-        return CreatedExamples(examples=made.examples, shard_counts=shard_counts, documents=made[DOCUMENTS_TAG],
-                               rejects=rejects, stats=made[STATS_TAG])
+        return CreatedExamples(
+            examples=made.examples,
+            shard_counts=shard_counts,
+            documents=made[DOCUMENTS_TAG],
+            rejects=rejects,
+            stats=made[STATS_TAG],
+        )

@@ -30,8 +30,9 @@ class WordCounter:
     (strip_accents=None follows ``lowercase``)."""
 
     def __init__(self, lowercase: bool, strip_accents: Optional[bool] = None):
-        self.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                     strip_accents=strip_accents, lowercase=lowercase)
+        self.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase
+        )
         self.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
 
     def count(self, texts: Iterable[str]) -> Counter:
@@ -47,11 +48,17 @@ def _piece(symbol: str, first: bool) -> str:
 
 
 def _merge(a: str, b: str) -> str:
-    return a + b[len(PREFIX):]  # b always carries the prefix: it is never a word's first piece
+    return a + b[len(PREFIX) :]  # b always carries the prefix: it is never a word's first piece
 
 
-def train_wordpiece(word_counts: Mapping[str, int], vocab_size: int, special_tokens: list[str],
-                    min_frequency: int = 2, limit_alphabet: int = 1000, max_word_chars: int = 100) -> list[str]:
+def train_wordpiece(
+    word_counts: Mapping[str, int],
+    vocab_size: int,
+    special_tokens: list[str],
+    min_frequency: int = 2,
+    limit_alphabet: int = 1000,
+    max_word_chars: int = 100,
+) -> list[str]:
     """Vocabulary (a list: id -> piece) from word counts; deterministic for the same counts."""
     words = sorted((w, c) for w, c in word_counts.items() if 0 < len(w) <= max_word_chars)
     # Alphabet: the `limit_alphabet` most frequent characters (ties by character).

@@ -11,6 +11,7 @@ from paths import CONF
 def wiki_sample_path() -> str:
     """206 real enwiki pages (2016), bz2: ~100 redirects, 1 non-article page."""
     import gensim
+
     return os.path.join(
         os.path.dirname(gensim.__file__),
         "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
@@ -25,8 +26,11 @@ def sample_documents(wiki_sample_path):
     from pipeline.records import RawDocument
     from pipeline.sources import read_source
 
-    raws = [r for r in read_source(wiki_sample_path, lambda: open(wiki_sample_path, "rb"), SourceConfig())
-            if isinstance(r, RawDocument)]
+    raws = [
+        r
+        for r in read_source(wiki_sample_path, lambda: open(wiki_sample_path, "rb"), SourceConfig())
+        if isinstance(r, RawDocument)
+    ]
     docs = [prepare_document(r, CleaningConfig())[0] for r in raws]
     return [d for d in docs if d is not None]
 
@@ -47,8 +51,9 @@ def sample_vocabulary(sample_paragraphs):
 
     def vocabulary(lowercase: bool) -> list[str]:
         if lowercase not in trained:
-            trained[lowercase] = train_vocabulary(sample_paragraphs, vocab_size=4000, lowercase=lowercase,
-                                                  min_frequency=2, limit_alphabet=500)
+            trained[lowercase] = train_vocabulary(
+                sample_paragraphs, vocab_size=4000, lowercase=lowercase, min_frequency=2, limit_alphabet=500
+            )
         return list(trained[lowercase])
 
     return vocabulary
@@ -91,12 +96,19 @@ def sample_job(tmp_path_factory):
     """The job on the real sample with its defaults (NSP, static masks, dupe_factor 5), 2 worker
     processes, a held-out split large enough to look at."""
     out = tmp_path_factory.mktemp("sample_job")
-    manifest = run_job(out, "seed=7", "instances.eval_fraction=0.05", "runner.direct_num_workers=2",
-                       "runner.direct_running_mode=multi_processing", *SMALL_VOCAB)
+    manifest = run_job(
+        out,
+        "seed=7",
+        "instances.eval_fraction=0.05",
+        "runner.direct_num_workers=2",
+        "runner.direct_running_mode=multi_processing",
+        *SMALL_VOCAB,
+    )
     return out, manifest
 
 
 # --- shards for the trainer's data tests (tests/test_training_data.py) ---------------------
+
 
 @pytest.fixture(scope="session")
 def loader_static_job(tmp_path_factory):
@@ -114,12 +126,19 @@ def loader_dynamic_job(tmp_path_factory):
 
 # --- shards for the trainer's tests (tests/integration: trainer, multinode, resume guard, SLURM, shard cache)
 
+
 @pytest.fixture(scope="session")
 def trainer_shards(tmp_path_factory):
     """NSP, static masks, length 64, a 2000-id vocabulary, 5% held out for evaluation."""
     out = tmp_path_factory.mktemp("trainer_shards")
-    run_job(out, "seed=3", "tokenizer.vocab_size=2000", "instances.max_seq_length=64",
-            "instances.eval_fraction=0.05", *IN_MEMORY)
+    run_job(
+        out,
+        "seed=3",
+        "tokenizer.vocab_size=2000",
+        "instances.max_seq_length=64",
+        "instances.eval_fraction=0.05",
+        *IN_MEMORY,
+    )
     return str(out)
 
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paths import REPO
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "outputs", "multirun", "build", "dist", "*.egg-info",
-                                    "__pycache__", ".pytest_cache")
+
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "outputs", "multirun", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"
+)
 
 
 @dataclass
@@ -53,24 +55,51 @@ def build_installed_venv(work_dir: Path) -> InstalledVenv:
     source = work_dir / "source"
     shutil.copytree(REPO, source, ignore=NOT_SOURCE)
     wheels = work_dir / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheels), str(source)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        check=True,
+        timeout=300,
+    )
     (wheel,) = wheels.glob("bert_pretrain-*.whl")
 
     root = work_dir / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
     python = str(root / "bin" / "python")
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     with open(os.path.join(purelib, "dependencies.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", str(wheel)],
-                   check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", str(wheel)],
+        check=True,
+        timeout=300,
+    )
     venv = InstalledVenv(root, purelib)
 
     elsewhere = work_dir / "elsewhere"
     elsewhere.mkdir(exist_ok=True)
-    where = subprocess.run([python, "-c", "import pipeline, training; print(pipeline.__file__, training.__file__)"],
-                           cwd=elsewhere, env=venv.env(), check=True, capture_output=True, text=True).stdout.split()
+    where = subprocess.run(
+        [python, "-c", "import pipeline, training; print(pipeline.__file__, training.__file__)"],
+        cwd=elsewhere,
+        env=venv.env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert all(path.startswith(purelib) for path in where), where  # the installed copy, not the repository
     return venv

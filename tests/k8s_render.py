@@ -29,8 +29,12 @@ from paths import CONF
 KUSTOMIZATION = "kustomization.yaml"
 KNOWN_KEYS = {"apiVersion", "kind", "resources", "patches", "images", "configMapGenerator", "generatorOptions"}
 MERGE_KEYS = {  # field name -> merge key of its list items (the Kubernetes API's patchMergeKey)
-    "containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
-    "volumeMounts": "mountPath", "ports": "containerPort",
+    "containers": "name",
+    "initContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
 }
 GPU = "nvidia.com/gpu"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -53,6 +57,7 @@ def identity(obj: dict) -> tuple:
 
 
 # --- kustomize ---------------------------------------------------------------------------------
+
 
 def render(directory: str) -> list[dict]:
     path = os.path.join(directory, KUSTOMIZATION)
@@ -152,12 +157,13 @@ def pod_spec(obj: dict) -> dict:
 
 # --- the training Job's consistency ------------------------------------------------------------
 
+
 def torchrun_args(command: list[str]):
     """torchrun's own parse of the arguments after ``torchrun`` (torch.distributed.run)."""
     from torch.distributed.run import get_args_parser
 
     i = command.index("torchrun")
-    return get_args_parser().parse_args(command[i + 1:])
+    return get_args_parser().parse_args(command[i + 1 :])
 
 
 def job_problems(objects: list[dict], claims: dict[str, dict]) -> list[str]:
@@ -183,8 +189,9 @@ def job_problems(objects: list[dict], claims: dict[str, dict]) -> list[str]:
     if spec.get("completionMode") != "Indexed":
         problems.append("completionMode is not Indexed")
     if not (nnodes == str(spec.get("completions")) == str(spec.get("parallelism"))):
-        problems.append(f"--nnodes={nnodes} but completions={spec.get('completions')} "
-                        f"parallelism={spec.get('parallelism')}")
+        problems.append(
+            f"--nnodes={nnodes} but completions={spec.get('completions')} parallelism={spec.get('parallelism')}"
+        )
     gpus = container.get("resources", {}).get("limits", {}).get(GPU)
     if str(gpus) != str(args.nproc_per_node):
         problems.append(f"--nproc_per_node={args.nproc_per_node} but the {GPU} limit is {gpus}")
@@ -202,8 +209,11 @@ def job_problems(objects: list[dict], claims: dict[str, dict]) -> list[str]:
         service = services[0]["spec"]
         if service.get("clusterIP") != "None":
             problems.append("the Service is not headless (clusterIP: None)")
-        pod_labels = {**job["spec"]["template"].get("metadata", {}).get("labels", {}),
-                      "job-name": name, "batch.kubernetes.io/job-name": name}  # set by the Job controller
+        pod_labels = {
+            **job["spec"]["template"].get("metadata", {}).get("labels", {}),
+            "job-name": name,
+            "batch.kubernetes.io/job-name": name,
+        }  # set by the Job controller
         selector = service.get("selector", {})
         if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
             problems.append(f"the Service's selector {selector} does not select the Job's pods {pod_labels}")
@@ -224,11 +234,17 @@ def job_problems(objects: list[dict], claims: dict[str, dict]) -> list[str]:
     if pod.get("restartPolicy") != "Never":
         problems.append("restartPolicy is not Never")
     rules = spec.get("podFailurePolicy", {}).get("rules", [])
-    if not any(r["action"] == "Ignore" and any(c["type"] == "DisruptionTarget" for c in r.get("onPodConditions", []))
-               for r in rules):
+    if not any(
+        r["action"] == "Ignore" and any(c["type"] == "DisruptionTarget" for c in r.get("onPodConditions", []))
+        for r in rules
+    ):
         problems.append("podFailurePolicy does not ignore DisruptionTarget (preemption, eviction, drain)")
-    if not any(r["action"] == "Ignore" and EXIT_STOPPED in r.get("onExitCodes", {}).get("values", [])
-               and r["onExitCodes"].get("operator") == "In" for r in rules):
+    if not any(
+        r["action"] == "Ignore"
+        and EXIT_STOPPED in r.get("onExitCodes", {}).get("values", [])
+        and r["onExitCodes"].get("operator") == "In"
+        for r in rules
+    ):
         problems.append(f"podFailurePolicy does not ignore exit code {EXIT_STOPPED} (a clean stop to resume)")
     if pod.get("terminationGracePeriodSeconds", 30) <= TORCHRUN_WORKER_KILL_S:
         problems.append(f"terminationGracePeriodSeconds <= {TORCHRUN_WORKER_KILL_S}: no time to checkpoint")

@@ -35,8 +35,15 @@ def fault_injecting_command(*overrides: str, nproc: int = 1) -> list[str]:
     script = os.path.join(REPO, "tests", "launch_helpers.py")
     if nproc == 1:
         return [sys.executable, script, *overrides]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script,
-            *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        script,
+        *overrides,
+    ]
 
 
 def single_process_command(*overrides: str) -> list[str]:
@@ -44,8 +51,16 @@ def single_process_command(*overrides: str) -> list[str]:
 
 
 def torchrun_command(nproc: int, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "training", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "training",
+        *overrides,
+    ]
 
 
 def free_port() -> int:
@@ -64,21 +79,46 @@ def multinode_env() -> dict:
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run")
 
 
-def c10d_node_command(port: int, rdzv_id: str, *overrides: str, max_restarts: int = 0, rdzv_conf: str = "",
-                      monitor_interval: float | None = None) -> list[str]:
+def c10d_node_command(
+    port: int,
+    rdzv_id: str,
+    *overrides: str,
+    max_restarts: int = 0,
+    rdzv_conf: str = "",
+    monitor_interval: float | None = None,
+) -> list[str]:
     """One of two torchrun agents (1 process each) meeting through a c10d rendezvous on 127.0.0.1:port
     (hosted by the agent that starts first)."""
     extra = [f"--rdzv_conf={rdzv_conf}"] if rdzv_conf else []
     extra += [f"--monitor-interval={monitor_interval}"] if monitor_interval is not None else []
-    return [*TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
-            f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id={rdzv_id}", f"--max-restarts={max_restarts}", *extra,
-            "-m", "training", *overrides]
+    return [
+        *TORCHRUN,
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{port}",
+        f"--rdzv_id={rdzv_id}",
+        f"--max-restarts={max_restarts}",
+        *extra,
+        "-m",
+        "training",
+        *overrides,
+    ]
 
 
 def static_node_command(node_rank: int, port: int, *overrides: str) -> list[str]:
     """Node ``node_rank`` of 2 (1 process each) with static rendezvous: node 0 hosts the store at 127.0.0.1:port."""
-    return [*TORCHRUN, "--nnodes=2", f"--node_rank={node_rank}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
-            f"--master_port={port}", "-m", "training", *overrides]
+    return [
+        *TORCHRUN,
+        "--nnodes=2",
+        f"--node_rank={node_rank}",
+        "--nproc_per_node=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        "-m",
+        "training",
+        *overrides,
+    ]
 
 
 def start(command: list[str], log_path, cwd: str = REPO, env: dict | None = None) -> subprocess.Popen:
@@ -86,8 +126,15 @@ def start(command: list[str], log_path, cwd: str = REPO, env: dict | None = None
     stdout and stderr to ``log_path``."""
     log = open(log_path, "w")
     try:
-        return subprocess.Popen(command, cwd=cwd, env=env or multinode_env(), stdout=log, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env or multinode_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     finally:
         log.close()
 
@@ -137,8 +184,11 @@ def wait_for(condition, timeout: float, what: str, procs: tuple = (), period: fl
             return value
         ended = [p.returncode for p in procs if p.poll() is not None]
         if ended or time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" if not ended else
-                                 f"a process exited ({ended}) while waiting for {what}")
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {what}"
+                if not ended
+                else f"a process exited ({ended}) while waiting for {what}"
+            )
         time.sleep(period)
 
 

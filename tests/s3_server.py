@@ -18,8 +18,12 @@ import urllib.request
 from launch_helpers import free_port  # noqa: F401  (one helper for every test that needs a port)
 
 # boto3 wants credentials and a region even for a local endpoint; moto accepts any.
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
@@ -41,8 +45,12 @@ class S3Server:
         self._process: subprocess.Popen | None = None
 
     def start(self) -> "S3Server":
-        self._process = subprocess.Popen(_moto_server_command(self.port), stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, env={**os.environ, **FAKE_CREDENTIALS})
+        self._process = subprocess.Popen(
+            _moto_server_command(self.port),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **FAKE_CREDENTIALS},
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self._process.poll() is not None:
@@ -53,8 +61,9 @@ class S3Server:
             except (urllib.error.URLError, OSError) as e:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"moto_server did not answer on {self.endpoint_url} "
-                                       f"within {START_TIMEOUT_S:.0f} s") from e
+                    raise RuntimeError(
+                        f"moto_server did not answer on {self.endpoint_url} within {START_TIMEOUT_S:.0f} s"
+                    ) from e
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -71,9 +80,13 @@ class S3Server:
         """A boto3 S3 client of this server (the fake credentials passed explicitly)."""
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=FAKE_CREDENTIALS["AWS_DEFAULT_REGION"],
-                            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=FAKE_CREDENTIALS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key in ``bucket`` under ``prefix``, sorted."""

@@ -64,8 +64,11 @@ class SlurmCluster:
             self._start_munge()
             self._write_config()
             self._start(_binary("slurmctld"), "-D", "-i", log="slurmctld")
-            self._wait_for(lambda: self.command("scontrol", "ping", check=False).stdout.count("UP") >= 1,
-                           30, "slurmctld did not answer")
+            self._wait_for(
+                lambda: self.command("scontrol", "ping", check=False).stdout.count("UP") >= 1,
+                30,
+                "slurmctld did not answer",
+            )
             for node in NODES:
                 self._start(_binary("slurmd"), "-D", "-N", node, log=f"slurmd-{node}")
             self._wait_for(self._nodes_idle, 60, "the nodes did not register as idle")
@@ -121,9 +124,17 @@ class SlurmCluster:
         key = munge / "munge.key"
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o400)
-        self._start(_binary("munged"), "--foreground", "--force", f"--socket={self.munge_socket}",
-                    f"--key-file={key}", f"--pid-file={munge / 'munged.pid'}", f"--log-file={munge / 'munged.log'}",
-                    f"--seed-file={munge / 'munged.seed'}", log="munged")
+        self._start(
+            _binary("munged"),
+            "--foreground",
+            "--force",
+            f"--socket={self.munge_socket}",
+            f"--key-file={key}",
+            f"--pid-file={munge / 'munged.pid'}",
+            f"--log-file={munge / 'munged.log'}",
+            f"--seed-file={munge / 'munged.seed'}",
+            log="munged",
+        )
         self._wait_for(self.munge_socket.exists, 20, "munged did not create its socket")
 
     def _write_config(self) -> None:
@@ -134,7 +145,9 @@ class SlurmCluster:
             (spool / node).mkdir(parents=True, exist_ok=True)
         node_lines = "\n".join(
             f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} CPUs={self.cpus_per_node} "
-            "State=UNKNOWN" for node in NODES)
+            "State=UNKNOWN"
+            for node in NODES
+        )
         self.conf.write_text(f"""\
 ClusterName=test
 SlurmctldHost={host}(127.0.0.1)
@@ -144,11 +157,11 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.munge_socket},cred_expire=10
-StateSaveLocation={spool / 'ctld'}
+StateSaveLocation={spool / "ctld"}
 SlurmdSpoolDir={spool}/%n
-SlurmctldPidFile={self.root / 'slurmctld.pid'}
+SlurmctldPidFile={self.root / "slurmctld.pid"}
 SlurmdPidFile={self.root}/slurmd-%n.pid
-SlurmctldLogFile={self.root / 'slurmctld.log'}
+SlurmctldLogFile={self.root / "slurmctld.log"}
 SlurmdLogFile={self.root}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -162,7 +175,7 @@ SchedulerType=sched/backfill
 MinJobAge=600
 KillWait=10
 {node_lines}
-PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """)
 
     def _nodes_idle(self) -> bool:
@@ -181,8 +194,14 @@ PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
     # -- jobs --
 
     def sbatch(self, args: list[str], cwd: str | None = None, env: dict | None = None) -> str:
-        r = subprocess.run(["sbatch", "--parsable", *args], env={**self.env, **(env or {})}, cwd=cwd,
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["sbatch", "--parsable", *args],
+            env={**self.env, **(env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if r.returncode:
             raise RuntimeError(f"sbatch failed: {r.stderr.strip()}")
         return r.stdout.strip().split(";")[0]

@@ -73,26 +73,40 @@ def config_hash(resolved_config: dict) -> str:
 
 # --- the run's config beside each checkpoint ---------------------------------------------------
 
+
 def data_identity(manifest) -> dict:
     """What identifies a shard directory's content, whatever its path: a fingerprint (sha256) over
     the vocabulary hash, special ids, objective, length, masking and every shard's split, file,
     rows and sha256 from ``manifest`` (a ``pipeline.contract.ShardManifest``), plus a few of
     those for messages."""
     shards = sorted([s.split, s.file, s.rows, s.sha256] for s in manifest.shards)
-    content = {"vocab_sha256": manifest.vocab_sha256, "special_tokens": manifest.special_tokens,
-               "objective": manifest.objective, "max_seq_length": manifest.max_seq_length,
-               "masking": dataclasses.asdict(manifest.masking), "shards": shards}
+    content = {
+        "vocab_sha256": manifest.vocab_sha256,
+        "special_tokens": manifest.special_tokens,
+        "objective": manifest.objective,
+        "max_seq_length": manifest.max_seq_length,
+        "masking": dataclasses.asdict(manifest.masking),
+        "shards": shards,
+    }
     fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-    return {"fingerprint": fingerprint, "vocab_sha256": manifest.vocab_sha256, "shards": len(shards),
-            "rows": sum(s.rows for s in manifest.shards)}
+    return {
+        "fingerprint": fingerprint,
+        "vocab_sha256": manifest.vocab_sha256,
+        "shards": len(shards),
+        "rows": sum(s.rows for s in manifest.shards),
+    }
 
 
 def run_record(resolved_config: dict, bert_cfg, data: dict) -> dict:
     """What ``run_config.json`` holds: the resolved config with its secrets redacted (as W&B gets
     it), the model's architecture (``ARCHITECTURE_FIELDS`` of ``bert_cfg``, a
     ``training.model.BertConfig``) and ``data_identity`` of the shards."""
-    return {"version": RUN_RECORD_VERSION, "config": redact(resolved_config),
-            "architecture": {name: getattr(bert_cfg, name) for name in ARCHITECTURE_FIELDS}, "data": data}
+    return {
+        "version": RUN_RECORD_VERSION,
+        "config": redact(resolved_config),
+        "architecture": {name: getattr(bert_cfg, name) for name in ARCHITECTURE_FIELDS},
+        "data": data,
+    }
 
 
 def write_run_record(checkpoint_dir: str, tag: str, record: dict) -> None:
@@ -125,43 +139,60 @@ def check_resumable(saved: dict, current: dict, where: str, force: bool) -> list
     lines for a warning (empty when the configs match).
     """
     if saved.get("version") != RUN_RECORD_VERSION:
-        raise ConfigError(f"{where}/{RUN_CONFIG_FILE} has version {saved.get('version')!r}, this trainer "
-                          f"reads {RUN_RECORD_VERSION}: resume with the trainer that wrote it, or use another output_dir")
-    lines = [f"{key}: {_value(old)} -> {_value(new)}"
-             for key, old, new in config_differences(saved["config"], current["config"])]
+        raise ConfigError(
+            f"{where}/{RUN_CONFIG_FILE} has version {saved.get('version')!r}, this trainer "
+            f"reads {RUN_RECORD_VERSION}: resume with the trainer that wrote it, or use another output_dir"
+        )
+    lines = [
+        f"{key}: {_value(old)} -> {_value(new)}"
+        for key, old, new in config_differences(saved["config"], current["config"])
+    ]
     old_data, new_data = saved["data"], current["data"]
     if old_data["fingerprint"] != new_data["fingerprint"]:
         old_dir, new_dir = saved["config"].get("data_dir"), current["config"].get("data_dir")
         moved = f"{_value(old_dir)} -> {_value(new_dir)}" if old_dir != new_dir else f"{_value(new_dir)} (same path)"
-        lines.append(f"data_dir: {moved}: other shards (vocabulary sha256 {old_data['vocab_sha256'][:12]} -> "
-                     f"{new_data['vocab_sha256'][:12]}, {old_data['shards']} -> {new_data['shards']} shards, "
-                     f"{old_data['rows']} -> {new_data['rows']} rows, fingerprint {old_data['fingerprint'][:12]} -> "
-                     f"{new_data['fingerprint'][:12]})")
-    architecture = [f"{name} {_value(saved['architecture'].get(name))} -> {_value(value)}"
-                    for name, value in current["architecture"].items() if saved["architecture"].get(name) != value]
+        lines.append(
+            f"data_dir: {moved}: other shards (vocabulary sha256 {old_data['vocab_sha256'][:12]} -> "
+            f"{new_data['vocab_sha256'][:12]}, {old_data['shards']} -> {new_data['shards']} shards, "
+            f"{old_data['rows']} -> {new_data['rows']} rows, fingerprint {old_data['fingerprint'][:12]} -> "
+            f"{new_data['fingerprint'][:12]})"
+        )
+    architecture = [
+        f"{name} {_value(saved['architecture'].get(name))} -> {_value(value)}"
+        for name, value in current["architecture"].items()
+        if saved["architecture"].get(name) != value
+    ]
     if architecture:
         raise ConfigError(
             f"output_dir holds checkpoint {where} of a run whose config differs from this one:\n  "
-            + "\n  ".join(lines) + f"\nThe model architecture differs ({', '.join(architecture)}): the "
+            + "\n  ".join(lines)
+            + f"\nThe model architecture differs ({', '.join(architecture)}): the "
             "checkpoint's weights do not fit this model, so it can not be resumed, not even with "
-            "trainer.force_resume=true. Use another output_dir for this run.")
+            "trainer.force_resume=true. Use another output_dir for this run."
+        )
     if lines and not force:
         raise ConfigError(
             f"output_dir holds checkpoint {where} of a run whose config differs from this one:\n  "
-            + "\n  ".join(lines) + "\nResuming would continue that run, not start this one. Either use another "
+            + "\n  ".join(lines)
+            + "\nResuming would continue that run, not start this one. Either use another "
             "output_dir for a new run, or set trainer.force_resume=true to resume that run with the new values "
-            "(keys that may change on a resume without it: training.config.RESUMABLE_KEYS).")
+            "(keys that may change on a resume without it: training.config.RESUMABLE_KEYS)."
+        )
     return lines
 
 
 # --- discovery and retention -------------------------------------------------------------------
 
+
 def complete_tags(checkpoint_dir: str) -> list[str]:
     """Tags with the ``complete`` marker, oldest first."""
     if not os.path.isdir(checkpoint_dir):
         return []
-    tags = [name for name in os.listdir(checkpoint_dir)
-            if step_of(name) is not None and os.path.exists(os.path.join(checkpoint_dir, name, COMPLETE_MARKER))]
+    tags = [
+        name
+        for name in os.listdir(checkpoint_dir)
+        if step_of(name) is not None and os.path.exists(os.path.join(checkpoint_dir, name, COMPLETE_MARKER))
+    ]
     return sorted(tags, key=step_of)
 
 
@@ -207,14 +238,20 @@ def prune(checkpoint_dir: str, keep_last_k: int) -> list[str]:
 
 # --- RNG states --------------------------------------------------------------------------------
 
+
 def rng_state() -> dict[str, Any]:
     """This process's RNG states in a form ``torch.load(weights_only=True)`` accepts."""
     version, internal, gauss = random.getstate()
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state = {
         "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -227,8 +264,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
+    np.random.set_state(
+        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -260,24 +298,35 @@ CLIENT_STATE_KEY = "bert_trainer"
 """Our entry in DeepSpeed's model-states dict (one key, so it can never shadow one of DeepSpeed's)."""
 
 
-def client_state(step: int, samples_consumed: int, loader_state: dict, tracker_run_id: Optional[str],
-                 cfg_hash: str) -> dict:
+def client_state(
+    step: int, samples_consumed: int, loader_state: dict, tracker_run_id: Optional[str], cfg_hash: str
+) -> dict:
     """What ``engine.save_checkpoint(client_state=...)`` stores beside the model (plain types)."""
-    return {CLIENT_STATE_KEY: {
-        "version": CLIENT_STATE_VERSION, "step": int(step), "samples_consumed": int(samples_consumed),
-        "loader": dict(loader_state), "tracker_run_id": tracker_run_id, "config_hash": cfg_hash}}
+    return {
+        CLIENT_STATE_KEY: {
+            "version": CLIENT_STATE_VERSION,
+            "step": int(step),
+            "samples_consumed": int(samples_consumed),
+            "loader": dict(loader_state),
+            "tracker_run_id": tracker_run_id,
+            "config_hash": cfg_hash,
+        }
+    }
 
 
 def check_client_state(client: Optional[dict], tag: str) -> dict:
     """Our part of what ``engine.load_checkpoint`` returned, checked."""
     state = (client or {}).get(CLIENT_STATE_KEY)
     if not state or state.get("version") != CLIENT_STATE_VERSION:
-        raise RuntimeError(f"checkpoint {tag} has no {CLIENT_STATE_KEY!r} client state of version "
-                           f"{CLIENT_STATE_VERSION}: it was not written by this trainer (or by another version)")
+        raise RuntimeError(
+            f"checkpoint {tag} has no {CLIENT_STATE_KEY!r} client state of version "
+            f"{CLIENT_STATE_VERSION}: it was not written by this trainer (or by another version)"
+        )
     return state
 
 
 # --- saving and loading through the engine -----------------------------------------------------
+
 
 def local_weights_finite(engine) -> bool:
     """Whether this rank's share of the weights is finite (ZeRO-3: its partition, else the full
@@ -291,8 +340,7 @@ def local_weights_finite(engine) -> bool:
     return True
 
 
-def save(engine, checkpoint_dir: str, step: int, state: dict, rank: int, keep_last_k: int,
-         record: dict) -> str:
+def save(engine, checkpoint_dir: str, step: int, state: dict, rank: int, keep_last_k: int, record: dict) -> str:
     """Collective: every rank calls it. DeepSpeed checkpoint + this rank's RNG file, then (rank 0,
     after a barrier) ``record`` (a ``run_record``) as run_config.json, the ``complete`` marker and
     pruning. Returns the tag."""
@@ -304,8 +352,15 @@ def save(engine, checkpoint_dir: str, step: int, state: dict, rank: int, keep_la
     dist.barrier()
     if rank == 0:
         write_run_record(checkpoint_dir, tag, record)
-        mark_complete(checkpoint_dir, tag, {"step": step, "world_size": dist.get_world_size(),
-                                            "samples_consumed": state[CLIENT_STATE_KEY]["samples_consumed"]})
+        mark_complete(
+            checkpoint_dir,
+            tag,
+            {
+                "step": step,
+                "world_size": dist.get_world_size(),
+                "samples_consumed": state[CLIENT_STATE_KEY]["samples_consumed"],
+            },
+        )
         prune(checkpoint_dir, keep_last_k)
     dist.barrier()
     return tag

@@ -79,12 +79,20 @@ class ModelConfig:
     """Build the sentence (NSP/SOP) head; null: from the manifest's objective (none -> no head)."""
 
     def __post_init__(self):
-        _positive("model", hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
-                  num_attention_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
-                  max_position_embeddings=self.max_position_embeddings, type_vocab_size=self.type_vocab_size)
+        _positive(
+            "model",
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            max_position_embeddings=self.max_position_embeddings,
+            type_vocab_size=self.type_vocab_size,
+        )
         if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"model.hidden_size {self.hidden_size} is not divisible by "
-                              f"model.num_attention_heads {self.num_attention_heads}")
+            raise ConfigError(
+                f"model.hidden_size {self.hidden_size} is not divisible by "
+                f"model.num_attention_heads {self.num_attention_heads}"
+            )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -99,12 +107,16 @@ class ModelConfig:
         vocab_size, objective ("nsp", "sop" or "none") and pad_token_id are the manifest's.
         """
         if self.vocab_size is not None and self.vocab_size != vocab_size:
-            raise ConfigError(f"model.vocab_size is {self.vocab_size} but the shards' vocabulary has "
-                              f"{vocab_size} entries; leave model.vocab_size null to take the manifest's")
+            raise ConfigError(
+                f"model.vocab_size is {self.vocab_size} but the shards' vocabulary has "
+                f"{vocab_size} entries; leave model.vocab_size null to take the manifest's"
+            )
         has_pairs = objective != "none"
         if self.with_nsp_head is not None and self.with_nsp_head != has_pairs:
-            raise ConfigError(f"model.with_nsp_head is {self.with_nsp_head} but the shards' objective is "
-                              f"{objective!r}; leave model.with_nsp_head null to follow the manifest")
+            raise ConfigError(
+                f"model.with_nsp_head is {self.with_nsp_head} but the shards' objective is "
+                f"{objective!r}; leave model.with_nsp_head null to follow the manifest"
+            )
         return {
             "vocab_size": vocab_size,
             "hidden_size": self.hidden_size,
@@ -200,13 +212,17 @@ class OptimConfig:
         if self.name not in OPTIMIZERS:
             raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
         check_adam_fields(self)
-        if self.min_trust_ratio < 0 or (self.max_trust_ratio is not None
-                                        and self.max_trust_ratio < max(self.min_trust_ratio, 1e-12)):
-            raise ConfigError("optim.min_trust_ratio must be >= 0 and optim.max_trust_ratio "
-                              "positive and >= min_trust_ratio (or null)")
+        if self.min_trust_ratio < 0 or (
+            self.max_trust_ratio is not None and self.max_trust_ratio < max(self.min_trust_ratio, 1e-12)
+        ):
+            raise ConfigError(
+                "optim.min_trust_ratio must be >= 0 and optim.max_trust_ratio positive and >= min_trust_ratio (or null)"
+            )
         if (self.warmup_steps is None) == (self.warmup_ratio is None):
-            raise ConfigError("set exactly one of optim.warmup_steps and optim.warmup_ratio "
-                              f"(the other null); got {self.warmup_steps} and {self.warmup_ratio}")
+            raise ConfigError(
+                "set exactly one of optim.warmup_steps and optim.warmup_ratio "
+                f"(the other null); got {self.warmup_steps} and {self.warmup_ratio}"
+            )
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.warmup_ratio is not None and not 0.0 <= self.warmup_ratio < 1.0:
@@ -262,17 +278,24 @@ class EngineConfig:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.offload_optimizer and self.zero_stage < 1:
-            raise ConfigError("deepspeed.offload_optimizer needs ZeRO stage 1, 2 or 3 "
-                              "(DeepSpeed offloads the optimizer states it partitions)")
+            raise ConfigError(
+                "deepspeed.offload_optimizer needs ZeRO stage 1, 2 or 3 "
+                "(DeepSpeed offloads the optimizer states it partitions)"
+            )
         if self.offload_param and self.zero_stage != 3:
             raise ConfigError("deepspeed.offload_param needs ZeRO stage 3 (only stage 3 partitions parameters)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"deepspeed.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.loss_scale < 0:
             raise ConfigError("deepspeed.loss_scale must be >= 0 (0 = dynamic)")
-        _positive("deepspeed", loss_scale_window=self.loss_scale_window, hysteresis=self.hysteresis,
-                  min_loss_scale=self.min_loss_scale, reduce_bucket_size=self.reduce_bucket_size,
-                  allgather_bucket_size=self.allgather_bucket_size)
+        _positive(
+            "deepspeed",
+            loss_scale_window=self.loss_scale_window,
+            hysteresis=self.hysteresis,
+            min_loss_scale=self.min_loss_scale,
+            reduce_bucket_size=self.reduce_bucket_size,
+            allgather_bucket_size=self.allgather_bucket_size,
+        )
         if self.initial_scale_power < 0:
             raise ConfigError("deepspeed.initial_scale_power must be >= 0")
 
@@ -330,10 +353,16 @@ class TrainerConfig:
     """Timeout of collective operations (raise for slow checkpoint saves on shared filesystems)."""
 
     def __post_init__(self):
-        _positive("trainer", max_steps=self.max_steps, global_batch_size=self.global_batch_size,
-                  log_every=self.log_every, checkpoint_every=self.checkpoint_every,
-                  keep_last_k=self.keep_last_k, max_nonfinite_in_a_row=self.max_nonfinite_in_a_row,
-                  dist_timeout_minutes=self.dist_timeout_minutes)
+        _positive(
+            "trainer",
+            max_steps=self.max_steps,
+            global_batch_size=self.global_batch_size,
+            log_every=self.log_every,
+            checkpoint_every=self.checkpoint_every,
+            keep_last_k=self.keep_last_k,
+            max_nonfinite_in_a_row=self.max_nonfinite_in_a_row,
+            dist_timeout_minutes=self.dist_timeout_minutes,
+        )
         if self.eval_every < 0:
             raise ConfigError(f"trainer.eval_every must be >= 0, got {self.eval_every}")
         if self.eval_steps is not None:
@@ -341,8 +370,7 @@ class TrainerConfig:
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ConfigError(f"trainer.peak_tflops must be positive or null, got {self.peak_tflops}")
         if self.dist_backend is not None and self.dist_backend not in DIST_BACKENDS:
-            raise ConfigError(f"trainer.dist_backend must be one of {DIST_BACKENDS} or null, "
-                              f"got {self.dist_backend!r}")
+            raise ConfigError(f"trainer.dist_backend must be one of {DIST_BACKENDS} or null, got {self.dist_backend!r}")
 
 
 RESUMABLE_KEYS: dict[str, str] = {
@@ -374,8 +402,16 @@ run and the run resuming it, each with why that is safe: none changes what the r
 compute. Any other difference stops the resume (``training.checkpoint.check_resumable``) unless
 ``trainer.force_resume=true``."""
 
-ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                       "intermediate_size", "max_position_embeddings", "type_vocab_size", "with_nsp_head")
+ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "with_nsp_head",
+)
 """Fields of ``training.model.BertConfig`` that make the model's architecture: a checkpoint whose
 architecture differs in one of them can not be resumed at all, not even with trainer.force_resume."""
 
@@ -404,8 +440,11 @@ def config_differences(saved: dict, current: dict) -> list[tuple[str, object, ob
     """(key, saved value, current value) for every dotted key outside RESUMABLE_KEYS whose
     values differ between two resolved configs (nested dicts), sorted by key."""
     old, new = flat_config(saved), flat_config(current)
-    return [(key, old.get(key, ABSENT), new.get(key, ABSENT)) for key in sorted(old.keys() | new.keys())
-            if not is_resumable_key(key) and old.get(key, ABSENT) != new.get(key, ABSENT)]
+    return [
+        (key, old.get(key, ABSENT), new.get(key, ABSENT))
+        for key in sorted(old.keys() | new.keys())
+        if not is_resumable_key(key) and old.get(key, ABSENT) != new.get(key, ABSENT)
+    ]
 
 
 @dataclass
@@ -470,16 +509,21 @@ def check_consistency(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"optim.name=lamb needs deepspeed.zero_stage=0, got {cfg.deepspeed.zero_stage}: ZeRO flattens "
             f"parameters into per-rank partitions, so LAMB's per-tensor trust ratio cannot be taken{offload}; "
-            "use deepspeed=zero0, or optim=adamw with ZeRO")
+            "use deepspeed=zero0, or optim=adamw with ZeRO"
+        )
     if cfg.trainer.global_batch_size % cfg.data.micro_batch_size:
-        raise ConfigError(f"trainer.global_batch_size {cfg.trainer.global_batch_size} is not a multiple "
-                          f"of data.micro_batch_size {cfg.data.micro_batch_size}")
+        raise ConfigError(
+            f"trainer.global_batch_size {cfg.trainer.global_batch_size} is not a multiple "
+            f"of data.micro_batch_size {cfg.data.micro_batch_size}"
+        )
     warmup = cfg.optim.resolved_warmup_steps(cfg.trainer.max_steps)
     if warmup > cfg.trainer.max_steps:
         raise ConfigError(f"optim.warmup_steps {warmup} exceeds trainer.max_steps {cfg.trainer.max_steps}")
     if cfg.data.max_seq_length is not None and cfg.data.max_seq_length > cfg.model.max_position_embeddings:
-        raise ConfigError(f"data.max_seq_length {cfg.data.max_seq_length} exceeds "
-                          f"model.max_position_embeddings {cfg.model.max_position_embeddings}")
+        raise ConfigError(
+            f"data.max_seq_length {cfg.data.max_seq_length} exceeds "
+            f"model.max_position_embeddings {cfg.model.max_position_embeddings}"
+        )
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:

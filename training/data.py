@@ -41,8 +41,14 @@ from training.config import DataConfig
 from training.labels import IGNORE_INDEX
 from training.sampler import BatchRequest, EvalBatchPlan, TrainBatchPlan
 
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions",
-                "masked_lm_labels", "next_sentence_label")
+MODEL_INPUTS = (
+    "input_ids",
+    "token_type_ids",
+    "attention_mask",
+    "masked_lm_positions",
+    "masked_lm_labels",
+    "next_sentence_label",
+)
 """Batch keys that are arguments of ``BertForPreTraining.forward``; the others are bookkeeping."""
 
 EVAL_MASKING_EPOCH = 0
@@ -52,6 +58,7 @@ STATE_VERSION = 1
 
 
 # --- run expectations and the manifest check ----------------------------------------------------
+
 
 class DataContractError(ContractError):
     """The shards do not fit the run (a ValueError); the message says what to change."""
@@ -75,12 +82,18 @@ class RunExpectations:
     """If set, the shards' max_seq_length must be this (data.max_seq_length: phase 1 or phase 2)."""
 
     @classmethod
-    def of_model(cls, model_cfg: Any, max_seq_length: Optional[int] = None,
-                 vocab_sha256: Optional[str] = None) -> "RunExpectations":
+    def of_model(
+        cls, model_cfg: Any, max_seq_length: Optional[int] = None, vocab_sha256: Optional[str] = None
+    ) -> "RunExpectations":
         """From a ``training.model.BertConfig`` (or anything with the same fields)."""
-        return cls(vocab_size=model_cfg.vocab_size, max_position_embeddings=model_cfg.max_position_embeddings,
-                   with_nsp_head=model_cfg.with_nsp_head, pad_token_id=model_cfg.pad_token_id,
-                   vocab_sha256=vocab_sha256, max_seq_length=max_seq_length)
+        return cls(
+            vocab_size=model_cfg.vocab_size,
+            max_position_embeddings=model_cfg.max_position_embeddings,
+            with_nsp_head=model_cfg.with_nsp_head,
+            pad_token_id=model_cfg.pad_token_id,
+            vocab_sha256=vocab_sha256,
+            max_seq_length=max_seq_length,
+        )
 
 
 def validate_manifest(manifest: ShardManifest, data_dir: str, expect: RunExpectations) -> list[str]:
@@ -95,82 +108,104 @@ def validate_manifest(manifest: ShardManifest, data_dir: str, expect: RunExpecta
     if manifest.schema_version != contract.SCHEMA_VERSION:
         raise DataContractError(
             f"{data_dir}: manifest schema version {manifest.schema_version}, this trainer reads "
-            f"{contract.SCHEMA_VERSION}: rebuild the shards with this checkout's pipeline")
+            f"{contract.SCHEMA_VERSION}: rebuild the shards with this checkout's pipeline"
+        )
     problems: list[str] = []
     vocab = _check_vocabulary(manifest, data_dir, expect, problems)
     if expect.max_seq_length is not None and manifest.max_seq_length != expect.max_seq_length:
         problems.append(
             f"the shards were built with max_seq_length={manifest.max_seq_length} but the run expects "
             f"data.max_seq_length={expect.max_seq_length}: point data_dir at shards of that length, or set "
-            f"data.max_seq_length={manifest.max_seq_length} (or null)")
+            f"data.max_seq_length={manifest.max_seq_length} (or null)"
+        )
     if manifest.max_seq_length > expect.max_position_embeddings:
         problems.append(
             f"the shards hold sequences of up to max_seq_length={manifest.max_seq_length} tokens but the model "
             f"has max_position_embeddings={expect.max_position_embeddings}: raise the model's "
             f"max_position_embeddings to at least {manifest.max_seq_length}, or rebuild the shards with "
-            f"instances.max_seq_length<={expect.max_position_embeddings}")
+            f"instances.max_seq_length<={expect.max_position_embeddings}"
+        )
     if manifest.objective not in contract.OBJECTIVES:
-        problems.append(f"unknown objective {manifest.objective!r} in the manifest (expected one of "
-                        f"{contract.OBJECTIVES}): rebuild the shards")
+        problems.append(
+            f"unknown objective {manifest.objective!r} in the manifest (expected one of "
+            f"{contract.OBJECTIVES}): rebuild the shards"
+        )
     elif manifest.objective == "none" and expect.with_nsp_head:
         problems.append(
             "the shards were built with objective 'none' (no sentence-pair label) but the model has an NSP "
-            "head: set the model's with_nsp_head=false, or rebuild the shards with instances=nsp or sop")
+            "head: set the model's with_nsp_head=false, or rebuild the shards with instances=nsp or sop"
+        )
     elif manifest.objective != "none" and not expect.with_nsp_head:
         problems.append(
             f"the shards carry a sentence-pair label (objective {manifest.objective!r}) but the model has no "
-            f"NSP head: set the model's with_nsp_head=true, or rebuild the shards with instances=none")
+            f"NSP head: set the model's with_nsp_head=true, or rebuild the shards with instances=none"
+        )
     _check_masking(manifest, problems)
     _check_shard_files(manifest, data_dir, problems)
     if problems:
-        raise DataContractError(f"the shards in {data_dir} do not fit this run:\n"
-                                + "\n".join(f"  - {p}" for p in problems))
+        raise DataContractError(
+            f"the shards in {data_dir} do not fit this run:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
     return vocab
 
 
-def _check_vocabulary(manifest: ShardManifest, data_dir: str, expect: RunExpectations,
-                      problems: list[str]) -> list[str]:
+def _check_vocabulary(
+    manifest: ShardManifest, data_dir: str, expect: RunExpectations, problems: list[str]
+) -> list[str]:
     path = os.path.join(data_dir, manifest.vocab_file)
     if not os.path.exists(path):
-        raise DataContractError(f"{path} is missing: the shards' ids mean nothing without the vocabulary "
-                                f"the pipeline wrote next to manifest.json; restore it or re-run the pipeline")
+        raise DataContractError(
+            f"{path} is missing: the shards' ids mean nothing without the vocabulary "
+            f"the pipeline wrote next to manifest.json; restore it or re-run the pipeline"
+        )
     actual = contract.sha256_file(path)
     vocab = contract.read_vocab(path)
     if actual != manifest.vocab_sha256:
         problems.append(
             f"{path} has sha256 {actual} but the manifest records {manifest.vocab_sha256}: the vocabulary "
-            f"next to the shards was replaced or edited; restore the file the pipeline wrote or re-run it")
+            f"next to the shards was replaced or edited; restore the file the pipeline wrote or re-run it"
+        )
     elif len(vocab) != manifest.vocab_size:
-        problems.append(f"{path} has {len(vocab)} entries but the manifest records vocab_size "
-                        f"{manifest.vocab_size}: the output directory is inconsistent; re-run the pipeline")
+        problems.append(
+            f"{path} has {len(vocab)} entries but the manifest records vocab_size "
+            f"{manifest.vocab_size}: the output directory is inconsistent; re-run the pipeline"
+        )
     if expect.vocab_sha256 is not None and manifest.vocab_sha256 != expect.vocab_sha256:
         problems.append(
             f"the shards were tokenized with the vocabulary of sha256 {manifest.vocab_sha256} but this run "
             f"expects {expect.vocab_sha256}: point data.dir at shards built with that vocabulary "
-            f"(pipeline tokenizer=vocab_file)")
+            f"(pipeline tokenizer=vocab_file)"
+        )
     if manifest.vocab_size != expect.vocab_size:
         problems.append(
             f"the shards' vocabulary has {manifest.vocab_size} ids but the model's vocab_size is "
             f"{expect.vocab_size}: set the model's vocab_size={manifest.vocab_size}, or use shards built "
-            f"with a {expect.vocab_size}-id vocabulary")
+            f"with a {expect.vocab_size}-id vocabulary"
+        )
     try:
         special = dataclasses.asdict(SpecialTokens.from_vocab(vocab))
     except ContractError as e:
         problems.append(f"{path}: {e}")
         return vocab
     if manifest.special_tokens != special:
-        problems.append(f"the manifest's special token ids {manifest.special_tokens} are not those of "
-                        f"{path} ({special}): the output directory is inconsistent; re-run the pipeline")
+        problems.append(
+            f"the manifest's special token ids {manifest.special_tokens} are not those of "
+            f"{path} ({special}): the output directory is inconsistent; re-run the pipeline"
+        )
     if special["pad"] != expect.pad_token_id:
-        problems.append(f"[PAD] is id {special['pad']} in the shards' vocabulary but the model's pad_token_id "
-                        f"is {expect.pad_token_id}: set the model's pad_token_id={special['pad']}")
+        problems.append(
+            f"[PAD] is id {special['pad']} in the shards' vocabulary but the model's pad_token_id "
+            f"is {expect.pad_token_id}: set the model's pad_token_id={special['pad']}"
+        )
     return vocab
 
 
 def _check_masking(manifest: ShardManifest, problems: list[str]) -> None:
     if manifest.masking.mode not in contract.MASKING_MODES:
-        problems.append(f"unknown masking mode {manifest.masking.mode!r} (expected one of "
-                        f"{contract.MASKING_MODES}): rebuild the shards")
+        problems.append(
+            f"unknown masking mode {manifest.masking.mode!r} (expected one of "
+            f"{contract.MASKING_MODES}): rebuild the shards"
+        )
     elif manifest.masking.mode == "dynamic":
         try:
             masking_params(manifest)
@@ -184,18 +219,26 @@ def _check_shard_files(manifest: ShardManifest, data_dir: str, problems: list[st
         if not os.path.exists(path):
             problems.append(f"{path} is listed in the manifest but missing: copy the whole output directory")
         elif os.path.getsize(path) != shard.bytes:
-            problems.append(f"{path} has {os.path.getsize(path)} bytes, the manifest says {shard.bytes}: "
-                            f"the copy is truncated or the file was replaced")
+            problems.append(
+                f"{path} has {os.path.getsize(path)} bytes, the manifest says {shard.bytes}: "
+                f"the copy is truncated or the file was replaced"
+            )
 
 
 def masking_params(manifest: ShardManifest) -> MaskingParams:
     """The dynamic masking the manifest asks for, as ``mask_tokens`` takes it."""
     m = manifest.masking
-    return MaskingParams(masked_lm_prob=m.masked_lm_prob, max_predictions_per_seq=m.max_predictions_per_seq,
-                         whole_word=m.whole_word, mask_prob=m.mask_prob, random_prob=m.random_prob)
+    return MaskingParams(
+        masked_lm_prob=m.masked_lm_prob,
+        max_predictions_per_seq=m.max_predictions_per_seq,
+        whole_word=m.whole_word,
+        mask_prob=m.mask_prob,
+        random_prob=m.random_prob,
+    )
 
 
 # --- rows of a split, memory-mapped -------------------------------------------------------------
+
 
 @dataclass(frozen=True, eq=False)
 class Example:
@@ -219,8 +262,9 @@ class _ChunkColumns:
         self.ids_values = ids.values.to_numpy()  # (N,) uint16 or int32
         self.segment_b_start = batch.column(contract.SEGMENT_B_START).to_numpy()  # (R,)
         self.example_id = batch.column(contract.EXAMPLE_ID).to_numpy()  # (R,)
-        self.sentence_label = (batch.column(contract.NEXT_SENTENCE_LABEL).to_numpy()
-                               if contract.NEXT_SENTENCE_LABEL in names else None)  # (R,) int8
+        self.sentence_label = (
+            batch.column(contract.NEXT_SENTENCE_LABEL).to_numpy() if contract.NEXT_SENTENCE_LABEL in names else None
+        )  # (R,) int8
         self.mlm_offsets = self.mlm_positions = self.mlm_ids = None
         if contract.MASKED_LM_POSITIONS in names:
             positions = batch.column(contract.MASKED_LM_POSITIONS)
@@ -236,8 +280,9 @@ class _ChunkColumns:
             a, b = self.mlm_offsets[row], self.mlm_offsets[row + 1]
             positions, labels = self.mlm_positions[a:b], self.mlm_ids[a:b]
         label = -1 if self.sentence_label is None else int(self.sentence_label[row])
-        return Example(self.ids_values[lo:hi], int(self.segment_b_start[row]), positions, labels, label,
-                       int(self.example_id[row]))
+        return Example(
+            self.ids_values[lo:hi], int(self.segment_b_start[row]), positions, labels, label, int(self.example_id[row])
+        )
 
 
 def _columns(schema: pa.Schema) -> str:
@@ -275,9 +320,11 @@ class ShardedSplit:
         for path, info in zip(self.paths, self.shards):
             table = contract.open_shard(path)
             if not table.schema.equals(self.schema, check_metadata=False):
-                raise DataContractError(f"{path}: columns {_columns(table.schema)} differ from what the "
-                                        f"manifest implies ({_columns(self.schema)}): the shard belongs to "
-                                        f"another run; re-run the pipeline or restore the manifest")
+                raise DataContractError(
+                    f"{path}: columns {_columns(table.schema)} differ from what the "
+                    f"manifest implies ({_columns(self.schema)}): the shard belongs to "
+                    f"another run; re-run the pipeline or restore the manifest"
+                )
             if table.num_rows != info.rows:
                 raise DataContractError(f"{path} has {table.num_rows} rows, the manifest says {info.rows}")
             for batch in table.to_batches():
@@ -307,6 +354,7 @@ class ShardedSplit:
 
 # --- masking and collation ---------------------------------------------------------------------
 
+
 @dataclass(frozen=True, eq=False)
 class DynamicMasker:
     """Masks unmasked examples with ``mask_tokens``, seeded by (seed, epoch, example_id)."""
@@ -323,11 +371,16 @@ class DynamicMasker:
 
     def __call__(self, example: Example, epoch: int) -> Example:
         tokens = np.array(example.input_ids, dtype=np.int32)  # (T,) private copy of the mapped row
-        masked, positions, labels = mask_tokens(tokens, self.rng(epoch, example.example_id), self.params,
-                                                self.never_mask, self.mask_id, self.vocab_size,
-                                                self.is_continuation)
-        return dataclasses.replace(example, input_ids=masked, masked_lm_positions=positions,
-                                   masked_lm_labels=labels)
+        masked, positions, labels = mask_tokens(
+            tokens,
+            self.rng(epoch, example.example_id),
+            self.params,
+            self.never_mask,
+            self.mask_id,
+            self.vocab_size,
+            self.is_continuation,
+        )
+        return dataclasses.replace(example, input_ids=masked, masked_lm_positions=positions, masked_lm_labels=labels)
 
 
 class PretrainingExamples(torch.utils.data.Dataset):
@@ -373,9 +426,9 @@ class Collator:
         positions = np.zeros((B, P), dtype=np.int64)
         labels = np.full((B, P), IGNORE_INDEX, dtype=np.int64)
         for i, e in enumerate(examples):
-            input_ids[i, :lengths[i]] = e.input_ids
-            positions[i, :len(e.masked_lm_positions)] = e.masked_lm_positions
-            labels[i, :len(e.masked_lm_labels)] = e.masked_lm_labels
+            input_ids[i, : lengths[i]] = e.input_ids
+            positions[i, : len(e.masked_lm_positions)] = e.masked_lm_positions
+            labels[i, : len(e.masked_lm_labels)] = e.masked_lm_labels
         columns = np.arange(T)[None, :]  # (1, T)
         attention_mask = (columns < lengths[:, None]).astype(np.int64)  # (B, T)
         b_start = np.array([e.segment_b_start for e in examples], dtype=np.int64)  # (B,)
@@ -413,13 +466,20 @@ def dense_mlm_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 # --- loaders -----------------------------------------------------------------------------------
 
+
 def _data_loader(dataset: PretrainingExamples, requests, collate: Collator, cfg: DataConfig) -> DataLoader:
     """A DataLoader over precomputed batch requests: batch_size=None hands each request to the
     dataset whole, so the workers never choose rows; order is kept whatever num_workers."""
     workers = cfg.num_workers
-    return DataLoader(dataset, batch_size=None, sampler=requests, collate_fn=collate, num_workers=workers,
-                      pin_memory=cfg.pin_memory and torch.cuda.is_available(),
-                      prefetch_factor=cfg.prefetch_factor if workers else None)
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=requests,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        prefetch_factor=cfg.prefetch_factor if workers else None,
+    )
 
 
 class PretrainingLoader:
@@ -456,10 +516,17 @@ class PretrainingLoader:
 
     def state_dict(self) -> dict[str, int]:
         """Position and what it depends on; identical on every rank."""
-        return {"version": STATE_VERSION, "epoch": self.epoch, "samples_consumed": self.samples_consumed,
-                "batches_consumed": self.samples_consumed // self.plan.global_batch_size,
-                "seed": self.plan.seed, "shuffle": self.plan.shuffle, "num_samples": self.plan.num_samples,
-                "world_size": self.plan.world_size, "micro_batch_size": self.plan.micro_batch_size}
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "samples_consumed": self.samples_consumed,
+            "batches_consumed": self.samples_consumed // self.plan.global_batch_size,
+            "seed": self.plan.seed,
+            "shuffle": self.plan.shuffle,
+            "num_samples": self.plan.num_samples,
+            "world_size": self.plan.world_size,
+            "micro_batch_size": self.plan.micro_batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue exactly after the last batch the saved run consumed (by index arithmetic).
@@ -472,13 +539,17 @@ class PretrainingLoader:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"data loader state version {state.get('version')!r}, this code reads {STATE_VERSION}")
         if state["seed"] != self.plan.seed:
-            raise ValueError(f"the checkpoint's data order was drawn with seed {state['seed']} but this run has "
-                             f"seed={self.plan.seed}: resume with seed={state['seed']}")
+            raise ValueError(
+                f"the checkpoint's data order was drawn with seed {state['seed']} but this run has "
+                f"seed={self.plan.seed}: resume with seed={state['seed']}"
+            )
         if state["shuffle"] != self.plan.shuffle:
             raise ValueError(f"the checkpoint was trained with data.shuffle={state['shuffle']}: resume with it")
         if state["num_samples"] != self.plan.num_samples:
-            raise ValueError(f"the checkpoint was trained on a split of {state['num_samples']} rows but this one has "
-                             f"{self.plan.num_samples}: resume on the same shards (data_dir)")
+            raise ValueError(
+                f"the checkpoint was trained on a split of {state['num_samples']} rows but this one has "
+                f"{self.plan.num_samples}: resume on the same shards (data_dir)"
+            )
         if not 0 <= state["samples_consumed"] <= self.plan.num_samples or state["epoch"] < 0:
             raise ValueError(f"corrupt data loader state {state}")
         self.epoch, self.samples_consumed = int(state["epoch"]), int(state["samples_consumed"])
@@ -513,18 +584,26 @@ class PretrainingData:
         if self.manifest.masking.mode != "dynamic":
             return None
         tables = masking_vocabulary(self.vocab)
-        return DynamicMasker(masking_params(self.manifest), tables.never_mask, tables.is_continuation,
-                             tables.mask_id, tables.size, self.seed)
+        return DynamicMasker(
+            masking_params(self.manifest),
+            tables.never_mask,
+            tables.is_continuation,
+            tables.mask_id,
+            tables.size,
+            self.seed,
+        )
 
     def collator(self) -> Collator:
         return Collator(self.special_tokens.pad, self.has_sentence_label, self.pad_to_multiple_of)
 
-    def train_loader(self, rank: int = 0, world_size: int = 1,
-                     micro_batch_size: Optional[int] = None) -> PretrainingLoader:
+    def train_loader(
+        self, rank: int = 0, world_size: int = 1, micro_batch_size: Optional[int] = None
+    ) -> PretrainingLoader:
         """This rank's training batches (data.train_split); micro batch size: data.micro_batch_size."""
         split = self.split(self.cfg.train_split)
-        plan = TrainBatchPlan(len(split), micro_batch_size or self.cfg.micro_batch_size, self.seed, rank,
-                              world_size, self.cfg.shuffle)
+        plan = TrainBatchPlan(
+            len(split), micro_batch_size or self.cfg.micro_batch_size, self.seed, rank, world_size, self.cfg.shuffle
+        )
         return PretrainingLoader(PretrainingExamples(split, self.masker()), plan, self.collator(), self.cfg)
 
     def eval_loader(self, rank: int = 0, world_size: int = 1, micro_batch_size: Optional[int] = None) -> DataLoader:
@@ -535,12 +614,14 @@ class PretrainingData:
         split = self.split(self.cfg.eval_split)
         size = micro_batch_size or self.cfg.eval_micro_batch_size or self.cfg.micro_batch_size
         plan = EvalBatchPlan(len(split), size, rank, world_size)
-        return _data_loader(PretrainingExamples(split, self.masker()), plan.requests(EVAL_MASKING_EPOCH),
-                            self.collator(), self.cfg)
+        return _data_loader(
+            PretrainingExamples(split, self.masker()), plan.requests(EVAL_MASKING_EPOCH), self.collator(), self.cfg
+        )
 
 
-def open_pretraining_data(data_dir: str, cfg: DataConfig, seed: int, expect: RunExpectations,
-                          pad_to_multiple_of: int = 1) -> PretrainingData:
+def open_pretraining_data(
+    data_dir: str, cfg: DataConfig, seed: int, expect: RunExpectations, pad_to_multiple_of: int = 1
+) -> PretrainingData:
     """Read ``data_dir``'s manifest and validate it against the run and ``cfg``'s split names
     (DataContractError on any mismatch), before any training.
 
@@ -556,17 +637,20 @@ def open_pretraining_data(data_dir: str, cfg: DataConfig, seed: int, expect: Run
     vocab = validate_manifest(manifest, data_dir, expect)
     splits = sorted({s.split for s in manifest.shards})
     if cfg.train_split not in splits:
-        raise DataContractError(f"{data_dir} has no split {cfg.train_split!r} (its splits: {splits}): "
-                                f"set data.train_split to one of them")
+        raise DataContractError(
+            f"{data_dir} has no split {cfg.train_split!r} (its splits: {splits}): set data.train_split to one of them"
+        )
     if not sum(s.rows for s in manifest.shards_of(cfg.train_split)):
         raise DataContractError(
             f"the split {cfg.train_split!r} of {data_dir} is empty (0 examples): the data job wrote no training "
             f"examples. Check its summary and {data_dir}/rejects/*.jsonl for what it dropped (inputs that "
             f"matched nothing useful, documents under cleaning.min_document_chars, an eval_fraction that held "
-            f"out every document), then rerun the data job (python -m pipeline ...) on enough input")
+            f"out every document), then rerun the data job (python -m pipeline ...) on enough input"
+        )
     if cfg.eval_split not in splits and cfg.eval_split not in contract.SPLITS:
-        raise DataContractError(f"{data_dir} has no split {cfg.eval_split!r} (its splits: {splits}): "
-                                f"set data.eval_split to one of them")
+        raise DataContractError(
+            f"{data_dir} has no split {cfg.eval_split!r} (its splits: {splits}): set data.eval_split to one of them"
+        )
     if pad_to_multiple_of < 1:
         raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
     return PretrainingData(data_dir, cfg, seed, manifest, vocab, pad_to_multiple_of)

@@ -24,16 +24,21 @@ def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, w
         raise ConfigError(f"world size must be positive, got {world_size}")
     per_step = micro_batch_size * world_size
     if global_batch_size % per_step:
-        hint = (f"set data.micro_batch_size to a divisor of {global_batch_size // world_size}"
-                if global_batch_size % world_size == 0 else "change trainer.global_batch_size")
+        hint = (
+            f"set data.micro_batch_size to a divisor of {global_batch_size // world_size}"
+            if global_batch_size % world_size == 0
+            else "change trainer.global_batch_size"
+        )
         raise ConfigError(
             f"trainer.global_batch_size {global_batch_size} is not divisible by data.micro_batch_size "
-            f"{micro_batch_size} x world size {world_size} = {per_step}; {hint}")
+            f"{micro_batch_size} x world size {world_size} = {per_step}; {hint}"
+        )
     return global_batch_size // per_step
 
 
-def build_deepspeed_config(engine: EngineConfig, trainer: TrainerConfig, data: DataConfig,
-                           optim: OptimConfig, world_size: int) -> dict:
+def build_deepspeed_config(
+    engine: EngineConfig, trainer: TrainerConfig, data: DataConfig, optim: OptimConfig, world_size: int
+) -> dict:
     """The dict for ``deepspeed.initialize(config=...)``.
 
     engine: the ``deepspeed`` group; trainer: global batch; data: micro batch; optim: gradient
@@ -70,10 +75,12 @@ def _zero_section(engine: EngineConfig) -> dict:
     zero = {"stage": engine.zero_stage}
     if engine.zero_stage == 0:
         return zero  # plain data parallel: the ZeRO knobs below do not apply
-    zero.update({
-        "contiguous_gradients": engine.contiguous_gradients,
-        "reduce_bucket_size": engine.reduce_bucket_size,
-    })
+    zero.update(
+        {
+            "contiguous_gradients": engine.contiguous_gradients,
+            "reduce_bucket_size": engine.reduce_bucket_size,
+        }
+    )
     if engine.overlap_comm is not None:
         zero["overlap_comm"] = engine.overlap_comm
     if engine.zero_stage in (1, 2):

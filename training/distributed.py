@@ -95,8 +95,10 @@ def init_distributed(backend: Optional[str] = None, timeout_minutes: int = 30) -
     single_process_environment()
     missing = [name for name in LAUNCHER_VARIABLES if name not in os.environ]
     if missing:
-        raise ConfigError(f"launcher environment incomplete, missing {missing}: start with torchrun, the deepspeed "
-                           "launcher, or no launcher at all (then none of RANK/WORLD_SIZE/LOCAL_RANK may be set)")
+        raise ConfigError(
+            f"launcher environment incomplete, missing {missing}: start with torchrun, the deepspeed "
+            "launcher, or no launcher at all (then none of RANK/WORLD_SIZE/LOCAL_RANK may be set)"
+        )
     backend = backend or default_backend()
     local_rank = int(os.environ["LOCAL_RANK"])
     if backend == "nccl":
@@ -112,12 +114,18 @@ def init_distributed(backend: Optional[str] = None, timeout_minutes: int = 30) -
             # torchrun's agent keeps one store for every restart of the group: start this group's
             # keys in a namespace of its own (see fresh_group_namespace), or a restarted group reads
             # the dead group's addresses and gloo/NCCL fail to connect or hang for the timeout.
-            dist.init_process_group(backend, store=fresh_group_namespace(timeout), timeout=timeout,
-                                    rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+            dist.init_process_group(
+                backend,
+                store=fresh_group_namespace(timeout),
+                timeout=timeout,
+                rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]),
+            )
             warn_if_nodes_cannot_rejoin()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
-    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                              backend=backend, device=device)
+    return DistributedContext(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, backend=backend, device=device
+    )
 
 
 def warn_if_nodes_cannot_rejoin() -> None:
@@ -127,11 +135,17 @@ def warn_if_nodes_cannot_rejoin() -> None:
     Measured with torch 2.13: the agent that stays rank 0 keeps its shared store and does not
     publish its address for the next rendezvous round, so the new agent waits for it (60 s) and
     both give up. With the variable set, each round gets a fresh store hosted by rank 0."""
-    if (os.environ.get("RANK") == "0" and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
-            and int(os.environ.get("GROUP_WORLD_SIZE", "1")) > 1):
-        log.warning("torchrun --max-restarts over %s nodes with the agent's shared store: workers restart, but a node "
-                    "whose torchrun is started again cannot rejoin; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for "
-                    "torchrun on every node to allow that", os.environ["GROUP_WORLD_SIZE"])
+    if (
+        os.environ.get("RANK") == "0"
+        and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+        and int(os.environ.get("GROUP_WORLD_SIZE", "1")) > 1
+    ):
+        log.warning(
+            "torchrun --max-restarts over %s nodes with the agent's shared store: workers restart, but a node "
+            "whose torchrun is started again cannot rejoin; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for "
+            "torchrun on every node to allow that",
+            os.environ["GROUP_WORLD_SIZE"],
+        )
 
 
 HANDSHAKE_PREFIX = "bert_trainer/group"
@@ -155,8 +169,9 @@ def fresh_group_namespace(timeout: datetime.timedelta):
     import torch.distributed as dist
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-                          is_master=False, timeout=timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
+    )
     root = dist.PrefixStore(HANDSHAKE_PREFIX, store)
     nonce = uuid.uuid4().hex
     if rank == 0:
@@ -172,8 +187,10 @@ def fresh_group_namespace(timeout: datetime.timedelta):
                         root.set(f"reply/{hello}", namespace)
                         answered.add(hello)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"process group: not every rank joined within {timeout} (torchrun store "
-                                   f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']})")
+                raise RuntimeError(
+                    f"process group: not every rank joined within {timeout} (torchrun store "
+                    f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']})"
+                )
             time.sleep(0.05)
     else:
         root.set(f"hello/{rank}", nonce)
@@ -219,8 +236,9 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def check_ranks_agree(ctx: DistributedContext, output_dir: str, config: dict,
-                      local_error: Optional[Exception] = None) -> None:
+def check_ranks_agree(
+    ctx: DistributedContext, output_dir: str, config: dict, local_error: Optional[Exception] = None
+) -> None:
     """Collective, right after ``init_distributed`` and before anything is built: raise the same
     ``ConfigError`` on every rank when the ranks do not write to one output directory, do not run
     the same config, or some rank already failed (``local_error``: what that rank's own checks
@@ -244,9 +262,14 @@ def check_ranks_agree(ctx: DistributedContext, output_dir: str, config: dict,
         if probe:
             with open(probe, "w") as f:
                 f.write(token)
-        mine = {"host": socket.gethostname(), "pid": os.getpid(), "output_dir": output_dir,
-                "config_sha256": None if local_error else hashlib.sha256(text.encode()).hexdigest(), "token": token,
-                "error": None if local_error is None else str(local_error)}
+        mine = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "output_dir": output_dir,
+            "config_sha256": None if local_error else hashlib.sha256(text.encode()).hexdigest(),
+            "token": token,
+            "error": None if local_error is None else str(local_error),
+        }
         places: list[dict] = [None] * ctx.world_size  # type: ignore[list-item]
         dist.all_gather_object(places, mine)
         sees = _sees_probe(output_dir, places[0]["token"])
@@ -290,10 +313,12 @@ def _output_dir_problems(places: list[dict], seen: list[dict]) -> list[str]:
     for r in blind:
         by_dir.setdefault(places[r]["output_dir"], []).append(r)
     where = "; ".join(f"on {_rank_names(ranks, places)} it is {d}" for d, ranks in by_dir.items())
-    return [f"output_dir differs: rank 0 (host {places[0]['host']}) writes to {places[0]['output_dir']}; {where}, "
-            "where the file rank 0 wrote is not visible (another directory, or one not on a filesystem shared by "
-            "every node). Pass the same output_dir on every node, on a shared filesystem (a relative path resolves "
-            "against each node's working directory)"]
+    return [
+        f"output_dir differs: rank 0 (host {places[0]['host']}) writes to {places[0]['output_dir']}; {where}, "
+        "where the file rank 0 wrote is not visible (another directory, or one not on a filesystem shared by "
+        "every node). Pass the same output_dir on every node, on a shared filesystem (a relative path resolves "
+        "against each node's working directory)"
+    ]
 
 
 def _config_problems(places: list[dict], seen: list[dict], first_of_hash: dict[str, int]) -> list[str]:
@@ -307,11 +332,12 @@ def _config_problems(places: list[dict], seen: list[dict], first_of_hash: dict[s
             continue
         ranks = [r for r, place in enumerate(places) if place["config_sha256"] == digest]
         other = seen[first]["config"]
-        keys = sorted(k for k in reference.keys() | other.keys()
-                      if reference.get(k, ABSENT) != other.get(k, ABSENT))
+        keys = sorted(k for k in reference.keys() | other.keys() if reference.get(k, ABSENT) != other.get(k, ABSENT))
         theirs = ", ".join(f"{k}={_short(other.get(k, ABSENT))}" for k in keys[:10])
         ours = ", ".join(f"{k}={_short(reference.get(k, ABSENT))}" for k in keys[:10])
         more = f" (and {len(keys) - 10} more keys)" if len(keys) > 10 else ""
-        problems.append(f"config differs: {_rank_names(ranks, places)} {theirs}{more}, where rank {base} (host "
-                        f"{places[base]['host']}) has {ours}. Start every node with the same command and overrides")
+        problems.append(
+            f"config differs: {_rank_names(ranks, places)} {theirs}{more}, where rank {base} (host "
+            f"{places[base]['host']}) has {ours}. Start every node with the same command and overrides"
+        )
     return problems

@@ -99,12 +99,15 @@ def register_configs() -> None:
 
 # --- the benchmark's data --------------------------------------------------------------------
 
+
 def gensim_test_data(name: str) -> str:
     try:
         import gensim
     except ImportError as e:
-        raise ConfigError(f"the Lee files ship in gensim's wheel (pip install gensim), or give "
-                          f"lee.documents_file and lee.similarities_file") from e
+        raise ConfigError(
+            "the Lee files ship in gensim's wheel (pip install gensim), or give "
+            "lee.documents_file and lee.similarities_file"
+        ) from e
     return os.path.join(os.path.dirname(gensim.__file__), "test", "test_data", name)
 
 
@@ -121,8 +124,9 @@ def read_lee(cfg: LeeConfig) -> tuple[list[str], np.ndarray]:
         documents.pop()
     human = np.loadtxt(similarities_file, delimiter="\t", dtype=np.float64)
     if human.ndim != 2 or human.shape != (len(documents), len(documents)):
-        raise ConfigError(f"{similarities_file} is a {human.shape} matrix but {documents_file} holds "
-                          f"{len(documents)} documents")
+        raise ConfigError(
+            f"{similarities_file} is a {human.shape} matrix but {documents_file} holds {len(documents)} documents"
+        )
     return documents, human
 
 
@@ -132,6 +136,7 @@ def pair_values(matrix: np.ndarray) -> np.ndarray:
 
 
 # --- correlations ----------------------------------------------------------------------------
+
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     """Pearson's r of two equally long samples; nan when either is constant."""
@@ -157,15 +162,24 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 # --- embedding -------------------------------------------------------------------------------
 
+
 def document_windows(pieces: Sequence[int], max_pieces: int, long_documents: str) -> list[list[int]]:
     """Consecutive, non-overlapping windows of at most max_pieces word-piece ids (one, possibly
     empty, for an empty document); ``truncate`` keeps the first only."""
-    windows = [list(pieces[i:i + max_pieces]) for i in range(0, max(len(pieces), 1), max_pieces)]
+    windows = [list(pieces[i : i + max_pieces]) for i in range(0, max(len(pieces), 1), max_pieces)]
     return windows[:1] if long_documents == "truncate" else windows
 
 
-def embed_documents(encoder, tokenizer, special, documents: Sequence[str], max_seq_length: int,
-                    long_documents: str, batch_size: int, device) -> tuple[np.ndarray, int, int]:
+def embed_documents(
+    encoder,
+    tokenizer,
+    special,
+    documents: Sequence[str],
+    max_seq_length: int,
+    long_documents: str,
+    batch_size: int,
+    device,
+) -> tuple[np.ndarray, int, int]:
     """(D, H) float64 document vectors: the attention-masked mean of the last layer's token
     embeddings over each document's windows. Also returns the number of windows and of
     documents longer than one window.
@@ -188,13 +202,13 @@ def embed_documents(encoder, tokenizer, special, documents: Sequence[str], max_s
     order = sorted(range(len(windows)), key=lambda i: len(windows[i]))  # similar lengths, less padding
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             T = max(len(windows[i]) for i in batch)
             ids = torch.full((len(batch), T), special.pad, dtype=torch.long)
             mask = torch.zeros((len(batch), T), dtype=torch.long)
             for row, i in enumerate(batch):
-                ids[row, :len(windows[i])] = torch.tensor(windows[i])
-                mask[row, :len(windows[i])] = 1
+                ids[row, : len(windows[i])] = torch.tensor(windows[i])
+                mask[row, : len(windows[i])] = 1
             ids, mask = ids.to(device), mask.to(device)
             hidden = encoder(ids, torch.zeros_like(ids), mask).float()  # (B, T, H)
             summed = (hidden * mask[..., None]).sum(dim=1).double().cpu().numpy()  # (B, H)
@@ -212,6 +226,7 @@ def cosine_similarities(vectors: np.ndarray) -> np.ndarray:
 
 # --- the run ---------------------------------------------------------------------------------
 
+
 def evaluate_lee(cfg: EvaluateConfig) -> dict:
     """The Lee correlation of cfg.model_dir's encoder: the results dict written to cfg.output."""
     from pipeline.contract import SpecialTokens
@@ -223,13 +238,21 @@ def evaluate_lee(cfg: EvaluateConfig) -> dict:
     checkpoint, encoder = load_encoder(cfg.model_dir, "model_dir")
     max_positions = checkpoint.config["max_position_embeddings"]
     if cfg.max_seq_length > max_positions:
-        raise ConfigError(f"max_seq_length {cfg.max_seq_length} exceeds the model's max_position_embeddings "
-                          f"{max_positions}")
+        raise ConfigError(
+            f"max_seq_length {cfg.max_seq_length} exceeds the model's max_position_embeddings {max_positions}"
+        )
     tokenizer, vocab = checkpoint.tokenizer(), checkpoint.vocab()
     device = resolve_device(cfg.device)
-    vectors, windows, longer = embed_documents(encoder.to(device), tokenizer, SpecialTokens.from_vocab(vocab),
-                                               documents, cfg.max_seq_length, cfg.long_documents, cfg.batch_size,
-                                               device)
+    vectors, windows, longer = embed_documents(
+        encoder.to(device),
+        tokenizer,
+        SpecialTokens.from_vocab(vocab),
+        documents,
+        cfg.max_seq_length,
+        cfg.long_documents,
+        cfg.batch_size,
+        device,
+    )
     model_scores, human_scores = pair_values(cosine_similarities(vectors)), pair_values(human)
     return {
         "task": "lee",
@@ -243,8 +266,10 @@ def evaluate_lee(cfg: EvaluateConfig) -> dict:
         "long_documents": cfg.long_documents,
         "documents_longer_than_a_window": int(longer),
         "windows": windows,
-        "model": {key: checkpoint.config[key] for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
-                                                          "intermediate_size", "vocab_size")},
+        "model": {
+            key: checkpoint.config[key]
+            for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+        },
         "device": str(device),
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -253,10 +278,12 @@ def evaluate_lee(cfg: EvaluateConfig) -> dict:
 def run(cfg: EvaluateConfig) -> dict:
     """Evaluate, print the result line, write cfg.output if set; returns the results."""
     results = evaluate_lee(cfg)
-    print(f"lee: pearson {results['pearson']:.4f} spearman {results['spearman']:.4f} over {results['pairs']} "
-          f"document pairs ({results['documents']} documents, {results['documents_longer_than_a_window']} longer "
-          f"than max_seq_length={cfg.max_seq_length}: {cfg.long_documents}) model_dir={results['model_dir']}",
-          flush=True)
+    print(
+        f"lee: pearson {results['pearson']:.4f} spearman {results['spearman']:.4f} over {results['pairs']} "
+        f"document pairs ({results['documents']} documents, {results['documents_longer_than_a_window']} longer "
+        f"than max_seq_length={cfg.max_seq_length}: {cfg.long_documents}) model_dir={results['model_dir']}",
+        flush=True,
+    )
     if cfg.output:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
         with open(cfg.output, "w", encoding="utf-8") as f:

@@ -58,9 +58,11 @@ def hf_weights(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig) -> dic
     missing = sorted(set(expected) - set(state_dict) - set(TIED_KEYS))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
-        raise ExportError(f"state_dict does not match the model config: missing {missing[:5]}"
-                          f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                          f"{'...' if len(unexpected) > 5 else ''}")
+        raise ExportError(
+            f"state_dict does not match the model config: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}"
+        )
     out = {}
     for name, meta in expected.items():
         if name not in state_dict:
@@ -131,13 +133,16 @@ def export_hf(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig, data_di
     vocab_path = os.path.join(data_dir, manifest.vocab_file)
     vocab = contract.read_vocab(vocab_path)
     if vocab_sha256(vocab) != manifest.vocab_sha256 or len(vocab) != manifest.vocab_size:
-        raise ExportError(f"{vocab_path} is not the vocabulary the manifest names "
-                          f"({manifest.vocab_size} tokens, sha256 {manifest.vocab_sha256[:12]}...)")
+        raise ExportError(
+            f"{vocab_path} is not the vocabulary the manifest names "
+            f"({manifest.vocab_size} tokens, sha256 {manifest.vocab_sha256[:12]}...)"
+        )
     if bert_cfg.vocab_size != manifest.vocab_size:
         raise ExportError(f"model vocab_size {bert_cfg.vocab_size} != the shards' {manifest.vocab_size}")
     if bert_cfg.pad_token_id != manifest.special_tokens["pad"]:
-        raise ExportError(f"model pad_token_id {bert_cfg.pad_token_id} != the shards' [PAD] id "
-                          f"{manifest.special_tokens['pad']}")
+        raise ExportError(
+            f"model pad_token_id {bert_cfg.pad_token_id} != the shards' [PAD] id {manifest.special_tokens['pad']}"
+        )
     tensors = hf_weights(state_dict, bert_cfg)
 
     os.makedirs(out_dir, exist_ok=True)

@@ -43,8 +43,16 @@ PYTORCH_WEIGHTS_FILE = "pytorch_model.bin"
 WEIGHTS_FILES = (WEIGHTS_FILE, PYTORCH_WEIGHTS_FILE)
 """Weight files looked for, in this order (safetensors first: no pickle)."""
 
-ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size", "vocab_size", "layer_norm_eps")
+ARCHITECTURE_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "vocab_size",
+    "layer_norm_eps",
+)
 """config.json keys that must equal the model's (same names in our BertConfig and ModelConfig)."""
 
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -84,26 +92,33 @@ class HFCheckpoint:
             raise CheckpointError(f"{where} does not exist")
         config_path = os.path.join(directory, CONFIG_FILE)
         if not os.path.isfile(config_path):
-            raise CheckpointError(f"{where} has no {CONFIG_FILE}: give a Hugging Face BERT directory "
-                                  f"(config.json, {' or '.join(WEIGHTS_FILES)}, vocab.txt)")
+            raise CheckpointError(
+                f"{where} has no {CONFIG_FILE}: give a Hugging Face BERT directory "
+                f"(config.json, {' or '.join(WEIGHTS_FILES)}, vocab.txt)"
+            )
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
         model_type = config.get("model_type")
         if model_type != "bert":
             raise CheckpointError(f"{where} is a {model_type!r} model (config.json model_type), not BERT")
         if config.get("position_embedding_type", "absolute") != "absolute":
-            raise CheckpointError(f"{where} uses position_embedding_type={config['position_embedding_type']!r}; "
-                                  "this model has absolute position embeddings only")
+            raise CheckpointError(
+                f"{where} uses position_embedding_type={config['position_embedding_type']!r}; "
+                "this model has absolute position embeddings only"
+            )
         if config.get("hidden_act", "gelu") != "gelu":
             raise CheckpointError(f"{where} uses hidden_act={config['hidden_act']!r}; this model has exact GELU only")
         missing = [key for key in ARCHITECTURE_KEYS if key not in config and key != "layer_norm_eps"]
         if missing:
             raise CheckpointError(f"{where}: config.json lacks {missing}")
-        weights = next((os.path.join(directory, f) for f in WEIGHTS_FILES
-                        if os.path.isfile(os.path.join(directory, f))), None)
+        weights = next(
+            (os.path.join(directory, f) for f in WEIGHTS_FILES if os.path.isfile(os.path.join(directory, f))), None
+        )
         if weights is None:
-            raise CheckpointError(f"{where} holds neither {' nor '.join(WEIGHTS_FILES)} (a sharded or "
-                                  "TensorFlow checkpoint: save it as one file with transformers' save_pretrained)")
+            raise CheckpointError(
+                f"{where} holds neither {' nor '.join(WEIGHTS_FILES)} (a sharded or "
+                "TensorFlow checkpoint: save it as one file with transformers' save_pretrained)"
+            )
         vocab = os.path.join(directory, contract.VOCAB_FILE)
         tokenizer_config = {}
         tokenizer_config_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
@@ -123,16 +138,21 @@ class HFCheckpoint:
     def bert_config(self, with_nsp_head: bool = False) -> BertConfig:
         """Our BertConfig of this architecture (dropouts and init range from config.json)."""
         pad = self.config.get("pad_token_id")
-        return BertConfig(**self.architecture(), with_nsp_head=with_nsp_head,
-                          hidden_dropout_prob=self.config.get("hidden_dropout_prob", 0.1),
-                          attention_probs_dropout_prob=self.config.get("attention_probs_dropout_prob", 0.1),
-                          initializer_range=self.config.get("initializer_range", 0.02),
-                          pad_token_id=0 if pad is None else pad)
+        return BertConfig(
+            **self.architecture(),
+            with_nsp_head=with_nsp_head,
+            hidden_dropout_prob=self.config.get("hidden_dropout_prob", 0.1),
+            attention_probs_dropout_prob=self.config.get("attention_probs_dropout_prob", 0.1),
+            initializer_range=self.config.get("initializer_range", 0.02),
+            pad_token_id=0 if pad is None else pad,
+        )
 
     def vocab(self) -> list[str]:
         if self.vocab_path is None:
-            raise CheckpointError(f"{self.where} has no {contract.VOCAB_FILE} (the WordPiece vocabulary its "
-                                  "embeddings index): put the checkpoint's vocab.txt beside its config.json")
+            raise CheckpointError(
+                f"{self.where} has no {contract.VOCAB_FILE} (the WordPiece vocabulary its "
+                "embeddings index): put the checkpoint's vocab.txt beside its config.json"
+            )
         return contract.read_vocab(self.vocab_path)
 
     @property
@@ -175,14 +195,15 @@ def to_our_names(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if key.startswith(ENCODER_PREFIXES):
             key = "bert." + key
         if key.endswith("LayerNorm.gamma"):
-            key = key[:-len("gamma")] + "weight"
+            key = key[: -len("gamma")] + "weight"
         elif key.endswith("LayerNorm.beta"):
-            key = key[:-len("beta")] + "bias"
+            key = key[: -len("beta")] + "bias"
         out[key] = tensor
     return out
 
 
 # --- does it fit the run ---------------------------------------------------------------------
+
 
 def fitting_overrides(arch: dict) -> str:
     """The ``model=`` preset or ``model.*`` overrides that give a model of architecture ``arch``
@@ -191,8 +212,11 @@ def fitting_overrides(arch: dict) -> str:
     preset = next((name for name, fields in PRESETS.items() if fields == shape), None)
     parts = [f"model={preset}"] if preset else [f"model.{key}={value}" for key, value in shape.items()]
     defaults = BertConfig(vocab_size=1, **shape)
-    parts += [f"model.{key}={arch[key]}" for key in ("max_position_embeddings", "type_vocab_size", "layer_norm_eps")
-              if arch[key] != getattr(defaults, key)]
+    parts += [
+        f"model.{key}={arch[key]}"
+        for key in ("max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+        if arch[key] != getattr(defaults, key)
+    ]
     return " ".join(parts)
 
 
@@ -208,26 +232,36 @@ def check_fits(checkpoint: HFCheckpoint, bert_cfg: BertConfig, manifest: contrac
             f"{checkpoint.where} has another vocabulary than the shards: its vocab.txt has {len(vocab):,} tokens "
             f"(sha256 {digest[:12]}), data_dir's {manifest.vocab_size:,} (sha256 {manifest.vocab_sha256[:12]}); its "
             f"embeddings index its own vocabulary, so make the shards with it: python -m pipeline ... "
-            f"tokenizer=vocab_file tokenizer.vocab_file={checkpoint.vocab_path}")
+            f"tokenizer=vocab_file tokenizer.vocab_file={checkpoint.vocab_path}"
+        )
     if checkpoint.lowercase is not None and checkpoint.lowercase != manifest.lowercase:
         raise CheckpointError(
             f"{checkpoint.where} lowercases its input (tokenizer_config.json do_lower_case="
             f"{str(checkpoint.lowercase).lower()}) but the shards were made with lowercase="
             f"{str(manifest.lowercase).lower()}: make them with tokenizer.lowercase="
-            f"{str(checkpoint.lowercase).lower()}")
+            f"{str(checkpoint.lowercase).lower()}"
+        )
     arch = checkpoint.architecture()
     if arch["vocab_size"] != len(vocab):
-        raise CheckpointError(f"{checkpoint.where}: its embedding table has {arch['vocab_size']:,} rows (config.json "
-                              f"vocab_size) for the {len(vocab):,} tokens of its vocab.txt; this trainer needs "
-                              "one row per token")
-    differ = [f"{key} {arch[key]} in the checkpoint, {getattr(bert_cfg, key)} here" for key in ARCHITECTURE_KEYS
-              if arch[key] != getattr(bert_cfg, key)]
+        raise CheckpointError(
+            f"{checkpoint.where}: its embedding table has {arch['vocab_size']:,} rows (config.json "
+            f"vocab_size) for the {len(vocab):,} tokens of its vocab.txt; this trainer needs "
+            "one row per token"
+        )
+    differ = [
+        f"{key} {arch[key]} in the checkpoint, {getattr(bert_cfg, key)} here"
+        for key in ARCHITECTURE_KEYS
+        if arch[key] != getattr(bert_cfg, key)
+    ]
     if differ:
-        raise CheckpointError(f"{checkpoint.where} does not fit this model: {'; '.join(differ)}; "
-                              f"run with {fitting_overrides(arch)}, the checkpoint's architecture")
+        raise CheckpointError(
+            f"{checkpoint.where} does not fit this model: {'; '.join(differ)}; "
+            f"run with {fitting_overrides(arch)}, the checkpoint's architecture"
+        )
 
 
 # --- loading ---------------------------------------------------------------------------------
+
 
 @dataclass
 class InitReport:
@@ -250,20 +284,26 @@ def load_into(model: BertForPreTraining, checkpoint: HFCheckpoint) -> InitReport
     tensor is missing (check_fits has compared the architectures already)."""
     weights = checkpoint.state_dict()
     expected = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)}, this model {tuple(expected[k].shape)}"
-             for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)}, this model {tuple(expected[k].shape)}"
+        for k, v in weights.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
     if wrong:
-        raise CheckpointError(f"{checkpoint.where}: {len(wrong)} tensors of another shape than this model's: "
-                              f"{wrong[:2]}")
+        raise CheckpointError(
+            f"{checkpoint.where}: {len(wrong)} tensors of another shape than this model's: {wrong[:2]}"
+        )
     loaded = model.load_state_dict(weights, strict=False)
     model.tie_weights()
     missing = [k for k in loaded.missing_keys if not (k in TIED_KEYS and TIED_KEYS[k] in loaded.missing_keys)]
     broken = [k for k in missing if not k.startswith(FRESH_PREFIXES)]
     if broken:
-        raise CheckpointError(f"{checkpoint.where} lacks {len(broken)} encoder tensors, e.g. {broken[:3]}: "
-                              "not a complete BERT checkpoint")
-    return InitReport(checkpoint.directory, os.path.basename(checkpoint.weights_path), sorted(missing),
-                      sorted(loaded.unexpected_keys))
+        raise CheckpointError(
+            f"{checkpoint.where} lacks {len(broken)} encoder tensors, e.g. {broken[:3]}: not a complete BERT checkpoint"
+        )
+    return InitReport(
+        checkpoint.directory, os.path.basename(checkpoint.weights_path), sorted(missing), sorted(loaded.unexpected_keys)
+    )
 
 
 def load_encoder(directory: str, name: str = "model_dir") -> tuple[HFCheckpoint, BertModel]:

@@ -53,22 +53,29 @@ class BertConfig:
     """Build the pooler and the 2-way sentence head (NSP or SOP); False for objective "none"."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not self.layer_norm_eps > 0 or not self.initializer_range > 0:
             raise ValueError("layer_norm_eps and initializer_range must be positive")
         if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"pad_token_id {self.pad_token_id} is outside the vocabulary "
-                             f"of {self.vocab_size}")
+            raise ValueError(f"pad_token_id {self.pad_token_id} is outside the vocabulary of {self.vocab_size}")
 
     @property
     def head_size(self) -> int:
@@ -103,8 +110,12 @@ class BertConfig:
 
 def _grid_shape(layers: int, hidden: int) -> dict:
     """Google's small-BERT rule: 64-wide heads, feed-forward 4H."""
-    return {"num_hidden_layers": layers, "hidden_size": hidden,
-            "num_attention_heads": hidden // 64, "intermediate_size": 4 * hidden}
+    return {
+        "num_hidden_layers": layers,
+        "hidden_size": hidden,
+        "num_attention_heads": hidden // 64,
+        "intermediate_size": 4 * hidden,
+    }
 
 
 PRESETS: dict[str, dict] = {
@@ -138,8 +149,9 @@ def flops_per_token(cfg: BertConfig, seq_len: int, sparse_fraction: float | None
     fraction = 1.0 if sparse_fraction is None else float(sparse_fraction)
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"sparse_fraction must be in [0, 1], got {sparse_fraction}")
-    h, L, I, V = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
-    dense_layers = 6.0 * (4 * h * h + 2 * h * I) * L
+    # ffn: I in the formula above
+    h, L, ffn, V = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
+    dense_layers = 6.0 * (4 * h * h + 2 * h * ffn) * L
     attention = 12.0 * seq_len * h * L
     mlm_head = 6.0 * h * h + 6.0 * h * V
     return dense_layers + attention + fraction * mlm_head
@@ -184,8 +196,9 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """input_ids, token_type_ids (B, T) -> (B, T, H); or, unpadded, (N,) each with their
         ``positions`` (N,) -> (N, H)."""
         if positions is None:
@@ -243,7 +256,8 @@ class BertSelfAttention(nn.Module):
             bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device)
             bias = bias.masked_fill(~keep, torch.finfo(q.dtype).min)  # (B, 1, 1, T)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, T, hs)
+            q, k, v, attn_mask=bias, dropout_p=self.dropout_p if self.training else 0.0
+        )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, H)
         return y if layout is None else layout.unpad(y)  # x's shape
 
@@ -333,15 +347,21 @@ class BertModel(nn.Module):
         # parameters); transformers' BertForMaskedLM leaves it out for the same layout.
         self.pooler = BertPooler(cfg) if cfg.with_nsp_head else None
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """input_ids, token_type_ids, attention_mask (B, T); mask 1 for real tokens, 0 for padding."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         T = input_ids.shape[1]
         if T > self.embeddings.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
-                             f"{self.embeddings.position_embeddings.num_embeddings}")
+            raise ValueError(
+                f"sequence length {T} exceeds max_position_embeddings "
+                f"{self.embeddings.position_embeddings.num_embeddings}"
+            )
         keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         if not self.unpad or attention_mask is None:
             return self.encoder(self.embeddings(input_ids, token_type_ids), keep)  # (B, T, H)
@@ -467,15 +487,20 @@ class BertForPreTraining(nn.Module):
         losses = [part for part in (mlm_loss, nsp_loss) if part is not None]
         return PreTrainingOutput(
             loss=sum(losses[1:], losses[0]) if losses else None,
-            mlm_loss=mlm_loss, nsp_loss=nsp_loss,
-            mlm_logits=mlm_logits, nsp_logits=nsp_logits,
-            mlm_correct=mlm_correct, mlm_count=mlm_count,
-            nsp_correct=nsp_correct, nsp_count=nsp_count,
+            mlm_loss=mlm_loss,
+            nsp_loss=nsp_loss,
+            mlm_logits=mlm_logits,
+            nsp_logits=nsp_logits,
+            mlm_correct=mlm_correct,
+            mlm_count=mlm_count,
+            nsp_correct=nsp_correct,
+            nsp_count=nsp_count,
         )
 
 
-def _gather_predicted(hidden: torch.Tensor, positions: torch.Tensor,
-                      labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _gather_predicted(
+    hidden: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Hidden states at the masked positions, padding slots (label -100) removed.
 
     hidden (B, T, H); positions and labels (B, P). Returns rows (N, H) and labels (N,), in
@@ -488,8 +513,9 @@ def _gather_predicted(hidden: torch.Tensor, positions: torch.Tensor,
     flat = (positions + offsets).reshape(-1)  # (B*P,) row indices into (B*T, H)
     if labels is not None:
         if labels.shape != positions.shape:
-            raise ValueError(f"masked_lm_labels {tuple(labels.shape)} must match "
-                             f"masked_lm_positions {tuple(positions.shape)}")
+            raise ValueError(
+                f"masked_lm_labels {tuple(labels.shape)} must match masked_lm_positions {tuple(positions.shape)}"
+            )
         labels = labels.reshape(-1)  # (B*P,)
         real = labels != IGNORE_INDEX
         # Boolean selection has a data-dependent size (one host sync on GPU); it is what lets
@@ -498,8 +524,9 @@ def _gather_predicted(hidden: torch.Tensor, positions: torch.Tensor,
     return hidden.reshape(B * T, H).index_select(0, flat), labels
 
 
-def _cross_entropy_and_hits(logits: torch.Tensor, labels: torch.Tensor
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cross_entropy_and_hits(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over labels other than -100, plus (correct, count) as long tensors.
 
     logits (..., C), labels (...). The loss is taken in fp32. Divided by max(count, 1): a batch
@@ -527,8 +554,9 @@ _TIED_ALIASES = (
 """(key, key it shares its tensor with): a file may store only one of a tied pair."""
 
 
-def _accept_transformers_layouts(module, state_dict, prefix, local_metadata, strict,
-                                 missing_keys, unexpected_keys, error_msgs) -> None:
+def _accept_transformers_layouts(
+    module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+) -> None:
     """load_state_dict pre-hook: drop transformers' persisted position/type-id buffers and fill in
     tied keys a file left out (save_pretrained and safetensors store a shared tensor once), so
     `strict=True` loads any of those layouts."""

@@ -50,8 +50,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay_params, no_decay_params = [], []
     for name, param in _owned_parameters(model):
         (no_decay_params if name in no_decay else decay_params).append(param)
-    return [{"params": decay_params, "weight_decay": weight_decay},
-            {"params": no_decay_params, "weight_decay": 0.0}]
+    return [{"params": decay_params, "weight_decay": weight_decay}, {"params": no_decay_params, "weight_decay": 0.0}]
 
 
 class Lamb(torch.optim.Optimizer):
@@ -71,19 +70,34 @@ class Lamb(torch.optim.Optimizer):
     ratio stays a tensor, so a step causes no host-device synchronisation.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = True,
-                 adapt_no_decay: bool = False, min_trust_ratio: float = 0.0,
-                 max_trust_ratio: float | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        bias_correction: bool = True,
+        adapt_no_decay: bool = False,
+        min_trust_ratio: float = 0.0,
+        max_trust_ratio: float | None = None,
+    ):
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate {lr}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"invalid betas {betas}")
         if not eps > 0.0 or weight_decay < 0.0:
             raise ValueError(f"invalid eps {eps} or weight_decay {weight_decay}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        bias_correction=bias_correction, adapt_no_decay=adapt_no_decay,
-                        min_trust_ratio=min_trust_ratio, max_trust_ratio=max_trust_ratio)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            adapt_no_decay=adapt_no_decay,
+            min_trust_ratio=min_trust_ratio,
+            max_trust_ratio=max_trust_ratio,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -123,8 +137,8 @@ class Lamb(torch.optim.Optimizer):
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
         if group["bias_correction"]:
             t = state["step"]
-            m_scale = 1.0 / (1.0 - beta1 ** t)
-            v_scale = 1.0 / (1.0 - beta2 ** t)
+            m_scale = 1.0 / (1.0 - beta1**t)
+            v_scale = 1.0 / (1.0 - beta2**t)
         else:
             m_scale = v_scale = 1.0
         denom = (exp_avg_sq * v_scale).sqrt_().add_(group["eps"])
@@ -156,16 +170,33 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, offload_optimizer: boo
     betas = tuple(optim.betas)
     if optim.name == "lamb":
         if offload_optimizer:
-            raise ConfigError("optim.name=lamb cannot run with deepspeed.offload_optimizer: "
-                              "ZeRO-Offload steps on the CPU with DeepSpeedCPUAdam only; use optim=adamw")
-        return Lamb(groups, lr=optim.lr, betas=betas, eps=optim.eps, weight_decay=optim.weight_decay,
-                    bias_correction=optim.bias_correction, adapt_no_decay=optim.trust_ratio_for_no_decay,
-                    min_trust_ratio=optim.min_trust_ratio, max_trust_ratio=optim.max_trust_ratio)
+            raise ConfigError(
+                "optim.name=lamb cannot run with deepspeed.offload_optimizer: "
+                "ZeRO-Offload steps on the CPU with DeepSpeedCPUAdam only; use optim=adamw"
+            )
+        return Lamb(
+            groups,
+            lr=optim.lr,
+            betas=betas,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            bias_correction=optim.bias_correction,
+            adapt_no_decay=optim.trust_ratio_for_no_decay,
+            min_trust_ratio=optim.min_trust_ratio,
+            max_trust_ratio=optim.max_trust_ratio,
+        )
     if offload_optimizer:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(groups, lr=optim.lr, betas=betas, eps=optim.eps,
-                                weight_decay=optim.weight_decay, bias_correction=True, adamw_mode=True)
+        return DeepSpeedCPUAdam(
+            groups,
+            lr=optim.lr,
+            betas=betas,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            bias_correction=True,
+            adamw_mode=True,
+        )
     return torch.optim.AdamW(groups, lr=optim.lr, betas=betas, eps=optim.eps, weight_decay=optim.weight_decay)
 
 
@@ -187,8 +218,9 @@ def lr_multiplier(step: int, optim: OptimConfig, max_steps: int) -> float:
     return end + (1.0 - end) * (1.0 - progress) ** power
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig,
-                   max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR over ``lr_multiplier``; call ``step()`` once per optimizer step (DeepSpeed does).
 
     Every group's initial lr must be optim.lr (``build_optimizer`` sets it so).
@@ -200,8 +232,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, optim, max_steps))
 
 
-def restore_schedule_position(scheduler: torch.optim.lr_scheduler.LambdaLR, optim: OptimConfig,
-                              max_steps: int, step: int) -> list[float]:
+def restore_schedule_position(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, optim: OptimConfig, max_steps: int, step: int
+) -> list[float]:
     """Put the schedule (and every param group's lr) where a fresh run with *these* settings is
     after ``step`` optimizer steps; call it right after loading a checkpoint. Returns the rates.
 

@@ -64,6 +64,7 @@ SMOOTH_FROM = 200
 
 # --- steps.jsonl ---------------------------------------------------------------------------------
 
+
 @dataclass
 class StepsFile:
     records: list[dict]
@@ -132,7 +133,7 @@ def wandb_records(path: str) -> Iterator[bytes]:
         if kind == 0 and length == 0:
             pos += room
             continue
-        chunk = data[pos + _CHUNK_HEADER.size:pos + _CHUNK_HEADER.size + length]
+        chunk = data[pos + _CHUNK_HEADER.size : pos + _CHUNK_HEADER.size + length]
         if len(chunk) < length or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
             return
         pos += _CHUNK_HEADER.size + length
@@ -192,6 +193,7 @@ def tracked_history(wandb_root: str) -> tuple[list[dict], list[int], list[str]]:
 
 # --- the run's config and tokens seen ----------------------------------------------------------
 
+
 def run_config(output_dir: str) -> dict:
     """The run's resolved config: from the newest complete checkpoint's run_config.json, else
     (a run without a checkpoint yet) Hydra's ``.hydra/config.yaml``; {} when neither is there."""
@@ -228,8 +230,9 @@ class TokensSeen:
 def tokens_seen(steps: list[dict], data_dir: Optional[str]) -> tuple[Optional[TokensSeen], Optional[str]]:
     """TokensSeen for ``steps`` (``continuous`` records), or (None, why not)."""
     if not data_dir or not os.path.exists(os.path.join(data_dir, contract.MANIFEST_FILE)):
-        return None, (f"no tokens-seen panels: no shards' manifest at data_dir={data_dir!r} "
-                      f"(pass --data-dir <the run's shards>)")
+        return None, (
+            f"no tokens-seen panels: no shards' manifest at data_dir={data_dir!r} (pass --data-dir <the run's shards>)"
+        )
     manifest = contract.read_manifest(data_dir)
     step_numbers = np.array([s["step"] for s in steps], dtype=np.int64)
     if all("example_ids" in s for s in steps):
@@ -250,11 +253,15 @@ def tokens_seen(steps: list[dict], data_dir: Optional[str]) -> tuple[Optional[To
         return None, f"no tokens-seen panels: {data_dir} has no train examples"
     mean_length = sum(s.tokens for s in train_shards) / rows
     samples = np.array([s["samples_consumed"] for s in steps], dtype=np.float64)
-    return TokensSeen(step_numbers, np.round(samples * mean_length).astype(np.int64),
-                      f"tokens seen (estimated: samples x mean example length {mean_length:.1f})"), None
+    return TokensSeen(
+        step_numbers,
+        np.round(samples * mean_length).astype(np.int64),
+        f"tokens seen (estimated: samples x mean example length {mean_length:.1f})",
+    ), None
 
 
 # --- the plots ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Curve:
@@ -272,12 +279,23 @@ def curve(label: str, rows: list[dict], key: str, color: str, points: bool = Fal
     have = [r for r in rows if r.get(key) is not None]
     if not have:
         return None
-    return Curve(label, np.array([r["step"] for r in have], dtype=np.int64),
-                 np.array([float(r[key]) for r in have]), color, points)
+    return Curve(
+        label,
+        np.array([r["step"] for r in have], dtype=np.int64),
+        np.array([float(r[key]) for r in have]),
+        color,
+        points,
+    )
 
 
-def plot_curves(curves: list[Optional[Curve]], tokens: Optional[TokensSeen], path: str, title: str,
-                ylabel: str, resumed: list[int] = ()) -> Plotted:
+def plot_curves(
+    curves: list[Optional[Curve]],
+    tokens: Optional[TokensSeen],
+    path: str,
+    title: str,
+    ylabel: str,
+    resumed: list[int] = (),
+) -> Plotted:
     """The curves against step and (with ``tokens``) against tokens seen, side by side; a dotted
     line at each step a resumed attempt started from. Series "step/<label>" and
     "tokens/<label>": x the steps or tokens seen, y the values."""
@@ -296,8 +314,14 @@ def plot_curves(curves: list[Optional[Curve]], tokens: Optional[TokensSeen], pat
                 ax.plot(x, y, "o--", color=c.color, markersize=5, linewidth=1, label=c.label)
             else:
                 window = max(1, len(x) // 100) if len(x) >= SMOOTH_FROM else 1
-                ax.plot(x, y, color=c.color, linewidth=1, alpha=0.35 if window > 1 else 1.0,
-                        label=c.label if window == 1 else None)
+                ax.plot(
+                    x,
+                    y,
+                    color=c.color,
+                    linewidth=1,
+                    alpha=0.35 if window > 1 else 1.0,
+                    label=c.label if window == 1 else None,
+                )
                 if window > 1:
                     smooth = rolling_mean(y, window)
                     ax.plot(x, smooth, color=c.color, linewidth=1.5, label=f"{c.label} (mean of {window})")
@@ -341,11 +365,14 @@ def write_report(output_dir: str, out_dir: Optional[str] = None, data_dir: Optio
     says. Raises NoStepsError for a directory without logged steps."""
     steps_path = os.path.join(output_dir, STEPS_FILE)
     if not os.path.isdir(output_dir):
-        raise NoStepsError(f"{output_dir} does not exist" if not os.path.exists(output_dir)
-                           else f"{output_dir} is not a directory")
+        raise NoStepsError(
+            f"{output_dir} does not exist" if not os.path.exists(output_dir) else f"{output_dir} is not a directory"
+        )
     if not os.path.exists(steps_path):
-        raise NoStepsError(f"no {STEPS_FILE} in {output_dir}: not a training output_dir "
-                           f"(python -m training ... output_dir=<dir> writes it)")
+        raise NoStepsError(
+            f"no {STEPS_FILE} in {output_dir}: not a training output_dir "
+            f"(python -m training ... output_dir=<dir> writes it)"
+        )
     parsed = read_steps_file(steps_path)
     report = Report(steps=continuous(parsed.records))
     if not report.steps:
@@ -371,33 +398,64 @@ def write_report(output_dir: str, out_dir: Optional[str] = None, data_dir: Optio
     out = lambda name: os.path.join(out_dir, f"{name}.png")  # noqa: E731
     steps, tokens, resumed = report.steps, report.tokens, report.resumed
     report.plots["loss"] = plot_curves(
-        [curve("train loss", steps, "loss", "C0"), curve("train MLM loss", steps, "mlm_loss", "C1"),
-         curve("train NSP loss", steps, "nsp_loss", "C2"), curve("eval loss", evals, "eval/loss", "C0", points=True),
-         curve("eval MLM loss", evals, "eval/mlm_loss", "C1", points=True),
-         curve("eval NSP loss", evals, "eval/nsp_loss", "C2", points=True)],
-        tokens, out("loss"), f"Loss ({len(steps):,} steps, {len(evals)} evaluations)", "loss", resumed)
+        [
+            curve("train loss", steps, "loss", "C0"),
+            curve("train MLM loss", steps, "mlm_loss", "C1"),
+            curve("train NSP loss", steps, "nsp_loss", "C2"),
+            curve("eval loss", evals, "eval/loss", "C0", points=True),
+            curve("eval MLM loss", evals, "eval/mlm_loss", "C1", points=True),
+            curve("eval NSP loss", evals, "eval/nsp_loss", "C2", points=True),
+        ],
+        tokens,
+        out("loss"),
+        f"Loss ({len(steps):,} steps, {len(evals)} evaluations)",
+        "loss",
+        resumed,
+    )
     report.plots["accuracy"] = plot_curves(
-        [curve("train MLM accuracy", steps, "mlm_accuracy", "C1"),
-         curve("train NSP accuracy", steps, "nsp_accuracy", "C2"),
-         curve("eval MLM accuracy", evals, "eval/mlm_accuracy", "C1", points=True),
-         curve("eval NSP accuracy", evals, "eval/nsp_accuracy", "C2", points=True)],
-        tokens, out("accuracy"), "MLM and NSP accuracy", "accuracy", resumed)
-    report.plots["learning_rate"] = plot_curves([curve("lr", steps, "lr", "C3")], None, out("learning_rate"),
-                                                "Learning rate (each step's update)", "learning rate", resumed)
+        [
+            curve("train MLM accuracy", steps, "mlm_accuracy", "C1"),
+            curve("train NSP accuracy", steps, "nsp_accuracy", "C2"),
+            curve("eval MLM accuracy", evals, "eval/mlm_accuracy", "C1", points=True),
+            curve("eval NSP accuracy", evals, "eval/nsp_accuracy", "C2", points=True),
+        ],
+        tokens,
+        out("accuracy"),
+        "MLM and NSP accuracy",
+        "accuracy",
+        resumed,
+    )
+    report.plots["learning_rate"] = plot_curves(
+        [curve("lr", steps, "lr", "C3")],
+        None,
+        out("learning_rate"),
+        "Learning rate (each step's update)",
+        "learning rate",
+        resumed,
+    )
     throughput = curve("tokens/s", report.history, "perf/tokens_per_s", "C4")
     if throughput is None:
-        report.notes.append("no throughput plot: the trainer logs tokens/s only to W&B (logger=wandb or "
-                            f"wandb_offline), and {logger_dir}/wandb holds no run file with any")
+        report.notes.append(
+            "no throughput plot: the trainer logs tokens/s only to W&B (logger=wandb or "
+            f"wandb_offline), and {logger_dir}/wandb holds no run file with any"
+        )
     else:
         report.plots["throughput"] = plot_curves(
-            [throughput], None, out("throughput"), "Throughput per logging interval (evaluation, saving left out)",
-            "non-padding tokens/s", resumed)
+            [throughput],
+            None,
+            out("throughput"),
+            "Throughput per logging interval (evaluation, saving left out)",
+            "non-padding tokens/s",
+            resumed,
+        )
     return report
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.report",
-                                     description="PNG plots of what a training run logged (steps.jsonl, W&B's local files).")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.report",
+        description="PNG plots of what a training run logged (steps.jsonl, W&B's local files).",
+    )
     parser.add_argument("output_dir", help="the run's output_dir (holds steps.jsonl)")
     parser.add_argument("--out", help="where to write the plots (default: <output_dir>/report)")
     parser.add_argument("--data-dir", help="the run's shards, for tokens seen (default: data_dir of the run's config)")

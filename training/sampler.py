@@ -77,7 +77,8 @@ class TrainBatchPlan:
             raise ValueError(
                 f"the split has {self.num_samples} rows, fewer than one global batch of "
                 f"world_size x micro_batch_size = {self.global_batch_size}: lower the micro batch size "
-                f"or build more data")
+                f"or build more data"
+            )
 
     @property
     def global_batch_size(self) -> int:
@@ -99,7 +100,7 @@ class TrainBatchPlan:
         G = self.global_batch_size
         for k in range(self.batches_left(start)):
             lo = start + k * G + self.rank
-            yield order[lo:lo + G - self.rank:self.world_size].astype(np.int64)  # (B,)
+            yield order[lo : lo + G - self.rank : self.world_size].astype(np.int64)  # (B,)
 
     def requests(self, epoch: int, start: int = 0) -> "BatchRequests":
         """The batches of ``rank_batches`` as a sized iterable of ``BatchRequest`` (a DataLoader sampler)."""
@@ -141,7 +142,7 @@ class EvalBatchPlan:
     def rank_batches(self) -> list[np.ndarray]:
         """(B,) row indices per micro batch: rows r, r+W, ... in storage order."""
         mine = np.arange(self.rank, self.num_samples, self.world_size, dtype=np.int64)
-        return [mine[i:i + self.micro_batch_size] for i in range(0, len(mine), self.micro_batch_size)]
+        return [mine[i : i + self.micro_batch_size] for i in range(0, len(mine), self.micro_batch_size)]
 
     def requests(self, epoch: int = 0) -> list[BatchRequest]:
         """Every batch as a ``BatchRequest``; ``epoch`` only chooses the dynamic masks (fixed for eval)."""

@@ -100,8 +100,10 @@ def cached_data_dir(data_dir: str, cache_dir: Optional[str], storage: StorageCon
     try:
         os.makedirs(local, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"cannot create the shard cache {local} for data_dir={data_dir} ({e}): "
-                          "set data.cache_dir to a writable node-local directory") from e
+        raise ConfigError(
+            f"cannot create the shard cache {local} for data_dir={data_dir} ({e}): "
+            "set data.cache_dir to a writable node-local directory"
+        ) from e
     start = time.perf_counter()
     with node_lock(local):
         cache = ShardCache(local)
@@ -113,8 +115,15 @@ def cached_data_dir(data_dir: str, cache_dir: Optional[str], storage: StorageCon
         cache.check_free_space(stale, data_dir)
         fetched = [n for n in (cache.make_verified(f, source) for f in stale) if n]  # bytes of each download
         cache.write_manifest(manifest_bytes)
-    log.info("shard cache %s: the %d files of %s verified, %d fetched (%.1f MB), in %.1f s", local, len(files),
-             data_dir, len(fetched), sum(fetched) / 1e6, time.perf_counter() - start)
+    log.info(
+        "shard cache %s: the %d files of %s verified, %d fetched (%.1f MB), in %.1f s",
+        local,
+        len(files),
+        data_dir,
+        len(fetched),
+        sum(fetched) / 1e6,
+        time.perf_counter() - start,
+    )
     return local
 
 
@@ -122,8 +131,9 @@ def _parse_manifest(data: bytes, data_dir: str) -> ShardManifest:
     try:
         return ShardManifest.from_dict(json.loads(data))
     except (ContractError, ValueError, TypeError, KeyError) as e:
-        raise DataContractError(f"cannot use data_dir={data_dir} as training data: its "
-                                f"{contract.MANIFEST_FILE} is unreadable ({e})") from e
+        raise DataContractError(
+            f"cannot use data_dir={data_dir} as training data: its {contract.MANIFEST_FILE} is unreadable ({e})"
+        ) from e
 
 
 @contextlib.contextmanager
@@ -160,12 +170,14 @@ class RemoteShards:
         self.data_dir = data_dir.rstrip("/")
         try:
             fs.configure_filesystems(storage)
-            self.sizes = {path[len(self.data_dir) + 1:]: size for path, size in self._listing()}
+            self.sizes = {path[len(self.data_dir) + 1 :]: size for path, size in self._listing()}
         except ValueError as e:  # Beam: no filesystem for the scheme (gs:// without the gcp extra)
             raise ConfigError(f"cannot read data_dir={data_dir}: {_first_line(e)}") from e
         except Exception as e:  # noqa: BLE001 - BeamIOError, botocore: endpoint, credentials, bucket
-            raise DataContractError(f"cannot list data_dir={data_dir}: {_first_line(e)} (check storage.* "
-                                    "and the credentials in the environment)") from e
+            raise DataContractError(
+                f"cannot list data_dir={data_dir}: {_first_line(e)} (check storage.* "
+                "and the credentials in the environment)"
+            ) from e
 
     def _listing(self) -> list[tuple[str, int]]:
         from apache_beam.io.filesystems import FileSystems
@@ -179,8 +191,10 @@ class RemoteShards:
     def read_manifest(self) -> bytes:
         if contract.MANIFEST_FILE not in self.sizes:
             what = f"{len(self.sizes)} other objects under it" if self.sizes else "nothing is stored under it"
-            raise DataContractError(f"no {contract.MANIFEST_FILE} at data_dir={self.data_dir} ({what}): not a "
-                                    "finished data job output (data_dir is the data job's output_dir)")
+            raise DataContractError(
+                f"no {contract.MANIFEST_FILE} at data_dir={self.data_dir} ({what}): not a "
+                "finished data job output (data_dir is the data job's output_dir)"
+            )
         with self.open(contract.MANIFEST_FILE) as f:
             return f.read()
 
@@ -239,17 +253,25 @@ class ShardCache:
                 return 0
             log.warning("shard cache: %s does not match its sha256 in the manifest; fetching it again", path)
         elif os.path.exists(path):
-            log.warning("shard cache: %s has %d bytes, the manifest says %d; fetching it again",
-                        path, os.path.getsize(path), f.size)
+            log.warning(
+                "shard cache: %s has %d bytes, the manifest says %d; fetching it again",
+                path,
+                os.path.getsize(path),
+                f.size,
+            )
         url = source.url(f.name)
         remote_size = source.sizes.get(f.name)
         if remote_size is None:
-            raise DataContractError(f"{url} is listed in its {contract.MANIFEST_FILE} but missing from the "
-                                    "object store: upload the data job's whole output_dir, or rerun the job")
+            raise DataContractError(
+                f"{url} is listed in its {contract.MANIFEST_FILE} but missing from the "
+                "object store: upload the data job's whole output_dir, or rerun the job"
+            )
         if f.size is not None and remote_size != f.size:
-            raise DataContractError(f"{url} has {remote_size} bytes in the object store, its "
-                                    f"{contract.MANIFEST_FILE} says {f.size}: the object was replaced or cut "
-                                    "short; restore the data job's output or rerun the job")
+            raise DataContractError(
+                f"{url} has {remote_size} bytes in the object store, its "
+                f"{contract.MANIFEST_FILE} says {f.size}: the object was replaced or cut "
+                "short; restore the data job's output or rerun the job"
+            )
         for _ in range(FETCH_ATTEMPTS):
             got_sha, got_size = self._download(source, f.name)
             if got_sha == f.sha256 and f.size in (None, got_size):
@@ -257,11 +279,14 @@ class ShardCache:
                 self._mark(f)
                 return got_size
             os.remove(path + PARTIAL_SUFFIX)
-            log.warning("shard cache: %s came with sha256 %s..., the manifest says %s...", url, got_sha[:12],
-                        f.sha256[:12])
-        raise DataContractError(f"{url} does not match its {contract.MANIFEST_FILE}: {FETCH_ATTEMPTS} downloads "
-                                f"had sha256 {got_sha} ({got_size} bytes), the manifest says {f.sha256}; the "
-                                "object store does not hold the data job's output (restore it or rerun the job)")
+            log.warning(
+                "shard cache: %s came with sha256 %s..., the manifest says %s...", url, got_sha[:12], f.sha256[:12]
+            )
+        raise DataContractError(
+            f"{url} does not match its {contract.MANIFEST_FILE}: {FETCH_ATTEMPTS} downloads "
+            f"had sha256 {got_sha} ({got_size} bytes), the manifest says {f.sha256}; the "
+            "object store does not hold the data job's output (restore it or rerun the job)"
+        )
 
     def _download(self, source: RemoteShards, name: str) -> tuple[str, int]:
         """``name`` copied to ``<path>.partial``, fsynced; (its sha256, its size)."""
@@ -288,9 +313,11 @@ class ShardCache:
         needed = sum(f.size or 0 for f in stale)
         free = shutil.disk_usage(self.root).free
         if needed > free:
-            raise ConfigError(f"the shard cache {self.root} has {free / 1e9:.1f} GB free but the shards of "
-                              f"data_dir={data_dir} need {needed / 1e9:.1f} GB more: set data.cache_dir to a "
-                              "larger node-local disk")
+            raise ConfigError(
+                f"the shard cache {self.root} has {free / 1e9:.1f} GB free but the shards of "
+                f"data_dir={data_dir} need {needed / 1e9:.1f} GB more: set data.cache_dir to a "
+                "larger node-local disk"
+            )
 
 
 def _stat_record(st: os.stat_result) -> dict:

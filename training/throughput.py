@@ -14,7 +14,6 @@ from typing import Callable, Optional, Union
 
 import torch
 
-
 PEAK_TFLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),

@@ -19,8 +19,10 @@ from typing import Optional
 from pipeline.redaction import REDACTED, is_secret_key, redact  # noqa: F401 (this module's public names)
 from training.config import ConfigError, LoggerConfig
 
-WANDB_LOGIN_MISSING = ("logger=wandb needs a W&B login: run `wandb login` or set WANDB_API_KEY; or use "
-                       "logger=wandb_offline (sync later with `wandb sync`) or logger=disabled")
+WANDB_LOGIN_MISSING = (
+    "logger=wandb needs a W&B login: run `wandb login` or set WANDB_API_KEY; or use "
+    "logger=wandb_offline (sync later with `wandb sync`) or logger=disabled"
+)
 
 
 def wandb_login_source() -> Optional[str]:
@@ -50,8 +52,9 @@ def wandb_login_source() -> Optional[str]:
         if wbauth.read_netrc_auth(host=settings.base_url):
             return "netrc"
     except AuthenticationError as e:
-        raise ConfigError(f"the netrc entry for {settings.base_url} is not a W&B API key ({e}): "
-                          f"{WANDB_LOGIN_MISSING}") from None
+        raise ConfigError(
+            f"the netrc entry for {settings.base_url} is not a W&B API key ({e}): {WANDB_LOGIN_MISSING}"
+        ) from None
     return "settings" if settings.api_key else None
 
 
@@ -112,8 +115,7 @@ class WandbTracker(Tracker):
     draws a new id, which ``run_id`` then returns for the checkpoint. Files go to ``cfg.dir`` or ``output_dir`` (``<dir>/wandb/...``).
     """
 
-    def __init__(self, cfg: LoggerConfig, run_config: dict, output_dir: str,
-                 resume_run_id: Optional[str] = None):
+    def __init__(self, cfg: LoggerConfig, run_config: dict, output_dir: str, resume_run_id: Optional[str] = None):
         if cfg.mode not in ("online", "offline"):
             raise ValueError(f"WandbTracker needs mode online or offline, got {cfg.mode!r}")
         import wandb  # only here: no W&B import for runs that do not track
@@ -121,10 +123,17 @@ class WandbTracker(Tracker):
         wandb_dir = cfg.dir or output_dir
         os.makedirs(wandb_dir, exist_ok=True)
         self._run = wandb.init(
-            project=cfg.project, entity=cfg.entity, name=cfg.name, group=cfg.group,
-            tags=list(cfg.tags) or None, dir=wandb_dir, mode=cfg.mode,
-            id=resume_run_id, resume="allow",  # None: a new id
-            config=redact(run_config))
+            project=cfg.project,
+            entity=cfg.entity,
+            name=cfg.name,
+            group=cfg.group,
+            tags=list(cfg.tags) or None,
+            dir=wandb_dir,
+            mode=cfg.mode,
+            id=resume_run_id,
+            resume="allow",  # None: a new id
+            config=redact(run_config),
+        )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._run.log(dict(metrics), step=step)
@@ -140,8 +149,9 @@ class WandbTracker(Tracker):
         return self._run.id
 
 
-def make_tracker(cfg: LoggerConfig, run_config: dict, output_dir: str, rank: int,
-                 resume_run_id: Optional[str] = None) -> Tracker:
+def make_tracker(
+    cfg: LoggerConfig, run_config: dict, output_dir: str, rank: int, resume_run_id: Optional[str] = None
+) -> Tracker:
     """The tracker for this process.
 
     run_config: the resolved Hydra config (``OmegaConf.to_container(cfg, resolve=True)``); secrets
@@ -155,6 +165,7 @@ def make_tracker(cfg: LoggerConfig, run_config: dict, output_dir: str, rank: int
 
 # --- terminal progress -------------------------------------------------------------------------
 
+
 def _duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(round(max(seconds, 0.0)))))
 
@@ -166,8 +177,9 @@ def _rate(per_s: float) -> str:
     return f"{per_s:.0f}"
 
 
-def format_progress(step: int, max_steps: int, loss: float, tokens_per_s: float, seconds_elapsed: float,
-                    start_step: int = 0) -> str:
+def format_progress(
+    step: int, max_steps: int, loss: float, tokens_per_s: float, seconds_elapsed: float, start_step: int = 0
+) -> str:
     """One terminal line: ``step 250/1000 (25.0%) | loss 6.1234 | 12.3k tok/s | 0:01:40 elapsed, 0:05:00 left``.
 
     Time left extrapolates the pace of this process: (step - start_step) steps took
@@ -180,5 +192,7 @@ def format_progress(step: int, max_steps: int, loss: float, tokens_per_s: float,
     else:
         left = "?"
     percent = 100.0 * step / max_steps if max_steps > 0 else 0.0
-    return (f"step {step}/{max_steps} ({percent:.1f}%) | loss {loss:.4f} | {_rate(tokens_per_s)} tok/s | "
-            f"{_duration(seconds_elapsed)} elapsed, {left} left")
+    return (
+        f"step {step}/{max_steps} ({percent:.1f}%) | loss {loss:.4f} | {_rate(tokens_per_s)} tok/s | "
+        f"{_duration(seconds_elapsed)} elapsed, {left} left"
+    )

@@ -76,6 +76,7 @@ class NonFiniteLossError(RuntimeError):
 
 # --- building --------------------------------------------------------------------------------
 
+
 def open_data(cfg: TrainConfig) -> tuple[BertConfig, PretrainingData]:
     """The model's config from the manifest and the config, and the validated shards.
     Raises DataContractError / ConfigError with what to change, before anything is built.
@@ -93,10 +94,13 @@ def open_data(cfg: TrainConfig) -> tuple[BertConfig, PretrainingData]:
     try:
         manifest = contract.read_manifest(cfg.data_dir)
     except ContractError as e:
-        raise DataContractError(f"cannot use data_dir={cfg.data_dir} as training data: {e} (data_dir is the "
-                                f"data job's output_dir: python -m pipeline output_dir=...)") from e
-    bert_cfg = BertConfig(**cfg.model.bert_config_kwargs(manifest.vocab_size, manifest.objective,
-                                                          manifest.special_tokens["pad"]))
+        raise DataContractError(
+            f"cannot use data_dir={cfg.data_dir} as training data: {e} (data_dir is the "
+            f"data job's output_dir: python -m pipeline output_dir=...)"
+        ) from e
+    bert_cfg = BertConfig(
+        **cfg.model.bert_config_kwargs(manifest.vocab_size, manifest.objective, manifest.special_tokens["pad"])
+    )
     expect = RunExpectations.of_model(bert_cfg, max_seq_length=cfg.data.max_seq_length)
     return bert_cfg, open_pretraining_data(cfg.data_dir, cfg.data, cfg.seed, expect)
 
@@ -113,20 +117,27 @@ def checkpoint_to_resume(cfg: TrainConfig, record: dict) -> Optional[str]:
         return None
     where = os.path.join(checkpoint_dir, tag)
     if not cfg.trainer.resume:
-        raise ConfigError(f"{checkpoint_dir} holds checkpoints (newest {tag}) but trainer.resume=false: a fresh "
-                          "run there would mix its checkpoints and steps.jsonl with the old run's; use another "
-                          "output_dir, or delete the old one")
+        raise ConfigError(
+            f"{checkpoint_dir} holds checkpoints (newest {tag}) but trainer.resume=false: a fresh "
+            "run there would mix its checkpoints and steps.jsonl with the old run's; use another "
+            "output_dir, or delete the old one"
+        )
     saved = ckpt.read_run_record(checkpoint_dir, tag)
     main = os.environ.get("RANK", "0") == "0"  # before the process group: the launcher's rank
     if saved is None:
         if main:
-            log.warning("checkpoint %s has no %s (written before configs were kept with checkpoints): the config "
-                        "could not be compared with this run's; resuming it as it is", where, ckpt.RUN_CONFIG_FILE)
+            log.warning(
+                "checkpoint %s has no %s (written before configs were kept with checkpoints): the config "
+                "could not be compared with this run's; resuming it as it is",
+                where,
+                ckpt.RUN_CONFIG_FILE,
+            )
         return tag
     forced = ckpt.check_resumable(saved, record, where, cfg.trainer.force_resume)
     if forced and main:
-        log.warning("trainer.force_resume=true: resuming %s although the config differs:\n  %s", where,
-                    "\n  ".join(forced))
+        log.warning(
+            "trainer.force_resume=true: resuming %s although the config differs:\n  %s", where, "\n  ".join(forced)
+        )
     return tag
 
 
@@ -171,8 +182,11 @@ def load_init_weights(model: BertForPreTraining, init_from: str) -> dict:
     path = init_weights_path(init_from)
     weights = load_file(path)
     expected, bert_cfg = model.state_dict(), model.config
-    wrong = [f"{k} {tuple(v.shape)}, this model {tuple(expected[k].shape)}"
-             for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)}, this model {tuple(expected[k].shape)}"
+        for k, v in weights.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
     loaded = None if wrong else model.load_state_dict(weights, strict=False)
     if wrong or loaded.missing_keys or loaded.unexpected_keys:
         missing, unexpected = (loaded.missing_keys, loaded.unexpected_keys) if loaded else ([], [])
@@ -180,7 +194,8 @@ def load_init_weights(model: BertForPreTraining, init_from: str) -> dict:
             f"trainer.init_from={init_from} does not fit this model ({bert_cfg.num_hidden_layers} "
             f"layers of {bert_cfg.hidden_size}, vocabulary {bert_cfg.vocab_size:,}): "
             f"{len(wrong)} tensors of another shape {wrong[:2]}, {len(missing)} missing {missing[:2]}, "
-            f"{len(unexpected)} unexpected {unexpected[:2]}; use the model preset and shards it was trained with")
+            f"{len(unexpected)} unexpected {unexpected[:2]}; use the model preset and shards it was trained with"
+        )
     model.tie_weights()
     return {"path": init_from, "weights_file": os.path.basename(path), "fresh": [], "unused": []}
 
@@ -200,11 +215,17 @@ def log_init_report(report: dict) -> None:
     """Rank 0: where the weights came from and which tensors start fresh or go unused."""
     log.warning("trainer.init_from=%s: weights from %s", report["path"], report["weights_file"])
     if report["fresh"]:
-        log.warning("%d tensors the checkpoint lacks start from a fresh initialisation (as without init_from): %s",
-                    len(report["fresh"]), ", ".join(report["fresh"]))
+        log.warning(
+            "%d tensors the checkpoint lacks start from a fresh initialisation (as without init_from): %s",
+            len(report["fresh"]),
+            ", ".join(report["fresh"]),
+        )
     if report["unused"]:
-        log.warning("%d tensors of the checkpoint this model has no place for are not used: %s",
-                    len(report["unused"]), ", ".join(report["unused"]))
+        log.warning(
+            "%d tensors of the checkpoint this model has no place for are not used: %s",
+            len(report["unused"]),
+            ", ".join(report["unused"]),
+        )
 
 
 def saved_init_report(output_dir: str, tag: str) -> Optional[dict]:
@@ -223,8 +244,10 @@ def check_precision_supported(precision: str) -> None:
     supported = {"fp32": True, "bf16": accelerator.is_bf16_supported(), "fp16": accelerator.is_fp16_supported()}
     if not supported.get(precision, True):
         usable = ", ".join(p for p, ok in supported.items() if ok)
-        raise ConfigError(f"deepspeed.precision={precision} is not supported on this machine's DeepSpeed "
-                          f"accelerator ({accelerator.device_name()}); use one of: {usable}")
+        raise ConfigError(
+            f"deepspeed.precision={precision} is not supported on this machine's DeepSpeed "
+            f"accelerator ({accelerator.device_name()}); use one of: {usable}"
+        )
 
 
 def seed_rank(seed: int, rank: int) -> None:
@@ -243,14 +266,18 @@ def build_engine(model: BertForPreTraining, cfg: TrainConfig, world_size: int):
     optimizer = build_optimizer(model, cfg.optim, cfg.deepspeed.offload_optimizer)
     ds_config = build_deepspeed_config(cfg.deepspeed, cfg.trainer, cfg.data, cfg.optim, world_size)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=ds_config,
-        lr_scheduler=lambda opt: make_scheduler(opt, cfg.optim, cfg.trainer.max_steps))
+        model=model,
+        optimizer=optimizer,
+        config=ds_config,
+        lr_scheduler=lambda opt: make_scheduler(opt, cfg.optim, cfg.trainer.max_steps),
+    )
     if cfg.trainer.compile:
         engine.compile()
     return engine, ds_config["gradient_accumulation_steps"]
 
 
 # --- small pieces of the loop ----------------------------------------------------------------
+
 
 class StopRequest:
     """SIGTERM/SIGINT handlers that only set a flag; the loop acts on it at the end of a step.
@@ -285,8 +312,19 @@ def forward_inputs(batch: dict[str, torch.Tensor], device: torch.device, sparse_
 
 
 # Layout of the per-step statistics vector summed over ranks with one all_reduce.
-STATS = ("loss", "mlm_loss", "nsp_loss", "micro_batches", "mlm_correct", "mlm_count", "nsp_correct",
-         "nsp_count", "tokens", "samples", "stop")
+STATS = (
+    "loss",
+    "mlm_loss",
+    "nsp_loss",
+    "micro_batches",
+    "mlm_correct",
+    "mlm_count",
+    "nsp_correct",
+    "nsp_count",
+    "tokens",
+    "samples",
+    "stop",
+)
 _I = {name: i for i, name in enumerate(STATS)}
 
 
@@ -313,7 +351,7 @@ def host_stats(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def micro_stats(out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(len(STATS),) float64 contribution of one micro batch, on CPU."""
     s = host_stats(batch)
-    s[:len(_OUTPUT_FIELDS)] += output_stats(out).cpu()
+    s[: len(_OUTPUT_FIELDS)] += output_stats(out).cpu()
     return s
 
 
@@ -343,6 +381,7 @@ def device_memory_gb(device: torch.device) -> float:
 
 
 # --- the run ---------------------------------------------------------------------------------
+
 
 @dataclass
 class RunState:
@@ -399,8 +438,7 @@ class Trainer:
         self.state.step = self.state.last_saved_step = client["step"]
         self.state.samples_consumed = client["samples_consumed"]
         # DeepSpeed restored the saved run's lr (0.0 where its schedule ended): set this run's.
-        restore_schedule_position(self.engine.lr_scheduler, self.cfg.optim, self.cfg.trainer.max_steps,
-                                  self.state.step)
+        restore_schedule_position(self.engine.lr_scheduler, self.cfg.optim, self.cfg.trainer.max_steps, self.state.step)
         if self.is_main:
             print(f"resumed from {os.path.join(self.checkpoint_dir, tag)} at step {self.state.step}", flush=True)
             self._truncate_steps_file(self.state.step)
@@ -409,12 +447,26 @@ class Trainer:
     def save(self) -> None:
         finite = torch.tensor([1.0 if ckpt.local_weights_finite(self.engine) else 0.0])
         if all_reduce_sum(finite, self.ctx.device).item() < self.ctx.world_size:
-            raise RuntimeError(f"non-finite weights at step {self.state.step}: refusing to save a checkpoint "
-                               f"(the last good one is step {self.state.last_saved_step})")
-        client = ckpt.client_state(self.state.step, self.state.samples_consumed, self.loader.state_dict(),
-                                   self.tracker.run_id if self.tracker else None, self.cfg_hash)
-        tag = ckpt.save(self.engine, self.checkpoint_dir, self.state.step, client, self.ctx.rank,
-                        self.cfg.trainer.keep_last_k, self.record)
+            raise RuntimeError(
+                f"non-finite weights at step {self.state.step}: refusing to save a checkpoint "
+                f"(the last good one is step {self.state.last_saved_step})"
+            )
+        client = ckpt.client_state(
+            self.state.step,
+            self.state.samples_consumed,
+            self.loader.state_dict(),
+            self.tracker.run_id if self.tracker else None,
+            self.cfg_hash,
+        )
+        tag = ckpt.save(
+            self.engine,
+            self.checkpoint_dir,
+            self.state.step,
+            client,
+            self.ctx.rank,
+            self.cfg.trainer.keep_last_k,
+            self.record,
+        )
         self.state.last_saved_step = self.state.step
         if self.is_main:
             print(f"saved checkpoint {os.path.join(self.checkpoint_dir, tag)}", flush=True)
@@ -467,21 +519,25 @@ class Trainer:
             stats += host_stats(batch)
             ids += batch["example_id"].tolist()
             done += 1
-        stats[:len(_OUTPUT_FIELDS)] += on_device.cpu()
+        stats[: len(_OUTPUT_FIELDS)] += on_device.cpu()
         return stats, ids
 
     def _skip_nonfinite(self, batch) -> None:
         self.state.nonfinite_in_a_row += 1
         self.state.nonfinite_total += 1
         if self.is_main:
-            print(f"non-finite loss at step {self.state.step + 1} on some rank: micro batch dropped "
-                  f"({self.state.nonfinite_in_a_row} in a row)", flush=True)
+            print(
+                f"non-finite loss at step {self.state.step + 1} on some rank: micro batch dropped "
+                f"({self.state.nonfinite_in_a_row} in a row)",
+                flush=True,
+            )
         if self.state.nonfinite_in_a_row >= self.cfg.trainer.max_nonfinite_in_a_row:
             raise NonFiniteLossError(
                 f"{self.state.nonfinite_in_a_row} non-finite losses in a row at step {self.state.step + 1} "
                 f"(trainer.max_nonfinite_in_a_row={self.cfg.trainer.max_nonfinite_in_a_row}): the run diverged; "
                 f"lower optim.lr, raise warmup, or use fp32/bf16; resume restarts from step "
-                f"{self.state.last_saved_step}")
+                f"{self.state.last_saved_step}"
+            )
 
     def gather_ids(self, ids: list[int]) -> list[int]:
         """Example ids of the step over all ranks, rank-major."""
@@ -558,8 +614,12 @@ class Trainer:
         return metrics
 
     def write_step(self, stats: torch.Tensor, ids: list[int] | None) -> None:
-        record = {"step": self.state.step, **summarise(stats), "lr": self.step_lr,
-                  "samples_consumed": self.state.samples_consumed}
+        record = {
+            "step": self.state.step,
+            **summarise(stats),
+            "lr": self.step_lr,
+            "samples_consumed": self.state.samples_consumed,
+        }
         if ids is not None:
             record["example_ids"] = ids
         with open(os.path.join(self.cfg.output_dir, STEPS_FILE), "a") as f:
@@ -600,9 +660,17 @@ class Trainer:
                 metrics = self.interval_metrics(interval, now - interval_start - paused)
                 if self.is_main:
                     self.tracker.log(metrics, self.state.step)
-                    print(format_progress(self.state.step, t.max_steps, metrics["train/loss"],
-                                          metrics["perf/tokens_per_s"], now - started, start_step=self.start_step),
-                          flush=True)
+                    print(
+                        format_progress(
+                            self.state.step,
+                            t.max_steps,
+                            metrics["train/loss"],
+                            metrics["perf/tokens_per_s"],
+                            now - started,
+                            start_step=self.start_step,
+                        ),
+                        flush=True,
+                    )
                 interval.zero_()
                 interval_start, paused = time.perf_counter(), 0.0
             pause_start = time.perf_counter()
@@ -611,16 +679,20 @@ class Trainer:
             if stats[_I["stop"]] > 0:
                 self.save()
                 if self.is_main:
-                    print(f"stopping at step {self.state.step} on request ({self.stop.signal_name or 'signal to another rank'}"
-                          f"); resume by running the same command again", flush=True)
+                    print(
+                        f"stopping at step {self.state.step} on request ({self.stop.signal_name or 'signal to another rank'}"
+                        f"); resume by running the same command again",
+                        flush=True,
+                    )
                 return 0
             if self.state.step % t.checkpoint_every == 0:
                 self.save()
             paused += time.perf_counter() - pause_start
         final = self._log_eval()
         if self.is_main:
-            self.tracker.summary({**final, "train/step": self.state.step,
-                                  "train/samples_consumed": self.state.samples_consumed})
+            self.tracker.summary(
+                {**final, "train/step": self.state.step, "train/samples_consumed": self.state.samples_consumed}
+            )
         if self.state.last_saved_step != self.state.step:
             self.save()
         if t.export_hf:
@@ -633,8 +705,10 @@ class Trainer:
             self.tracker.log(metrics, self.state.step)
             with open(os.path.join(self.cfg.output_dir, EVALS_FILE), "a") as f:
                 f.write(json.dumps({"step": self.state.step, **metrics}) + "\n")
-            print("eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in metrics.items() if k != "eval/batches_per_rank"),
-                  flush=True)
+            print(
+                "eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in metrics.items() if k != "eval/batches_per_rank"),
+                flush=True,
+            )
         return metrics
 
     def export(self) -> None:

@@ -14,7 +14,7 @@ import zlib
 from typing import BinaryIO, Callable, Iterator
 
 from pipeline.config import SourceConfig
-from pipeline.records import RawDocument, RejectReason, Rejection, SourceFormat, WikitextPage
+from pipeline.records import RawDocument, Rejection, RejectReason, SourceFormat, WikitextPage
 from pipeline.sources.compression import STREAM_BUFFER_BYTES, Compression, PrefixedStream, open_decompressed, read_head
 from pipeline.sources.detect import detect_format
 from pipeline.sources.jsonl import read_json_lines
@@ -33,8 +33,9 @@ _READERS: dict[SourceFormat, Callable[[str, BinaryIO, SourceConfig], Iterator[Ra
 }
 
 
-def read_source(path: str, open_binary: Callable[[], BinaryIO], cfg: SourceConfig,
-                defer_wikitext: bool = False) -> Iterator[RawDocument | WikitextPage | Rejection]:
+def read_source(
+    path: str, open_binary: Callable[[], BinaryIO], cfg: SourceConfig, defer_wikitext: bool = False
+) -> Iterator[RawDocument | WikitextPage | Rejection]:
     """Stream one input file's documents and rejections; never raises for bad input.
 
     ``defer_wikitext``: Wikipedia articles come out as WikitextPage, for
@@ -60,8 +61,9 @@ def read_source(path: str, open_binary: Callable[[], BinaryIO], cfg: SourceConfi
             pass  # closing a file we only read cannot lose data
 
 
-def _read_opened(path: str, raw: BinaryIO, cfg: SourceConfig,
-                 defer_wikitext: bool) -> Iterator[RawDocument | WikitextPage | Rejection]:
+def _read_opened(
+    path: str, raw: BinaryIO, cfg: SourceConfig, defer_wikitext: bool
+) -> Iterator[RawDocument | WikitextPage | Rejection]:
     compression = Compression.NONE
     served: PrefixedStream | None = None
     try:

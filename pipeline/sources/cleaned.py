@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from pipeline.cleaning import clean_text
-from pipeline.records import RawDocument, RejectAction, RejectReason, Rejection, SourceFormat
+from pipeline.records import RawDocument, RejectAction, Rejection, RejectReason, SourceFormat
 
 
 def cleaned_document(

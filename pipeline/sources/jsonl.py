@@ -7,7 +7,7 @@ import re
 from typing import BinaryIO, Iterator
 
 from pipeline.config import SourceConfig
-from pipeline.records import RawDocument, RejectReason, Rejection, SourceFormat
+from pipeline.records import RawDocument, Rejection, RejectReason, SourceFormat
 from pipeline.sources.cleaned import cleaned_document
 from pipeline.sources.lines import BadLine, read_lines
 

@@ -7,8 +7,8 @@ from typing import BinaryIO, Iterator
 
 from pipeline.config import SourceConfig
 from pipeline.records import RawDocument, Rejection, SourceFormat
-from pipeline.sources.compression import strip_compression_suffix
 from pipeline.sources.cleaned import cleaned_document
+from pipeline.sources.compression import strip_compression_suffix
 from pipeline.sources.lines import BadLine, read_lines
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from pipeline.config import SourceConfig
-from pipeline.records import RawDocument, RejectReason, Rejection, SourceFormat, WikitextPage
+from pipeline.records import RawDocument, Rejection, RejectReason, SourceFormat, WikitextPage
 from pipeline.sources.cleaned import cleaned_document
 from pipeline.sources.encoding import Encoding, UnknownEncodingError, detect_xml_encoding
 from pipeline.sources.wikitext import wikitext_to_paragraphs
@@ -58,8 +58,9 @@ class _EndOfDump:
     saw_any_page: bool
 
 
-def read_wikipedia_xml(source: str, stream: BinaryIO, cfg: SourceConfig,
-                       defer_wikitext: bool = False) -> Iterator[RawDocument | WikitextPage | Rejection]:
+def read_wikipedia_xml(
+    source: str, stream: BinaryIO, cfg: SourceConfig, defer_wikitext: bool = False
+) -> Iterator[RawDocument | WikitextPage | Rejection]:
     """Articles of a MediaWiki dump: main namespace, not redirects, not disambiguation pages.
 
     With ``defer_wikitext`` articles come out as WikitextPage (convert them with
@@ -219,8 +220,9 @@ def _read_page(source: str, page: _Page, encoding: Encoding) -> Iterator[Wikitex
 def wikitext_page_to_documents(page: WikitextPage, cfg: SourceConfig) -> Iterator[RawDocument | Rejection]:
     """An article's prose, cleaned (or the EMPTY / CONTROL_CHARACTERS rejections)."""
     paragraphs = wikitext_to_paragraphs(page.wikitext, keep_lists=cfg.keep_lists)
-    yield from cleaned_document(page.source, page.record_id, page.title, "\n\n".join(paragraphs),
-                                SourceFormat.WIKIPEDIA_XML)
+    yield from cleaned_document(
+        page.source, page.record_id, page.title, "\n\n".join(paragraphs), SourceFormat.WIKIPEDIA_XML
+    )
 
 
 def _id_and_title(head: bytes, encoding: Encoding) -> tuple[str, str]:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import html
 import re
 
-from mwparserfromhell.parser import ParserError, tokens
 from mwparserfromhell.parser import CTokenizer as _Tokenizer  # None if the C extension is missing
+from mwparserfromhell.parser import ParserError, tokens
 
 if _Tokenizer is None:  # pragma: no cover - the wheel ships the extension
     from mwparserfromhell.parser.tokenizer import Tokenizer as _Tokenizer

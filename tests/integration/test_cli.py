@@ -15,8 +15,7 @@ PROGRESS_LINE = re.compile(r"^\[ *(\d+m)?\d+s\] documents read [\d,]+ · kept [\
 
 
 def cli(tool, *args, cwd, timeout=180):
-    return subprocess.run([sys.executable, "-m", tool, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", tool, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def preset_groups(help_text: str) -> dict[str, list[str]]:
@@ -30,13 +29,20 @@ def preset_groups(help_text: str) -> dict[str, list[str]]:
     return groups
 
 
-@pytest.mark.parametrize("tool, title, required, own", [
-    ("pipeline", "bert-pretrain data job", ["output_dir"], PIPELINE_GROUPS),
-    ("training", "bert-pretrain trainer", ["data_dir", "output_dir"], TRAINER_GROUPS),
-    ("training.finetune", "bert-pretrain fine-tuning", ["task", "data_dir", "model_dir", "output_dir"],
-     FINETUNE_GROUPS),
-    ("training.evaluate", "bert-pretrain evaluate", ["model_dir"], set()),  # task=lee is a plain key
-])
+@pytest.mark.parametrize(
+    "tool, title, required, own",
+    [
+        ("pipeline", "bert-pretrain data job", ["output_dir"], PIPELINE_GROUPS),
+        ("training", "bert-pretrain trainer", ["data_dir", "output_dir"], TRAINER_GROUPS),
+        (
+            "training.finetune",
+            "bert-pretrain fine-tuning",
+            ["task", "data_dir", "model_dir", "output_dir"],
+            FINETUNE_GROUPS,
+        ),
+        ("training.evaluate", "bert-pretrain evaluate", ["model_dir"], set()),  # task=lee is a plain key
+    ],
+)
 def test_help_names_the_tool_its_required_keys_and_only_its_own_presets(tmp_path, tool, title, required, own):
     r = cli(tool, "--help", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -49,16 +55,23 @@ def test_help_names_the_tool_its_required_keys_and_only_its_own_presets(tmp_path
     assert list(tmp_path.iterdir()) == []  # --help writes nothing
 
 
-@pytest.mark.parametrize("tool, args, message", [
-    ("pipeline", [], "error: output_dir is required"),
-    ("pipeline", ["output_dir=out", "instances.pool_size=1"], "error: instances.pool_size must be at least 2"),
-    ("pipeline", ["output_dir=out", "runner=dataflow"], "error: DataflowRunner needs runner.project"),
-    ("pipeline", ["output_dir=out", "log_level=LOUD"], "error: log_level must be one of"),
-    ("training", ["data_dir=shards"], "error: output_dir is required"),
-    ("training", ["output_dir=run"], "error: data_dir is required"),
-    ("training", ["data_dir=shards", "output_dir=run", "optim.lr=-1"], "error: optim.lr must be positive"),
-    ("training", ["data_dir=shards", "output_dir=run", "optim=lamb"], "error: optim.name=lamb needs deepspeed.zero_stage=0"),
-])
+@pytest.mark.parametrize(
+    "tool, args, message",
+    [
+        ("pipeline", [], "error: output_dir is required"),
+        ("pipeline", ["output_dir=out", "instances.pool_size=1"], "error: instances.pool_size must be at least 2"),
+        ("pipeline", ["output_dir=out", "runner=dataflow"], "error: DataflowRunner needs runner.project"),
+        ("pipeline", ["output_dir=out", "log_level=LOUD"], "error: log_level must be one of"),
+        ("training", ["data_dir=shards"], "error: output_dir is required"),
+        ("training", ["output_dir=run"], "error: data_dir is required"),
+        ("training", ["data_dir=shards", "output_dir=run", "optim.lr=-1"], "error: optim.lr must be positive"),
+        (
+            "training",
+            ["data_dir=shards", "output_dir=run", "optim=lamb"],
+            "error: optim.name=lamb needs deepspeed.zero_stage=0",
+        ),
+    ],
+)
 def test_a_configuration_mistake_is_one_line_and_exit_code_2(tmp_path, tool, args, message):
     r = cli(tool, *args, cwd=tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -73,8 +86,15 @@ def test_the_data_job_prints_progress_and_its_summary_and_no_beam_chatter(tmp_pa
     summary; nothing is written outside output_dir (no Hydra run directory)."""
     work, out = tmp_path / "cwd", tmp_path / "shards"
     work.mkdir()
-    r = cli("pipeline", f"output_dir={out}", "tokenizer.vocab_size=4000", "progress_every_s=0.5",
-            "runner.direct_num_workers=2", "runner.direct_running_mode=multi_processing", cwd=work)
+    r = cli(
+        "pipeline",
+        f"output_dir={out}",
+        "tokenizer.vocab_size=4000",
+        "progress_every_s=0.5",
+        "runner.direct_num_workers=2",
+        "runner.direct_running_mode=multi_processing",
+        cwd=work,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("bert-pretrain data job finished in")
     stderr = r.stderr.splitlines()
@@ -87,16 +107,32 @@ def test_the_data_job_prints_progress_and_its_summary_and_no_beam_chatter(tmp_pa
 
 
 def test_log_level_info_reaches_the_worker_processes(tmp_path):
-    r = cli("pipeline", f"output_dir={tmp_path / 'shards'}", "tokenizer.vocab_size=4000", "log_level=INFO",
-            "progress_every_s=0", "runner.direct_num_workers=1", "runner.direct_running_mode=multi_processing",
-            cwd=tmp_path)
+    r = cli(
+        "pipeline",
+        f"output_dir={tmp_path / 'shards'}",
+        "tokenizer.vocab_size=4000",
+        "log_level=INFO",
+        "progress_every_s=0",
+        "runner.direct_num_workers=1",
+        "runner.direct_running_mode=multi_processing",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     # Logged at INFO by Beam's SDK harness, which runs only inside the worker process.
-    assert re.search(r" INFO apache_beam\.runners\.worker\.sdk_worker_main: Python sdk harness starting", r.stderr), r.stderr
+    assert re.search(r" INFO apache_beam\.runners\.worker\.sdk_worker_main: Python sdk harness starting", r.stderr), (
+        r.stderr
+    )
 
 
-@pytest.mark.parametrize("tool, override", [("training", "model=model_schema"), ("training", "instances=sop"),
-                                             ("pipeline", "tokenizer=tokenizer_schema"), ("pipeline", "model=mini")])
+@pytest.mark.parametrize(
+    "tool, override",
+    [
+        ("training", "model=model_schema"),
+        ("training", "instances=sop"),
+        ("pipeline", "tokenizer=tokenizer_schema"),
+        ("pipeline", "model=mini"),
+    ],
+)
 def test_a_schema_or_the_other_tools_group_is_not_a_preset(tmp_path, tool, override):
     """`model=model_schema` used to build a 768-wide model silently; `instances=sop` was offered to
     the trainer. Neither is an option of that tool now: Hydra says so while composing."""
@@ -106,20 +142,30 @@ def test_a_schema_or_the_other_tools_group_is_not_a_preset(tmp_path, tool, overr
     assert "Could not" in r.stderr and override.split("=")[0] in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "does not exist"),
-    (b"a\nb\n", "vocabulary lacks BERT's special tokens"),
-    (b"\xff\xfe[PAD]\n", "is not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        (b"a\nb\n", "vocabulary lacks BERT's special tokens"),
+        (b"\xff\xfe[PAD]\n", "is not UTF-8 text"),
+    ],
+)
 def test_a_bad_vocab_file_is_one_line_before_the_job_starts(tmp_path, content, message):
     vocab = tmp_path / "vocab.txt"
     if content is not None:
         vocab.write_bytes(content)
-    r = cli("pipeline", f"output_dir={tmp_path / 'out'}", "tokenizer=vocab_file", f"tokenizer.vocab_file={vocab}",
-            cwd=tmp_path)
+    r = cli(
+        "pipeline",
+        f"output_dir={tmp_path / 'out'}",
+        "tokenizer=vocab_file",
+        f"tokenizer.vocab_file={vocab}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 1
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: tokenizer.vocab_file={vocab}") and message in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: tokenizer.vocab_file={vocab}") and message in lines[0], (
+        r.stderr
+    )
     assert not (tmp_path / "out").exists()
 
 

@@ -23,8 +23,12 @@ def test_offload_uses_deepspeed_cpu_adam():
     opt = build_optimizer(model, OptimConfig(), offload_optimizer=True)
     assert isinstance(opt, DeepSpeedCPUAdam)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
-    out = model(torch.randint(5, 100, (2, 8)), masked_lm_positions=torch.tensor([[1], [2]]),
-                masked_lm_labels=torch.tensor([[7], [9]]), next_sentence_label=torch.tensor([0, 1]))
+    out = model(
+        torch.randint(5, 100, (2, 8)),
+        masked_lm_positions=torch.tensor([[1], [2]]),
+        masked_lm_labels=torch.tensor([[7], [9]]),
+        next_sentence_label=torch.tensor([0, 1]),
+    )
     out.loss.backward()
     before = model.bert.pooler.dense.weight.detach().clone()
     opt.step()

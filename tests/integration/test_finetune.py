@@ -18,12 +18,12 @@ import sys
 import numpy as np
 import pytest
 
+from paths import CONF, REPO
 from training.config import ConfigError
 from training.finetune import glue, metrics
 from training.finetune.config import TaskConfig
 from training.finetune.kinds import BadInputError, RowPolicy, load_kind
 
-from paths import CONF, REPO
 CONF_DIR = os.path.join(CONF, "finetune")
 MY_PRESETS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli", "polarity")
 
@@ -38,6 +38,7 @@ POLARITY = os.path.join(gensim_test_data(), "pang_lee_polarity.cor")
 
 
 # --- metrics on fixed predictions, against values worked out by hand ----------------------------
+
 
 def test_accuracy_and_f1_of_the_positive_class():
     assert metrics.accuracy([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5
@@ -70,9 +71,16 @@ def test_pearson_and_spearman_with_ties():
 
 # --- readers -------------------------------------------------------------------------------------
 
+
 def task(**fields) -> TaskConfig:
-    base = dict(kind="classification", name="t", dev_files={"dev": "dev.tsv"}, text_columns=["sentence"],
-                label_column="label", labels=["0", "1"])
+    base = dict(
+        kind="classification",
+        name="t",
+        dev_files={"dev": "dev.tsv"},
+        text_columns=["sentence"],
+        label_column="label",
+        labels=["0", "1"],
+    )
     return TaskConfig(**{**base, **fields})
 
 
@@ -86,7 +94,10 @@ def test_tsv_rows_are_split_on_tabs_only_quotes_stay_in_the_text(tmp_path):
     path = write(tmp_path / "train.tsv", 'sentence\tlabel\n"a quote opens here\t1\nand "ends" \'here\'\t0\r\nlast\t1')
     rows = glue.read_tsv(path, task(), RowPolicy("error", path))
     assert [(r.line, r.texts, r.label) for r in rows] == [
-        (2, ('"a quote opens here',), "1"), (3, ('and "ends" \'here\'',), "0"), (4, ("last",), "1")]
+        (2, ('"a quote opens here',), "1"),
+        (3, ("and \"ends\" 'here'",), "0"),
+        (4, ("last",), "1"),
+    ]
 
 
 def test_a_headerless_file_takes_column_indices(tmp_path):
@@ -104,8 +115,11 @@ def test_a_row_with_the_wrong_number_of_columns_names_file_and_line(tmp_path):
     policy = RowPolicy("skip", path)
     rows = glue.read_tsv(path, task(), policy)
     assert [r.line for r in rows] == [2, 4]
-    assert policy.skipped.to_dict() == {"total": 1, "counts": {"wrong number of columns": 1},
-                                        "first": [f"{path}:3: wrong number of columns: 3, expected 2"]}
+    assert policy.skipped.to_dict() == {
+        "total": 1,
+        "counts": {"wrong number of columns": 1},
+        "first": [f"{path}:3: wrong number of columns: 3, expected 2"],
+    }
 
 
 def test_a_missing_column_name_is_a_config_error(tmp_path):
@@ -115,8 +129,15 @@ def test_a_missing_column_name_is_a_config_error(tmp_path):
 
 
 def test_polarity_file_is_cp1252_not_utf8():
-    polarity = task(format="fasttext", dev_files={}, cv_folds=5, labels=["neg", "pos"], text_columns=[],
-                    label_column=None, encoding="utf-8")
+    polarity = task(
+        format="fasttext",
+        dev_files={},
+        cv_folds=5,
+        labels=["neg", "pos"],
+        text_columns=[],
+        label_column=None,
+        encoding="utf-8",
+    )
     with pytest.raises(BadInputError, match=r"pang_lee_polarity.cor:27: not utf-8 text: byte 0x97 at byte 124"):
         glue.read_fasttext(POLARITY, polarity, RowPolicy("error", POLARITY))
     policy = RowPolicy("skip", POLARITY)
@@ -131,6 +152,7 @@ def test_polarity_file_is_cp1252_not_utf8():
 
 
 # --- folds, schedule, optimizer groups ----------------------------------------------------------
+
 
 def test_folds_cover_every_row_once_keep_the_class_balance_and_follow_the_seed():
     from training.finetune.loop import fold_rows
@@ -151,7 +173,18 @@ def test_linear_warmup_then_decay_and_no_weight_decay_on_biases_and_layer_norm()
     from training.finetune.loop import linear_warmup_decay, make_optimizer
 
     assert [round(linear_warmup_decay(s, 2, 10), 4) for s in range(11)] == [
-        0.3333, 0.6667, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
+        0.3333,
+        0.6667,
+        1.0,
+        0.875,
+        0.75,
+        0.625,
+        0.5,
+        0.375,
+        0.25,
+        0.125,
+        0.0,
+    ]
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
     optimizer, scheduler = make_optimizer(model, OptimConfig(lr=1e-3, warmup_ratio=0.1), total_steps=20)
     decay, no_decay = optimizer.param_groups
@@ -161,6 +194,7 @@ def test_linear_warmup_then_decay_and_no_weight_decay_on_biases_and_layer_norm()
 
 
 # --- every preset composes -----------------------------------------------------------------------
+
 
 def compose(*overrides):
     from hydra import compose as hydra_compose
@@ -172,8 +206,7 @@ def compose(*overrides):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = hydra_compose(config_name="finetune", overrides=["data_dir=d", "model_dir=m", "output_dir=o",
-                                                                *overrides])
+        cfg = hydra_compose(config_name="finetune", overrides=["data_dir=d", "model_dir=m", "output_dir=o", *overrides])
     return to_finetune_config(cfg)
 
 
@@ -196,51 +229,64 @@ def test_config_mistakes_fail_at_composition():
     with pytest.raises(Exception, match="save_model=true with task.cv_folds"):
         compose("task=polarity", "save_model=true")
     with pytest.raises(ConfigError, match="not classification metrics"):
-        load_kind("classification").check(compose("task=sst2", "task.metrics=[pearson]",
-                                                  "task.main_metric=pearson").task)
+        load_kind("classification").check(
+            compose("task=sst2", "task.metrics=[pearson]", "task.main_metric=pearson").task
+        )
 
 
 # --- a tiny BERT and a hand-written GLUE-layout directory ----------------------------------------
 
 GLUE = {
     "sst2": {
-        "train.tsv": "sentence\tlabel\na good film \t1\nbad and dull\t0\nthe \"best\" film ever\t1\n"
-                     "a dull bad film\t0\ngood good good\t1\nso bad\t0\n",
+        "train.tsv": 'sentence\tlabel\na good film \t1\nbad and dull\t0\nthe "best" film ever\t1\n'
+        "a dull bad film\t0\ngood good good\t1\nso bad\t0\n",
         "dev.tsv": "sentence\tlabel\na good film\t1\nbad\t0\nthe best\t1\nso dull\t0\n",
     },
     "mrpc": {
         "train.tsv": "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tthe cat sat\tthe cat sat\n"
-                     "0\t3\t4\tthe cat sat\ta dog ran\n1\t5\t6\ta dog ran\ta dog ran\n0\t7\t8\ta good film\tthe cat\n",
+        "0\t3\t4\tthe cat sat\ta dog ran\n1\t5\t6\ta dog ran\ta dog ran\n0\t7\t8\ta good film\tthe cat\n",
         "dev.tsv": "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t9\t10\tthe cat\tthe cat\n"
-                   "0\t11\t12\ta dog\tthe film\n1\t13\t14\tso bad\tso bad\n",
+        "0\t11\t12\ta dog\tthe film\n1\t13\t14\tso bad\tso bad\n",
     },
     "stsb": {
         "train.tsv": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-                     "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tthe cat sat\tthe cat sat\t5.000\n"
-                     "1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tthe cat sat\ta dog ran\t0.500\n"
-                     "2\tmain-captions\tMSRvid\t2012test\t0005\tnone\tnone\ta dog ran\tthe dog ran\t3.800\n",
+        "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tthe cat sat\tthe cat sat\t5.000\n"
+        "1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tthe cat sat\ta dog ran\t0.500\n"
+        "2\tmain-captions\tMSRvid\t2012test\t0005\tnone\tnone\ta dog ran\tthe dog ran\t3.800\n",
         "dev.tsv": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-                   "0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tthe cat\tthe cat\t5.000\n"
-                   "1\tmain-captions\tMSRvid\t2012test\t0002\tnone\tnone\tthe cat\ta film\t0.000\n"
-                   "2\tmain-captions\tMSRvid\t2012test\t0003\tnone\tnone\ta dog\tthe dog\t4.200\n",
+        "0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tthe cat\tthe cat\t5.000\n"
+        "1\tmain-captions\tMSRvid\t2012test\t0002\tnone\tnone\tthe cat\ta film\t0.000\n"
+        "2\tmain-captions\tMSRvid\t2012test\t0003\tnone\tnone\ta dog\tthe dog\t4.200\n",
     },
     "cola": {
         "train.tsv": "gj04\t1\t\tthe cat sat .\ngj04\t0\t*\tcat the sat .\ngj04\t1\t\ta dog ran .\n"
-                     "gj04\t0\t*\tran dog a .\n",
+        "gj04\t0\t*\tran dog a .\n",
         "dev.tsv": "gj04\t1\t\tthe dog sat .\ngj04\t0\t*\tsat the dog .\ngj04\t1\t\tthe cat ran .\n",
     },
 }
-MNLI_TRAIN_HEAD = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
-                   "sentence1_parse\tsentence2_parse\tsentence1\tsentence2")
+MNLI_TRAIN_HEAD = (
+    "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+    "sentence1_parse\tsentence2_parse\tsentence1\tsentence2"
+)
 MNLI_ROW = "{i}\t{i}\t{i}e\tfiction\t( x )\t( y )\t(ROOT x)\t(ROOT y)\t{a}\t{b}"
-MNLI_PAIRS = [("the cat sat", "a cat sat", "entailment"), ("the cat sat", "the dog ran", "contradiction"),
-              ("a dog ran", "a dog ran fast", "neutral")]
+MNLI_PAIRS = [
+    ("the cat sat", "a cat sat", "entailment"),
+    ("the cat sat", "the dog ran", "contradiction"),
+    ("a dog ran", "a dog ran fast", "neutral"),
+]
 GLUE["mnli"] = {
-    "train.tsv": MNLI_TRAIN_HEAD + "\tlabel1\tgold_label\n" + "".join(
-        MNLI_ROW.format(i=i, a=a, b=b) + f"\t{g}\t{g}\n" for i, (a, b, g) in enumerate(MNLI_PAIRS)),
-    **{f"dev_{which}.tsv": MNLI_TRAIN_HEAD + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n" + "".join(
-        MNLI_ROW.format(i=i, a=a, b=b) + f"\t{g}\t{g}\t{g}\t{g}\t{g}\t{g}\n" for i, (a, b, g) in enumerate(MNLI_PAIRS))
-       for which in ("matched", "mismatched")},
+    "train.tsv": MNLI_TRAIN_HEAD
+    + "\tlabel1\tgold_label\n"
+    + "".join(MNLI_ROW.format(i=i, a=a, b=b) + f"\t{g}\t{g}\n" for i, (a, b, g) in enumerate(MNLI_PAIRS)),
+    **{
+        f"dev_{which}.tsv": MNLI_TRAIN_HEAD
+        + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n"
+        + "".join(
+            MNLI_ROW.format(i=i, a=a, b=b) + f"\t{g}\t{g}\t{g}\t{g}\t{g}\t{g}\n"
+            for i, (a, b, g) in enumerate(MNLI_PAIRS)
+        )
+        for which in ("matched", "mismatched")
+    },
 }
 
 
@@ -272,19 +318,36 @@ def tiny_bert(tmp_path_factory):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words) + [str(d) for d in range(10)]
     write(out / "vocab.txt", "\n".join(vocab) + "\n")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(str(out))
     BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(str(out))
     return str(out)
 
 
 def finetune(*args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1",
-               WANDB_SILENT="true", TRANSFORMERS_VERBOSITY="error")
+    env = dict(
+        os.environ,
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        PYTHONUNBUFFERED="1",
+        WANDB_SILENT="true",
+        TRANSFORMERS_VERBOSITY="error",
+    )
     env.setdefault("OMP_NUM_THREADS", "1")  # on shared cores one thread is several times faster than two
-    return subprocess.run([sys.executable, "-m", "training.finetune", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "training.finetune", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_results(output_dir):
@@ -315,16 +378,24 @@ def test_kind_evaluate_gives_the_metrics_of_fixed_predictions(glue_dir, tiny_ber
 def test_glue_tasks_end_to_end_through_the_cli(glue_dir, tiny_bert, tmp_path):
     """One multirun over five presets (data_dir follows the task), each from the tiny BERT. (A
     sweep over task= takes no task.* override: Hydra composes the sweep's base config without one.)"""
-    result = finetune("-m", "task=sst2,mrpc,stsb,cola,mnli", f"data_dir={glue_dir}/${{task.name}}",
-                      f"model_dir={tiny_bert}", f"output_dir={tmp_path}", *QUICK)
+    result = finetune(
+        "-m",
+        "task=sst2,mrpc,stsb,cola,mnli",
+        f"data_dir={glue_dir}/${{task.name}}",
+        f"model_dir={tiny_bert}",
+        f"output_dir={tmp_path}",
+        *QUICK,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     by_task = {r["task"]: r for r in map(read_results, sorted(glob.glob(str(tmp_path / "[0-9]"))))}
     assert set(by_task) == {"sst2", "mrpc", "stsb", "cola", "mnli"}
-    expected = {"sst2": ("dev/accuracy", {"dev/accuracy"}),
-                "mrpc": ("dev/f1", {"dev/f1", "dev/accuracy"}),
-                "stsb": ("dev/spearman", {"dev/pearson", "dev/spearman"}),
-                "cola": ("dev/matthews", {"dev/matthews", "dev/accuracy"}),
-                "mnli": ("dev_matched/accuracy", {"dev_matched/accuracy", "dev_mismatched/accuracy"})}
+    expected = {
+        "sst2": ("dev/accuracy", {"dev/accuracy"}),
+        "mrpc": ("dev/f1", {"dev/f1", "dev/accuracy"}),
+        "stsb": ("dev/spearman", {"dev/pearson", "dev/spearman"}),
+        "cola": ("dev/matthews", {"dev/matthews", "dev/accuracy"}),
+        "mnli": ("dev_matched/accuracy", {"dev_matched/accuracy", "dev_mismatched/accuracy"}),
+    }
     for name, (main, keys) in expected.items():
         r = by_task[name]
         assert r["main_metric"] == main and r["score"] == r["final"][main]
@@ -346,30 +417,48 @@ def test_a_bad_row_is_one_error_line_naming_file_and_line(glue_dir, tiny_bert, t
     result = finetune("task=sst2", f"data_dir={data}", f"model_dir={tiny_bert}", f"output_dir={tmp_path / 'out'}")
     assert result.returncode == 2, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [f"error: {data}/train.tsv:3: wrong number of columns: 3, expected 2 "
-                     "(task.on_bad_row=skip leaves such rows out and counts them)"]
+    assert lines == [
+        f"error: {data}/train.tsv:3: wrong number of columns: 3, expected 2 "
+        "(task.on_bad_row=skip leaves such rows out and counts them)"
+    ]
 
 
 def test_skipped_rows_are_counted_by_reason_and_reported_and_save_model_keeps_the_model(tiny_bert, tmp_path):
     data = tmp_path / "sst2"
     os.makedirs(data)
     write(data / "dev.tsv", GLUE["sst2"]["dev.tsv"] + "also bad\t2\n")
-    write(data / "train.tsv", "sentence\tlabel\na good film\t1\nbad\tand dull\t0\nok\tpositive\n"
-                              "so bad\t0\ntoo\tmany\ttabs\there\n")
+    write(
+        data / "train.tsv",
+        "sentence\tlabel\na good film\t1\nbad\tand dull\t0\nok\tpositive\nso bad\t0\ntoo\tmany\ttabs\there\n",
+    )
     out = tmp_path / "out"
-    result = finetune("task=sst2", "task.on_bad_row=skip", "save_model=true", f"data_dir={data}",
-                      f"model_dir={tiny_bert}", f"output_dir={out}", "task.max_seq_length=16", *QUICK)
+    result = finetune(
+        "task=sst2",
+        "task.on_bad_row=skip",
+        "save_model=true",
+        f"data_dir={data}",
+        f"model_dir={tiny_bert}",
+        f"output_dir={out}",
+        "task.max_seq_length=16",
+        *QUICK,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     r = read_results(out)
     assert r["rows"] == {"train": 2, "dev": 4}
     assert r["skipped"]["train.tsv"] == {
-        "total": 3, "counts": {"wrong number of columns": 2, "unknown label": 1},
-        "first": [f"{data}/train.tsv:3: wrong number of columns: 3, expected 2",
-                  f"{data}/train.tsv:6: wrong number of columns: 4, expected 2",
-                  f"{data}/train.tsv:4: unknown label: 'positive' is not one of task.labels ['0', '1']"]}
+        "total": 3,
+        "counts": {"wrong number of columns": 2, "unknown label": 1},
+        "first": [
+            f"{data}/train.tsv:3: wrong number of columns: 3, expected 2",
+            f"{data}/train.tsv:6: wrong number of columns: 4, expected 2",
+            f"{data}/train.tsv:4: unknown label: 'positive' is not one of task.labels ['0', '1']",
+        ],
+    }
     assert r["skipped"]["dev.tsv"]["counts"] == {"unknown label": 1}
-    assert (f"skipped 3 rows of train.tsv (wrong number of columns: 2, unknown label: 1); "
-            f"first: {data}/train.tsv:3: wrong number of columns: 3, expected 2") in result.stdout
+    assert (
+        f"skipped 3 rows of train.tsv (wrong number of columns: 2, unknown label: 1); "
+        f"first: {data}/train.tsv:3: wrong number of columns: 3, expected 2"
+    ) in result.stdout
     from transformers import BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(str(out / "model"))
@@ -377,8 +466,16 @@ def test_skipped_rows_are_counted_by_reason_and_reported_and_save_model_keeps_th
 
 
 def test_lr_sweep_writes_each_job_and_a_summary_naming_the_best(glue_dir, tiny_bert, tmp_path):
-    result = finetune("-m", "optim.lr=2e-5,3e-5,5e-5", "task=sst2", f"data_dir={glue_dir}/sst2",
-                      f"model_dir={tiny_bert}", f"output_dir={tmp_path}", "train.epochs=1", "task.max_seq_length=16")
+    result = finetune(
+        "-m",
+        "optim.lr=2e-5,3e-5,5e-5",
+        "task=sst2",
+        f"data_dir={glue_dir}/sst2",
+        f"model_dir={tiny_bert}",
+        f"output_dir={tmp_path}",
+        "train.epochs=1",
+        "task.max_seq_length=16",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "sweep_summary.json") as f:
         summary = json.load(f)
@@ -398,8 +495,16 @@ def test_wandb_offline_run_holds_the_dev_metric_of_every_epoch(glue_dir, tiny_be
     from test_tracking import finished_run_records, offline_run
 
     out = tmp_path / "out"
-    result = finetune("task=sst2", "logger=wandb_offline", f"data_dir={glue_dir}/sst2", f"model_dir={tiny_bert}",
-                      f"output_dir={out}", "train.log_every=1", "task.max_seq_length=16", *QUICK)
+    result = finetune(
+        "task=sst2",
+        "logger=wandb_offline",
+        f"data_dir={glue_dir}/sst2",
+        f"model_dir={tiny_bert}",
+        f"output_dir={out}",
+        "train.log_every=1",
+        "task.max_seq_length=16",
+        *QUICK,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     r = read_results(out)
     (run_file,) = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
@@ -413,8 +518,15 @@ def test_wandb_offline_run_holds_the_dev_metric_of_every_epoch(glue_dir, tiny_be
 
 # --- real data: 200 polarity sentences, 5-fold cross-validation ----------------------------------
 
-POLARITY_CV = ("task=polarity", "task.cv_folds=5", "task.max_seq_length=48", "train.epochs=2",
-               "train.batch_size=8", "optim.lr=1e-4", f"data_dir={gensim_test_data()}")
+POLARITY_CV = (
+    "task=polarity",
+    "task.cv_folds=5",
+    "task.max_seq_length=48",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "optim.lr=1e-4",
+    f"data_dir={gensim_test_data()}",
+)
 """5 folds of 160/40 sentences, 2 epochs of 20 steps: a short run needs more steps and a higher lr
 than the paper's 3 epochs at batch 32, 2e-5 on tens of thousands of examples."""
 
@@ -442,9 +554,22 @@ def our_pretrained_model(tmp_path_factory):
     env.setdefault("OMP_NUM_THREADS", "1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, "-m", "training", "experiment=cpu_smoke", "model=tiny",
-                           f"data_dir={root / 'shards'}", f"output_dir={root / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "experiment=cpu_smoke",
+            "model=tiny",
+            f"data_dir={root / 'shards'}",
+            f"output_dir={root / 'run'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return str(root / "run" / "hf")
 
@@ -454,8 +579,10 @@ def test_polarity_cross_validation_from_our_pretrained_model(our_pretrained_mode
     assert result.returncode == 0, result.stderr[-3000:]
     r = read_results(tmp_path)
     accuracies = check_cross_validation(r)
-    print(f"\npolarity 5-fold accuracy, our pre-trained model: {np.mean(accuracies):.3f} ± "
-          f"{np.std(accuracies, ddof=1):.3f} {accuracies}")
+    print(
+        f"\npolarity 5-fold accuracy, our pre-trained model: {np.mean(accuracies):.3f} ± "
+        f"{np.std(accuracies, ddof=1):.3f} {accuracies}"
+    )
     pretraining = r["model_source"]["pretraining"]
     assert pretraining["run"]["config"]["data_dir"].endswith("shards") and pretraining["checkpoint"]
     assert pretraining["manifest"]["vocab_size"] <= 2000 and pretraining["last_step"]["step"] == 20
@@ -469,7 +596,9 @@ def test_polarity_cross_validation_from_the_published_minilm_encoder(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     r = read_results(tmp_path)
     accuracies = check_cross_validation(r)
-    print(f"\npolarity 5-fold accuracy, published MiniLM encoder: {np.mean(accuracies):.3f} ± "
-          f"{np.std(accuracies, ddof=1):.3f} {accuracies}")
+    print(
+        f"\npolarity 5-fold accuracy, published MiniLM encoder: {np.mean(accuracies):.3f} ± "
+        f"{np.std(accuracies, ddof=1):.3f} {accuracies}"
+    )
     assert np.mean(accuracies) > 0.6
     assert "pretraining" not in r["model_source"]

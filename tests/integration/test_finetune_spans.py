@@ -14,15 +14,25 @@ import sys
 import numpy as np
 import pytest
 
+from paths import DATA as TEST_DATA
+from paths import REPO
 from training.config import ConfigError
-from training.finetune.conll import (Sentence, decode_windows, encode_sentences, entity_scores, entity_spans,
-                                     read_conll)
+from training.finetune.conll import Sentence, decode_windows, encode_sentences, entity_scores, entity_spans, read_conll
 from training.finetune.kinds import BadInputError
-from training.finetune.squad import (Answer, QAExample, QAWindow, SquadInputError, best_answers, context_spans,
-                                     encode_examples, normalize_answer, read_squad, squad_scores, token_f1)
+from training.finetune.squad import (
+    Answer,
+    QAExample,
+    QAWindow,
+    SquadInputError,
+    best_answers,
+    context_spans,
+    encode_examples,
+    normalize_answer,
+    read_squad,
+    squad_scores,
+    token_f1,
+)
 from training.labels import IGNORE_INDEX
-
-from paths import DATA as TEST_DATA, REPO
 
 DATA = os.path.join(TEST_DATA, "finetune")
 CONLL_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -39,9 +49,16 @@ def model_dir(tmp_path_factory):
     shutil.copy(vocab, path / "vocab.txt")
     with open(vocab, encoding="utf-8") as f:
         size = sum(1 for _ in f)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                     vocab_size=size, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                                     attention_probs_dropout_prob=0.0)
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=size,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     transformers.BertModel(config).save_pretrained(str(path))
     return str(path)
 
@@ -75,12 +92,15 @@ def test_iob1_is_read_as_bio():
     assert entity_spans(read.sentences[0].tags) == [("PER", 0, 2), ("PER", 3, 4), ("PER", 4, 5), ("LOC", 6, 7)]
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ("Maria NNP B-NP B-PER\nLopez NNP I-PER\n", 2, "3 columns, the file's first token line (1) has 4"),
-    ("Maria NNP B-NP B-PER\n\nHans NNP B-NP E-PER\n", 3, "malformed tag: 'E-PER' is not O, B-TYPE or I-TYPE"),
-    ("Hans NNP B-NP B-PER\nKenya NNP B-NP B-FOO\n", 2, "tag not in labels: 'B-FOO'"),
-    ("Hans NNP B-NP I-FOO\n", 1, "(IOB1 'I-FOO' read as 'B-FOO')"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("Maria NNP B-NP B-PER\nLopez NNP I-PER\n", 2, "3 columns, the file's first token line (1) has 4"),
+        ("Maria NNP B-NP B-PER\n\nHans NNP B-NP E-PER\n", 3, "malformed tag: 'E-PER' is not O, B-TYPE or I-TYPE"),
+        ("Hans NNP B-NP B-PER\nKenya NNP B-NP B-FOO\n", 2, "tag not in labels: 'B-FOO'"),
+        ("Hans NNP B-NP I-FOO\n", 1, "(IOB1 'I-FOO' read as 'B-FOO')"),
+    ],
+)
 def test_bad_conll_line_is_named(tmp_path, text, line, words):
     path = tmp_path / "bad.txt"
     path.write_text(text)
@@ -126,7 +146,7 @@ def test_tag_on_first_piece_and_long_sentences_in_windows(tokenizer):
     (window,) = windows
     assert len(window.input_ids) == 7 + n_pieces + 2
     assert window.labels[3] == label_to_id["B-LOC"]  # [CLS] flights from ouagadougou...
-    assert window.labels[4:3 + n_pieces] == [IGNORE_INDEX] * (n_pieces - 1)
+    assert window.labels[4 : 3 + n_pieces] == [IGNORE_INDEX] * (n_pieces - 1)
     assert window.labels[0] == window.labels[-1] == IGNORE_INDEX  # [CLS], [SEP]
     assert sum(label != IGNORE_INDEX for label in window.labels) == len(sentence.words)
 
@@ -169,7 +189,11 @@ def test_entity_f1_by_hand():
 def test_entity_spans_type_changes_and_stray_inside():
     # a type change inside a run ends the entity; a stray I- opens one (as conlleval reads it)
     assert entity_spans(["B-PER", "I-LOC", "I-LOC", "O", "I-ORG", "B-ORG", "I-ORG"]) == [
-        ("PER", 0, 1), ("LOC", 1, 3), ("ORG", 4, 5), ("ORG", 5, 7)]
+        ("PER", 0, 1),
+        ("LOC", 1, 3),
+        ("ORG", 4, 5),
+        ("ORG", 5, 7),
+    ]
     gold = [["B-MISC", "I-MISC", "O"]]
     assert entity_scores(gold, [["B-MISC", "O", "O"]])["entity_f1"] == 0.0  # span must match exactly
     assert entity_scores(gold, [["I-MISC", "I-MISC", "O"]])["entity_f1"] == 1.0
@@ -194,8 +218,10 @@ def test_bad_squad_questions_named_or_counted():
     with pytest.raises(SquadInputError) as raised:
         read_squad(path, version_2_with_negative=False)
     assert isinstance(raised.value, BadInputError)  # what the CLI turns into one line
-    assert str(raised.value).startswith(f"{path}: question b-offset: answer not at answer_start: "
-                                        "answer 'South America' at 21, the context there reads 'outh America '")
+    assert str(raised.value).startswith(
+        f"{path}: question b-offset: answer not at answer_start: "
+        "answer 'South America' at 21, the context there reads 'outh America '"
+    )
     read = read_squad(path, version_2_with_negative=False, on_bad_row="skip")
     assert [e.qid for e in read.examples] == ["b-ok"]
     assert read.skipped.counts == {"answer not at answer_start": 1, "duplicate question id": 1, "no answer": 1}
@@ -223,8 +249,10 @@ def test_answer_labelled_in_exactly_the_windows_that_hold_it(tokenizer):
     answer = "Ouagadougou airport"
     context = f"{filler} The flight landed at {answer} at noon. {filler}"
     start = context.index(answer)
-    examples = [QAExample("q1", "Where did the flight land?", context, [Answer(answer, start)]),
-                QAExample("q2", "A question far too long to keep whole in the window " * 2, context, [], True)]
+    examples = [
+        QAExample("q1", "Where did the flight land?", context, [Answer(answer, start)]),
+        QAExample("q2", "A question far too long to keep whole in the window " * 2, context, [], True),
+    ]
     windows, report = encode_examples(examples, tokenizer, max_seq_length=32, doc_stride=8, max_query_length=10)
     assert report.cut_questions == 1 and report.answers_in_no_window == 0
     assert report.multi_window_examples == 2
@@ -237,7 +265,7 @@ def test_answer_labelled_in_exactly_the_windows_that_hold_it(tokenizer):
         holds = spans[0][0] <= start and start + len(answer) <= spans[-1][1]
         holding.append(holds)
         if holds:
-            assert context[w.offset(w.start_position)[0]:w.offset(w.end_position)[1]] == answer
+            assert context[w.offset(w.start_position)[0] : w.offset(w.end_position)[1]] == answer
             assert w.token_type_ids[w.start_position] == 1
         else:
             assert (w.start_position, w.end_position) == (0, 0)
@@ -269,16 +297,18 @@ def test_best_span_over_windows_from_logits():
     example, windows = _hand_windows()
     T = 10  # logits are padded past each window's 8 positions
     start, end = np.full((2, T), -10.0), np.full((2, T), -10.0)
-    start[:, 1] = end[:, 2] = 20.0     # question tokens: never an answer
-    start[:, 9] = end[:, 9] = 30.0     # padding: never an answer
+    start[:, 1] = end[:, 2] = 20.0  # question tokens: never an answer
+    start[:, 9] = end[:, 9] = 30.0  # padding: never an answer
     start[0, 5], end[0, 4] = 9.0, 8.0  # window 0: starts on "climbed", ends on "Hillary": not a span
     start[1, 5], end[1, 6] = 3.0, 4.0  # window 1: "in 1953", 7: the best (window 0's best: -1)
-    start[0, 0] = end[0, 0] = 3.0      # null scores: 6 and 9; the lowest, 6, counts
+    start[0, 0] = end[0, 0] = 3.0  # null scores: 6 and 9; the lowest, 6, counts
     start[1, 0] = end[1, 0] = 4.5
+
     def answer(**kw):
         args = dict(n_best_size=20, max_answer_length=30, version_2_with_negative=False)
         args.update(kw)
         return best_answers([example], windows, start, end, **args)["q"]
+
     assert answer() == "in 1953"
     assert answer(max_answer_length=1) == "climbed"  # 9 - 10; "in 1953" is 2 tokens, "1953" alone -6
     # 2 best starts/ends per window: window 1's are on [CLS] and the question, window 0's end before they start
@@ -294,29 +324,35 @@ def test_best_span_when_no_context_token_qualifies():
     example, windows = _hand_windows()
     start, end = np.zeros((2, 8)), np.zeros((2, 8))
     start[:, 1] = end[:, 2] = 5.0
-    assert best_answers([example], windows, start, end, n_best_size=1, max_answer_length=30,
-                        version_2_with_negative=False) == {"q": ""}
+    assert best_answers(
+        [example], windows, start, end, n_best_size=1, max_answer_length=30, version_2_with_negative=False
+    ) == {"q": ""}
 
 
 # --- official SQuAD scores --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, normal", [
-    ("The Atlantic Ocean!", "atlantic ocean"),
-    ("  An apple,  a day. ", "apple day"),
-    ("theatre and Anatomy", "theatre and anatomy"),  # articles as words only
-    ("U.S.A.", "usa"),
-    ("Hillary—Norgay", "hillary—norgay"),  # the scripts' punctuation is ASCII only
-])
+@pytest.mark.parametrize(
+    "text, normal",
+    [
+        ("The Atlantic Ocean!", "atlantic ocean"),
+        ("  An apple,  a day. ", "apple day"),
+        ("theatre and Anatomy", "theatre and anatomy"),  # articles as words only
+        ("U.S.A.", "usa"),
+        ("Hillary—Norgay", "hillary—norgay"),  # the scripts' punctuation is ASCII only
+    ],
+)
 def test_normalize_answer(text, normal):
     assert normalize_answer(text) == normal
 
 
 def test_squad_v1_scores_by_hand():
     examples = read_squad(os.path.join(DATA, "squad", "dev-v1.1.json"), False).examples
-    predictions = {"d-everest-year": "In 1953.",             # = gold "in 1953": EM 1, F1 1
-                   "d-everest-who": "Hillary and Norgay",    # 3 of gold 1's 5 tokens: P 1, R 3/5, F1 .75
-                   "d-everest-border": "China"}              # 1 of 3 tokens: F1 .5
+    predictions = {
+        "d-everest-year": "In 1953.",  # = gold "in 1953": EM 1, F1 1
+        "d-everest-who": "Hillary and Norgay",  # 3 of gold 1's 5 tokens: P 1, R 3/5, F1 .75
+        "d-everest-border": "China",
+    }  # 1 of 3 tokens: F1 .5
     scores = squad_scores(examples, predictions, version_2=False)
     assert scores["exact_match"] == pytest.approx(100 / 3)
     assert scores["f1"] == pytest.approx(100 * (1 + 0.75 + 0.5) / 3)
@@ -343,8 +379,15 @@ def test_squad_v2_scores_by_hand():
 
 
 def finetune(model_dir, output_dir, *overrides, check=True):
-    command = [sys.executable, "-m", "training.finetune", f"model_dir={model_dir}", f"output_dir={output_dir}",
-               "train.device=cpu", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "training.finetune",
+        f"model_dir={model_dir}",
+        f"output_dir={output_dir}",
+        "train.device=cpu",
+        *overrides,
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
@@ -353,9 +396,20 @@ def finetune(model_dir, output_dir, *overrides, check=True):
 
 def test_ner_end_to_end_overfits_its_training_set(model_dir, tmp_path):
     out = tmp_path / "ner"
-    finetune(model_dir, out, "task=conll2003", f"data_dir={DATA}/conll2003", "task.max_seq_length=32",
-             "~task.dev_files.test", "+task.dev_files.seen=train.txt", "task.main_metric=seen/entity_f1",
-             "train.epochs=10", "train.batch_size=2", "optim.lr=1e-2", "optim.warmup_ratio=0.0")  # 30 steps
+    finetune(
+        model_dir,
+        out,
+        "task=conll2003",
+        f"data_dir={DATA}/conll2003",
+        "task.max_seq_length=32",
+        "~task.dev_files.test",
+        "+task.dev_files.seen=train.txt",
+        "task.main_metric=seen/entity_f1",
+        "train.epochs=10",
+        "train.batch_size=2",
+        "optim.lr=1e-2",
+        "optim.warmup_ratio=0.0",
+    )  # 30 steps
     results = json.loads((out / "results.json").read_text())
     assert results["kind"] == "token_classification"
     assert (results["rows"]["train"], results["rows"]["dev"], results["rows"]["seen"]) == (6, 2, 6)
@@ -369,11 +423,22 @@ def test_ner_end_to_end_overfits_its_training_set(model_dir, tmp_path):
 
 
 def test_squad_end_to_end(model_dir, tmp_path):
-    for task, metrics in (("squad_v1", ["exact_match", "f1"]),
-                          ("squad_v2", ["exact_match", "f1", "HasAns_f1", "NoAns_f1"])):
+    for task, metrics in (
+        ("squad_v1", ["exact_match", "f1"]),
+        ("squad_v2", ["exact_match", "f1", "HasAns_f1", "NoAns_f1"]),
+    ):
         out = tmp_path / task
-        finetune(model_dir, out, f"task={task}", f"data_dir={DATA}/squad", "task.max_seq_length=40",
-                 "task.doc_stride=12", "task.max_query_length=12", "train.epochs=1", "train.batch_size=4")
+        finetune(
+            model_dir,
+            out,
+            f"task={task}",
+            f"data_dir={DATA}/squad",
+            "task.max_seq_length=40",
+            "task.doc_stride=12",
+            "task.max_query_length=12",
+            "train.epochs=1",
+            "train.batch_size=4",
+        )
         results = json.loads((out / "results.json").read_text())
         assert results["kind"] == "question_answering"
         assert results["rows"]["train"] > 4  # windows: more rows than the 4 questions
@@ -389,5 +454,8 @@ def test_bad_squad_file_is_one_line_from_the_cli(model_dir, tmp_path):
     shutil.copy(os.path.join(DATA, "squad", "dev-v1.1.json"), data / "dev-v1.1.json")
     done = finetune(model_dir, tmp_path / "out", "task=squad_v1", f"data_dir={data}", check=False)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        f"error: {data}/train-v1.1.json: question b-offset: answer not at answer_start")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {data}/train-v1.1.json: question b-offset: answer not at answer_start")
+    )

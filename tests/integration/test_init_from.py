@@ -23,23 +23,32 @@ from safetensors.torch import load_file, save_file
 
 from conftest import IN_MEMORY, run_job
 from launch_helpers import read_steps, run, single_process_command
+from paths import CONF as CONF_ROOT
 from training import checkpoint as ckpt
 from training import hf_checkpoint
 from training.config import ConfigError, register_configs, to_train_config
 from training.export import CONFIG_FILE, TOKENIZER_CONFIG_FILE, WEIGHTS_FILE, hf_weights
 from training.model import BertConfig, BertForPreTraining
 
-from paths import CONF as CONF_ROOT
-
 CONF = os.path.join(CONF_ROOT, "train")
 
-MINILM_MODEL = ("model.hidden_size=384", "model.num_hidden_layers=6", "model.num_attention_heads=12",
-                "model.intermediate_size=1536")
+MINILM_MODEL = (
+    "model.hidden_size=384",
+    "model.num_hidden_layers=6",
+    "model.num_attention_heads=12",
+    "model.intermediate_size=1536",
+)
 """MiniLM-L6-H384's architecture as overrides: no model= preset has 64-wide heads at H=384 (32-wide)."""
 
-MINILM_FRESH = ["cls.predictions.bias", "cls.predictions.transform.LayerNorm.bias",
-                "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.dense.bias",
-                "cls.predictions.transform.dense.weight", "cls.seq_relationship.bias", "cls.seq_relationship.weight"]
+MINILM_FRESH = [
+    "cls.predictions.bias",
+    "cls.predictions.transform.LayerNorm.bias",
+    "cls.predictions.transform.LayerNorm.weight",
+    "cls.predictions.transform.dense.bias",
+    "cls.predictions.transform.dense.weight",
+    "cls.seq_relationship.bias",
+    "cls.seq_relationship.weight",
+]
 """What a BertModel checkpoint lacks of BertForPreTraining (cls.predictions.decoder.* are tied copies)."""
 
 
@@ -54,14 +63,21 @@ def minilm_dir():
 def minilm_shards(minilm_dir, tmp_path_factory):
     """The sample with MiniLM's vocabulary (NSP, static masks, length 64, one copy of each document)."""
     out = tmp_path_factory.mktemp("minilm_shards")
-    run_job(out, "tokenizer=vocab_file", f"tokenizer.vocab_file={os.path.join(minilm_dir, 'vocab.txt')}",
-            "masking.dupe_factor=1", "instances.max_seq_length=64", *IN_MEMORY)
+    run_job(
+        out,
+        "tokenizer=vocab_file",
+        f"tokenizer.vocab_file={os.path.join(minilm_dir, 'vocab.txt')}",
+        "masking.dupe_factor=1",
+        "instances.max_seq_length=64",
+        *IN_MEMORY,
+    )
     return str(out)
 
 
 def compose(*overrides):
     """The trainer's config as `python -m training <overrides>` composes it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -69,11 +85,18 @@ def compose(*overrides):
 
 
 def minilm_run(shards, output_dir, init_from, *extra):
-    return ("experiment=cpu_smoke", *MINILM_MODEL, f"data_dir={shards}", f"output_dir={output_dir}",
-            f"trainer.init_from={init_from}", *extra)
+    return (
+        "experiment=cpu_smoke",
+        *MINILM_MODEL,
+        f"data_dir={shards}",
+        f"output_dir={output_dir}",
+        f"trainer.init_from={init_from}",
+        *extra,
+    )
 
 
 # --- in process: the mapping and the checks ---------------------------------------------------
+
 
 def test_minilm_is_loaded_onto_our_names_and_the_missing_heads_start_fresh(minilm_dir, minilm_shards, tmp_path):
     from training.trainer import build_model, check_init_from, open_data
@@ -89,10 +112,13 @@ def test_minilm_is_loaded_onto_our_names_and_the_missing_heads_start_fresh(minil
     assert len(encoder) == 103  # embeddings (5), 6 layers of 16, pooler (2)
     for key in encoder:
         assert torch.equal(ours["bert." + key], published[key]), key
-    assert ours["cls.predictions.decoder.weight"].data_ptr() == ours["bert.embeddings.word_embeddings.weight"].data_ptr()
+    assert (
+        ours["cls.predictions.decoder.weight"].data_ptr() == ours["bert.embeddings.word_embeddings.weight"].data_ptr()
+    )
     # the heads MiniLM lacks hold what a run without init_from starts with (same seed)
-    fresh, _ = build_model(bert_cfg, dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, init_from=None)),
-                           resuming=False)
+    fresh, _ = build_model(
+        bert_cfg, dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, init_from=None)), resuming=False
+    )
     for key in MINILM_FRESH:
         assert torch.equal(ours[key], fresh.state_dict()[key]), key
 
@@ -100,8 +126,10 @@ def test_minilm_is_loaded_onto_our_names_and_the_missing_heads_start_fresh(minil
 def test_pytorch_model_bin_and_old_names_map_the_same(minilm_dir, tmp_path):
     published = load_file(os.path.join(minilm_dir, "model.safetensors"))
     # a BertForPreTraining-style pickle-free torch file with TensorFlow-era LayerNorm names
-    old_names = {("bert." + k).replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-                 for k, v in published.items()}
+    old_names = {
+        ("bert." + k).replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in published.items()
+    }
     checkpoint_dir = tmp_path / "bin"
     checkpoint_dir.mkdir()
     torch.save(old_names, checkpoint_dir / hf_checkpoint.PYTORCH_WEIGHTS_FILE)
@@ -129,8 +157,11 @@ def test_encoder_matches_transformers_bert_model(minilm_dir):
     _, encoder = hf_checkpoint.load_encoder(minilm_dir)
     reference = transformers.BertModel.from_pretrained(minilm_dir).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
-    batch = tokenizer(["The cat sat on the mat.", "Rain is expected over Paris later today, with wind."],
-                      padding=True, return_tensors="pt")
+    batch = tokenizer(
+        ["The cat sat on the mat.", "Rain is expected over Paris later today, with wind."],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         ours = encoder(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
         theirs = reference(**batch).last_hidden_state
@@ -139,11 +170,21 @@ def test_encoder_matches_transformers_bert_model(minilm_dir):
 
 
 def test_fitting_overrides_name_a_preset_when_there_is_one():
-    base = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-            "max_position_embeddings": 512, "type_vocab_size": 2, "vocab_size": 30522, "layer_norm_eps": 1e-12}
+    base = {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "vocab_size": 30522,
+        "layer_norm_eps": 1e-12,
+    }
     assert hf_checkpoint.fitting_overrides(base) == "model=base"
-    assert hf_checkpoint.fitting_overrides({**base, "max_position_embeddings": 128}) == \
-        "model=base model.max_position_embeddings=128"
+    assert (
+        hf_checkpoint.fitting_overrides({**base, "max_position_embeddings": 128})
+        == "model=base model.max_position_embeddings=128"
+    )
     minilm = {**base, "hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536}
     assert hf_checkpoint.fitting_overrides(minilm) == " ".join(MINILM_MODEL)
 
@@ -161,23 +202,40 @@ def test_casing_other_than_the_checkpoints_is_refused(minilm_dir, minilm_shards,
 
 # --- the trainer as users start it ------------------------------------------------------------
 
+
 def test_continued_pretraining_from_minilm(minilm_dir, minilm_shards, tmp_path):
     """A few steps from MiniLM's weights: the fresh heads are listed in the log and in every
     checkpoint's run_config.json, the loss falls, and the export keeps MiniLM's Lee correlation."""
     from training.evaluate import EvaluateConfig, evaluate_lee
 
     out = tmp_path / "run"
-    result = run(single_process_command(*minilm_run(
-        minilm_shards, out, minilm_dir, "trainer.max_steps=8", "trainer.eval_every=0", "trainer.checkpoint_every=8",
-        "optim.lr=1e-4")))
+    result = run(
+        single_process_command(
+            *minilm_run(
+                minilm_shards,
+                out,
+                minilm_dir,
+                "trainer.max_steps=8",
+                "trainer.eval_every=0",
+                "trainer.checkpoint_every=8",
+                "optim.lr=1e-4",
+            )
+        )
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     log = result.stdout + result.stderr
     assert f"trainer.init_from={minilm_dir}: weights from model.safetensors" in log
-    assert ("7 tensors the checkpoint lacks start from a fresh initialisation (as without init_from): "
-            + ", ".join(MINILM_FRESH)) in log
+    assert (
+        "7 tensors the checkpoint lacks start from a fresh initialisation (as without init_from): "
+        + ", ".join(MINILM_FRESH)
+    ) in log
     record = ckpt.read_run_record(os.path.join(out, "checkpoints"), ckpt.tag_for(8))
-    assert record["init_from"] == {"path": minilm_dir, "weights_file": "model.safetensors", "fresh": MINILM_FRESH,
-                                   "unused": []}
+    assert record["init_from"] == {
+        "path": minilm_dir,
+        "weights_file": "model.safetensors",
+        "fresh": MINILM_FRESH,
+        "unused": [],
+    }
     steps = read_steps(out)
     first, last = steps[0]["mlm_loss"], sum(s["mlm_loss"] for s in steps[-3:]) / 3
     assert last < first - 1.0, [s["mlm_loss"] for s in steps]  # measured 10.87 -> 8.26
@@ -188,13 +246,22 @@ def test_continued_pretraining_from_minilm(minilm_dir, minilm_shards, tmp_path):
 
 
 def test_checkpoint_of_another_architecture_is_one_message(minilm_dir, minilm_shards, tmp_path):
-    result = run(single_process_command("experiment=cpu_smoke", f"data_dir={minilm_shards}",
-                                        f"output_dir={tmp_path / 'run'}", f"trainer.init_from={minilm_dir}"))
+    result = run(
+        single_process_command(
+            "experiment=cpu_smoke",
+            f"data_dir={minilm_shards}",
+            f"output_dir={tmp_path / 'run'}",
+            f"trainer.init_from={minilm_dir}",
+        )
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert (f"error: trainer.init_from={minilm_dir} does not fit this model: hidden_size 384 in the checkpoint, "
-            "256 here; num_hidden_layers 6 in the checkpoint, 4 here; num_attention_heads 12 in the checkpoint, 4 here; "
-            "intermediate_size 1536 in the checkpoint, 1024 here; run with " + " ".join(MINILM_MODEL)
-            + ", the checkpoint's architecture") in result.stderr
+    assert (
+        f"error: trainer.init_from={minilm_dir} does not fit this model: hidden_size 384 in the checkpoint, "
+        "256 here; num_hidden_layers 6 in the checkpoint, 4 here; num_attention_heads 12 in the checkpoint, 4 here; "
+        "intermediate_size 1536 in the checkpoint, 1024 here; run with "
+        + " ".join(MINILM_MODEL)
+        + ", the checkpoint's architecture"
+    ) in result.stderr
 
 
 def test_checkpoint_with_another_vocabulary_is_one_message(minilm_dir, minilm_shards, tmp_path):
@@ -202,8 +269,9 @@ def test_checkpoint_with_another_vocabulary_is_one_message(minilm_dir, minilm_sh
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the"]
     other = tmp_path / "other_bert"
     other.mkdir()
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                     intermediate_size=1536)
+    cfg = BertConfig(
+        vocab_size=len(vocab), hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536
+    )
     save_file(hf_weights(BertForPreTraining(cfg).state_dict(), cfg), str(other / WEIGHTS_FILE))
     (other / CONFIG_FILE).write_text(json.dumps(cfg.to_hf_config_dict()))
     (other / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -211,7 +279,8 @@ def test_checkpoint_with_another_vocabulary_is_one_message(minilm_dir, minilm_sh
     result = run(single_process_command(*minilm_run(minilm_shards, tmp_path / "run", other)))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: trainer.init_from={other} has another vocabulary than the shards: its vocab.txt "
-                           "has 6 tokens"), line
+    assert line.startswith(
+        f"error: trainer.init_from={other} has another vocabulary than the shards: its vocab.txt has 6 tokens"
+    ), line
     assert "data_dir's 30,522" in line
     assert line.endswith(f"tokenizer=vocab_file tokenizer.vocab_file={other / 'vocab.txt'}"), line

@@ -11,34 +11,48 @@ from conftest import IN_MEMORY, run_job
 from pipeline.run import JobError
 from shards import read_split
 
-PROSE = ("The river rises in the northern hills and flows south for many miles. Farmers along its banks "
-         "grow wheat and barley in the summer months. In winter the water freezes near the source. ")
+PROSE = (
+    "The river rises in the northern hills and flows south for many miles. Farmers along its banks "
+    "grow wheat and barley in the summer months. In winter the water freezes near the source. "
+)
 
 
 def page(page_id, title, text):
-    return (f"<page><title>{title}</title><ns>0</ns><id>{page_id}</id><revision><text>{text}</text>"
-            f"</revision></page>\n")
+    return f"<page><title>{title}</title><ns>0</ns><id>{page_id}</id><revision><text>{text}</text></revision></page>\n"
 
 
 def write_inputs(d):
-    wiki = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">\n'
-            + page(1, "River", PROSE * 3) + page(2, "Hill", "Hills " + PROSE * 2))
+    wiki = (
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">\n'
+        + page(1, "River", PROSE * 3)
+        + page(2, "Hill", "Hills " + PROSE * 2)
+    )
     (d / "cut-pages-articles.xml").write_text(wiki + "<page><title>Cut</title><ns>0</ns><id>3</id><rev", "utf-8")
     bad_page = page(4, "Bad", "Broken \udcff bytes").encode("utf-8", "surrogateescape")
-    other = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">\n'
-             + page(11, "Lake", "Lakes. " + PROSE * 3) + page(12, "Sea", "Seas. " + PROSE * 2))
+    other = (
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">\n'
+        + page(11, "Lake", "Lakes. " + PROSE * 3)
+        + page(12, "Sea", "Seas. " + PROSE * 2)
+    )
     (d / "enc-pages-articles.xml").write_bytes(other.encode() + bad_page + b"</mediawiki>\n")
-    (d / "long-line.txt").write_text("Chapter one. " + PROSE * 4 + "\n\n" + "x" * (10 * 2**20) + "\n\n"
-                                     + "The end came quietly. " + PROSE, "utf-8")
+    (d / "long-line.txt").write_text(
+        "Chapter one. " + PROSE * 4 + "\n\n" + "x" * (10 * 2**20) + "\n\n" + "The end came quietly. " + PROSE, "utf-8"
+    )
     (d / "nul.txt").write_text("A book with a NUL\x00 byte. " + PROSE * 3, "utf-8")
-    (d / "records.jsonl").write_text("\n".join([
-        json.dumps({"id": "a", "title": "A", "text": "Another text. " + PROSE * 3}),
-        "{not json",
-        json.dumps({"id": "b", "title": "B"}),
-        json.dumps({"id": "c", "text": "Copied. " + PROSE * 3}),  # the same text as...
-        json.dumps({"id": "d", "text": "Copied. " + PROSE * 3}),  # ...this one: a duplicate
-        json.dumps({"id": "e", "text": "Too short."}),
-    ]) + "\n", "utf-8")
+    (d / "records.jsonl").write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "a", "title": "A", "text": "Another text. " + PROSE * 3}),
+                "{not json",
+                json.dumps({"id": "b", "title": "B"}),
+                json.dumps({"id": "c", "text": "Copied. " + PROSE * 3}),  # the same text as...
+                json.dumps({"id": "d", "text": "Copied. " + PROSE * 3}),  # ...this one: a duplicate
+                json.dumps({"id": "e", "text": "Too short."}),
+            ]
+        )
+        + "\n",
+        "utf-8",
+    )
     (d / "blob.bin").write_bytes(bytes(range(256)) * 64)
     compressed = bz2.compress(("A compressed book. " + PROSE * 50).encode())
     (d / "broken.txt.bz2").write_bytes(compressed[: len(compressed) // 2])
@@ -49,8 +63,14 @@ def bad_job(tmp_path_factory):
     inputs = tmp_path_factory.mktemp("inputs")
     write_inputs(inputs)
     out = tmp_path_factory.mktemp("out") / "shards"
-    manifest = run_job(out, f"inputs=[{inputs}/*]", "tokenizer.vocab_size=500", "cleaning.min_document_chars=100",
-                       "instances.eval_fraction=0", *IN_MEMORY)
+    manifest = run_job(
+        out,
+        f"inputs=[{inputs}/*]",
+        "tokenizer.vocab_size=500",
+        "cleaning.min_document_chars=100",
+        "instances.eval_fraction=0",
+        *IN_MEMORY,
+    )
     with open(os.path.join(out, "rejects", "part-00000-of-00001.jsonl"), encoding="utf-8") as f:
         rejects = [json.loads(line) for line in f]
     return out, manifest, rejects
@@ -76,9 +96,16 @@ def test_every_readable_part_is_kept(bad_job):
     out, manifest, _ = bad_job
     docs = read_split(out, "documents")
     kept = set(zip(map(os.path.basename, docs.column("source").to_pylist()), docs.column("record_id").to_pylist()))
-    assert {("cut-pages-articles.xml", "1"), ("cut-pages-articles.xml", "2"), ("enc-pages-articles.xml", "11"),
-            ("enc-pages-articles.xml", "12"), ("long-line.txt", "long-line.txt"), ("nul.txt", "nul.txt"),
-            ("records.jsonl", "a"), ("records.jsonl", "c")} <= kept
+    assert {
+        ("cut-pages-articles.xml", "1"),
+        ("cut-pages-articles.xml", "2"),
+        ("enc-pages-articles.xml", "11"),
+        ("enc-pages-articles.xml", "12"),
+        ("long-line.txt", "long-line.txt"),
+        ("nul.txt", "nul.txt"),
+        ("records.jsonl", "a"),
+        ("records.jsonl", "c"),
+    } <= kept
     assert ("records.jsonl", "d") not in kept  # the duplicate: c comes first by (source, record id)
     assert manifest.statistics["examples"]["train"] > 0
 
@@ -104,6 +131,7 @@ def test_existing_output_is_not_overwritten_silently(bad_job, tmp_path):
 
 
 # --- directories as inputs; an output with no training example --------------------------------
+
 
 def write_corpus(d, paragraphs):
     """Two JSON-lines files, one in a subfolder, and a hidden file that must be skipped."""
@@ -144,13 +172,20 @@ def test_overwrite_with_another_shard_count_leaves_no_stale_shard(sample_paragra
     datasets.load_dataset("arrow", ...) reads) must find only the new run's."""
     write_corpus(tmp_path / "in", sample_paragraphs)
     out = tmp_path / "out"
-    small = (f"inputs=[{tmp_path / 'in'}]", "tokenizer.vocab_size=500", "masking.dupe_factor=1",
-             "instances.eval_fraction=0", *IN_MEMORY)
+    small = (
+        f"inputs=[{tmp_path / 'in'}]",
+        "tokenizer.vocab_size=500",
+        "masking.dupe_factor=1",
+        "instances.eval_fraction=0",
+        *IN_MEMORY,
+    )
     run_job(out, "output.num_shards=3", *small)
     assert os.path.exists(out / "train" / "part-00002-of-00003.arrow")
     manifest = run_job(out, "output.num_shards=2", "overwrite=true", *small)
     files = sorted(os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out) for f in fs)
     shards = [f"train/part-{i:05d}-of-00002.arrow" for i in range(2)]
-    assert files == sorted(shards + ["documents/part-00000-of-00001.arrow", "manifest.json",
-                                     "rejects/part-00000-of-00001.jsonl", "vocab.txt"])
+    assert files == sorted(
+        shards
+        + ["documents/part-00000-of-00001.arrow", "manifest.json", "rejects/part-00000-of-00001.jsonl", "vocab.txt"]
+    )
     assert sorted(s.file for s in manifest.shards) == shards

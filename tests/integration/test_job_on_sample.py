@@ -10,9 +10,10 @@ import pytest
 
 from conftest import IN_MEMORY, SMALL_VOCAB, run_job
 from pipeline import contract
-from pipeline.masking import MaskingParams, num_to_predict
 from pipeline.instances import example_ids
+from pipeline.masking import MaskingParams, num_to_predict
 from shards import read_split, shard_hashes
+
 
 @pytest.fixture(scope="module")
 def train(sample_job):
@@ -127,8 +128,9 @@ def test_shards_open_with_hugging_face_datasets(sample_job, train):
 
     out, m = sample_job
     files = [os.path.join(str(out), s.file) for s in m.shards_of("train")]
-    ds = datasets.load_dataset("arrow", data_files={"train": files}, split="train",
-                               cache_dir=os.path.join(str(out), "..", "hf_cache"))
+    ds = datasets.load_dataset(
+        "arrow", data_files={"train": files}, split="train", cache_dir=os.path.join(str(out), "..", "hf_cache")
+    )
     assert ds.num_rows == train.num_rows
     assert ds[0]["input_ids"] == column(train, "input_ids")[0]
 
@@ -148,8 +150,15 @@ def test_same_seed_is_byte_identical_across_workers_retries_and_work_units(sampl
     """2 worker processes vs 1 in-process worker replaying every bundle once more (a retry);
     the sample is one pool, split into 5 units (one per pass) there and kept whole here."""
     out, _ = sample_job
-    run_job(tmp_path / "again", "seed=7", "instances.eval_fraction=0.05", *SMALL_VOCAB, *IN_MEMORY,
-            "runner.extra=['--direct_runner_bundle_repeat=1']", "instances.min_work_units=1")
+    run_job(
+        tmp_path / "again",
+        "seed=7",
+        "instances.eval_fraction=0.05",
+        *SMALL_VOCAB,
+        *IN_MEMORY,
+        "runner.extra=['--direct_runner_bundle_repeat=1']",
+        "instances.min_work_units=1",
+    )
     assert shard_hashes(out) == shard_hashes(tmp_path / "again")
 
 
@@ -157,8 +166,15 @@ def test_shuffle_chunk_sizes_do_not_change_a_byte(sample_job, tmp_path):
     """Every record, document and pool member its own chunk file (the finest spread a shuffle of
     data would give) against the defaults' few large chunks: the same shards, no spill left."""
     out, _ = sample_job
-    run_job(tmp_path / "fine", "seed=7", "instances.eval_fraction=0.05", *SMALL_VOCAB, *IN_MEMORY,
-            "shuffle.chunk_bytes=1", "shuffle.pool_chunk_bytes=1")
+    run_job(
+        tmp_path / "fine",
+        "seed=7",
+        "instances.eval_fraction=0.05",
+        *SMALL_VOCAB,
+        *IN_MEMORY,
+        "shuffle.chunk_bytes=1",
+        "shuffle.pool_chunk_bytes=1",
+    )
     assert shard_hashes(out) == shard_hashes(tmp_path / "fine")
     assert not [p for p in os.listdir(tmp_path / "fine") if p.startswith(".")]
 
@@ -177,16 +193,29 @@ def vocab_of(sample_job):
 
 
 def test_nsp_balance_where_the_coin_decides(sample_job, tmp_path):
-    m = run_job(tmp_path / "o", "tokenizer=vocab_file", vocab_of(sample_job), "instances.short_seq_prob=0",
-                "masking.dupe_factor=3", *IN_MEMORY)
+    m = run_job(
+        tmp_path / "o",
+        "tokenizer=vocab_file",
+        vocab_of(sample_job),
+        "instances.short_seq_prob=0",
+        "masking.dupe_factor=3",
+        *IN_MEMORY,
+    )
     labels = np.array(column(read_split(tmp_path / "o", "train"), "next_sentence_label"))
     assert len(labels) > 10_000 and abs(labels.mean() - 0.5) < 0.02
     assert m.statistics["sentence_pair_negatives"]["train"] == labels.sum()
 
 
 def test_sop_dynamic_whole_word(sample_job, tmp_path):
-    m = run_job(tmp_path / "o", "tokenizer=vocab_file", vocab_of(sample_job), "instances=sop", "masking=dynamic",
-                "masking.whole_word=true", *IN_MEMORY)
+    m = run_job(
+        tmp_path / "o",
+        "tokenizer=vocab_file",
+        vocab_of(sample_job),
+        "instances=sop",
+        "masking=dynamic",
+        "masking.whole_word=true",
+        *IN_MEMORY,
+    )
     t = read_split(tmp_path / "o", "train")
     assert m.objective == "sop" and m.masking.mode == "dynamic" and m.masking.whole_word
     assert contract.MASKED_LM_POSITIONS not in t.column_names
@@ -196,8 +225,15 @@ def test_sop_dynamic_whole_word(sample_job, tmp_path):
 
 
 def test_none_objective_packs_sentences(sample_job, tmp_path):
-    m = run_job(tmp_path / "o", "tokenizer=vocab_file", vocab_of(sample_job), "instances=none",
-                "instances.short_seq_prob=0", "masking.dupe_factor=1", *IN_MEMORY)
+    m = run_job(
+        tmp_path / "o",
+        "tokenizer=vocab_file",
+        vocab_of(sample_job),
+        "instances=none",
+        "instances.short_seq_prob=0",
+        "masking.dupe_factor=1",
+        *IN_MEMORY,
+    )
     t = read_split(tmp_path / "o", "train")
     assert contract.NEXT_SENTENCE_LABEL not in t.column_names
     lengths = pc.list_value_length(t.column("input_ids")).to_numpy()

@@ -33,16 +33,30 @@ def write_checkpoint(output_dir, step, max_steps, complete=True):
 
 def launch(tmp_path, code: str, **popen):
     env = {**os.environ, "BERT_K8S_MARKER_WAIT_S": "0", "PYTHONPATH": REPO}
-    return subprocess.Popen([sys.executable, LAUNCHER, sys.executable, "-c", code, "--rdzv_endpoint=localhost:29500",
-                             f"output_dir={tmp_path}"], env=env, **popen)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            LAUNCHER,
+            sys.executable,
+            "-c",
+            code,
+            "--rdzv_endpoint=localhost:29500",
+            f"output_dir={tmp_path}",
+        ],
+        env=env,
+        **popen,
+    )
 
 
-@pytest.mark.parametrize("checkpoints,expected", [
-    ([], train_node.EXIT_STOPPED),                          # stopped before the first checkpoint
-    ([(100, 1000, True)], train_node.EXIT_STOPPED),          # stopped on request at step 100
-    ([(1000, 1000, True)], 0),                                # finished
-    ([(500, 1000, True), (1000, 1000, False)], train_node.EXIT_STOPPED),  # final save not complete
-])
+@pytest.mark.parametrize(
+    "checkpoints,expected",
+    [
+        ([], train_node.EXIT_STOPPED),  # stopped before the first checkpoint
+        ([(100, 1000, True)], train_node.EXIT_STOPPED),  # stopped on request at step 100
+        ([(1000, 1000, True)], 0),  # finished
+        ([(500, 1000, True), (1000, 1000, False)], train_node.EXIT_STOPPED),  # final save not complete
+    ],
+)
 def test_launcher_passes_zero_only_when_training_is_finished(tmp_path, checkpoints, expected):
     for step, max_steps, complete in checkpoints:
         write_checkpoint(str(tmp_path), step, max_steps, complete)
@@ -55,10 +69,12 @@ def test_launcher_passes_a_failure_on(tmp_path):
 
 def test_launcher_forwards_sigterm(tmp_path):
     ready = tmp_path / "ready"
-    code = ("import signal, sys, time, pathlib\n"
-            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
-            f"pathlib.Path({str(ready)!r}).touch()\n"
-            "time.sleep(60)\n")
+    code = (
+        "import signal, sys, time, pathlib\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
     proc = launch(tmp_path, code)
     deadline = time.monotonic() + 60
     while not ready.exists() and time.monotonic() < deadline:

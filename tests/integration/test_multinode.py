@@ -18,9 +18,22 @@ import signal
 
 import pytest
 
-from launch_helpers import (REPO, TORCHRUN, c10d_node_command, descendants, free_port, kill_with_descendants,
-                            multinode_env, port_open, read_steps, start, static_node_command, steps_written, stop,
-                            wait_for)
+from launch_helpers import (
+    REPO,
+    TORCHRUN,
+    c10d_node_command,
+    descendants,
+    free_port,
+    kill_with_descendants,
+    multinode_env,
+    port_open,
+    read_steps,
+    start,
+    static_node_command,
+    steps_written,
+    stop,
+    wait_for,
+)
 from test_trainer import SMOKE, assert_same_steps
 from training import checkpoint as ckpt
 
@@ -31,9 +44,17 @@ RUN_TIMEOUT = 300
 
 def overrides(shards, output_dir, *extra):
     """2 ranks on gloo, ZeRO-2 fp32: global 8 = micro 4 x accumulation 1 x 2 ranks."""
-    return (*SMOKE, f"data_dir={shards}", f"output_dir={output_dir}", "deepspeed=zero2", "deepspeed.precision=fp32",
-            f"trainer.max_steps={STEPS}", f"trainer.checkpoint_every={CHECKPOINT_EVERY}", "trainer.eval_every=0",
-            *extra)
+    return (
+        *SMOKE,
+        f"data_dir={shards}",
+        f"output_dir={output_dir}",
+        "deepspeed=zero2",
+        "deepspeed.precision=fp32",
+        f"trainer.max_steps={STEPS}",
+        f"trainer.checkpoint_every={CHECKPOINT_EVERY}",
+        "trainer.eval_every=0",
+        *extra,
+    )
 
 
 def log_tail(path, chars=4000):
@@ -64,8 +85,10 @@ def one_node_two_processes(trainer_shards, tmp_path_factory):
     """torchrun --standalone --nproc_per_node=2: the uninterrupted run everything is compared with."""
     out = tmp_path_factory.mktemp("one_node")
     log = out / "torchrun.log"
-    proc = start([*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "training",
-                  *overrides(trainer_shards, out / "run")], log)
+    proc = start(
+        [*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "training", *overrides(trainer_shards, out / "run")],
+        log,
+    )
     assert finish([(proc, log)]) == [0], log_tail(log)
     steps = read_steps(out / "run")
     assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
@@ -150,8 +173,7 @@ def resumed_at(log_text):
 RESTART = ("trainer.dist_timeout_minutes=1",)  # a collective that waits on a lost peer gives up in a minute
 
 
-def test_a_node_whose_config_fails_the_resume_check_stops_every_rank(trainer_shards, one_node_two_processes,
-                                                                      tmp_path):
+def test_a_node_whose_config_fails_the_resume_check_stops_every_rank(trainer_shards, one_node_two_processes, tmp_path):
     """Into a copy of a finished run's output_dir, node 1 with another optim.lr: its own resume check
     fails before the process group; it still joins and says so, and node 0 stops with the same
     message instead of waiting for it until the collective timeout. 6 s."""
@@ -182,11 +204,26 @@ def test_killed_worker_restarts_the_group_and_resumes_exactly(trainer_shards, on
     addresses from torchrun's shared store: "Connection refused", then a hang in connectFullMesh
     until the collective timeout.) 14 s."""
     run_dir, log = tmp_path / "run", tmp_path / "torchrun.log"
-    agent = start([*TORCHRUN, "--standalone", "--nproc_per_node=2", "--max-restarts=2", "-m", "training",
-                   *overrides(trainer_shards, run_dir, *RESTART)], log)
+    agent = start(
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc_per_node=2",
+            "--max-restarts=2",
+            "-m",
+            "training",
+            *overrides(trainer_shards, run_dir, *RESTART),
+        ],
+        log,
+    )
     try:
-        wait_for(lambda: checkpoint_then_more_steps(run_dir), RUN_TIMEOUT, "a checkpoint and a step after it",
-                 (agent,), period=0.02)
+        wait_for(
+            lambda: checkpoint_then_more_steps(run_dir),
+            RUN_TIMEOUT,
+            "a checkpoint and a step after it",
+            (agent,),
+            period=0.02,
+        )
         rank1 = [p for p in descendants(agent) if p.ppid() == agent.pid and p.environ().get("RANK") == "1"]
         assert len(rank1) == 1, descendants(agent)
         rank1[0].send_signal(signal.SIGKILL)
@@ -220,8 +257,13 @@ def test_killed_node_rejoins_and_the_run_resumes_exactly(trainer_shards, one_nod
     log1_again = tmp_path / "node1_again.log"
     node1_again = None
     try:
-        wait_for(lambda: checkpoint_then_more_steps(run_dir), RUN_TIMEOUT, "a checkpoint and a step after it",
-                 (node0, node1), period=0.02)
+        wait_for(
+            lambda: checkpoint_then_more_steps(run_dir),
+            RUN_TIMEOUT,
+            "a checkpoint and a step after it",
+            (node0, node1),
+            period=0.02,
+        )
         kill_with_descendants(node1)
         killed_at = steps_written(run_dir)
         assert killed_at < STEPS

@@ -16,8 +16,10 @@ import pytest
 from conftest import IN_MEMORY, compose_pipeline_config, run_job
 from s3_server import FAKE_CREDENTIALS, S3Server, free_port
 
-PROSE = ("The river rises in the northern hills and flows south for many miles. Farmers along its banks "
-         "grow wheat and barley in the summer months. In winter the water freezes near the source. ")
+PROSE = (
+    "The river rises in the northern hills and flows south for many miles. Farmers along its banks "
+    "grow wheat and barley in the summer months. In winter the water freezes near the source. "
+)
 BUCKET = "corpus"
 SMALL = ("tokenizer.vocab_size=2000", "masking.dupe_factor=1", "progress_every_s=0")
 TWO_PROCESSES = ("runner.direct_num_workers=2", "runner.direct_running_mode=multi_processing")
@@ -47,11 +49,14 @@ def write_corpus(d, paragraphs, wiki_sample_path):
     d.mkdir()
     shutil.copy(wiki_sample_path, d / os.path.basename(wiki_sample_path))
     for i in range(3):
-        (d / f"book-{i}.txt").write_text("\n\n".join(paragraphs[i * 15:(i + 1) * 15]) + "\n", "utf-8")
+        (d / f"book-{i}.txt").write_text("\n\n".join(paragraphs[i * 15 : (i + 1) * 15]) + "\n", "utf-8")
     compressed = bz2.compress(("A compressed book. " + PROSE * 50).encode())
     (d / "broken.txt.bz2").write_bytes(compressed[: len(compressed) // 2])
-    (d / "bad-bytes.txt").write_bytes(("Good lines first. " + PROSE * 3).encode() + b"\n\nBroken \xff\xfe bytes.\n\n"
-                                      + ("Good lines after. " + PROSE * 3).encode())
+    (d / "bad-bytes.txt").write_bytes(
+        ("Good lines first. " + PROSE * 3).encode()
+        + b"\n\nBroken \xff\xfe bytes.\n\n"
+        + ("Good lines after. " + PROSE * 3).encode()
+    )
     return d
 
 
@@ -80,13 +85,14 @@ def s3_job(s3, corpus, local_job):
     out = f"s3://{BUCKET}/out/s3-job"
     extra = "runner.extra=[" + ",".join(f"'{flag}'" for flag in SECRET_FLAGS) + "]"
     start = time.perf_counter()
-    manifest = run_job(out, f"inputs=[{corpus[1]}]", f"storage.s3_endpoint_url={s3.endpoint_url}", extra,
-                       *SMALL, *IN_MEMORY)
+    manifest = run_job(
+        out, f"inputs=[{corpus[1]}]", f"storage.s3_endpoint_url={s3.endpoint_url}", extra, *SMALL, *IN_MEMORY
+    )
     return out, manifest, time.perf_counter() - start
 
 
 def object_bytes(s3, url: str) -> bytes:
-    bucket, key = url[len("s3://"):].split("/", 1)
+    bucket, key = url[len("s3://") :].split("/", 1)
     return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
@@ -96,8 +102,8 @@ def sha256(data: bytes) -> str:
 
 def output_keys(s3, out: str) -> list[str]:
     """The keys under output dir ``out``, relative to it."""
-    prefix = out[len(f"s3://{BUCKET}/"):] + "/"
-    return [k[len(prefix):] for k in s3.keys(BUCKET, prefix)]
+    prefix = out[len(f"s3://{BUCKET}/") :] + "/"
+    return [k[len(prefix) :] for k in s3.keys(BUCKET, prefix)]
 
 
 def shard_list(manifest):
@@ -167,11 +173,20 @@ def test_overwrite_with_another_shard_count_leaves_no_stale_shard_in_the_bucket(
     books = (f"inputs=[{corpus[1]}/book-*.txt]", "instances.eval_fraction=0")  # a train split only
     run_job(out, *books, f"storage.s3_endpoint_url={s3.endpoint_url}", "output.num_shards=3", *SMALL, *IN_MEMORY)
     assert "train/part-00002-of-00003.arrow" in output_keys(s3, out)
-    manifest = run_job(out, *books, f"storage.s3_endpoint_url={s3.endpoint_url}", "output.num_shards=2",
-                       "overwrite=true", *SMALL, *TWO_PROCESSES)
+    manifest = run_job(
+        out,
+        *books,
+        f"storage.s3_endpoint_url={s3.endpoint_url}",
+        "output.num_shards=2",
+        "overwrite=true",
+        *SMALL,
+        *TWO_PROCESSES,
+    )
     shards = [f"train/part-{i:05d}-of-00002.arrow" for i in range(2)]
-    assert output_keys(s3, out) == sorted(shards + ["documents/part-00000-of-00001.arrow", "manifest.json",
-                                                    "rejects/part-00000-of-00001.jsonl", "vocab.txt"])
+    assert output_keys(s3, out) == sorted(
+        shards
+        + ["documents/part-00000-of-00001.arrow", "manifest.json", "rejects/part-00000-of-00001.jsonl", "vocab.txt"]
+    )
     assert sorted(s.file for s in manifest.shards) == shards
     for s in manifest.shards:
         assert sha256(object_bytes(s3, f"{out}/{s.file}")) == s.sha256
@@ -187,12 +202,16 @@ def test_an_existing_output_in_the_bucket_is_not_overwritten_silently(s3, corpus
 
 # --- workers the runner does not configure -------------------------------------------------------
 
+
 def start_worker_pool(port: int) -> subprocess.Popen:
     """Beam's worker pool, as Flink/Spark's EXTERNAL environment runs it: its SDK harness starts
     with no pipeline options, so FileSystems knows no S3 endpoint unless the DoFns set it."""
-    pool = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                             f"--service_port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **FAKE_CREDENTIALS})
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **FAKE_CREDENTIALS},
+    )
     import socket
 
     deadline = time.monotonic() + 60
@@ -220,8 +239,9 @@ def test_workers_of_an_external_worker_pool_configure_their_storage(s3, corpus, 
 
     _, local_manifest, _ = local_job
     out = f"s3://{BUCKET}/out/external"
-    cfg, as_dict = compose_pipeline_config([f"output_dir={out}", f"inputs=[{corpus[1]}]",
-                                            f"storage.s3_endpoint_url={s3.endpoint_url}", *SMALL, *IN_MEMORY])
+    cfg, as_dict = compose_pipeline_config(
+        [f"output_dir={out}", f"inputs=[{corpus[1]}]", f"storage.s3_endpoint_url={s3.endpoint_url}", *SMALL, *IN_MEMORY]
+    )
     # The launcher's part, as pipeline.run.run does it (beam.Pipeline sets FileSystems' options too).
     options = PipelineOptions(storage.storage_flags(cfg.storage))
     FileSystems.set_options(options)
@@ -248,10 +268,27 @@ def test_workers_of_an_external_worker_pool_configure_their_storage(s3, corpus, 
 def test_secret_flags_are_redacted_in_either_form():
     from pipeline.redaction import REDACTED, redact
 
-    extra = ["--s3_endpoint_url=http://x", "--s3_secret_access_key=abc", "--s3_session_token", "tok",
-             "--job_name=j", {"aws_access_key_id": "AKIA"}]
-    assert redact({"runner": {"extra": extra}}) == {"runner": {"extra": [
-        "--s3_endpoint_url=http://x", f"--s3_secret_access_key={REDACTED}", "--s3_session_token", REDACTED,
-        "--job_name=j", {"aws_access_key_id": REDACTED}]}}
-    assert redact({"tokenizer": {"vocab_size": 1}, "special_tokens": [1]}) == {"tokenizer": {"vocab_size": 1},
-                                                                              "special_tokens": [1]}
+    extra = [
+        "--s3_endpoint_url=http://x",
+        "--s3_secret_access_key=abc",
+        "--s3_session_token",
+        "tok",
+        "--job_name=j",
+        {"aws_access_key_id": "AKIA"},
+    ]
+    assert redact({"runner": {"extra": extra}}) == {
+        "runner": {
+            "extra": [
+                "--s3_endpoint_url=http://x",
+                f"--s3_secret_access_key={REDACTED}",
+                "--s3_session_token",
+                REDACTED,
+                "--job_name=j",
+                {"aws_access_key_id": REDACTED},
+            ]
+        }
+    }
+    assert redact({"tokenizer": {"vocab_size": 1}, "special_tokens": [1]}) == {
+        "tokenizer": {"vocab_size": 1},
+        "special_tokens": [1],
+    }

@@ -88,12 +88,20 @@ def run_job(overrides: list[str], cwd: Path, logs: list[Path]) -> float:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
     start = time.perf_counter()
     try:
-        job = subprocess.run([sys.executable, "-m", "pipeline", *overrides], cwd=cwd, env=env, capture_output=True,
-                             text=True, timeout=JOB_TIMEOUT_S)
+        job = subprocess.run(
+            [sys.executable, "-m", "pipeline", *overrides],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=JOB_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired as e:  # its output comes as bytes here, whatever text= says
         stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or ""
-        problem = (f"did not finish in {JOB_TIMEOUT_S} s (a pool's worker that cannot start, e.g. no Beam in the "
-                   "`python` on the pool's PATH, leaves it waiting)")
+        problem = (
+            f"did not finish in {JOB_TIMEOUT_S} s (a pool's worker that cannot start, e.g. no Beam in the "
+            "`python` on the pool's PATH, leaves it waiting)"
+        )
     else:
         if job.returncode == 0:
             return time.perf_counter() - start
@@ -104,8 +112,11 @@ def run_job(overrides: list[str], cwd: Path, logs: list[Path]) -> float:
 
 def digests(output_dir: Path) -> dict[str, str]:
     """sha256 of every file of an output but the manifest (whose config names the runner)."""
-    return {str(p.relative_to(output_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(output_dir.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+    return {
+        str(p.relative_to(output_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(output_dir.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
 
 
 def test_job_service_with_an_external_worker_pool_writes_the_direct_runners_bytes(worker_venv, tmp_path):
@@ -113,15 +124,36 @@ def test_job_service_with_an_external_worker_pool_writes_the_direct_runners_byte
     cluster.mkdir()
     job_port, pool_port = free_port(), free_port()
     env = worker_venv.env()  # the pool starts each worker as `python` from PATH: the venv's
-    with service("job-service", [worker_venv.python, "-m", "apache_beam.runners.portability.local_job_service_main",
-                                 f"--port={job_port}"], job_port, tmp_path, cwd=cluster, env=env) as job_log, \
-            service("worker-pool", [worker_venv.python, "-m", "apache_beam.runners.worker.worker_pool_main",
-                                    f"--service_port={pool_port}"], pool_port, tmp_path, cwd=cluster,
-                    env=env) as pool_log:
-        portable_s = run_job([f"output_dir={tmp_path / 'portable'}", "runner=portable",
-                              f"runner.job_endpoint=localhost:{job_port}", "runner.environment_type=EXTERNAL",
-                              f"runner.environment_config=localhost:{pool_port}", *SMALL], tmp_path,
-                             [job_log, pool_log])
+    with (
+        service(
+            "job-service",
+            [worker_venv.python, "-m", "apache_beam.runners.portability.local_job_service_main", f"--port={job_port}"],
+            job_port,
+            tmp_path,
+            cwd=cluster,
+            env=env,
+        ) as job_log,
+        service(
+            "worker-pool",
+            [worker_venv.python, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={pool_port}"],
+            pool_port,
+            tmp_path,
+            cwd=cluster,
+            env=env,
+        ) as pool_log,
+    ):
+        portable_s = run_job(
+            [
+                f"output_dir={tmp_path / 'portable'}",
+                "runner=portable",
+                f"runner.job_endpoint=localhost:{job_port}",
+                "runner.environment_type=EXTERNAL",
+                f"runner.environment_config=localhost:{pool_port}",
+                *SMALL,
+            ],
+            tmp_path,
+            [job_log, pool_log],
+        )
         assert "Starting worker with command" in pool_log.read_text()  # the pool's workers ran it
     direct_s = run_job([f"output_dir={tmp_path / 'direct'}", *SMALL], tmp_path, [])
     print(f"\nportable (job service + EXTERNAL worker pool): {portable_s:.1f} s; direct: {direct_s:.1f} s")
@@ -134,8 +166,9 @@ def test_job_service_with_an_external_worker_pool_writes_the_direct_runners_byte
     assert manifests[0]["config"]["runner"]["runner"] == "PortableRunner"
 
 
-def test_portable_runner_with_s3_inputs_and_output_writes_the_direct_runners_bytes(worker_venv, tmp_path,
-                                                                                 wiki_sample_path):
+def test_portable_runner_with_s3_inputs_and_output_writes_the_direct_runners_bytes(
+    worker_venv, tmp_path, wiki_sample_path
+):
     """The same through object storage: the sample read from a bucket of moto's S3 server and the
     shards written back there. The pool's workers never receive the pipeline options; they reach
     the store through the storage settings each step carries (``storage.*``)."""
@@ -149,27 +182,64 @@ def test_portable_runner_with_s3_inputs_and_output_writes_the_direct_runners_byt
         client = s3.client()
         client.create_bucket(Bucket="corpus")
         client.upload_file(wiki_sample_path, "corpus", "in/" + os.path.basename(wiki_sample_path))
-        with service("job-service", [worker_venv.python, "-m",
-                                     "apache_beam.runners.portability.local_job_service_main", f"--port={job_port}"],
-                     job_port, tmp_path, cwd=cluster, env=env) as job_log, \
-                service("worker-pool", [worker_venv.python, "-m", "apache_beam.runners.worker.worker_pool_main",
-                                        f"--service_port={pool_port}"], pool_port, tmp_path, cwd=cluster,
-                        env=env) as pool_log:
+        with (
+            service(
+                "job-service",
+                [
+                    worker_venv.python,
+                    "-m",
+                    "apache_beam.runners.portability.local_job_service_main",
+                    f"--port={job_port}",
+                ],
+                job_port,
+                tmp_path,
+                cwd=cluster,
+                env=env,
+            ) as job_log,
+            service(
+                "worker-pool",
+                [
+                    worker_venv.python,
+                    "-m",
+                    "apache_beam.runners.worker.worker_pool_main",
+                    f"--service_port={pool_port}",
+                ],
+                pool_port,
+                tmp_path,
+                cwd=cluster,
+                env=env,
+            ) as pool_log,
+        ):
             os.environ.update(FAKE_CREDENTIALS)  # the launcher's boto3 too (restored below)
             try:
-                portable_s = run_job(["inputs=[s3://corpus/in]", "output_dir=s3://corpus/out",
-                                      f"storage.s3_endpoint_url={s3.endpoint_url}", "runner=portable",
-                                      f"runner.job_endpoint=localhost:{job_port}", "runner.environment_type=EXTERNAL",
-                                      f"runner.environment_config=localhost:{pool_port}", *SMALL], tmp_path,
-                                     [job_log, pool_log])
+                portable_s = run_job(
+                    [
+                        "inputs=[s3://corpus/in]",
+                        "output_dir=s3://corpus/out",
+                        f"storage.s3_endpoint_url={s3.endpoint_url}",
+                        "runner=portable",
+                        f"runner.job_endpoint=localhost:{job_port}",
+                        "runner.environment_type=EXTERNAL",
+                        f"runner.environment_config=localhost:{pool_port}",
+                        *SMALL,
+                    ],
+                    tmp_path,
+                    [job_log, pool_log],
+                )
             finally:
                 for name in FAKE_CREDENTIALS:
                     os.environ.pop(name, None)
         keys = s3.keys("corpus", "out/")
-        rejects = [json.loads(line) for k in keys if k.startswith("out/rejects/")
-                   for line in client.get_object(Bucket="corpus", Key=k)["Body"].read().decode().splitlines()]
-        portable = {k[len("out/"):]: hashlib.sha256(client.get_object(Bucket="corpus", Key=k)["Body"].read())
-                    .hexdigest() for k in keys}
+        rejects = [
+            json.loads(line)
+            for k in keys
+            if k.startswith("out/rejects/")
+            for line in client.get_object(Bucket="corpus", Key=k)["Body"].read().decode().splitlines()
+        ]
+        portable = {
+            k[len("out/") :]: hashlib.sha256(client.get_object(Bucket="corpus", Key=k)["Body"].read()).hexdigest()
+            for k in keys
+        }
     direct_s = run_job([f"inputs=[{wiki_sample_path}]", f"output_dir={tmp_path / 'direct'}", *SMALL], tmp_path, [])
     print(f"\nportable with S3 in and out: {portable_s:.1f} s; direct, local files: {direct_s:.1f} s")
     direct = digests(tmp_path / "direct")
@@ -180,11 +250,15 @@ def test_portable_runner_with_s3_inputs_and_output_writes_the_direct_runners_byt
     assert {"vocab.txt", "train/part-00000-of-00001.arrow", "eval/part-00000-of-00001.arrow"} <= same
     assert {k: portable[k] for k in same} == {k: direct[k] for k in same}
     assert set(portable) == set(direct) | {"manifest.json"}
-    local_rejects = [json.loads(line) for p in sorted((tmp_path / "direct" / "rejects").iterdir())
-                     for line in p.read_text().splitlines()]
+    local_rejects = [
+        json.loads(line)
+        for p in sorted((tmp_path / "direct" / "rejects").iterdir())
+        for line in p.read_text().splitlines()
+    ]
 
     def without_path(r):
         return {k: (os.path.basename(v) if k == "source" else v) for k, v in r.items()}
 
-    assert sorted(map(json.dumps, map(without_path, rejects))) == sorted(map(json.dumps, map(without_path,
-                                                                                             local_rejects)))
+    assert sorted(map(json.dumps, map(without_path, rejects))) == sorted(
+        map(json.dumps, map(without_path, local_rejects))
+    )

@@ -22,9 +22,9 @@ import pytest
 
 from conftest import IN_MEMORY, run_job
 from launch_helpers import REPO, fault_injecting_command, read_steps, run, single_process_command, trainer_env
-from shards import read_split
 from pipeline import contract
 from pipeline import report as data_report
+from shards import read_split
 from training import report as run_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -42,11 +42,13 @@ def report_command(module, *args):
 
 
 def run_report_cli(module, *args):
-    return subprocess.run(report_command(module, *args), cwd=REPO, env=trainer_env(), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        report_command(module, *args), cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=300
+    )
 
 
 # --- the data job's report ---------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
@@ -66,9 +68,11 @@ def dynamic_shards(tmp_path_factory):
 
 def split_values(out, split):
     table = read_split(out, split)
-    return (pc.list_value_length(table.column(contract.INPUT_IDS)).to_numpy(),
-            pc.list_value_length(table.column(contract.MASKED_LM_POSITIONS)).to_numpy(),
-            table.column(contract.NEXT_SENTENCE_LABEL).to_numpy())
+    return (
+        pc.list_value_length(table.column(contract.INPUT_IDS)).to_numpy(),
+        pc.list_value_length(table.column(contract.MASKED_LM_POSITIONS)).to_numpy(),
+        table.column(contract.NEXT_SENTENCE_LABEL).to_numpy(),
+    )
 
 
 def counted(series):
@@ -79,8 +83,13 @@ def test_data_report_plots_what_the_shards_hold(shards, tmp_path):
     out, manifest = shards
     stats = manifest.statistics
     report = data_report.write_report(out, str(tmp_path / "report"))
-    assert set(report.plots) == {"example_lengths", "sentence_pairs", "masked_positions", "documents_per_source",
-                                 "rejects"}
+    assert set(report.plots) == {
+        "example_lengths",
+        "sentence_pairs",
+        "masked_positions",
+        "documents_per_source",
+        "rejects",
+    }
     assert report.notes == []
     for plotted in report.plots.values():
         assert os.path.dirname(plotted.path) == str(tmp_path / "report")
@@ -138,8 +147,9 @@ def test_data_report_command_on_dynamic_masks_without_sentence_pairs(dynamic_sha
     assert result.returncode == 0, result.stderr
     written = result.stdout.split()
     default_dir = os.path.join(dynamic_shards, "report")
-    assert written == [os.path.join(default_dir, f"{name}.png")
-                       for name in ("example_lengths", "documents_per_source", "rejects")]
+    assert written == [
+        os.path.join(default_dir, f"{name}.png") for name in ("example_lengths", "documents_per_source", "rejects")
+    ]
     for path in written:
         assert_png(path)
     assert "masking=dynamic" in result.stderr and "objective none" in result.stderr
@@ -158,8 +168,15 @@ def test_data_report_command_on_dynamic_masks_without_sentence_pairs(dynamic_sha
 
 # --- the training run's report -------------------------------------------------------------------
 
-RUN = ("experiment=cpu_smoke", "model=tiny", "logger=wandb_offline", "trainer.export_hf=false",
-       "trainer.checkpoint_every=4", "trainer.eval_every=4", "trainer.eval_steps=2")
+RUN = (
+    "experiment=cpu_smoke",
+    "model=tiny",
+    "logger=wandb_offline",
+    "trainer.export_hf=false",
+    "trainer.checkpoint_every=4",
+    "trainer.eval_every=4",
+    "trainer.eval_steps=2",
+)
 """log_every 1; global batch 8 = micro 4 x accumulation 2, so step k runs forward calls 2k-1 and 2k."""
 CRASH_CALLS = "13,14,15"
 """Three NaN losses in a row from step 7 on: the first attempt logs steps 1-6 and stops at step 7."""
@@ -184,8 +201,14 @@ def resumed_run(shards, tmp_path_factory):
     data_dir = shards[0]
     args = (*RUN, f"data_dir={data_dir}", f"output_dir={out}")
     env = {**trainer_env(), "INJECT_NAN_AT_CALLS": CRASH_CALLS}
-    crashed = subprocess.run(fault_injecting_command(*args, "trainer.max_steps=10"), cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
+    crashed = subprocess.run(
+        fault_injecting_command(*args, "trainer.max_steps=10"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert crashed.returncode != 0 and "non-finite losses in a row at step 7" in crashed.stderr, crashed.stderr[-3000:]
     crashed_steps = read_steps(out)
     assert [s["step"] for s in crashed_steps] == [1, 2, 3, 4, 5, 6]
@@ -201,8 +224,10 @@ def resumed_run(shards, tmp_path_factory):
 def tokens_per_step(data_dir, steps):
     lengths = {}
     table = read_split(data_dir, "train")
-    for i, n in zip(table.column(contract.EXAMPLE_ID).to_pylist(),
-                    pc.list_value_length(table.column(contract.INPUT_IDS)).to_pylist()):
+    for i, n in zip(
+        table.column(contract.EXAMPLE_ID).to_pylist(),
+        pc.list_value_length(table.column(contract.INPUT_IDS)).to_pylist(),
+    ):
         lengths[i] = n
     return [sum(lengths[i] for i in s["example_ids"]) for s in steps]
 
@@ -295,13 +320,16 @@ def test_training_report_command(resumed_run, tmp_path):
     out = resumed_run[0]
     result = run_report_cli("training.report", out)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [os.path.join(str(out), "report", f"{name}.png")
-                                     for name in ("loss", "accuracy", "learning_rate", "throughput")]
+    assert result.stdout.split() == [
+        os.path.join(str(out), "report", f"{name}.png") for name in ("loss", "accuracy", "learning_rate", "throughput")
+    ]
     for path in result.stdout.split():
         assert_png(path)
     shutil.rmtree(os.path.join(str(out), "report"))
 
     empty = run_report_cli("training.report", tmp_path)
     assert empty.returncode == 2 and empty.stdout == ""
-    assert empty.stderr.strip() == (f"error: no steps.jsonl in {tmp_path}: not a training output_dir "
-                                    f"(python -m training ... output_dir=<dir> writes it)")
+    assert empty.stderr.strip() == (
+        f"error: no steps.jsonl in {tmp_path}: not a training output_dir "
+        f"(python -m training ... output_dir=<dir> writes it)"
+    )

@@ -93,16 +93,29 @@ def test_resume_false_with_checkpoints_is_refused_early(trainer_shards, used_dir
 def test_other_shards_are_refused(trainer_shards, used_dir, tmp_path):
     """Shards of another seed (same vocabulary size, so the model would load them silently)."""
     other = tmp_path / "other_shards"
-    run_job(other, "seed=5", "tokenizer.vocab_size=2000", "instances.max_seq_length=64",
-            "instances.eval_fraction=0.05", *IN_MEMORY)
+    run_job(
+        other,
+        "seed=5",
+        "tokenizer.vocab_size=2000",
+        "instances.max_seq_length=64",
+        "instances.eval_fraction=0.05",
+        *IN_MEMORY,
+    )
     result, seconds = rerun(other, used_dir, *BASE)
     assert_refused_early(result, seconds, used_dir)
     assert f'data_dir: "{trainer_shards}" -> "{other}": other shards' in result.stderr, result.stderr
 
 
 def test_forced_resume_continues_the_run_with_the_new_values(trainer_shards, used_dir):
-    result, _ = rerun(trainer_shards, used_dir, "trainer.max_steps=6", "trainer.checkpoint_every=4",
-                      "trainer.eval_every=0", "optim.lr=1e-3", "trainer.force_resume=true")
+    result, _ = rerun(
+        trainer_shards,
+        used_dir,
+        "trainer.max_steps=6",
+        "trainer.checkpoint_every=4",
+        "trainer.eval_every=0",
+        "optim.lr=1e-3",
+        "trainer.force_resume=true",
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert "trainer.force_resume=true: resuming" in output and "optim.lr: 0.003 -> 0.001" in output, output[-3000:]
@@ -119,10 +132,20 @@ def test_moved_shards_and_resumable_keys_resume(trainer_shards, used_dir, tmp_pa
     """The same shards under another path, and changes of keys in RESUMABLE_KEYS only."""
     moved = tmp_path / "moved_shards"
     shutil.copytree(trainer_shards, moved)
-    result, _ = rerun(moved, used_dir, "trainer.max_steps=6", "trainer.checkpoint_every=3", "trainer.eval_every=3",
-                      "trainer.log_every=2", "trainer.keep_last_k=1", "trainer.peak_tflops=1.0",
-                      "trainer.record_example_ids=false", "data.num_workers=0", "data.eval_micro_batch_size=2",
-                      "logger.project=elsewhere")
+    result, _ = rerun(
+        moved,
+        used_dir,
+        "trainer.max_steps=6",
+        "trainer.checkpoint_every=3",
+        "trainer.eval_every=3",
+        "trainer.log_every=2",
+        "trainer.keep_last_k=1",
+        "trainer.peak_tflops=1.0",
+        "trainer.record_example_ids=false",
+        "data.num_workers=0",
+        "data.eval_micro_batch_size=2",
+        "logger.project=elsewhere",
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert "at step 4" in result.stdout and "force_resume" not in output, output[-3000:]
@@ -164,18 +187,33 @@ def test_extended_run_has_the_schedule_of_a_fresh_run(trainer_shards, used_dir, 
 
 # --- the comparison itself, in process ----------------------------------------------------------
 
+
 def test_differences_skip_resumable_keys_and_name_the_rest():
     from training.config import config_differences, is_resumable_key
 
-    saved = {"data_dir": "/a", "seed": 1, "optim": {"lr": 1e-4, "betas": [0.9, 0.999]},
-             "trainer": {"max_steps": 10, "init_from": None, "log_every": 1},
-             "logger": {"project": "p", "tags": []}, "data": {"num_workers": 2, "micro_batch_size": 4}}
-    current = {"data_dir": "/b", "seed": 1, "optim": {"lr": 2e-4, "betas": [0.9, 0.98]},
-               "trainer": {"max_steps": 20, "init_from": "/phase1/hf", "log_every": 5, "new_option": True},
-               "logger": {"project": "q", "tags": ["x"]}, "data": {"num_workers": 0, "micro_batch_size": 8}}
+    saved = {
+        "data_dir": "/a",
+        "seed": 1,
+        "optim": {"lr": 1e-4, "betas": [0.9, 0.999]},
+        "trainer": {"max_steps": 10, "init_from": None, "log_every": 1},
+        "logger": {"project": "p", "tags": []},
+        "data": {"num_workers": 2, "micro_batch_size": 4},
+    }
+    current = {
+        "data_dir": "/b",
+        "seed": 1,
+        "optim": {"lr": 2e-4, "betas": [0.9, 0.98]},
+        "trainer": {"max_steps": 20, "init_from": "/phase1/hf", "log_every": 5, "new_option": True},
+        "logger": {"project": "q", "tags": ["x"]},
+        "data": {"num_workers": 0, "micro_batch_size": 8},
+    }
     assert config_differences(saved, current) == [
-        ("data.micro_batch_size", 4, 8), ("optim.betas", [0.9, 0.999], [0.9, 0.98]), ("optim.lr", 1e-4, 2e-4),
-        ("trainer.init_from", None, "/phase1/hf"), ("trainer.new_option", "<absent>", True)]
+        ("data.micro_batch_size", 4, 8),
+        ("optim.betas", [0.9, 0.999], [0.9, 0.98]),
+        ("optim.lr", 1e-4, 2e-4),
+        ("trainer.init_from", None, "/phase1/hf"),
+        ("trainer.new_option", "<absent>", True),
+    ]
     assert is_resumable_key("logger.tags") and is_resumable_key("trainer.max_steps")
     assert not is_resumable_key("trainer.max_steps_extra") and not is_resumable_key("loggers.x")
 
@@ -198,7 +236,8 @@ def test_check_resumable_compares_shards_by_content_and_always_refuses_another_a
 def test_run_record_redacts_secrets():
     from training.model import PRESETS, BertConfig
 
-    record = ckpt.run_record({"logger": {"api_key": "k"}, "seed": 1}, BertConfig(vocab_size=10, **PRESETS["tiny"]),
-                             {"fingerprint": ""})
+    record = ckpt.run_record(
+        {"logger": {"api_key": "k"}, "seed": 1}, BertConfig(vocab_size=10, **PRESETS["tiny"]), {"fingerprint": ""}
+    )
     assert record["config"] == {"logger": {"api_key": "<redacted>"}, "seed": 1}
     assert json.loads(json.dumps(record))["architecture"]["vocab_size"] == 10

@@ -21,9 +21,9 @@ def test_direct_runner_worker_processes_start_with_the_malloc_settings(monkeypat
     expected = dict(WORKER_MALLOC_ENV, MALLOC_ARENA_MAX="4")
     options = beam_options(cfg)
     with worker_environment(cfg), beam.Pipeline(runner=make_runner(cfg, options), options=options) as p:
-        seen = (p | beam.Create([None])
-                | beam.Map(lambda _: sorted((k, os.environ.get(k), os.getpid()) for k in names)))
+        seen = p | beam.Create([None]) | beam.Map(lambda _: sorted((k, os.environ.get(k), os.getpid()) for k in names))
         parent = os.getpid()
-        assert_that(seen | beam.Map(lambda kvs: ({k: v for k, v, _ in kvs}, kvs[0][2] != parent)),
-                    equal_to([(expected, True)]))  # in a worker process, not this one
+        assert_that(
+            seen | beam.Map(lambda kvs: ({k: v for k, v, _ in kvs}, kvs[0][2] != parent)), equal_to([(expected, True)])
+        )  # in a worker process, not this one
     assert os.environ["MALLOC_ARENA_MAX"] == "4" and "MALLOC_MMAP_THRESHOLD_" not in os.environ

@@ -73,8 +73,9 @@ def s3(tmp_path_factory):
 def upload(s3, local_dir, prefix) -> list[str]:
     """Every file of ``local_dir`` to s3://BUCKET/prefix/...; the keys relative to prefix."""
     client = s3.server.client()
-    names = sorted(os.path.relpath(os.path.join(root, f), local_dir)
-                   for root, _, files in os.walk(local_dir) for f in files)
+    names = sorted(
+        os.path.relpath(os.path.join(root, f), local_dir) for root, _, files in os.walk(local_dir) for f in files
+    )
     for name in names:
         client.upload_file(os.path.join(local_dir, name), BUCKET, f"{prefix}/{name}")
     return names
@@ -103,9 +104,13 @@ def train(data_dir, output_dir, *extra, nproc=1):
 
 def cache_state(cache_root):
     """(inode, mtime_ns, size) of every file under the cache: unchanged = nothing rewritten."""
-    return {os.path.relpath(os.path.join(r, f), cache_root): (st.st_ino, st.st_mtime_ns, st.st_size)
-            for r, _, files in os.walk(cache_root) for f in files
-            for st in [os.stat(os.path.join(r, f))] if f != ".lock"}
+    return {
+        os.path.relpath(os.path.join(r, f), cache_root): (st.st_ino, st.st_mtime_ns, st.st_size)
+        for r, _, files in os.walk(cache_root)
+        for f in files
+        for st in [os.stat(os.path.join(r, f))]
+        if f != ".lock"
+    }
 
 
 def shard_cache_of(cache_root, url):
@@ -128,9 +133,18 @@ def cold_and_warm(s3, bucket_shards, trainer_shards, tmp_path_factory):  # noqa:
     before = cache_state(cache)
     s3.reset()
     warm_steps = train(url, tmp / "s3", f"trainer.max_steps={STEPS + 2}", storage(s3), f"data.cache_dir={cache}")
-    return dict(local=local_steps, cold=cold_steps, cold_gets=cold_requests, warm=warm_steps,
-                warm_gets=s3.object_gets(), before=before, after=cache_state(cache), cache=cache,
-                local_out=tmp / "local", s3_out=tmp / "s3")
+    return dict(
+        local=local_steps,
+        cold=cold_steps,
+        cold_gets=cold_requests,
+        warm=warm_steps,
+        warm_gets=s3.object_gets(),
+        before=before,
+        after=cache_state(cache),
+        cache=cache,
+        local_out=tmp / "local",
+        s3_out=tmp / "s3",
+    )
 
 
 def test_training_on_the_bucket_gives_the_steps_of_the_local_directory(cold_and_warm, bucket_shards):
@@ -142,8 +156,9 @@ def test_training_on_the_bucket_gives_the_steps_of_the_local_directory(cold_and_
     # the run records the data_dir as given; the cache only stands in for it
     record = json.load(open(os.path.join(runs["s3_out"], "checkpoints", f"step{STEPS:08d}", "run_config.json")))
     assert record["config"]["data_dir"] == bucket_shards[0]
-    local_record = json.load(open(os.path.join(runs["local_out"], "checkpoints", f"step{STEPS:08d}",
-                                               "run_config.json")))
+    local_record = json.load(
+        open(os.path.join(runs["local_out"], "checkpoints", f"step{STEPS:08d}", "run_config.json"))
+    )
     assert record["data"] == local_record["data"]  # the same shards' identity
 
 
@@ -156,8 +171,12 @@ def test_a_restart_reuses_the_verified_cache_without_downloading(cold_and_warm):
     assert runs["after"] == runs["before"]  # not a byte rewritten (inodes, mtimes, sizes)
 
 
-def test_a_corrupt_or_truncated_cached_file_is_fetched_again(s3, bucket_shards, trainer_shards,  # noqa: F811
-                                                            tmp_path):
+def test_a_corrupt_or_truncated_cached_file_is_fetched_again(
+    s3,
+    bucket_shards,
+    trainer_shards,  # noqa: F811
+    tmp_path,
+):
     from pipeline.config import StorageConfig
     from pipeline.contract import sha256_file
     from training.shard_cache import cached_data_dir
@@ -203,8 +222,11 @@ def test_a_corrupt_or_truncated_cached_file_is_fetched_again(s3, bucket_shards, 
     assert s3.object_gets() == sorted(["shards/manifest.json", f"shards/{os.path.relpath(path, local)}"])
 
 
-def test_a_bucket_that_does_not_hold_its_manifests_shards_fails_before_training(s3, trainer_shards,  # noqa: F811
-                                                                               tmp_path):
+def test_a_bucket_that_does_not_hold_its_manifests_shards_fails_before_training(
+    s3,
+    trainer_shards,  # noqa: F811
+    tmp_path,
+):
     from pipeline.config import StorageConfig
     from training.data import DataContractError
     from training.shard_cache import FETCH_ATTEMPTS, cached_data_dir
@@ -218,15 +240,28 @@ def test_a_bucket_that_does_not_hold_its_manifests_shards_fails_before_training(
     client.put_object(Bucket=BUCKET, Key=f"bad/{shard}", Body=bytes(data))
     s3.reset()
     out = tmp_path / "run"
-    result = subprocess.run(single_process_command(*SMOKE, f"data_dir=s3://{BUCKET}/bad", f"output_dir={out}",
-                                                   storage(s3), f"data.cache_dir={tmp_path / 'cache'}"),
-                            cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        single_process_command(
+            *SMOKE,
+            f"data_dir=s3://{BUCKET}/bad",
+            f"output_dir={out}",
+            storage(s3),
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ),
+        cwd=REPO,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: s3://{BUCKET}/bad/{shard} does not match its manifest.json: {FETCH_ATTEMPTS} downloads "
-                      f"had sha256 {hashlib.sha256(data).hexdigest()} ({len(data)} bytes), the manifest says "
-                      f"{listed[shard]}; the object store does not hold the data job's output (restore it or rerun "
-                      "the job)"]
+    assert errors == [
+        f"error: s3://{BUCKET}/bad/{shard} does not match its manifest.json: {FETCH_ATTEMPTS} downloads "
+        f"had sha256 {hashlib.sha256(data).hexdigest()} ({len(data)} bytes), the manifest says "
+        f"{listed[shard]}; the object store does not hold the data job's output (restore it or rerun "
+        "the job)"
+    ]
     assert not os.path.exists(out / "steps.jsonl")
     assert s3.object_gets().count(f"bad/{shard}") == FETCH_ATTEMPTS
     cached = os.path.join(shard_cache_of(tmp_path / "cache", f"s3://{BUCKET}/bad"), shard)
@@ -236,25 +271,34 @@ def test_a_bucket_that_does_not_hold_its_manifests_shards_fails_before_training(
     cache = str(tmp_path / "cache2")
     # cut short in the bucket: found from the listing, nothing downloaded
     client.put_object(Bucket=BUCKET, Key=f"bad/{shard}", Body=bytes(data[:100]))
-    with pytest.raises(DataContractError, match=rf"bad/{shard} has 100 bytes in the object store, its "
-                                                r"manifest.json says \d+"):
+    with pytest.raises(
+        DataContractError,
+        match=rf"bad/{shard} has 100 bytes in the object store, its "
+        r"manifest.json says \d+",
+    ):
         cached_data_dir(f"s3://{BUCKET}/bad", cache, cfg)
     client.delete_object(Bucket=BUCKET, Key=f"bad/{shard}")
     with pytest.raises(DataContractError, match=rf"bad/{shard} is listed in its manifest.json but missing"):
         cached_data_dir(f"s3://{BUCKET}/bad", cache, cfg)
     client.delete_object(Bucket=BUCKET, Key="bad/manifest.json")
-    with pytest.raises(DataContractError, match=rf"^no manifest.json at data_dir=s3://{BUCKET}/bad \(\d+ other objects under it\)"):
+    with pytest.raises(
+        DataContractError, match=rf"^no manifest.json at data_dir=s3://{BUCKET}/bad \(\d+ other objects under it\)"
+    ):
         cached_data_dir(f"s3://{BUCKET}/bad", cache, cfg)
-    with pytest.raises(DataContractError, match=rf"no manifest.json at data_dir=s3://{BUCKET}/nothing-here "
-                                                r"\(nothing is stored under it\)"):
+    with pytest.raises(
+        DataContractError,
+        match=rf"no manifest.json at data_dir=s3://{BUCKET}/nothing-here "
+        r"\(nothing is stored under it\)",
+    ):
         cached_data_dir(f"s3://{BUCKET}/nothing-here", cache, cfg)
 
 
 def test_two_ranks_on_one_node_fill_the_cache_once_and_both_train(s3, bucket_shards, tmp_path):
     url, needed = bucket_shards
     s3.reset()
-    steps = train(url, tmp_path / "run", "trainer.max_steps=3", storage(s3), f"data.cache_dir={tmp_path / 'cache'}",
-                  nproc=2)
+    steps = train(
+        url, tmp_path / "run", "trainer.max_steps=3", storage(s3), f"data.cache_dir={tmp_path / 'cache'}", nproc=2
+    )
     assert [s["step"] for s in steps] == [1, 2, 3]
     for s in steps:  # global 8 = micro 4 x 2 ranks: both ranks' examples, disjoint
         assert len(s["example_ids"]) == 8 and len(set(s["example_ids"])) == 8

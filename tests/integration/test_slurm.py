@@ -26,8 +26,9 @@ import slurm_cluster
 from launch_helpers import REPO, read_steps, run, torchrun_command, trainer_env
 from test_trainer import SMOKE
 
-pytestmark = pytest.mark.skipif(not slurm_cluster.available(),
-                                reason="needs SLURM (Debian packages slurm-wlm and munge; .ci/run installs them)")
+pytestmark = pytest.mark.skipif(
+    not slurm_cluster.available(), reason="needs SLURM (Debian packages slurm-wlm and munge; .ci/run installs them)"
+)
 
 SBATCH = os.path.join(REPO, "infra", "slurm", "train.sbatch")
 STEPS = 60
@@ -43,14 +44,31 @@ def cluster(tmp_path_factory):
 
 def job_env(cluster) -> dict:
     """What the batch script inherits (sbatch exports the submitting environment)."""
-    return dict(trainer_env(), **cluster.env, PYTHON=sys.executable, RDZV_PORT=str(slurm_cluster.free_port()),
-                OMP_NUM_THREADS="1")
+    return dict(
+        trainer_env(),
+        **cluster.env,
+        PYTHON=sys.executable,
+        RDZV_PORT=str(slurm_cluster.free_port()),
+        OMP_NUM_THREADS="1",
+    )
 
 
 def submit(cluster, shards, output_dir, *extra):
-    return cluster.sbatch(["--nodes=2", "--ntasks-per-node=1", f"--output={output_dir}.%j.out", SBATCH,
-                           *SMOKE, f"data_dir={shards}", f"output_dir={output_dir}", *RUN, *extra],
-                          cwd=REPO, env=job_env(cluster))
+    return cluster.sbatch(
+        [
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            f"--output={output_dir}.%j.out",
+            SBATCH,
+            *SMOKE,
+            f"data_dir={shards}",
+            f"output_dir={output_dir}",
+            *RUN,
+            *extra,
+        ],
+        cwd=REPO,
+        env=job_env(cluster),
+    )
 
 
 def job_log(cluster, output_dir, job) -> str:
@@ -116,9 +134,20 @@ def test_hydra_sweep_runs_each_point_as_a_slurm_job(cluster, trainer_shards, tmp
     out = tmp_path / "sweep"
     env = dict(trainer_env(), **cluster.env, OMP_NUM_THREADS="1")
     smoke = [o for o in SMOKE if not o.startswith("optim.lr=")]  # the sweep sets it
-    command = [sys.executable, "-m", "training", "-m", "hydra/launcher=slurm", *smoke, "optim.lr=1e-3,2e-3",
-               f"data_dir={trainer_shards}", f"output_dir={out}", "trainer.max_steps=3", "trainer.eval_every=0",
-               "hydra.launcher.timeout_min=10"]
+    command = [
+        sys.executable,
+        "-m",
+        "training",
+        "-m",
+        "hydra/launcher=slurm",
+        *smoke,
+        "optim.lr=1e-3,2e-3",
+        f"data_dir={trainer_shards}",
+        f"output_dir={out}",
+        "trainer.max_steps=3",
+        "trainer.eval_every=0",
+        "hydra.launcher.timeout_min=10",
+    ]
     # submitit cannot see a failed job without SLURM accounting and would wait: bound it here.
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + cluster.logs()
@@ -136,11 +165,21 @@ def test_hydra_sweep_runs_each_point_as_a_slurm_job(cluster, trainer_shards, tmp
 def test_the_sbatch_script_passes_overrides_with_spaces_and_quotes(cluster, tmp_path):
     """The overrides reach `python -m training` unsplit: a fake PYTHON prints its argv per node."""
     fake = tmp_path / "fake_python"
-    fake.write_text("#!/bin/bash\nprintf '%s\\n' \"$@\" > \"$OUT_DIR/argv.$SLURM_NODEID\"\n")
+    fake.write_text('#!/bin/bash\nprintf \'%s\\n\' "$@" > "$OUT_DIR/argv.$SLURM_NODEID"\n')
     fake.chmod(0o755)
     env = dict(job_env(cluster), PYTHON=str(fake), OUT_DIR=str(tmp_path))
-    job = cluster.sbatch(["--nodes=2", "--ntasks-per-node=1", f"--output={tmp_path}/job.out", SBATCH,
-                          "logger.name=my run 'one'", "optim.lr=1e-4"], cwd=REPO, env=env)
+    job = cluster.sbatch(
+        [
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            f"--output={tmp_path}/job.out",
+            SBATCH,
+            "logger.name=my run 'one'",
+            "optim.lr=1e-4",
+        ],
+        cwd=REPO,
+        env=env,
+    )
     assert cluster.wait(job, timeout=120) == "COMPLETED", open(tmp_path / "job.out").read()
     for node in (0, 1):
         argv = (tmp_path / f"argv.{node}").read_text().splitlines()

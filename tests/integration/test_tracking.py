@@ -11,8 +11,7 @@ import zlib
 import pytest
 
 from training.config import LoggerConfig
-from training.tracking import (REDACTED, NullTracker, WandbTracker, format_progress, is_secret_key,
-                               make_tracker, redact)
+from training.tracking import REDACTED, NullTracker, WandbTracker, format_progress, is_secret_key, make_tracker, redact
 
 # --- redaction ---------------------------------------------------------------------------------
 
@@ -65,8 +64,11 @@ def test_progress_time_left_counts_only_this_process_steps_after_a_resume():
 def test_other_ranks_backend_none_and_disabled_mode_get_a_null_tracker_without_importing_wandb(tmp_path):
     wandb_loaded = "wandb" in sys.modules
     offline = LoggerConfig(backend="wandb", mode="offline", dir=str(tmp_path))
-    cases = [(offline, 1), (LoggerConfig(backend="none", mode="disabled"), 0),
-             (LoggerConfig(backend="wandb", mode="disabled", dir=str(tmp_path)), 0)]
+    cases = [
+        (offline, 1),
+        (LoggerConfig(backend="none", mode="disabled"), 0),
+        (LoggerConfig(backend="wandb", mode="disabled", dir=str(tmp_path)), 0),
+    ]
     for cfg, rank in cases:
         tracker = make_tracker(cfg, {"seed": 1}, str(tmp_path), rank=rank, resume_run_id="abc")
         assert isinstance(tracker, NullTracker)
@@ -105,13 +107,13 @@ def read_transaction_log(path):
         if left_in_block < 7:  # block trailer padding
             pos += left_in_block
             continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:  # zero fill up to the end of a block
             pos += left_in_block
             continue
         if pos + 7 + length > len(data):  # the writer is still appending this chunk
             break
-        payload = data[pos + 7:pos + 7 + length]
+        payload = data[pos + 7 : pos + 7 + length]
         assert zlib.crc32(bytes([kind]) + payload) == crc, f"corrupt chunk at byte {pos} of {path}"
         pos += 7 + length
         pending += payload
@@ -210,8 +212,10 @@ def test_offline_run_holds_metrics_and_redacted_config_and_resume_continues_the_
 # --- the W&B login check -------------------------------------------------------------------------
 
 WANDB_AUTH_ENV = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC", "WANDB_CONFIG_DIR")
-NO_LOGIN = ("logger=wandb needs a W&B login: run `wandb login` or set WANDB_API_KEY; or use "
-            "logger=wandb_offline (sync later with `wandb sync`) or logger=disabled")
+NO_LOGIN = (
+    "logger=wandb needs a W&B login: run `wandb login` or set WANDB_API_KEY; or use "
+    "logger=wandb_offline (sync later with `wandb sync`) or logger=disabled"
+)
 
 
 @pytest.fixture
@@ -234,10 +238,19 @@ def test_wandb_online_without_a_login_fails_fast_with_one_message(tmp_path):
     env = {k: v for k, v in trainer_env().items() if k not in WANDB_AUTH_ENV}
     env["HOME"] = str(tmp_path)
     started = time.perf_counter()
-    result = subprocess.run(single_process_command("experiment=cpu_smoke", "logger=wandb",
-                                                   f"data_dir={tmp_path / 'no_shards'}",
-                                                   f"output_dir={tmp_path / 'out'}"),
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        single_process_command(
+            "experiment=cpu_smoke",
+            "logger=wandb",
+            f"data_dir={tmp_path / 'no_shards'}",
+            f"output_dir={tmp_path / 'out'}",
+        ),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     seconds = time.perf_counter() - started
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stderr.strip() == f"error: {NO_LOGIN}", result.stderr[-3000:]
@@ -247,8 +260,9 @@ def test_wandb_online_without_a_login_fails_fast_with_one_message(tmp_path):
 
 
 def test_wandb_login_from_the_environment_or_netrc_passes(no_wandb_login, monkeypatch):
-    from wandb.sdk import wandb_setup
     from urllib.parse import urlsplit
+
+    from wandb.sdk import wandb_setup
 
     from training.config import ConfigError
     from training.tracking import check_wandb_login, wandb_login_source

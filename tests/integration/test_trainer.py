@@ -16,14 +16,20 @@ import pytest
 import torch
 
 from conftest import IN_MEMORY, run_job
-from launch_helpers import (REPO, fault_injecting_command, read_steps, run, single_process_command,
-                            torchrun_command, trainer_env)
+from launch_helpers import (
+    REPO,
+    fault_injecting_command,
+    read_steps,
+    run,
+    single_process_command,
+    torchrun_command,
+    trainer_env,
+)
 from training import checkpoint as ckpt
 
 # Tiny model, accumulation 2 (global 8 = micro 4 x 2 x 1 rank), a learning rate high enough for a
 # clear fall within a few dozen steps, no Hugging Face export (the export has its own tests).
-SMOKE = ("experiment=cpu_smoke", "model=tiny", "optim.lr=3e-3", "trainer.export_hf=false",
-         "trainer.eval_steps=2")
+SMOKE = ("experiment=cpu_smoke", "model=tiny", "optim.lr=3e-3", "trainer.export_hf=false", "trainer.eval_steps=2")
 
 STEPS = 30
 """Steps of the single-process reference run (also the uninterrupted run of the resume test)."""
@@ -46,8 +52,17 @@ def overrides(shards, output_dir, *extra):
 def reference_run(trainer_shards, tmp_path_factory):
     """An uninterrupted single-process run (no launcher) of STEPS steps."""
     out = tmp_path_factory.mktemp("reference")
-    result = run(single_process_command(*overrides(trainer_shards, out, f"trainer.max_steps={STEPS}",
-                                                   "trainer.checkpoint_every=10", "trainer.eval_every=10")))
+    result = run(
+        single_process_command(
+            *overrides(
+                trainer_shards,
+                out,
+                f"trainer.max_steps={STEPS}",
+                "trainer.checkpoint_every=10",
+                "trainer.eval_every=10",
+            )
+        )
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out, result
 
@@ -74,9 +89,19 @@ TWO_PROCESS_STEPS = 20
 
 def two_process_command(shards, output_dir, stage):
     """torchrun, 2 ranks on gloo: global 8 = micro 4 x accumulation 1 x 2 ranks."""
-    return torchrun_command(2, *overrides(shards, output_dir, f"deepspeed=zero{stage}", "deepspeed.precision=fp32",
-                                          f"trainer.max_steps={TWO_PROCESS_STEPS}", "trainer.checkpoint_every=10",
-                                          "trainer.eval_every=0", f"trainer.export_hf={str(stage == 3).lower()}"))
+    return torchrun_command(
+        2,
+        *overrides(
+            shards,
+            output_dir,
+            f"deepspeed=zero{stage}",
+            "deepspeed.precision=fp32",
+            f"trainer.max_steps={TWO_PROCESS_STEPS}",
+            "trainer.checkpoint_every=10",
+            "trainer.eval_every=0",
+            f"trainer.export_hf={str(stage == 3).lower()}",
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,16 +138,20 @@ def test_two_processes_loss_falls_under_zero(two_process_runs, stage):
 
         config = json.load(open(os.path.join(out, "hf", "config.json")))
         assert config["vocab_size"] == 2000 and config["hidden_size"] == 128
-        model = BertForPreTraining(BertConfig(vocab_size=2000, hidden_size=128, num_hidden_layers=2,
-                                              num_attention_heads=2, intermediate_size=512))
+        model = BertForPreTraining(
+            BertConfig(
+                vocab_size=2000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512
+            )
+        )
         model.load_state_dict(load_file(os.path.join(out, "hf", "model.safetensors")), strict=True)
 
 
 def interrupt_at_step(command, k, output_dir):
     """Start ``command``, send SIGTERM to it once it prints step k, wait for it; returns
     (exit code, output, the step the trainer stopped at)."""
-    proc = subprocess.Popen(command, cwd=REPO, env=trainer_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines = []
     try:
         for line in proc.stdout:
@@ -149,15 +178,26 @@ def assert_same_steps(resumed, reference):
     assert [s["example_ids"] for s in resumed] == [s["example_ids"] for s in reference]
     assert [s["samples_consumed"] for s in resumed] == [s["samples_consumed"] for s in reference]
     for a, b in zip(resumed, reference):
-        assert (a["loss"], a["mlm_loss"], a.get("nsp_loss"), a["lr"]) == \
-               (b["loss"], b["mlm_loss"], b.get("nsp_loss"), b["lr"]), (a["step"], a, b)
+        assert (a["loss"], a["mlm_loss"], a.get("nsp_loss"), a["lr"]) == (
+            b["loss"],
+            b["mlm_loss"],
+            b.get("nsp_loss"),
+            b["lr"],
+        ), (a["step"], a, b)
 
 
 def test_sigterm_then_resume_matches_uninterrupted_run(reference_run, trainer_shards, tmp_path):
     """No launcher, accumulation 2. SIGTERM at step k: the run finishes its step, saves and exits
     0; the same command resumes; every step equals the uninterrupted run's (exactly)."""
-    command = single_process_command(*overrides(trainer_shards, tmp_path, f"trainer.max_steps={STEPS}",
-                                                "trainer.checkpoint_every=10", "trainer.eval_every=10"))
+    command = single_process_command(
+        *overrides(
+            trainer_shards,
+            tmp_path,
+            f"trainer.max_steps={STEPS}",
+            "trainer.checkpoint_every=10",
+            "trainer.eval_every=10",
+        )
+    )
     code, log, stopped = interrupt_at_step(command, 7, tmp_path)
     assert code == 0 and 7 <= stopped < STEPS, log[-3000:]
 
@@ -205,7 +245,9 @@ def test_data_dir_that_does_not_exist_says_so(tmp_path):
 def test_fp16_on_cpu_fails_with_a_clear_message(trainer_shards, tmp_path):
     result = run(single_process_command(*overrides(trainer_shards, tmp_path, "deepspeed.precision=fp16")))
     assert result.returncode == 2
-    assert "deepspeed.precision=fp16 is not supported" in result.stderr and "bf16" in result.stderr, result.stderr[-2000:]
+    assert "deepspeed.precision=fp16 is not supported" in result.stderr and "bf16" in result.stderr, result.stderr[
+        -2000:
+    ]
     assert "Traceback" not in result.stderr
 
 
@@ -213,8 +255,11 @@ def test_nonfinite_losses_skip_micro_batches_then_stop(trainer_shards, tmp_path)
     """Forward calls 3 and 4 return NaN: both micro batches are dropped before backward and the
     run goes on; then 3 in a row (trainer.max_nonfinite_in_a_row=3) stop it with a clear error,
     and no checkpoint is written after the divergence."""
-    command = fault_injecting_command(*overrides(trainer_shards, tmp_path, "trainer.max_steps=10",
-                                                 "trainer.checkpoint_every=2", "trainer.eval_every=0"))
+    command = fault_injecting_command(
+        *overrides(
+            trainer_shards, tmp_path, "trainer.max_steps=10", "trainer.checkpoint_every=2", "trainer.eval_every=0"
+        )
+    )
     env = {**trainer_env(), "INJECT_NAN_AT_CALLS": "3,4,9,10,11"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
@@ -230,9 +275,17 @@ def test_nonfinite_losses_skip_micro_batches_then_stop(trainer_shards, tmp_path)
 def test_nonfinite_loss_on_one_rank_is_skipped_by_all_under_zero3(trainer_shards, tmp_path):
     """Only rank 1 sees NaN (its forward calls 3 and 4): both ranks drop those micro batches
     (rank 0 reports it), ZeRO-3 copes with a forward that gets no backward, the run finishes."""
-    command = fault_injecting_command(*overrides(trainer_shards, tmp_path, "deepspeed=zero3",
-                                                 "deepspeed.precision=fp32", "trainer.max_steps=5",
-                                                 "trainer.eval_every=0"), nproc=2)
+    command = fault_injecting_command(
+        *overrides(
+            trainer_shards,
+            tmp_path,
+            "deepspeed=zero3",
+            "deepspeed.precision=fp32",
+            "trainer.max_steps=5",
+            "trainer.eval_every=0",
+        ),
+        nproc=2,
+    )
     env = {**trainer_env(), "INJECT_NAN_AT_CALLS": "3,4", "INJECT_NAN_RANK": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -245,9 +298,19 @@ def test_nonfinite_loss_on_one_rank_is_skipped_by_all_under_zero3(trainer_shards
 def test_multirun_sweep_trains_each_job_in_its_own_directory(trainer_shards, tmp_path):
     """`-m optim.lr=a,b` runs both jobs in one process (one process group for both), each in
     output_dir/<job number> with its own steps and checkpoints."""
-    result = run(single_process_command("-m", *overrides(trainer_shards, tmp_path, "trainer.max_steps=3",
-                                                         "trainer.eval_every=0", "optim.warmup_steps=0",
-                                                         "optim.lr=1e-3,3e-3")))
+    result = run(
+        single_process_command(
+            "-m",
+            *overrides(
+                trainer_shards,
+                tmp_path,
+                "trainer.max_steps=3",
+                "trainer.eval_every=0",
+                "optim.warmup_steps=0",
+                "optim.lr=1e-3,3e-3",
+            ),
+        )
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     jobs = [read_steps(tmp_path / str(job)) for job in (0, 1)]
     for steps, peak in zip(jobs, (1e-3, 3e-3)):  # linear decay from the peak over 3 steps
@@ -260,6 +323,7 @@ def test_multirun_sweep_trains_each_job_in_its_own_directory(trainer_shards, tmp
 
 # --- checkpoint helpers, in process -----------------------------------------------------------
 
+
 def test_phase2_starts_from_phase1_export_on_other_shards(trainer_shards, tmp_path):
     """The two-phase recipe: phase 1 (length 64) exports hf/; phase 2 (trainer=phase2, length 128,
     shards of another seed) starts from those weights with a fresh optimizer, schedule and step
@@ -268,17 +332,41 @@ def test_phase2_starts_from_phase1_export_on_other_shards(trainer_shards, tmp_pa
     from safetensors.torch import load_file
 
     phase1 = tmp_path / "phase1"
-    result = run(single_process_command(*overrides(trainer_shards, phase1, "trainer.max_steps=3",
-                                                   "trainer.export_hf=true", "trainer.eval_every=0")))
+    result = run(
+        single_process_command(
+            *overrides(trainer_shards, phase1, "trainer.max_steps=3", "trainer.export_hf=true", "trainer.eval_every=0")
+        )
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     shards128 = tmp_path / "shards128"
-    run_job(shards128, "seed=4", "tokenizer.vocab_size=2000", "instances.max_seq_length=128", *IN_MEMORY,
-            "tokenizer=vocab_file", f"tokenizer.vocab_file={os.path.join(trainer_shards, 'vocab.txt')}")
+    run_job(
+        shards128,
+        "seed=4",
+        "tokenizer.vocab_size=2000",
+        "instances.max_seq_length=128",
+        *IN_MEMORY,
+        "tokenizer=vocab_file",
+        f"tokenizer.vocab_file={os.path.join(trainer_shards, 'vocab.txt')}",
+    )
     phase2 = tmp_path / "phase2"
-    result = run(single_process_command(*overrides(
-        shards128, phase2, "trainer=phase2", f"trainer.init_from={phase1 / 'hf'}", "trainer.max_steps=2",
-        "trainer.global_batch_size=8", "trainer.log_every=1", "trainer.eval_every=0", "trainer.export_hf=true",
-        "data.max_seq_length=128", "optim.lr=1e-30", "optim.warmup_steps=0")))
+    result = run(
+        single_process_command(
+            *overrides(
+                shards128,
+                phase2,
+                "trainer=phase2",
+                f"trainer.init_from={phase1 / 'hf'}",
+                "trainer.max_steps=2",
+                "trainer.global_batch_size=8",
+                "trainer.log_every=1",
+                "trainer.eval_every=0",
+                "trainer.export_hf=true",
+                "data.max_seq_length=128",
+                "optim.lr=1e-30",
+                "optim.warmup_steps=0",
+            )
+        )
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     phase2_steps = read_steps(phase2)
     assert [s["step"] for s in phase2_steps] == [1, 2]  # a fresh step count, not phase 1's
@@ -288,13 +376,24 @@ def test_phase2_starts_from_phase1_export_on_other_shards(trainer_shards, tmp_pa
     for name in before:
         assert torch.equal(before[name], after[name]), name
     # ...and phase 1 really trained them (they are not a fresh initialisation).
-    fresh = run(single_process_command(*overrides(trainer_shards, tmp_path / "fresh", "trainer.max_steps=1",
-                                                  "trainer.export_hf=true", "trainer.eval_every=0",
-                                                  "optim.lr=1e-30", "optim.warmup_steps=0")))
+    fresh = run(
+        single_process_command(
+            *overrides(
+                trainer_shards,
+                tmp_path / "fresh",
+                "trainer.max_steps=1",
+                "trainer.export_hf=true",
+                "trainer.eval_every=0",
+                "optim.lr=1e-30",
+                "optim.warmup_steps=0",
+            )
+        )
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     init = load_file(tmp_path / "fresh" / "hf" / "model.safetensors")
-    assert not torch.equal(init["bert.encoder.layer.0.output.dense.weight"],
-                           before["bert.encoder.layer.0.output.dense.weight"])
+    assert not torch.equal(
+        init["bert.encoder.layer.0.output.dense.weight"], before["bert.encoder.layer.0.output.dense.weight"]
+    )
 
 
 def test_init_from_that_is_missing_or_of_another_model_is_one_message(trainer_shards, tmp_path):
@@ -308,8 +407,15 @@ def test_init_from_that_is_missing_or_of_another_model_is_one_message(trainer_sh
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert f"error: trainer.init_from={missing} does not exist" in result.stderr
     # Weights of a wider model (hidden 64, not tiny's 128) on the same vocabulary.
-    other = BertConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
-                       intermediate_size=256, pad_token_id=0, with_nsp_head=True)
+    other = BertConfig(
+        vocab_size=2000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        intermediate_size=256,
+        pad_token_id=0,
+        with_nsp_head=True,
+    )
     weights = tmp_path / "other.safetensors"
     save_file(hf_weights(BertForPreTraining(other).state_dict(), other), str(weights))
     result = run(single_process_command(*overrides(trainer_shards, tmp_path / "b", f"trainer.init_from={weights}")))
@@ -320,8 +426,13 @@ def test_init_from_that_is_missing_or_of_another_model_is_one_message(trainer_sh
 
 def test_unpadded_encoder_trains(trainer_shards, tmp_path):
     """trainer.unpad=true (dense layers on real tokens only) through the real trainer: loss falls."""
-    result = run(single_process_command(*overrides(trainer_shards, tmp_path, "trainer.unpad=true",
-                                                   f"trainer.max_steps={STEPS}", "trainer.eval_every=0")))
+    result = run(
+        single_process_command(
+            *overrides(
+                trainer_shards, tmp_path, "trainer.unpad=true", f"trainer.max_steps={STEPS}", "trainer.eval_every=0"
+            )
+        )
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert_loss_falls(read_steps(tmp_path))
 
@@ -330,8 +441,11 @@ def test_compiled_model_trains(trainer_shards, reference_run, tmp_path):
     """trainer.compile=true: DeepSpeed's engine.compile() (torch.compile, inductor's C++ backend on
     CPU) really compiles (its cache fills) and trains on the same data order as the eager run."""
     env = {**trainer_env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    command = single_process_command(*overrides(trainer_shards, tmp_path / "run", "trainer.compile=true",
-                                                "trainer.max_steps=5", "trainer.eval_every=0"))
+    command = single_process_command(
+        *overrides(
+            trainer_shards, tmp_path / "run", "trainer.compile=true", "trainer.max_steps=5", "trainer.eval_every=0"
+        )
+    )
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert any(files for _, _, files in os.walk(tmp_path / "inductor")), "nothing was compiled"
@@ -374,12 +488,16 @@ def test_dense_head_labels_give_the_sparse_head_loss(trainer_shards):
     """trainer.sparse_mlm_head=false: the dense labels built from a batch score the same tokens."""
     from training.config import DataConfig
     from training.data import RunExpectations, open_pretraining_data
-    from training.model import BertConfig, BertForPreTraining, PRESETS
+    from training.model import PRESETS, BertConfig, BertForPreTraining
     from training.trainer import forward_inputs
 
     cfg = BertConfig(vocab_size=2000, **PRESETS["tiny"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    data = open_pretraining_data(trainer_shards, DataConfig(num_workers=0, pin_memory=False, micro_batch_size=4),
-                                 1, RunExpectations.of_model(cfg))
+    data = open_pretraining_data(
+        trainer_shards,
+        DataConfig(num_workers=0, pin_memory=False, micro_batch_size=4),
+        1,
+        RunExpectations.of_model(cfg),
+    )
     batch = next(iter(data.train_loader()))
     model = BertForPreTraining(cfg).eval()
     sparse = model(**forward_inputs(batch, torch.device("cpu"), sparse_head=True))
@@ -407,9 +525,24 @@ def test_deepspeed_launcher_two_processes(trainer_shards, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    command = [launcher, "--num_gpus", "2", "--master_port", str(port), "--module", "training",
-               *overrides(trainer_shards, tmp_path, "deepspeed=zero2", "deepspeed.precision=fp32",
-                          "trainer.max_steps=3", "trainer.eval_every=0", "trainer.export_hf=false")]
+    command = [
+        launcher,
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(port),
+        "--module",
+        "training",
+        *overrides(
+            trainer_shards,
+            tmp_path,
+            "deepspeed=zero2",
+            "deepspeed.precision=fp32",
+            "trainer.max_steps=3",
+            "trainer.eval_every=0",
+            "trainer.export_hf=false",
+        ),
+    ]
     result = run(command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     steps = read_steps(tmp_path)
@@ -423,20 +556,38 @@ def test_wandb_offline_run_holds_the_training_metrics_and_a_resume_continues_it(
     from test_tracking import finished_run_records, offline_run
 
     def wandb_run(max_steps):
-        result = run(single_process_command(*overrides(
-            trainer_shards, tmp_path, "logger=wandb_offline", f"trainer.max_steps={max_steps}", "trainer.log_every=2",
-            "trainer.eval_every=4", "trainer.checkpoint_every=4", "trainer.export_hf=false")))
+        result = run(
+            single_process_command(
+                *overrides(
+                    trainer_shards,
+                    tmp_path,
+                    "logger=wandb_offline",
+                    f"trainer.max_steps={max_steps}",
+                    "trainer.log_every=2",
+                    "trainer.eval_every=4",
+                    "trainer.checkpoint_every=4",
+                    "trainer.export_hf=false",
+                )
+            )
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
         return sorted(glob.glob(os.path.join(str(tmp_path), "wandb", "offline-run-*", "run-*.wandb")))
 
     first = wandb_run(4)
     run_id, config, history, _ = offline_run(finished_run_records(first[0]))
     logged = {k for row in history for k in row}
-    assert {"train/loss", "train/mlm_accuracy", "train/lr", "train/grad_norm", "perf/tokens_per_s",
-            "eval/loss"} <= logged
+    assert {
+        "train/loss",
+        "train/mlm_accuracy",
+        "train/lr",
+        "train/grad_norm",
+        "perf/tokens_per_s",
+        "eval/loss",
+    } <= logged
     losses = [s["loss"] for s in read_steps(tmp_path)]  # each logged loss is its window's mean
     assert [row["train/loss"] for row in history if "train/loss" in row] == pytest.approx(
-        [np.mean(losses[0:2]), np.mean(losses[2:4])], rel=1e-5)
+        [np.mean(losses[0:2]), np.mean(losses[2:4])], rel=1e-5
+    )
     assert config["data_dir"] == trainer_shards
     files = wandb_run(6)  # resumes from the step-4 checkpoint: the same W&B run continues
     assert len(files) == 2 and all(f.endswith(f"run-{run_id}.wandb") for f in files)

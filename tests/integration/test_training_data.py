@@ -18,8 +18,17 @@ from pipeline.seeding import rng_for
 from pipeline.tokenization import masking_vocabulary
 from shards import read_split
 from training.config import DataConfig
-from training.data import (Collator, DataContractError, Example, RunExpectations, ShardedSplit, masking_params,
-                           model_inputs, open_pretraining_data, validate_manifest)
+from training.data import (
+    Collator,
+    DataContractError,
+    Example,
+    RunExpectations,
+    ShardedSplit,
+    masking_params,
+    model_inputs,
+    open_pretraining_data,
+    validate_manifest,
+)
 from training.labels import IGNORE_INDEX
 from training.sampler import BatchRequest, TrainBatchPlan, epoch_order
 
@@ -65,6 +74,7 @@ def mirror(src, dst, edit=None):
 
 # --- the manifest check --------------------------------------------------------------------
 
+
 def check(out, expect):
     validate_manifest(contract.read_manifest(str(out)), str(out), expect)
 
@@ -86,28 +96,35 @@ def test_vocabulary_edited_next_to_the_shards(loader_static_job, tmp_path):
 
 def test_vocabulary_other_than_the_run_expects(loader_static_job):
     out, m = loader_static_job
-    with pytest.raises(DataContractError, match=f"tokenized with the vocabulary of sha256 {m.vocab_sha256} "
-                                                f"but this run expects 00ff"):
+    with pytest.raises(
+        DataContractError, match=f"tokenized with the vocabulary of sha256 {m.vocab_sha256} but this run expects 00ff"
+    ):
         check(out, RunExpectations(8000, 512, True, vocab_sha256="00ff"))
 
 
 def test_vocab_size_against_the_model(loader_static_job):
-    with pytest.raises(DataContractError, match="vocabulary has 8000 ids but the model's vocab_size is 30522: "
-                                                "set the model's vocab_size=8000"):
+    with pytest.raises(
+        DataContractError,
+        match="vocabulary has 8000 ids but the model's vocab_size is 30522: set the model's vocab_size=8000",
+    ):
         check(loader_static_job[0], RunExpectations(30522, 512, True))
 
 
 def test_sequence_length_against_positions(loader_static_job):
-    with pytest.raises(DataContractError, match="max_seq_length=128 .* max_position_embeddings=64: raise the "
-                                                "model's max_position_embeddings to at least 128"):
+    with pytest.raises(
+        DataContractError,
+        match="max_seq_length=128 .* max_position_embeddings=64: raise the "
+        "model's max_position_embeddings to at least 128",
+    ):
         check(loader_static_job[0], RunExpectations(8000, 64, True))
 
 
 def test_sequence_length_against_the_data_config(loader_static_job):
     out = str(loader_static_job[0])
     phase2 = dataclasses.replace(IN_PROCESS, max_seq_length=512)
-    with pytest.raises(DataContractError, match="built with max_seq_length=128 but the run expects "
-                                                "data.max_seq_length=512"):
+    with pytest.raises(
+        DataContractError, match="built with max_seq_length=128 but the run expects data.max_seq_length=512"
+    ):
         open_pretraining_data(out, phase2, SEED, NSP_MODEL)
     open_pretraining_data(out, dataclasses.replace(IN_PROCESS, max_seq_length=128), SEED, NSP_MODEL)
 
@@ -129,8 +146,11 @@ def test_empty_train_split_says_it_is_empty_and_what_to_do(loader_static_job, tm
         if shard["split"] == "train":
             shard.update(rows=0, tokens=0)
     json.dump(manifest, open(os.path.join(d, contract.MANIFEST_FILE), "w"))
-    with pytest.raises(DataContractError, match=r"split 'train' of .* is empty \(0 examples\).*rejects.*"
-                                                r"rerun the data job") as e:
+    with pytest.raises(
+        DataContractError,
+        match=r"split 'train' of .* is empty \(0 examples\).*rejects.*"
+        r"rerun the data job",
+    ) as e:
         open_pretraining_data(d, IN_PROCESS, SEED, NSP_MODEL)
     assert "its splits" not in str(e.value)
 
@@ -146,8 +166,9 @@ def test_data_dir_that_does_not_exist(tmp_path):
 def test_objective_against_the_heads(loader_static_job, loader_dynamic_job):
     with pytest.raises(DataContractError, match="objective 'nsp'.* no NSP head: set the model's with_nsp_head=true"):
         check(loader_static_job[0], MLM_MODEL)
-    with pytest.raises(DataContractError, match="objective 'none'.* has an NSP head: set the model's "
-                                                "with_nsp_head=false"):
+    with pytest.raises(
+        DataContractError, match="objective 'none'.* has an NSP head: set the model's with_nsp_head=false"
+    ):
         check(loader_dynamic_job[0], NSP_MODEL)
 
 
@@ -196,6 +217,7 @@ def test_expectations_from_the_model_config():
 
 # --- memory-mapped rows ----------------------------------------------------------------------
 
+
 def test_split_is_memory_mapped_and_indexed_across_shards(loader_static_job, static_rows):
     out, m = loader_static_job
     before = pa.total_allocated_bytes()
@@ -219,6 +241,7 @@ def test_split_is_memory_mapped_and_indexed_across_shards(loader_static_job, sta
 
 
 # --- order: ranks, seeds, epochs --------------------------------------------------------------
+
 
 def test_two_ranks_read_disjoint_rows_covering_the_epoch(static_data, static_rows):
     n = len(static_rows)  # example ids are unique, so they identify rows
@@ -270,7 +293,7 @@ def test_plan_arithmetic():
     assert np.array_equal(order, rng_for("epoch_order", 1, 4).permutation(103))
     batches = list(plan.rank_batches(epoch=4))
     assert len(batches) == plan.batches_per_epoch() == 103 // 15
-    assert batches[1].tolist() == order[15 + 2:30:3].tolist()
+    assert batches[1].tolist() == order[15 + 2 : 30 : 3].tolist()
     resumed = list(plan.rank_batches(epoch=4, start=37))  # a prefix of 37 consumed by another layout
     assert len(resumed) == (103 - 37) // 15 and resumed[0].tolist() == order[39:52:3].tolist()
     with pytest.raises(ValueError, match="fewer than one global batch"):
@@ -278,6 +301,7 @@ def test_plan_arithmetic():
 
 
 # --- resume ------------------------------------------------------------------------------------
+
 
 def spy_on_reads(loader):
     """Record every row index the loader's dataset reads."""
@@ -348,6 +372,7 @@ def test_resume_refuses_another_seed_or_split(dynamic_data, static_data):
 
 # --- masks -----------------------------------------------------------------------------------
 
+
 def test_static_masks_are_the_stored_ones(static_data, static_rows):
     batch = next(iter(static_data.train_loader(micro_batch_size=64)))
     for i, example_id in enumerate(batch["example_id"].tolist()):
@@ -376,8 +401,15 @@ def test_dynamic_masks_reproducible_per_seed_epoch_example(dynamic_data, loader_
     stored = dataset.split.examples(indices)
     for e, s in zip(a, stored):
         rng = rng_for("dynamic_masking", SEED, 2, s.example_id)
-        masked, positions, labels = mask_tokens(np.array(s.input_ids, np.int32), rng, masking_params(m),
-                                                tables.never_mask, tables.mask_id, tables.size, tables.is_continuation)
+        masked, positions, labels = mask_tokens(
+            np.array(s.input_ids, np.int32),
+            rng,
+            masking_params(m),
+            tables.never_mask,
+            tables.mask_id,
+            tables.size,
+            tables.is_continuation,
+        )
         assert np.array_equal(e.input_ids, masked) and np.array_equal(e.masked_lm_positions, positions)
         assert np.array_equal(e.masked_lm_labels, labels)
 
@@ -408,6 +440,7 @@ def test_dynamic_masks_follow_the_masking_rules(dynamic_data, loader_dynamic_job
 
 
 # --- collation -------------------------------------------------------------------------------
+
 
 def test_collation_pads_to_the_longest_with_minus_100_labels():
     def example(ids, b_start, positions, label, example_id):
@@ -449,10 +482,12 @@ def test_real_batches_fit_the_model(static_data, dynamic_data):
 
 # --- workers and eval ------------------------------------------------------------------------
 
+
 def test_workers_give_the_same_batches(loader_dynamic_job, dynamic_data):
     cfg = DataConfig(num_workers=2, prefetch_factor=2, pin_memory=False)
     with_workers = open_pretraining_data(str(loader_dynamic_job[0]), cfg, SEED, MLM_MODEL).train_loader(
-        micro_batch_size=32, rank=1, world_size=2)
+        micro_batch_size=32, rank=1, world_size=2
+    )
     in_process = dynamic_data.train_loader(micro_batch_size=32, rank=1, world_size=2)
     for loader in (with_workers, in_process):
         loader.load_state_dict(dict(loader.state_dict(), epoch=1, samples_consumed=64 * 3))

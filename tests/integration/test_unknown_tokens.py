@@ -6,11 +6,11 @@ import os
 import pytest
 
 from conftest import IN_MEMORY, run_job
-from pipeline.output_checks import check_train_split, check_unk_rate
-from pipeline.stats import unk_rates
-from pipeline.run import JobError
-from pipeline.tokenization import CasingDecision
 from paths import minilm_dir, real_uncased_vocab
+from pipeline.output_checks import check_train_split, check_unk_rate
+from pipeline.run import JobError
+from pipeline.stats import unk_rates
+from pipeline.tokenization import CasingDecision
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,13 @@ def uncased_vocab_file():
 
 
 def test_real_uncased_vocabulary_is_lowercased_and_its_unk_rate_recorded(uncased_vocab_file, tmp_path, capsys):
-    manifest = run_job(tmp_path / "out", "tokenizer=vocab_file", f"tokenizer.vocab_file={uncased_vocab_file}",
-                       "masking.dupe_factor=1", *IN_MEMORY)
+    manifest = run_job(
+        tmp_path / "out",
+        "tokenizer=vocab_file",
+        f"tokenizer.vocab_file={uncased_vocab_file}",
+        "masking.dupe_factor=1",
+        *IN_MEMORY,
+    )
     assert manifest.lowercase is True and manifest.strip_accents is True and "uncased" in manifest.casing_reason
     stats = manifest.statistics
     assert set(stats["unk_tokens"]) == set(stats["tokens"]) == {"train", "eval"}
@@ -32,8 +37,14 @@ def test_real_uncased_vocabulary_is_lowercased_and_its_unk_rate_recorded(uncased
 def test_cased_reading_of_an_uncased_vocabulary_fails_with_the_words(uncased_vocab_file, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(JobError) as failed:
-        run_job(out, "tokenizer=vocab_file", f"tokenizer.vocab_file={uncased_vocab_file}", "tokenizer.lowercase=false",
-                "masking.dupe_factor=1", *IN_MEMORY)
+        run_job(
+            out,
+            "tokenizer=vocab_file",
+            f"tokenizer.vocab_file={uncased_vocab_file}",
+            "tokenizer.lowercase=false",
+            "masking.dupe_factor=1",
+            *IN_MEMORY,
+        )
     message = str(failed.value)
     assert "of the tokens are [UNK]" in message and "tokenizer.max_unk_fraction=0.02" in message
     assert "'The' 3,784" in message and "'In' 1,573" in message  # the sample's most frequent capitalised words

@@ -6,9 +6,8 @@ import unicodedata
 import numpy as np
 import pytest
 
-from pipeline.tokenization import A_FEW, decide_casing, train_vocabulary, training_casing
-
 from paths import real_uncased_vocab
+from pipeline.tokenization import A_FEW, decide_casing, training_casing
 
 
 def published_pieces(model: str, size: int) -> list[str]:
@@ -76,8 +75,10 @@ def test_a_few_odd_symbols_do_not_make_a_vocabulary_cased():
 
 def test_given_settings_win(cased_vocab):
     vocab = real_uncased_vocab()
-    assert (decide_casing(vocab, lowercase=False).lowercase, decide_casing(vocab, lowercase=False).strip_accents) \
-        == (False, False)
+    assert (decide_casing(vocab, lowercase=False).lowercase, decide_casing(vocab, lowercase=False).strip_accents) == (
+        False,
+        False,
+    )
     assert decide_casing(vocab, strip_accents=False).strip_accents is False
     forced = decide_casing(cased_vocab, lowercase=True)
     assert forced.lowercase and "lowercase=true given" in forced.reason

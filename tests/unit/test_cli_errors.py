@@ -90,7 +90,7 @@ def test_exit_on_turns_the_errors_given_into_one_line_and_their_code(capsys):
 def test_exit_on_lets_other_exceptions_and_results_through(capsys):
     with pytest.raises(ZeroDivisionError):
         with exit_on(ConfigError):
-            1 / 0
+            _ = 1 / 0
     with exit_on(ConfigError):
         result = 42
     assert result == 42

@@ -8,19 +8,20 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from pipeline.config import PipelineConfig, RunnerConfig, register_configs
-from pipeline.runner import WORKER_MALLOC_ENV, beam_options, make_runner, worker_environment
-
 from paths import CONF as CONF_ROOT
+from pipeline.config import PipelineConfig, register_configs
+from pipeline.runner import beam_options, make_runner
 
 CONF = os.path.join(CONF_ROOT, "pipeline")
 REQUIRED = ["inputs=[a.xml]", "output_dir=/tmp/x"]
 PRESET_OVERRIDES = {
     "tokenizer": {"vocab_file": ["tokenizer.vocab_file=/tmp/vocab.txt"]},
-    "runner": {"dataflow": ["runner.project=p", "runner.region=r", "runner.temp_location=gs://b/t"],
-               "flink": ["runner.flink_master=localhost:8081"],
-               "spark": ["runner.spark_master_url=spark://localhost:7077"],
-               "portable": ["runner.job_endpoint=localhost:8099", "runner.environment_config=localhost:50000"]},
+    "runner": {
+        "dataflow": ["runner.project=p", "runner.region=r", "runner.temp_location=gs://b/t"],
+        "flink": ["runner.flink_master=localhost:8081"],
+        "spark": ["runner.spark_master_url=spark://localhost:7077"],
+        "portable": ["runner.job_endpoint=localhost:8099", "runner.environment_config=localhost:50000"],
+    },
 }
 
 
@@ -67,8 +68,10 @@ def test_default_input_is_the_embedded_sample():
     assert len(cfg.inputs) == 1 and os.path.exists(cfg.inputs[0]) and cfg.inputs[0].endswith(".bz2")
 
 
-@pytest.mark.parametrize("runner,needs", [("dataflow", "runner.project"), ("flink", "runner.flink_master"),
-                                          ("spark", "runner.spark_master_url")])
+@pytest.mark.parametrize(
+    "runner,needs",
+    [("dataflow", "runner.project"), ("flink", "runner.flink_master"), ("spark", "runner.spark_master_url")],
+)
 def test_cluster_runner_settings_are_required(runner, needs):
     with pytest.raises((ValueError, ValidationError), match=needs):
         compose_pipeline(REQUIRED + [f"runner={runner}"])
@@ -86,13 +89,22 @@ def test_portable_runner_needs_where_its_workers_run():
         compose_pipeline(PORTABLE + ["runner.environment_type=KUBERNETES"])
 
 
-@pytest.mark.parametrize("overrides,urn,payload", [
-    (["runner.environment_config=pool-host:50000"], "beam:env:external:v1", "pool-host:50000"),
-    (["runner.environment_type=PROCESS", "runner.environment_config=/opt/apache/beam/boot"],
-     "beam:env:process:v1", "/opt/apache/beam/boot"),
-    (["runner.environment_type=PROCESS", """runner.environment_config='{"command": "/usr/local/bin/boot"}'"""],
-     "beam:env:process:v1", "/usr/local/bin/boot"),
-])
+@pytest.mark.parametrize(
+    "overrides,urn,payload",
+    [
+        (["runner.environment_config=pool-host:50000"], "beam:env:external:v1", "pool-host:50000"),
+        (
+            ["runner.environment_type=PROCESS", "runner.environment_config=/opt/apache/beam/boot"],
+            "beam:env:process:v1",
+            "/opt/apache/beam/boot",
+        ),
+        (
+            ["runner.environment_type=PROCESS", """runner.environment_config='{"command": "/usr/local/bin/boot"}'"""],
+            "beam:env:process:v1",
+            "/usr/local/bin/boot",
+        ),
+    ],
+)
 def test_portable_runner_options_give_beam_the_workers_environment(overrides, urn, payload):
     from apache_beam.transforms.environments import Environment
 
@@ -102,5 +114,3 @@ def test_portable_runner_options_give_beam_the_workers_environment(overrides, ur
     assert make_runner(cfg.runner, beam_options(cfg.runner)) is None  # Beam resolves --runner
     environment = Environment.from_options(beam_options(cfg.runner)).to_runner_api(None)
     assert environment.urn == urn and payload.encode() in environment.payload
-
-

@@ -15,8 +15,11 @@ def examples(n=50, seed=0):
         length = int(rng.integers(5, 128))
         ids = rng.integers(0, 30522, length).astype(np.int32)
         pos = np.sort(rng.choice(np.arange(1, length), size=min(3, length - 1), replace=False)).astype(np.int32)
-        out.append(contract.ExampleColumns.of_example(ids, int(rng.integers(2, length)), int(rng.integers(0, 2)),
-                                                      pos, ids[pos], i, 10 * i, 10 * i + 1))
+        out.append(
+            contract.ExampleColumns.of_example(
+                ids, int(rng.integers(2, length)), int(rng.integers(0, 2)), pos, ids[pos], i, 10 * i, 10 * i + 1
+            )
+        )
     return out
 
 
@@ -25,9 +28,15 @@ def test_round_trip(tmp_path, objective, masking):
     schema = contract.example_schema(30522, objective, masking)
     exs = examples()
     path = tmp_path / "part-00000-of-00001.arrow"
-    path.write_bytes(arrow_file_bytes([contract.to_record_batch(contract.ExampleColumns.concat(exs[:20]), schema),
-                                       contract.to_record_batch(contract.ExampleColumns.concat(exs[20:]), schema)],
-                                      schema))
+    path.write_bytes(
+        arrow_file_bytes(
+            [
+                contract.to_record_batch(contract.ExampleColumns.concat(exs[:20]), schema),
+                contract.to_record_batch(contract.ExampleColumns.concat(exs[20:]), schema),
+            ],
+            schema,
+        )
+    )
     table = contract.open_shard(str(path))
     assert table.schema.equals(schema)
     assert table.schema.field(contract.INPUT_IDS).type == pa.list_(pa.uint16())
@@ -66,7 +75,7 @@ def test_concat_keeps_each_example_whole():
     cols = contract.ExampleColumns.concat(exs)
     assert len(cols) == 7 and cols.offsets[-1] == len(cols.input_ids)
     for e, ex in enumerate(exs):
-        assert cols.input_ids[cols.offsets[e]:cols.offsets[e + 1]].tolist() == ex.input_ids.tolist()
+        assert cols.input_ids[cols.offsets[e] : cols.offsets[e + 1]].tolist() == ex.input_ids.tolist()
         lo, hi = cols.masked_offsets[e], cols.masked_offsets[e + 1]
         assert cols.masked_lm_positions[lo:hi].tolist() == ex.masked_lm_positions.tolist()
 
@@ -74,14 +83,23 @@ def test_concat_keeps_each_example_whole():
 def job_manifest(**changes):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "##s", "é"]
     parts = dict(
-        vocab=vocab, vocab_sha256="ab" * 32, lowercase=True, strip_accents=False,
-        casing_reason="vocabulary trained by the job with lowercase=true", max_seq_length=128, objective="sop",
-        masking=contract.MaskingSpec("static", 0.15, 20, True, 5), seed=7,
-        shards=[contract.ShardInfo("train/part-00000-of-00002.arrow", "train", 10, 300, "cd" * 32, 4096),
-                contract.ShardInfo("train/part-00001-of-00002.arrow", "train", 12, 320, "ef" * 32, 4200),
-                contract.ShardInfo("eval/part-00000-of-00001.arrow", "eval", 2, 40, "01" * 32, 900)],
+        vocab=vocab,
+        vocab_sha256="ab" * 32,
+        lowercase=True,
+        strip_accents=False,
+        casing_reason="vocabulary trained by the job with lowercase=true",
+        max_seq_length=128,
+        objective="sop",
+        masking=contract.MaskingSpec("static", 0.15, 20, True, 5),
+        seed=7,
+        shards=[
+            contract.ShardInfo("train/part-00000-of-00002.arrow", "train", 10, 300, "cd" * 32, 4096),
+            contract.ShardInfo("train/part-00001-of-00002.arrow", "train", 12, 320, "ef" * 32, 4200),
+            contract.ShardInfo("eval/part-00000-of-00001.arrow", "eval", 2, 40, "01" * 32, 900),
+        ],
         statistics={"examples": {"train": 22, "eval": 2}, "files_read": 1},
-        config={"seed": 7, "tokenizer": {"vocab_size": 8}})
+        config={"seed": 7, "tokenizer": {"vocab_size": 8}},
+    )
     parts.update(changes)
     return parts, contract.ShardManifest.from_job(**parts)
 

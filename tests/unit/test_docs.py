@@ -7,10 +7,22 @@ import re
 
 import pytest
 import yaml
+
 from paths import REPO
 
-TOP_LEVEL = ("pipeline/", "training/", "tests/", "bench/", "infra/", "conf/", "docs/", ".ci/",
-             "pyproject.toml", "mkdocs.yml", "setup.py")
+TOP_LEVEL = (
+    "pipeline/",
+    "training/",
+    "tests/",
+    "bench/",
+    "infra/",
+    "conf/",
+    "docs/",
+    ".ci/",
+    "pyproject.toml",
+    "mkdocs.yml",
+    "setup.py",
+)
 # `path/like/this.py` or `dir/` in backticks, starting at one of the repository's folders or files.
 REPO_PATH = re.compile(r"`((?:" + "|".join(re.escape(t) for t in TOP_LEVEL) + r")[\w./-]*)`")
 # [text](target): a Markdown link; images and anchors-only links included.
@@ -94,4 +106,5 @@ def test_the_readme_is_a_map_not_the_reference():
     lines = read("README.md").count("\n")
     assert lines <= README_MAX_LINES, (
         f"README.md has {lines} lines (at most {README_MAX_LINES}): move the reference to docs/ "
-        "and the figures to bench/README.md")
+        "and the figures to bench/README.md"
+    )

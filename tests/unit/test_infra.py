@@ -7,11 +7,12 @@ import importlib.metadata
 import os
 import re
 import sys
-import tomllib
 
+import tomllib
 from packaging.requirements import Requirement
 
 from paths import REPO
+
 WORKER = os.path.join(REPO, "infra", "worker")
 
 
@@ -83,23 +84,40 @@ def test_the_dataflow_job_is_built_and_serialised_locally(tmp_path):
     translates the job (``--dry_run``) into the Runner v2 pipeline it would submit, with the worker
     image as the SDK environment. Inputs are named, not listed (listing gs:// needs credentials)."""
     import apache_beam as beam
-    from conftest import compose_pipeline_config
 
+    from conftest import compose_pipeline_config
     from pipeline.run import build
     from pipeline.runner import beam_options
 
     image = "europe-west4-docker.pkg.dev/my-project/repo/bert-pretrain-worker:0.1.0"
-    cfg, resolved = compose_pipeline_config([
-        "output_dir=gs://my-bucket/shards", "inputs=[gs://my-bucket/enwiki/enwiki-pages-articles1.xml.bz2]",
-        "runner=dataflow", "runner.project=my-project", "runner.region=europe-west4",
-        "runner.temp_location=gs://my-bucket/tmp", "runner.setup_file=null", "runner.max_num_workers=64",
-        f"runner.sdk_container_image={image}", "runner.extra=['--dry_run=True']"])
+    cfg, resolved = compose_pipeline_config(
+        [
+            "output_dir=gs://my-bucket/shards",
+            "inputs=[gs://my-bucket/enwiki/enwiki-pages-articles1.xml.bz2]",
+            "runner=dataflow",
+            "runner.project=my-project",
+            "runner.region=europe-west4",
+            "runner.temp_location=gs://my-bucket/tmp",
+            "runner.setup_file=null",
+            "runner.max_num_workers=64",
+            f"runner.sdk_container_image={image}",
+            "runner.extra=['--dry_run=True']",
+        ]
+    )
     pipeline = beam.Pipeline(options=beam_options(cfg.runner, cfg.log_level))
     build(pipeline, cfg, list(cfg.inputs), resolved, None, "gs://my-bucket/shards/.temp-test")
     job = pipeline.run().job  # dry run: translated, not submitted
     transforms = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
-    assert {"ReadSources", "PrepareDocuments", "TrainVocabulary", "Tokenize", "CreateExamples", "WriteOutputs",
-            "WriteOutputs/WriteExamples", "WriteOutputs/Finalize"} <= transforms
+    assert {
+        "ReadSources",
+        "PrepareDocuments",
+        "TrainVocabulary",
+        "Tokenize",
+        "CreateExamples",
+        "WriteOutputs",
+        "WriteOutputs/WriteExamples",
+        "WriteOutputs/Finalize",
+    } <= transforms
     environments = [e.payload for e in job.proto_pipeline.components.environments.values()]
     assert any(image.encode() in payload for payload in environments)
     options = job.options.get_all_options()

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.instances import (InstanceParams, TokenizedDocument, assemble, create_instances,
-                                truncate_seq_pair)
+from pipeline.instances import InstanceParams, TokenizedDocument, assemble, create_instances, truncate_seq_pair
 from pipeline.tokenization import masking_vocabulary
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
@@ -12,9 +11,12 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range
 
 def pool_of(n_docs=30, seed=0, max_sent=25):
     rng = np.random.default_rng(seed)
-    return [TokenizedDocument.from_sentences(
-        1000 + d, [rng.integers(5, 100, rng.integers(1, max_sent)).tolist() for _ in range(rng.integers(2, 30))])
-        for d in range(n_docs)]
+    return [
+        TokenizedDocument.from_sentences(
+            1000 + d, [rng.integers(5, 100, rng.integers(1, max_sent)).tolist() for _ in range(rng.integers(2, 30))]
+        )
+        for d in range(n_docs)
+    ]
 
 
 @pytest.mark.parametrize("objective", ["nsp", "sop", "none"])
@@ -103,9 +105,23 @@ def _truncate_one_token_at_a_time(a, b, max_num_tokens, rng):
     return a, b
 
 
-@pytest.mark.parametrize("la,lb,limit", [(100, 30, 50), (30, 100, 50), (40, 40, 50), (41, 40, 50), (40, 41, 50),
-                                         (60, 10, 64), (10, 60, 12), (5, 5, 9), (125, 1, 125), (1, 125, 125),
-                                         (3, 7, 10), (200, 199, 3)])
+@pytest.mark.parametrize(
+    "la,lb,limit",
+    [
+        (100, 30, 50),
+        (30, 100, 50),
+        (40, 40, 50),
+        (41, 40, 50),
+        (40, 41, 50),
+        (60, 10, 64),
+        (10, 60, 12),
+        (5, 5, 9),
+        (125, 1, 125),
+        (1, 125, 125),
+        (3, 7, 10),
+        (200, 199, 3),
+    ],
+)
 def test_truncate_seq_pair_equals_the_token_by_token_loop(la, lb, limit):
     for seed in range(20):
         a, b = np.arange(la), np.arange(1000, 1000 + lb)
@@ -115,8 +131,9 @@ def test_truncate_seq_pair_equals_the_token_by_token_loop(la, lb, limit):
 
 
 def test_none_objective_keeps_every_token_of_the_document():
-    doc = TokenizedDocument.from_sentences(1, [list(range(k, k + 30)) for k in range(0, 900, 30)]
-                                           + [list(range(2000, 2200))])
+    doc = TokenizedDocument.from_sentences(
+        1, [list(range(k, k + 30)) for k in range(0, 900, 30)] + [list(range(2000, 2200))]
+    )
     raws = create_instances([doc], 0, InstanceParams(64, 0.0, "none"), np.random.default_rng(0))
     assert np.array_equal(np.concatenate([r.tokens_a for r in raws]), doc.ids)
     assert max(len(r.tokens_a) for r in raws) <= 62

@@ -5,20 +5,15 @@ Job's resources in the base and in every overlay, a wrong edit is caught, and th
 
 import glob
 import importlib.util
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import kubernetes_validate
 import pytest
 
 import k8s_render
 from k8s_render import job_problems, render
-
 from paths import REPO as ROOT
+
 K8S = os.path.join(ROOT, "infra", "k8s")
 BASE = os.path.join(K8S, "base")
 OVERLAYS = sorted(glob.glob(os.path.join(K8S, "overlays", "*")))
@@ -29,7 +24,9 @@ VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 
 
 def claims() -> dict:
-    return {o["metadata"]["name"]: o for o in render(os.path.join(K8S, "storage")) if o["kind"] == "PersistentVolumeClaim"}
+    return {
+        o["metadata"]["name"]: o for o in render(os.path.join(K8S, "storage")) if o["kind"] == "PersistentVolumeClaim"
+    }
 
 
 def job(objects: list[dict]) -> dict:
@@ -53,8 +50,11 @@ def layout_id(path: str) -> str:
 
 # --- schemas -----------------------------------------------------------------------------------
 
-MANIFESTS = sorted(p for p in glob.glob(os.path.join(K8S, "**", "*.yaml"), recursive=True)
-                   if os.path.basename(p) != k8s_render.KUSTOMIZATION)
+MANIFESTS = sorted(
+    p
+    for p in glob.glob(os.path.join(K8S, "**", "*.yaml"), recursive=True)
+    if os.path.basename(p) != k8s_render.KUSTOMIZATION
+)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -83,6 +83,7 @@ def test_strict_validation_rejects_a_misspelt_field():
 
 # --- torchrun against the resources ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", LAYOUTS, ids=layout_id)
 def test_torchrun_agrees_with_the_resources(layout):
     assert job_problems(render(layout), claims()) == []
@@ -97,7 +98,11 @@ def test_overlay_sets_nodes_gpus_and_image():
     assert trainer(objects)["image"] == "REGISTRY/bert-pretrain-training:0.1.0"
     # merged, not replaced: the base's env, mounts and requests are still there
     assert {e["name"] for e in trainer(objects)["env"]} >= {"NODE_RANK", "WANDB_API_KEY"}
-    assert {m["mountPath"] for m in trainer(objects)["volumeMounts"]} == {"/shared", "/dev/shm", "/opt/bert-pretrain/k8s"}
+    assert {m["mountPath"] for m in trainer(objects)["volumeMounts"]} == {
+        "/shared",
+        "/dev/shm",
+        "/opt/bert-pretrain/k8s",
+    }
     assert trainer(objects)["resources"]["requests"]["memory"] == "256Gi"
 
 
@@ -105,22 +110,34 @@ def wrong(edit):
     def apply(objects):
         edit(objects)
         return objects
+
     return apply
 
 
 WRONG_EDITS = {
     "nnodes": (wrong(lambda o: set_arg(o, "--nnodes=", "3")), "--nnodes=3 but completions=2"),
     "parallelism": (wrong(lambda o: job(o)["spec"].update(parallelism=1)), "parallelism=1"),
-    "gpus": (wrong(lambda o: trainer(o)["resources"]["limits"].update({k8s_render.GPU: 4})),
-             "--nproc_per_node=8 but the nvidia.com/gpu limit is 4"),
-    "endpoint": (wrong(lambda o: set_arg(o, "--rdzv_endpoint=", "bert-pretrain-0.bert-pretrain:29500")),
-                 "pod 0 of Job bert-pretrain is bert-pretrain-0.bert-pretrain-nodes"),
+    "gpus": (
+        wrong(lambda o: trainer(o)["resources"]["limits"].update({k8s_render.GPU: 4})),
+        "--nproc_per_node=8 but the nvidia.com/gpu limit is 4",
+    ),
+    "endpoint": (
+        wrong(lambda o: set_arg(o, "--rdzv_endpoint=", "bert-pretrain-0.bert-pretrain:29500")),
+        "pod 0 of Job bert-pretrain is bert-pretrain-0.bert-pretrain-nodes",
+    ),
     "job name": (wrong(lambda o: job(o)["metadata"].update(name="bert-large")), "pod 0 of Job bert-large"),
-    "subdomain": (wrong(lambda o: job(o)["spec"]["template"]["spec"].update(subdomain="nodes")),
-                  "no Service named like the pod template's subdomain"),
-    "selector": (wrong(lambda o: [s["spec"].update(selector={"job-name": "other"}) for s in o if s["kind"] == "Service"]),
-                 "does not select the Job's pods"),
-    "not headless": (wrong(lambda o: [s["spec"].pop("clusterIP") for s in o if s["kind"] == "Service"]), "not headless"),
+    "subdomain": (
+        wrong(lambda o: job(o)["spec"]["template"]["spec"].update(subdomain="nodes")),
+        "no Service named like the pod template's subdomain",
+    ),
+    "selector": (
+        wrong(lambda o: [s["spec"].update(selector={"job-name": "other"}) for s in o if s["kind"] == "Service"]),
+        "does not select the Job's pods",
+    ),
+    "not headless": (
+        wrong(lambda o: [s["spec"].pop("clusterIP") for s in o if s["kind"] == "Service"]),
+        "not headless",
+    ),
     "rdzv_id": (wrong(lambda o: set_arg(o, "--rdzv_id=", "run1")), "--rdzv_id=run1"),
     "output_dir": (wrong(lambda o: set_arg(o, "output_dir=", "/tmp/run")), "output_dir=/tmp/run is not on a"),
     "data_dir": (wrong(lambda o: set_arg(o, "data_dir=", "/data/shards")), "data_dir=/data/shards is not on a"),
@@ -128,10 +145,14 @@ WRONG_EDITS = {
     "backoffLimit": (wrong(lambda o: job(o)["spec"].update(backoffLimit=1)), "backoffLimit 1 < --nnodes=2"),
     "disruptions": (wrong(lambda o: job(o)["spec"]["podFailurePolicy"]["rules"].pop(0)), "DisruptionTarget"),
     "clean stop": (wrong(lambda o: job(o)["spec"]["podFailurePolicy"]["rules"].pop(1)), "exit code 75"),
-    "grace": (wrong(lambda o: job(o)["spec"]["template"]["spec"].pop("terminationGracePeriodSeconds")),
-              "terminationGracePeriodSeconds"),
-    "batch": (wrong(lambda o: set_arg(o, "data.micro_batch_size=", "32")),
-              "global_batch_size 256 is not divisible by data.micro_batch_size 32 x world size 16"),
+    "grace": (
+        wrong(lambda o: job(o)["spec"]["template"]["spec"].pop("terminationGracePeriodSeconds")),
+        "terminationGracePeriodSeconds",
+    ),
+    "batch": (
+        wrong(lambda o: set_arg(o, "data.micro_batch_size=", "32")),
+        "global_batch_size 256 is not divisible by data.micro_batch_size 32 x world size 16",
+    ),
     "override": (wrong(lambda o: trainer(o)["args"].append("trainer.max_step=10")), "the trainer's config"),
     "launcher": (wrong(lambda o: [m["data"].clear() for m in o if m["kind"] == "ConfigMap"]), "the launcher"),
     "torchrun flag": (wrong(lambda o: trainer(o)["args"].insert(1, "--gpus=8")), "torchrun rejects its arguments"),
@@ -148,9 +169,11 @@ def test_checker_rejects_a_wrong_edit(name):
 def test_checker_rejects_an_overlay_with_nnodes_not_completions(tmp_path):
     """An overlay that changes the node count in completions/parallelism only, rendered for real."""
     (tmp_path / "kustomization.yaml").write_text(
-        f"resources: [{os.path.relpath(BASE, tmp_path)}]\npatches:\n  - path: patch.yaml\n")
+        f"resources: [{os.path.relpath(BASE, tmp_path)}]\npatches:\n  - path: patch.yaml\n"
+    )
     (tmp_path / "patch.yaml").write_text(
-        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: bert-pretrain}\nspec: {completions: 4, parallelism: 4}\n")
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: bert-pretrain}\nspec: {completions: 4, parallelism: 4}\n"
+    )
     objects = render(str(tmp_path))
     assert job(objects)["spec"]["completions"] == 4
     assert "--nnodes=2 but completions=4 parallelism=4" in job_problems(objects, claims())
@@ -164,21 +187,32 @@ def test_checker_rejects_a_read_write_once_claim():
 
 # --- the renderer ------------------------------------------------------------------------------
 
+
 def test_strategic_merge_merges_by_key_and_replaces_scalar_lists():
-    base = {"containers": [{"name": "a", "args": ["x", "y"], "env": [{"name": "E", "value": "1"}]},
-                           {"name": "b", "image": "i"}]}
+    base = {
+        "containers": [
+            {"name": "a", "args": ["x", "y"], "env": [{"name": "E", "value": "1"}]},
+            {"name": "b", "image": "i"},
+        ]
+    }
     patch = {"containers": [{"name": "a", "args": ["z"], "env": [{"name": "F", "value": "2"}]}]}
     assert k8s_render.strategic_merge(base, patch) == {
-        "containers": [{"name": "a", "args": ["z"], "env": [{"name": "E", "value": "1"}, {"name": "F", "value": "2"}]},
-                       {"name": "b", "image": "i"}]}
+        "containers": [
+            {"name": "a", "args": ["z"], "env": [{"name": "E", "value": "1"}, {"name": "F", "value": "2"}]},
+            {"name": "b", "image": "i"},
+        ]
+    }
 
 
-@pytest.mark.parametrize("image,transform,expected", [
-    ("app", {"name": "app", "newTag": "1"}, "app:1"),
-    ("app:0", {"name": "app", "newName": "r.io/x/app"}, "r.io/x/app:0"),
-    ("host:5000/app:0", {"name": "host:5000/app", "digest": "sha256:ab"}, "host:5000/app@sha256:ab"),
-    ("other:0", {"name": "app", "newTag": "1"}, "other:0"),
-])
+@pytest.mark.parametrize(
+    "image,transform,expected",
+    [
+        ("app", {"name": "app", "newTag": "1"}, "app:1"),
+        ("app:0", {"name": "app", "newName": "r.io/x/app"}, "r.io/x/app:0"),
+        ("host:5000/app:0", {"name": "host:5000/app", "digest": "sha256:ab"}, "host:5000/app@sha256:ab"),
+        ("other:0", {"name": "app", "newTag": "1"}, "other:0"),
+    ],
+)
 def test_images_transformer(image, transform, expected):
     obj = {"kind": "Job", "spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}}
     assert k8s_render.set_image(obj, transform)["spec"]["template"]["spec"]["containers"][0]["image"] == expected

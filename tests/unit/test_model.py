@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+import transformers
 
 from training.model import (
     PRESETS,
@@ -15,15 +16,19 @@ from training.model import (
     flops_per_token,
 )
 
-import transformers
-
 VOCAB = 97
 LENGTHS = (12, 9, 5)  # real tokens per sequence; T = 12, the rest is padding
 
 
 def tiny_config(**overrides) -> BertConfig:
-    fields = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=16)
+    fields = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
     return BertConfig(**{**fields, **overrides})
 
 
@@ -51,16 +56,21 @@ def make_batch(seed: int = 0) -> dict:
     token_type_ids = torch.zeros(B, T, dtype=torch.long)
     for b, n in enumerate(LENGTHS):
         attention_mask[b, :n] = 1
-        token_type_ids[b, n // 2:n] = 1
+        token_type_ids[b, n // 2 : n] = 1
     input_ids[attention_mask == 0] = 0
     # Masked slots per sequence, padded with position 0 / label -100 (the data contract's layout).
     positions = torch.tensor([[1, 4, 7, 10], [2, 5, 0, 0], [3, 0, 0, 0]])
     labels = torch.full_like(positions, -100)
     for b, count in enumerate((4, 2, 1)):
         labels[b, :count] = torch.randint(1, VOCAB, (count,), generator=gen)
-    return dict(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
-                masked_lm_positions=positions, masked_lm_labels=labels,
-                next_sentence_label=torch.tensor([0, 1, 1]))
+    return dict(
+        input_ids=input_ids,
+        token_type_ids=token_type_ids,
+        attention_mask=attention_mask,
+        masked_lm_positions=positions,
+        masked_lm_labels=labels,
+        next_sentence_label=torch.tensor([0, 1, 1]),
+    )
 
 
 def dense_labels(batch: dict) -> torch.Tensor:
@@ -77,6 +87,7 @@ def unique_param_count(model: torch.nn.Module) -> int:
 
 
 # ---------------------------------------------------------------- names and layouts
+
 
 @pytest.mark.parametrize("with_nsp_head", [True, False])
 def test_state_dict_keys_and_shapes_equal_transformers(with_nsp_head):
@@ -108,6 +119,7 @@ def test_loads_transformers_file_layouts_strictly():
 
 # ---------------------------------------------------------------- numerical parity
 
+
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_matches_transformers_with_its_weights(attn_implementation):
     cfg = tiny_config()
@@ -120,11 +132,20 @@ def test_matches_transformers_with_its_weights(attn_implementation):
     labels = dense_labels(batch)
 
     with torch.no_grad():
-        ref = theirs(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                     attention_mask=batch["attention_mask"], labels=labels,
-                     next_sentence_label=batch["next_sentence_label"])
-        out = ours(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                   next_sentence_label=batch["next_sentence_label"], dense_mlm_labels=labels)
+        ref = theirs(
+            input_ids=batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=labels,
+            next_sentence_label=batch["next_sentence_label"],
+        )
+        out = ours(
+            batch["input_ids"],
+            batch["token_type_ids"],
+            batch["attention_mask"],
+            next_sentence_label=batch["next_sentence_label"],
+            dense_mlm_labels=labels,
+        )
 
     assert out.mlm_logits.shape == ref.prediction_logits.shape == (3, 12, VOCAB)
     torch.testing.assert_close(out.mlm_logits, ref.prediction_logits, atol=1e-5, rtol=1e-5)
@@ -142,8 +163,9 @@ def test_transformers_matches_ours_with_our_weights():
     ours.eval(), theirs.eval()
     batch = make_batch(seed=1)
     with torch.no_grad():
-        ref = theirs(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                     attention_mask=batch["attention_mask"])
+        ref = theirs(
+            input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"]
+        )
         out = ours(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
     torch.testing.assert_close(out.mlm_logits, ref.prediction_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.nsp_logits, ref.seq_relationship_logits, atol=1e-5, rtol=1e-5)
@@ -160,10 +182,13 @@ def test_mlm_only_model_matches_transformers_masked_lm():
     batch = make_batch(seed=2)
     labels = dense_labels(batch)
     with torch.no_grad():
-        ref = theirs(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                     attention_mask=batch["attention_mask"], labels=labels)
-        out = ours(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                   dense_mlm_labels=labels)
+        ref = theirs(
+            input_ids=batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=labels,
+        )
+        out = ours(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], dense_mlm_labels=labels)
     torch.testing.assert_close(out.mlm_logits, ref.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
     assert out.nsp_logits is None and out.nsp_loss is None
@@ -173,6 +198,7 @@ def test_mlm_only_model_matches_transformers_masked_lm():
 
 # ---------------------------------------------------------------- sparse MLM head
 
+
 def test_sparse_head_equals_dense_head_at_masked_positions():
     model = BertForPreTraining(tiny_config())
     randomize(model, seed=3)
@@ -180,13 +206,18 @@ def test_sparse_head_equals_dense_head_at_masked_positions():
     batch = make_batch(seed=3)
     rows_seen = []
     hook = model.cls.predictions.decoder.register_forward_hook(
-        lambda module, args, output: rows_seen.append(args[0].shape[:-1]))
+        lambda module, args, output: rows_seen.append(args[0].shape[:-1])
+    )
 
     with torch.no_grad():
         sparse = model(**batch)
-        dense = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                      next_sentence_label=batch["next_sentence_label"],
-                      dense_mlm_labels=dense_labels(batch))
+        dense = model(
+            batch["input_ids"],
+            batch["token_type_ids"],
+            batch["attention_mask"],
+            next_sentence_label=batch["next_sentence_label"],
+            dense_mlm_labels=dense_labels(batch),
+        )
     hook.remove()
 
     real = batch["masked_lm_labels"] != -100  # (B, P): 7 real slots, 5 padding
@@ -210,8 +241,12 @@ def test_sparse_head_without_labels_predicts_every_slot():
     model = BertForPreTraining(tiny_config()).eval()
     batch = make_batch()
     with torch.no_grad():
-        out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                    masked_lm_positions=batch["masked_lm_positions"])
+        out = model(
+            batch["input_ids"],
+            batch["token_type_ids"],
+            batch["attention_mask"],
+            masked_lm_positions=batch["masked_lm_positions"],
+        )
     assert out.mlm_logits.shape == (3 * 4, VOCAB) and out.loss is None
 
 
@@ -250,7 +285,8 @@ def test_unpadded_encoder_equals_the_padded_one_values_and_gradients():
     batch = make_batch(seed=6)
     rows_seen = []
     hook = unpadded.bert.encoder.layer[0].intermediate.dense.register_forward_hook(
-        lambda module, args, output: rows_seen.append(tuple(args[0].shape)))
+        lambda module, args, output: rows_seen.append(tuple(args[0].shape))
+    )
     a, b = padded(**batch), unpadded(**batch)
     hook.remove()
     assert rows_seen == [(sum(LENGTHS), 32)]  # 26 real tokens, not 3 x 12 positions
@@ -293,6 +329,7 @@ def test_dropout_only_in_training_mode():
 
 
 # ---------------------------------------------------------------- tying and gradients
+
 
 def test_decoder_is_tied_to_word_embeddings_and_gradients_flow():
     model = BertForPreTraining(tiny_config())
@@ -342,6 +379,7 @@ def test_initialization_follows_bert():
 
 # ---------------------------------------------------------------- config, presets, FLOPs
 
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_parameter_count_equals_transformers(name):
     cfg = BertConfig(vocab_size=30522, **PRESETS[name])
@@ -356,6 +394,7 @@ def test_published_sizes():
     def count(name):
         with torch.device("meta"):
             return unique_param_count(BertForPreTraining(BertConfig(vocab_size=30522, **PRESETS[name])))
+
     assert count("base") == 110_106_428  # "110M"
     # 336.2M with the pre-training heads; the paper rounds BERT-Large to "340M".
     assert 330e6 < count("large") < 345e6

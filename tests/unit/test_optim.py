@@ -7,9 +7,16 @@ import pytest
 import torch
 
 from training.config import ConfigError, OptimConfig
-from training.model import BertConfig, BertForPreTraining, PRESETS
-from training.optim import (Lamb, build_optimizer, lr_multiplier, make_scheduler, no_decay_parameter_names,
-                            param_groups, restore_schedule_position)
+from training.model import PRESETS, BertConfig, BertForPreTraining
+from training.optim import (
+    Lamb,
+    build_optimizer,
+    lr_multiplier,
+    make_scheduler,
+    no_decay_parameter_names,
+    param_groups,
+    restore_schedule_position,
+)
 
 
 def tiny_bert(with_nsp_head=True) -> BertForPreTraining:
@@ -18,6 +25,7 @@ def tiny_bert(with_nsp_head=True) -> BertForPreTraining:
 
 
 # --- weight-decay groups ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("with_nsp_head", [True, False])
 def test_no_decay_group_is_exactly_layernorm_and_biases(with_nsp_head):
@@ -47,6 +55,7 @@ def test_frozen_parameters_are_left_out():
 
 # --- building the optimizer -------------------------------------------------------------------
 
+
 def test_adamw_has_berts_settings():
     opt = build_optimizer(tiny_bert(), OptimConfig())
     assert type(opt) is torch.optim.AdamW  # a class DeepSpeed's ZeRO knows
@@ -69,6 +78,7 @@ def test_lamb_with_optimizer_offload_is_a_config_error():
 
 
 # --- LAMB -------------------------------------------------------------------------------------
+
 
 def hand_lamb_step(w, g, lr, beta1, beta2, eps, wd, bias_correction=True, adapt=True):
     """One LAMB step from zero moments, in plain Python floats (the paper's Algorithm 2)."""
@@ -93,11 +103,11 @@ def lamb_step(w, g, **kwargs):
 @pytest.mark.parametrize("bias_correction", [True, False])
 def test_lamb_step_equals_the_hand_computation(bias_correction):
     w, g = [1.0, -2.0, 0.5], [0.3, 0.1, -0.4]
-    expected, ratio = hand_lamb_step(w, g, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-6, wd=0.01,
-                                     bias_correction=bias_correction)
+    expected, ratio = hand_lamb_step(
+        w, g, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-6, wd=0.01, bias_correction=bias_correction
+    )
     assert ratio != pytest.approx(1.0, abs=0.1)  # the trust ratio matters in this case
-    got = lamb_step(w, g, lr=0.1, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
-                    bias_correction=bias_correction)
+    got = lamb_step(w, g, lr=0.1, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, bias_correction=bias_correction)
     assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
@@ -112,7 +122,7 @@ def test_second_step_uses_the_moments():
     opt.step()
     m = [0.9 * 0.1 * a + 0.1 * b for a, b in zip(g1, g2)]
     v = [0.99 * 0.01 * a * a + 0.01 * b * b for a, b in zip(g1, g2)]
-    u = [(mi / (1 - 0.9 ** 2)) / (math.sqrt(vi / (1 - 0.99 ** 2)) + 1e-8) for mi, vi in zip(m, v)]
+    u = [(mi / (1 - 0.9**2)) / (math.sqrt(vi / (1 - 0.99**2)) + 1e-8) for mi, vi in zip(m, v)]
     ratio = math.sqrt(sum(x * x for x in w1)) / math.sqrt(sum(x * x for x in u))
     assert p.detach().tolist() == pytest.approx([wi - 0.1 * ratio * ui for wi, ui in zip(w1, u)], rel=1e-12)
 
@@ -144,8 +154,9 @@ def test_trust_ratio_bounds():
     capped = [wi - 0.1 * 10.0 * ui for wi, ui in zip(w, update)]  # the step with r = 10
     got = lamb_step(w, g, lr=0.1, eps=1e-6, weight_decay=0.0, adapt_no_decay=True, max_trust_ratio=10.0)
     assert got == pytest.approx(capped)
-    floor = lamb_step([1e-3, 0.0], [1.0, 1.0], lr=0.1, eps=1e-6, weight_decay=0.0, adapt_no_decay=True,
-                      min_trust_ratio=0.5)
+    floor = lamb_step(
+        [1e-3, 0.0], [1.0, 1.0], lr=0.1, eps=1e-6, weight_decay=0.0, adapt_no_decay=True, min_trust_ratio=0.5
+    )
     assert floor == pytest.approx([1e-3 - 0.05, -0.05], rel=1e-5)
 
 
@@ -153,8 +164,9 @@ def test_lamb_decreases_the_loss_of_a_small_problem():
     torch.manual_seed(0)
     x = torch.randn(256, 16)
     y = x @ torch.randn(16, 1) + 0.1 * torch.randn(256, 1)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Tanh(),
-                                torch.nn.Linear(32, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Tanh(), torch.nn.Linear(32, 1)
+    )
     opt = Lamb(param_groups(model, 0.01), lr=0.02)
     losses = []
     for _ in range(100):
@@ -169,6 +181,7 @@ def test_lamb_decreases_the_loss_of_a_small_problem():
 
 def test_lamb_state_round_trips():
     """Resuming from a state_dict continues exactly (what a checkpoint relies on)."""
+
     def run(steps, opt_state=None, weights=None):
         torch.manual_seed(1)
         model = torch.nn.Linear(4, 2)
@@ -192,6 +205,7 @@ def test_lamb_state_round_trips():
 
 
 # --- schedules --------------------------------------------------------------------------------
+
 
 def lrs_over(cfg: OptimConfig, max_steps: int, at) -> dict:
     """The learning rate a real LambdaLR gives after `step` optimizer steps, for each step in `at`."""
@@ -218,8 +232,9 @@ def test_linear_schedule_points():
 
 
 def test_polynomial_schedule_points_with_end_lr():
-    cfg = OptimConfig(name="lamb", lr=6e-3, warmup_steps=None, warmup_ratio=0.2, schedule="polynomial",
-                      power=0.5, end_lr=1e-4)
+    cfg = OptimConfig(
+        name="lamb", lr=6e-3, warmup_steps=None, warmup_ratio=0.2, schedule="polynomial", power=0.5, end_lr=1e-4
+    )
     lr = lrs_over(cfg, 1000, at={0, 100, 200, 600, 1000, 1001})
     assert lr[0] == 0.0 and lr[100] == pytest.approx(3e-3)
     assert lr[200] == pytest.approx(6e-3)  # warmup = round(0.2 * 1000)

@@ -9,7 +9,7 @@ from xml.sax.saxutils import escape
 import pytest
 
 from pipeline.config import SourceConfig
-from pipeline.records import RawDocument, RejectAction, RejectReason, Rejection, SourceFormat
+from pipeline.records import RawDocument, RejectAction, Rejection, RejectReason, SourceFormat
 from pipeline.sources import detect_format, read_source
 
 
@@ -67,8 +67,26 @@ def test_sample_counts(sample_output):
 
 
 def test_sample_has_no_markup_left(sample_output):
-    debris = ["{{", "}}", "[[", "]]", "<ref", "</ref", "|-", "{|", "|}", "Category:", "thumb|", "http://",
-              "https://", "''", "&nbsp;", "&amp;", "__TOC__", "<!--"]
+    debris = [
+        "{{",
+        "}}",
+        "[[",
+        "]]",
+        "<ref",
+        "</ref",
+        "|-",
+        "{|",
+        "|}",
+        "Category:",
+        "thumb|",
+        "http://",
+        "https://",
+        "''",
+        "&nbsp;",
+        "&amp;",
+        "__TOC__",
+        "<!--",
+    ]
     for doc in documents(sample_output):
         for fragment in debris:
             assert fragment not in doc.text, (doc.title, fragment)

@@ -3,25 +3,26 @@
 import pytest
 import torch
 
-from training.model import PRESETS, BertConfig
-from training.model import flops_per_token
-from training.throughput import (ThroughputMeter, mfu, peak_tflops_for,
-                                 resolve_peak_tflops)
+from training.model import PRESETS, BertConfig, flops_per_token
+from training.throughput import ThroughputMeter, mfu, peak_tflops_for, resolve_peak_tflops
 
 
-@pytest.mark.parametrize("name, tflops", [
-    ("NVIDIA H100 80GB HBM3", 989.0),
-    ("NVIDIA H100 PCIe", 756.0),
-    ("NVIDIA H100 NVL", 835.0),
-    ("NVIDIA H200", 989.0),
-    ("NVIDIA A100-SXM4-80GB", 312.0),
-    ("NVIDIA A100 80GB PCIe", 312.0),
-    ("NVIDIA A10G", 125.0),
-    ("NVIDIA L4", 121.0),
-    ("NVIDIA L40S", 362.0),
-    ("Tesla V100-SXM2-16GB", 125.0),
-    ("NVIDIA GeForce GTX 1080", None),
-])
+@pytest.mark.parametrize(
+    "name, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H100 NVL", 835.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA A100 80GB PCIe", 312.0),
+        ("NVIDIA A10G", 125.0),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA L40S", 362.0),
+        ("Tesla V100-SXM2-16GB", 125.0),
+        ("NVIDIA GeForce GTX 1080", None),
+    ],
+)
 def test_known_gpus_are_matched_by_name_most_specific_first(name, tflops):
     assert peak_tflops_for(name) == tflops
 

@@ -8,16 +8,15 @@ import pytest
 from transformers import BertTokenizerFast
 from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
-from pipeline.tokenization import (SPECIAL_TOKENS, build_tokenizer, decide_casing, encode_sentences,
-                                   train_vocabulary)
 from paths import real_uncased_vocab
+from pipeline.tokenization import SPECIAL_TOKENS, build_tokenizer, decide_casing, encode_sentences, train_vocabulary
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "Anarchism is a political philosophy and movement that is sceptical of authority.",
     "Café résumé naïve façade — Ångström coöperate, 東京 and ﬁne ligatures.",
     "Numbers like 3.14159, 1,000,000 and e-mail addresses: someone@example.org!",
-    "ALL CAPS Mixed Case unbelievably-hyphenated words, (parentheses) and \"quotes\".",
+    'ALL CAPS Mixed Case unbelievably-hyphenated words, (parentheses) and "quotes".',
     "supercalifragilisticexpialidocious " + "x" * 120,  # a word over 100 characters is [UNK]
     "\tTabs\tand   odd\u00a0spaces\u200b here.",
 ]
@@ -58,9 +57,11 @@ def test_training_is_deterministic(sample_paragraphs, sample_vocabulary):
 
 
 # Real Chinese, Japanese and Korean sentences (the demo text of the `rich` package).
-CJK = ["该库支持中文，日文和韩文文本！",
-       "ライブラリは中国語、日本語、韓国語のテキストをサポートしています",
-       "이 라이브러리는 중국어, 일본어 및 한국어 텍스트를 지원합니다"]
+CJK = [
+    "该库支持中文，日文和韩文文本！",
+    "ライブラリは中国語、日本語、韓国語のテキストをサポートしています",
+    "이 라이브러리는 중국어, 일본어 및 한국어 텍스트를 지원합니다",
+]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,9 @@ def hard_sentences(sample_documents):
     accents = [s for s in english if re.search(r"[À-ɏ]", s)]
     punctuation = [s for s in english if len(re.findall(r"[^\w\s]", s)) >= 8 and re.search(r"[A-Z]", s)]
     cjk = [s for s in english if re.search(r"[\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af]", s)]
-    path = os.path.join(os.path.dirname(gensim.__file__), "test/test_data/bgwiki-latest-pages-articles-shortened.xml.bz2")
+    path = os.path.join(
+        os.path.dirname(gensim.__file__), "test/test_data/bgwiki-latest-pages-articles-shortened.xml.bz2"
+    )
     raws = [r for r in read_source(path, lambda: open(path, "rb"), SourceConfig()) if isinstance(r, RawDocument)]
     bulgarian = [s for r in raws for d in [prepare_document(r, CleaningConfig())[0]] if d for s in d.sentences]
     chosen = accents[:150] + punctuation[:150] + cjk + bulgarian[:100] + CJK

@@ -14,11 +14,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from paths import CONF as CONF_ROOT
 from training.config import ConfigError, TrainConfig, register_configs, to_train_config
 from training.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps
 from training.model import PRESETS
-
-from paths import CONF as CONF_ROOT
 
 CONF = os.path.join(CONF_ROOT, "train")
 GROUPS = ("model", "data", "optim", "deepspeed", "trainer", "logger")
@@ -57,6 +56,7 @@ def ds_dict(cfg: TrainConfig, world_size: int = 1) -> dict:
 
 
 # --- composition ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("group,name", [(g, n) for g in GROUPS for n in options(g)])
 def test_every_preset_composes(group, name):
@@ -112,9 +112,19 @@ def test_experiments_set_what_they_promise():
 
 
 def test_command_line_overrides_apply():
-    cfg = compose_train(REQUIRED + ["model=tiny", "optim.lr=3e-4", "deepspeed=zero3", "trainer.max_steps=50",
-                                    "optim.warmup_steps=null", "optim.warmup_ratio=0.1",
-                                    "logger=wandb_offline", "logger.tags=[a,b]"])
+    cfg = compose_train(
+        REQUIRED
+        + [
+            "model=tiny",
+            "optim.lr=3e-4",
+            "deepspeed=zero3",
+            "trainer.max_steps=50",
+            "optim.warmup_steps=null",
+            "optim.warmup_ratio=0.1",
+            "logger=wandb_offline",
+            "logger.tags=[a,b]",
+        ]
+    )
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.deepspeed.zero_stage == 3
     assert cfg.trainer.max_steps == 50 and cfg.optim.resolved_warmup_steps(50) == 5
     assert cfg.logger.mode == "offline" and cfg.logger.tags == ["a", "b"]
@@ -122,10 +132,17 @@ def test_command_line_overrides_apply():
 
 # --- failures at composition ------------------------------------------------------------------
 
-@pytest.mark.parametrize("override", [
-    "optim.learning_rate=1e-4", "deepspeed.zero=2", "trainer.max_step=10", "model.hidden=128",
-    "logger.api_key=secret",
-])
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "optim.learning_rate=1e-4",
+        "deepspeed.zero=2",
+        "trainer.max_step=10",
+        "model.hidden=128",
+        "logger.api_key=secret",
+    ],
+)
 def test_misspelt_or_unknown_key_fails_at_composition(override):
     with pytest.raises(ConfigCompositionException):
         compose_train(REQUIRED + [override])
@@ -143,13 +160,16 @@ def test_unknown_preset_fails_at_composition():
         compose_train(REQUIRED + ["deepspeed=zero4"])
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["deepspeed.zero_stage=4"], "zero_stage"),
-    (["optim=lamb", "deepspeed=zero2"], "zero_stage=0"),
-    (["data.micro_batch_size=48"], "multiple"),
-    (["trainer.max_steps=100"], "warmup"),
-    (["logger.mode=sometimes"], "logger.mode"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["deepspeed.zero_stage=4"], "zero_stage"),
+        (["optim=lamb", "deepspeed=zero2"], "zero_stage=0"),
+        (["data.micro_batch_size=48"], "multiple"),
+        (["trainer.max_steps=100"], "warmup"),
+        (["logger.mode=sometimes"], "logger.mode"),
+    ],
+)
 def test_bad_value_fails_at_composition(overrides, match):
     with pytest.raises(BAD_VALUE, match=match):
         compose_train(REQUIRED + overrides)
@@ -161,26 +181,29 @@ def _with(cfg: TrainConfig, **groups) -> TrainConfig:
     return dataclasses.replace(cfg, **parts)
 
 
-@pytest.mark.parametrize("changes,match", [
-    ({"deepspeed": {"precision": "fp8"}}, "precision"),
-    ({"deepspeed": {"zero_stage": 0, "offload_optimizer": True}}, "offload_optimizer"),
-    ({"deepspeed": {"offload_param": True}}, "offload_param"),
-    ({"deepspeed": {"loss_scale_window": 0}}, "loss_scale_window"),
-    ({"optim": {"name": "sgd"}}, "optim.name"),
-    ({"optim": {"betas": [0.9]}}, "betas"),
-    ({"optim": {"warmup_ratio": 0.1}}, "exactly one"),
-    ({"optim": {"schedule": "cosine"}}, "schedule"),
-    ({"optim": {"end_lr": 1.0}}, "end_lr"),
-    ({"optim": {"name": "lamb"}, "deepspeed": {"zero_stage": 2, "offload_optimizer": True}}, "DeepSpeedCPUAdam"),
-    ({"model": {"num_attention_heads": 5}}, "divisible"),
-    ({"model": {"hidden_dropout_prob": 1.5}}, "dropout"),
-    ({"data": {"micro_batch_size": 0}}, "micro_batch_size"),
-    ({"data": {"train_split": "eval"}}, "both"),
-    ({"data": {"max_seq_length": 1024}}, "max_position_embeddings"),
-    ({"trainer": {"eval_steps": 0}}, "eval_steps"),
-    ({"trainer": {"dist_backend": "mpi"}}, "dist_backend"),
-    ({"logger": {"backend": "tensorboard"}}, "logger.backend"),
-])
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"deepspeed": {"precision": "fp8"}}, "precision"),
+        ({"deepspeed": {"zero_stage": 0, "offload_optimizer": True}}, "offload_optimizer"),
+        ({"deepspeed": {"offload_param": True}}, "offload_param"),
+        ({"deepspeed": {"loss_scale_window": 0}}, "loss_scale_window"),
+        ({"optim": {"name": "sgd"}}, "optim.name"),
+        ({"optim": {"betas": [0.9]}}, "betas"),
+        ({"optim": {"warmup_ratio": 0.1}}, "exactly one"),
+        ({"optim": {"schedule": "cosine"}}, "schedule"),
+        ({"optim": {"end_lr": 1.0}}, "end_lr"),
+        ({"optim": {"name": "lamb"}, "deepspeed": {"zero_stage": 2, "offload_optimizer": True}}, "DeepSpeedCPUAdam"),
+        ({"model": {"num_attention_heads": 5}}, "divisible"),
+        ({"model": {"hidden_dropout_prob": 1.5}}, "dropout"),
+        ({"data": {"micro_batch_size": 0}}, "micro_batch_size"),
+        ({"data": {"train_split": "eval"}}, "both"),
+        ({"data": {"max_seq_length": 1024}}, "max_position_embeddings"),
+        ({"trainer": {"eval_steps": 0}}, "eval_steps"),
+        ({"trainer": {"dist_backend": "mpi"}}, "dist_backend"),
+        ({"logger": {"backend": "tensorboard"}}, "logger.backend"),
+    ],
+)
 def test_schema_checks_reject_bad_values(changes, match):
     """The same __post_init__ checks composition runs, without Hydra's cost per case."""
     base = compose_train(REQUIRED)
@@ -202,6 +225,7 @@ def test_required_values_are_reported():
 
 # --- sweeps -----------------------------------------------------------------------------------
 
+
 def test_multirun_sweep_syntax_parses_and_each_point_composes():
     """What `python -m training -m optim.lr=1e-4,2e-4 deepspeed=zero1,zero2` expands to."""
     parsed = OverridesParser.create().parse_overrides(["optim.lr=1e-4,2e-4", "deepspeed=zero1,zero2"])
@@ -215,6 +239,7 @@ def test_multirun_sweep_syntax_parses_and_each_point_composes():
 
 
 # --- the DeepSpeed dict -----------------------------------------------------------------------
+
 
 def test_batch_arithmetic():
     assert gradient_accumulation_steps(256, 32, 1) == 8
@@ -233,8 +258,11 @@ def test_deepspeed_dict_matches_the_preset(name, world_size):
     d = ds_dict(cfg, world_size)
     assert d == ds_dict(copy.deepcopy(cfg), world_size)  # a pure function of the config
     assert "optimizer" not in d and "scheduler" not in d  # ours are passed to deepspeed.initialize
-    assert d["train_batch_size"] == cfg.trainer.global_batch_size == (
-        d["train_micro_batch_size_per_gpu"] * d["gradient_accumulation_steps"] * world_size)
+    assert (
+        d["train_batch_size"]
+        == cfg.trainer.global_batch_size
+        == (d["train_micro_batch_size_per_gpu"] * d["gradient_accumulation_steps"] * world_size)
+    )
     assert d["train_micro_batch_size_per_gpu"] == cfg.data.micro_batch_size
     assert d["gradient_clipping"] == cfg.optim.grad_clip
     zero = d["zero_optimization"]
@@ -287,11 +315,15 @@ def deepspeed_parses(config_class, d, world_size, monkeypatch):
 
 
 @pytest.mark.parametrize("world_size", [1, 4])
-@pytest.mark.parametrize("overrides", [["deepspeed=" + n] for n in options("deepspeed")] + [
-    ["deepspeed=zero1", "deepspeed.precision=fp16"],
-    ["deepspeed=zero0", "deepspeed.precision=fp32", "optim=lamb"],
-    ["deepspeed=zero3", "deepspeed.overlap_comm=false"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [["deepspeed=" + n] for n in options("deepspeed")]
+    + [
+        ["deepspeed=zero1", "deepspeed.precision=fp16"],
+        ["deepspeed=zero0", "deepspeed.precision=fp32", "optim=lamb"],
+        ["deepspeed=zero3", "deepspeed.overlap_comm=false"],
+    ],
+)
 def test_deepspeed_accepts_the_dict(deepspeed_config_class, overrides, world_size, monkeypatch):
     from deepspeed.runtime import constants
 
@@ -303,7 +335,10 @@ def test_deepspeed_accepts_the_dict(deepspeed_config_class, overrides, world_siz
     parsed = deepspeed_parses(deepspeed_config_class, d, world_size, monkeypatch)
     assert parsed.world_size == world_size
     assert (parsed.train_batch_size, parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (
-        d["train_batch_size"], d["train_micro_batch_size_per_gpu"], d["gradient_accumulation_steps"])
+        d["train_batch_size"],
+        d["train_micro_batch_size_per_gpu"],
+        d["gradient_accumulation_steps"],
+    )
     assert parsed.zero_optimization_stage == cfg.deepspeed.zero_stage
     assert parsed.bfloat16_config.enabled == (cfg.deepspeed.precision == "bf16")
     assert parsed.float16_config.enabled == (cfg.deepspeed.precision == "fp16")

@@ -18,17 +18,30 @@ from pipeline.formats import DocumentRecord, ExampleFormat
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
 from pipeline.masking import MaskingParams
 from pipeline.records import RawDocument, SourceFormat
-from pipeline.shard_sink import JsonLinesFormat, ShardRecords, WriteShards, commit, complete_shards
-from pipeline.tokenization import build_tokenizer, encode_sentences, masking_vocabulary, train_vocabulary
 from pipeline.seeding import stable_id
+from pipeline.shard_sink import JsonLinesFormat, ShardRecords, WriteShards, commit, complete_shards
 from pipeline.spill import ReadChunks, Spill, SpillChunks
 from pipeline.stats import SumCounts
-from pipeline.transforms import (CountPerSplit, CreatedExamples, CreateExamples, PrepareDocuments, PreparedDocuments,
-                                 ReadSources, SourceDocuments, TokenizedDocuments, TokenizeDocuments, TrainVocabulary,
-                                 make_vocab_info)
+from pipeline.tokenization import build_tokenizer, encode_sentences, masking_vocabulary, train_vocabulary
+from pipeline.transforms import (
+    CountPerSplit,
+    CreatedExamples,
+    CreateExamples,
+    PreparedDocuments,
+    PrepareDocuments,
+    ReadSources,
+    SourceDocuments,
+    TokenizedDocuments,
+    TokenizeDocuments,
+    TrainVocabulary,
+    make_vocab_info,
+)
 
-TEXTS = [f"Document number {i} talks about topic {i % 7}. It has a second sentence! And a third one here? "
-         f"Words like running, runner and runs repeat in document {i}." for i in range(40)]
+TEXTS = [
+    f"Document number {i} talks about topic {i % 7}. It has a second sentence! And a third one here? "
+    f"Words like running, runner and runs repeat in document {i}."
+    for i in range(40)
+]
 
 
 def beam_pipeline():
@@ -48,6 +61,7 @@ def chunked(p, spill, split_docs, label="Docs"):
 
 def doc(i, text=None):
     from pipeline.seeding import stable_id
+
     text = text or TEXTS[i]
     return Document(stable_id(text), "src.jsonl", str(i), f"t{i}", tuple(s + "." for s in text.split(". ")), len(text))
 
@@ -64,16 +78,24 @@ def test_read_sources(tmp_path):
 
 def test_prepare_documents_drops_short_documents_and_keeps_copies_for_the_pools(tmp_path):
     raws = [RawDocument("f.jsonl", str(i), "", t, SourceFormat.JSON_LINES) for i, t in enumerate(TEXTS[:5])]
-    raws += [RawDocument("f.jsonl", "9", "", TEXTS[0], SourceFormat.JSON_LINES),
-             RawDocument("f.jsonl", "10", "", "Tiny.", SourceFormat.JSON_LINES)]
+    raws += [
+        RawDocument("f.jsonl", "9", "", TEXTS[0], SourceFormat.JSON_LINES),
+        RawDocument("f.jsonl", "10", "", "Tiny.", SourceFormat.JSON_LINES),
+    ]
     spill = spill_at(tmp_path)
     with beam_pipeline() as p:
         prepared = p | beam.Create(raws) | PrepareDocuments(CleaningConfig(min_document_chars=50), 0.0, spill)
         # The copy ("9") shares the id of "0"; CreateExamples drops it in their pool.
-        assert_that(prepared.chunks | ReadChunks(spill) | beam.Map(lambda sd: (sd[0], sd[1].record_id)),
-                    equal_to([("train", str(i)) for i in (0, 1, 2, 3, 4, 9)]), label="kept")
-        assert_that(prepared.rejects | beam.Map(lambda r: (r.record_id, r.reason.value)),
-                    equal_to([("10", "too_short")]), label="rejected")
+        assert_that(
+            prepared.chunks | ReadChunks(spill) | beam.Map(lambda sd: (sd[0], sd[1].record_id)),
+            equal_to([("train", str(i)) for i in (0, 1, 2, 3, 4, 9)]),
+            label="kept",
+        )
+        assert_that(
+            prepared.rejects | beam.Map(lambda r: (r.record_id, r.reason.value)),
+            equal_to([("10", "too_short")]),
+            label="rejected",
+        )
 
 
 def test_prepared_documents_name_every_output_of_the_stage(tmp_path):
@@ -91,13 +113,21 @@ def test_prepared_documents_name_every_output_of_the_stage(tmp_path):
         splits = prepared.chunks | ReadChunks(spill) | beam.Map(lambda sd: (sd[1].record_id, sd[0]))
         expected_splits = [(str(i), split_of(stable_id(t), 0.5)) for i, t in enumerate(TEXTS[:8])]
         assert_that(splits, equal_to(expected_splits), label="documents")
-        assert_that(prepared.chunks | "ChunkCount" >> beam.combiners.Count.Globally()
-                    | beam.Map(lambda n: n > 1), equal_to([True]), label="several chunks")
+        assert_that(
+            prepared.chunks | "ChunkCount" >> beam.combiners.Count.Globally() | beam.Map(lambda n: n > 1),
+            equal_to([True]),
+            label="several chunks",
+        )
         counts = Counter(split for _, split in expected_splits)
         assert_that(prepared.counts, equal_to([dict(counts)]), label="counts")
         assert_that(prepared.rejects | beam.Map(lambda r: r.record_id), equal_to(["tiny"]), label="rejects")
-        assert_that(prepared.stats | "Sum" >> beam.CombineGlobally(SumCounts())
-                    | beam.Map(lambda s: s.get("rejected/too_short")), equal_to([1]), label="stats")
+        assert_that(
+            prepared.stats
+            | "Sum" >> beam.CombineGlobally(SumCounts())
+            | beam.Map(lambda s: s.get("rejected/too_short")),
+            equal_to([1]),
+            label="stats",
+        )
 
 
 def test_train_vocabulary_equals_the_library_function_and_counts_a_copy_once(tmp_path):
@@ -126,10 +156,16 @@ def test_tokenize_documents(tmp_path):
         chunks, _ = chunked(p, spill, [("train", d) for d in docs])
         out = chunks | TokenizeDocuments(p | "V" >> beam.Create([vocab]), spill)
         assert isinstance(out, TokenizedDocuments)
-        assert_that(out.documents | beam.Map(lambda sm: (sm[1][0].doc_id, sm[1][0].ids.tolist())),
-                    equal_to(expected), label="ids")
-        assert_that(out.documents | beam.Map(lambda sm: (sm[1][1].record_id, sm[1][1].tokens)),
-                    equal_to([(d.record_id, len(e[1])) for d, e in zip(docs, expected)]), label="provenance")
+        assert_that(
+            out.documents | beam.Map(lambda sm: (sm[1][0].doc_id, sm[1][0].ids.tolist())),
+            equal_to(expected),
+            label="ids",
+        )
+        assert_that(
+            out.documents | beam.Map(lambda sm: (sm[1][1].record_id, sm[1][1].tokens)),
+            equal_to([(d.record_id, len(e[1])) for d, e in zip(docs, expected)]),
+            label="provenance",
+        )
         assert_that(out.unknown_words, equal_to([[]]), label="no unknown words")
 
 
@@ -151,26 +187,46 @@ def examples_of(made):
 def test_create_examples_matches_the_algorithm_per_pool(tmp_path):
     vocab = small_vocab()
     tok = build_tokenizer(vocab.tokens, True)
-    docs = [TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences))
-            for d in (doc(i) for i in range(40))]
+    docs = [
+        TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences))
+        for d in (doc(i) for i in range(40))
+    ]
     inst, mask = InstancesConfig(max_seq_length=32, pool_size=1000), MaskingConfig(dupe_factor=2)
     schema = contract.example_schema(len(vocab.tokens), "nsp", "static")
     # One pool (40 < pool_size): the expected examples are the algorithm's over the sorted pool.
     pool = sorted(docs, key=lambda d: d.doc_id)
-    expected = sorted(i for ps in range(2) for d in range(len(pool)) for i in examples_for_document(
-        pool, d, ps, 3, InstanceParams(32, 0.1, "nsp"), MaskingParams(), masking_vocabulary(vocab.tokens)).example_id)
+    expected = sorted(
+        i
+        for ps in range(2)
+        for d in range(len(pool))
+        for i in examples_for_document(
+            pool, d, ps, 3, InstanceParams(32, 0.1, "nsp"), MaskingParams(), masking_vocabulary(vocab.tokens)
+        ).example_id
+    )
     with beam_pipeline() as p:
         counts = p | "Counts" >> beam.Create([{"train": len(docs)}])
-        create = CreateExamples(inst, mask, OutputConfig(num_shards=3), 3, p | "V" >> beam.Create([vocab]), schema,
-                                counts, spill_at(tmp_path))
+        create = CreateExamples(
+            inst,
+            mask,
+            OutputConfig(num_shards=3),
+            3,
+            p | "V" >> beam.Create([vocab]),
+            schema,
+            counts,
+            spill_at(tmp_path),
+        )
         made = p | beam.Create([("train", member(d)) for d in docs]) | create
         assert isinstance(made, CreatedExamples)
         assert_that(made.shard_counts, equal_to([{"train": 3}]), label="shard counts")
-        ids = (examples_of(made)
-               | beam.FlatMap(lambda kv: [(kv[0][1], i) for i in kv[1].column(contract.EXAMPLE_ID).to_pylist()]))
+        ids = examples_of(made) | beam.FlatMap(
+            lambda kv: [(kv[0][1], i) for i in kv[1].column(contract.EXAMPLE_ID).to_pylist()]
+        )
         assert_that(ids | "Ids" >> beam.Map(lambda si: si[1]), equal_to(expected), label="same examples")
-        assert_that(ids | "Shards" >> beam.Map(lambda si: si[0]) | beam.Distinct(), equal_to([0, 1, 2]),
-                    label="into every shard")
+        assert_that(
+            ids | "Shards" >> beam.Map(lambda si: si[0]) | beam.Distinct(),
+            equal_to([0, 1, 2]),
+            label="into every shard",
+        )
 
 
 def member(d: TokenizedDocument, source="s.jsonl", record_id=None):
@@ -181,8 +237,10 @@ def member(d: TokenizedDocument, source="s.jsonl", record_id=None):
 def test_create_examples_drops_copies_in_their_pool_and_reports_each_document_once(tmp_path):
     vocab = small_vocab()
     tok = build_tokenizer(vocab.tokens, True)
-    docs = [TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences))
-            for d in (doc(i) for i in range(12))]
+    docs = [
+        TokenizedDocument.from_sentences(d.doc_id, encode_sentences(tok, d.sentences))
+        for d in (doc(i) for i in range(12))
+    ]
     members = [member(d, "b.jsonl") for d in docs] + [member(d, "a.jsonl", "copy") for d in docs[:3]]
     # 3 pools x 5 groups: each pool's documents reach 5 units, yet are reported once.
     inst = InstancesConfig(max_seq_length=32, pool_size=4, min_work_units=15)
@@ -190,18 +248,31 @@ def test_create_examples_drops_copies_in_their_pool_and_reports_each_document_on
     schema = contract.example_schema(len(vocab.tokens), "nsp", "static")
     with beam_pipeline() as p:
         counts = p | "Counts" >> beam.Create([{"train": len(members)}])
-        create = CreateExamples(inst, mask, OutputConfig(num_shards=2), 3, p | "V" >> beam.Create([vocab]), schema,
-                                counts, spill_at(tmp_path))
+        create = CreateExamples(
+            inst,
+            mask,
+            OutputConfig(num_shards=2),
+            3,
+            p | "V" >> beam.Create([vocab]),
+            schema,
+            counts,
+            spill_at(tmp_path),
+        )
         made = p | beam.Create([("train", m) for m in members]) | create
         # The copy from a.jsonl sorts first, so it is kept and b.jsonl's record is the duplicate.
-        assert_that(made.documents | beam.Map(lambda r: (r.source, r.doc_id)),
-                    equal_to([("a.jsonl", d.doc_id) for d in docs[:3]] + [("b.jsonl", d.doc_id) for d in docs[3:]]),
-                    label="documents")
-        assert_that(made.rejects | beam.Map(lambda r: (r.source, r.reason.value)),
-                    equal_to([("b.jsonl", "duplicate")] * 3), label="duplicates")
-        kept_ids = (examples_of(made)
-                    | beam.FlatMap(lambda kv: kv[1].column(contract.DOC_ID_A).to_pylist())
-                    | beam.Distinct())
+        assert_that(
+            made.documents | beam.Map(lambda r: (r.source, r.doc_id)),
+            equal_to([("a.jsonl", d.doc_id) for d in docs[:3]] + [("b.jsonl", d.doc_id) for d in docs[3:]]),
+            label="documents",
+        )
+        assert_that(
+            made.rejects | beam.Map(lambda r: (r.source, r.reason.value)),
+            equal_to([("b.jsonl", "duplicate")] * 3),
+            label="duplicates",
+        )
+        kept_ids = (
+            examples_of(made) | beam.FlatMap(lambda kv: kv[1].column(contract.DOC_ID_A).to_pylist()) | beam.Distinct()
+        )
         assert_that(kept_ids, equal_to([d.doc_id for d in docs]), label="every document gives examples")
 
 
@@ -209,13 +280,21 @@ def test_shard_records_and_write_shards_round_trip(tmp_path):
     records = [{"n": i} for i in range(50)]
     fmt = JsonLinesFormat()
     with beam_pipeline() as p:
-        sharded = (p | beam.Create([("rejects", r) for r in records])
-                   | ShardRecords(1, lambda r: r["n"], target_per_shard=20))
+        sharded = (
+            p | beam.Create([("rejects", r) for r in records]) | ShardRecords(1, lambda r: r["n"], target_per_shard=20)
+        )
         assert_that(sharded.shard_counts, equal_to([{"rejects": 3}]), label="shard counts")
         written = sharded.records | WriteShards(fmt, str(tmp_path / "tmp"), sharded.shard_counts)
-        _ = (p | "Once" >> beam.Create([None])
-             | beam.Map(lambda _, w: commit(complete_shards(fmt, str(tmp_path / "tmp"), w, ["rejects"]),
-                                            str(tmp_path / "out"), ".jsonl"), w=beam.pvalue.AsList(written)))
+        _ = (
+            p
+            | "Once" >> beam.Create([None])
+            | beam.Map(
+                lambda _, w: commit(
+                    complete_shards(fmt, str(tmp_path / "tmp"), w, ["rejects"]), str(tmp_path / "out"), ".jsonl"
+                ),
+                w=beam.pvalue.AsList(written),
+            )
+        )
     files = sorted((tmp_path / "out" / "rejects").iterdir())
     assert [f.name for f in files] == [f"part-0000{i}-of-00003.jsonl" for i in range(3)]
     back = [json.loads(line) for f in files for line in f.read_text().splitlines()]
@@ -236,8 +315,10 @@ def test_spilled_batches_encode_like_the_batches_themselves(tmp_path):
     from pipeline.shard_sink import SpilledBatch
 
     schema = contract.example_schema(100, "nsp", "static")
-    exs = [contract.ExampleColumns.of_example(np.arange(6) + i, 3, i % 2, [1, 4], [7, 8], 50 + i, i, i + 1)
-           for i in range(12)]
+    exs = [
+        contract.ExampleColumns.of_example(np.arange(6) + i, 3, i % 2, [1, 4], [7, 8], 50 + i, i, i + 1)
+        for i in range(12)
+    ]
     a = contract.to_record_batch(contract.ExampleColumns.concat(exs[:5]), schema)
     b = contract.to_record_batch(contract.ExampleColumns.concat(exs[5:]), schema)
     spilled = SpilledBatch.write(str(tmp_path / "spill"), "train", 3, a)

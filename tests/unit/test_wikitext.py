@@ -34,11 +34,14 @@ def test_references_removed():
     assert prose('Fact.<ref name="a">Smith, {{cite book|t=x}}</ref> More.<ref name=a/> End.') == "Fact. More. End."
 
 
-@pytest.mark.parametrize("wikitext", [
-    "Fact.<ref>cited</ref> More.<ref name=a /> End.",
-    "Fact.<!-- a <ref>note</ref> --> More.<REF NAME=\"b\">x</REF > End.",
-    "Fact.<ref group=n>a\n{{cite|b}}\n</ref> More. End.",
-])
+@pytest.mark.parametrize(
+    "wikitext",
+    [
+        "Fact.<ref>cited</ref> More.<ref name=a /> End.",
+        'Fact.<!-- a <ref>note</ref> --> More.<REF NAME="b">x</REF > End.',
+        "Fact.<ref group=n>a\n{{cite|b}}\n</ref> More. End.",
+    ],
+)
 def test_references_and_comments_cut_before_tokenizing_give_the_parsers_result(wikitext):
     from pipeline.sources import wikitext as module
 
@@ -110,8 +113,18 @@ def test_headings_dropped_but_end_a_paragraph():
 
 @pytest.mark.parametrize(
     "heading",
-    ["See also", "References", "External links", "Further reading", "Notes", "Bibliography", "Sources",
-     "Citations", "Footnotes", "see ALSO"],
+    [
+        "See also",
+        "References",
+        "External links",
+        "Further reading",
+        "Notes",
+        "Bibliography",
+        "Sources",
+        "Citations",
+        "Footnotes",
+        "see ALSO",
+    ],
 )
 def test_back_matter_sections_dropped(heading):
     wikitext = f"Intro.\n== {heading} ==\nDropped text.\n=== Sub ===\nAlso dropped.\n== Later ==\nKept."
@@ -131,7 +144,13 @@ def test_lists_dropped_by_default():
 def test_lists_kept_one_paragraph_per_item():
     wikitext = "Intro\n* item [[one]]\n** nested\n# numbered\n; term : definition\n: indented\nAfter"
     assert wikitext_to_paragraphs(wikitext, keep_lists=True) == [
-        "Intro", "item one", "nested", "numbered", "term definition", "indented", "After",
+        "Intro",
+        "item one",
+        "nested",
+        "numbered",
+        "term definition",
+        "indented",
+        "After",
     ]
 
 

@@ -10,8 +10,10 @@ from pipeline.cli import config_or_exit, exit_on
 from training.config import ConfigError
 from training.finetune.config import register_configs, to_finetune_config
 
-USAGE = ("python -m training.finetune task=<preset> data_dir=<task files> model_dir=<HF BERT dir> "
-         "output_dir=<dir> [key=value ...]")
+USAGE = (
+    "python -m training.finetune task=<preset> data_dir=<task files> model_dir=<HF BERT dir> "
+    "output_dir=<dir> [key=value ...]"
+)
 # Fine-tuning's own configs (conf/finetune: finetune.yaml, the task group), then the trainer's
 # (conf/train), for the logger group (finetune.yaml's hydra.searchpath): kept apart so the trainer's
 # help lists no task presets. Both are packages (pyproject.toml maps conf/ onto them).

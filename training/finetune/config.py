@@ -88,8 +88,10 @@ class TaskConfig:
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ConfigError(f"task.cv_folds must be 0 (no cross-validation) or >= 2, got {self.cv_folds}")
         if "train" in (self.dev_files or {}):
-            raise ConfigError("task.dev_files has an entry named 'train', the name of the training file's own "
-                              "counts in results.json: name it otherwise (e.g. train_as_dev)")
+            raise ConfigError(
+                "task.dev_files has an entry named 'train', the name of the training file's own "
+                "counts in results.json: name it otherwise (e.g. train_as_dev)"
+            )
         if not self.dev_files and self.cv_folds == 0:
             raise ConfigError(f"task {self.name} has no dev_files: set task.cv_folds=k for k-fold cross-validation")
         if self.num_columns is not None and self.num_columns < 1:
@@ -173,8 +175,10 @@ class FinetuneConfig:
 
     def __post_init__(self):
         if self.save_model and self.task.cv_folds:
-            raise ConfigError("save_model=true with task.cv_folds: cross-validation trains one model per fold, "
-                              "none on all the data; fine-tune without task.cv_folds to keep a model")
+            raise ConfigError(
+                "save_model=true with task.cv_folds: cross-validation trains one model per fold, "
+                "none on all the data; fine-tune without task.cv_folds to keep a model"
+            )
 
 
 def to_finetune_config(cfg) -> FinetuneConfig:

@@ -55,8 +55,9 @@ class CoNLLFile:
     iob1_converted: int
 
 
-def read_conll(path: str, labels: Optional[Sequence[str]] = None, on_bad_row: str = "error",
-               encoding: str = "utf-8") -> CoNLLFile:
+def read_conll(
+    path: str, labels: Optional[Sequence[str]] = None, on_bad_row: str = "error", encoding: str = "utf-8"
+) -> CoNLLFile:
     """Sentences of a CoNLL file; ``labels`` (the task's tag list) rejects any other tag."""
     known = set(labels) if labels is not None else None
     policy = RowPolicy(on_bad_row, path)
@@ -67,9 +68,16 @@ def read_conll(path: str, labels: Optional[Sequence[str]] = None, on_bad_row: st
             tags, n_converted = to_bio(block.tags)
             problems = list(block.problems)
             if known is not None:
-                problems += [(line, "tag not in labels", f"{tag!r} is not one of {sorted(known)}"
-                              + (f" (IOB1 {raw!r} read as {tag!r})" if raw != tag else ""))
-                             for line, raw, tag in zip(block.lines, block.tags, tags) if tag not in known]
+                problems += [
+                    (
+                        line,
+                        "tag not in labels",
+                        f"{tag!r} is not one of {sorted(known)}"
+                        + (f" (IOB1 {raw!r} read as {tag!r})" if raw != tag else ""),
+                    )
+                    for line, raw, tag in zip(block.lines, block.tags, tags)
+                    if tag not in known
+                ]
             if problems:
                 for line, reason, detail in sorted(problems):
                     policy.reject(line, reason, detail + f" (in the sentence from line {block.start})")
@@ -100,8 +108,13 @@ def _blocks(lines: Iterator[bytes], encoding: str) -> Iterator[_Block]:
             raw = data.decode(encoding)
         except UnicodeDecodeError as e:
             block = block or _Block(number)
-            block.problems.append((number, f"not {encoding} text",
-                                   f"byte 0x{data[e.start]:02x} at byte {e.start + 1} (set task.encoding)"))
+            block.problems.append(
+                (
+                    number,
+                    f"not {encoding} text",
+                    f"byte 0x{data[e.start]:02x} at byte {e.start + 1} (set task.encoding)",
+                )
+            )
             continue
         fields = raw.split()
         if not fields or fields[0] == DOCSTART:
@@ -114,13 +127,20 @@ def _blocks(lines: Iterator[bytes], encoding: str) -> Iterator[_Block]:
         if n_columns is None:
             n_columns, first_line = len(fields), number
             if n_columns < 2:
-                block.problems.append((number, "wrong number of columns",
-                                       f"a token line needs a word and a tag, got {raw.strip()!r}"))
+                block.problems.append(
+                    (number, "wrong number of columns", f"a token line needs a word and a tag, got {raw.strip()!r}")
+                )
                 n_columns = None
                 continue
         if len(fields) != n_columns:
-            block.problems.append((number, "wrong number of columns", f"{len(fields)} columns, the file's "
-                                   f"first token line ({first_line}) has {n_columns}: {raw.strip()!r}"))
+            block.problems.append(
+                (
+                    number,
+                    "wrong number of columns",
+                    f"{len(fields)} columns, the file's "
+                    f"first token line ({first_line}) has {n_columns}: {raw.strip()!r}",
+                )
+            )
             continue
         tag = fields[-1]
         if not _TAG.match(tag):
@@ -177,8 +197,9 @@ class EncodingReport:
     """Words the tokenizer turns into no piece (control characters...): given [UNK]."""
 
 
-def encode_sentences(sentences: Sequence[Sentence], tokenizer, label_to_id: Dict[str, int],
-                     max_seq_length: int) -> Tuple[List[TokenWindow], EncodingReport]:
+def encode_sentences(
+    sentences: Sequence[Sentence], tokenizer, label_to_id: Dict[str, int], max_seq_length: int
+) -> Tuple[List[TokenWindow], EncodingReport]:
     """Windows of whole words, each at most max_seq_length pieces with [CLS] and [SEP].
 
     A sentence too long for one window is split between words into consecutive windows that do not
@@ -195,8 +216,9 @@ def encode_sentences(sentences: Sequence[Sentence], tokenizer, label_to_id: Dict
         return windows, report
     encoded = tokenizer([s.words for s in sentences], is_split_into_words=True, add_special_tokens=False)
     for index, sentence in enumerate(sentences):
-        pieces = _word_pieces(encoded["input_ids"][index], encoded.word_ids(index), len(sentence.words),
-                              tokenizer.unk_token_id, report)
+        pieces = _word_pieces(
+            encoded["input_ids"][index], encoded.word_ids(index), len(sentence.words), tokenizer.unk_token_id, report
+        )
         tag_ids = [label_to_id[t] for t in sentence.tags]
         start = 0
         for end in _window_ends(pieces, budget, report):
@@ -207,8 +229,9 @@ def encode_sentences(sentences: Sequence[Sentence], tokenizer, label_to_id: Dict
     return windows, report
 
 
-def _word_pieces(ids: List[int], word_ids: List[Optional[int]], n_words: int, unk_id: int,
-                 report: EncodingReport) -> List[List[int]]:
+def _word_pieces(
+    ids: List[int], word_ids: List[Optional[int]], n_words: int, unk_id: int, report: EncodingReport
+) -> List[List[int]]:
     pieces: List[List[int]] = [[] for _ in range(n_words)]
     for token_id, word in zip(ids, word_ids):
         pieces[word].append(token_id)
@@ -246,8 +269,12 @@ def _window(sentence: int, first_word: int, pieces: List[List[int]], tag_ids: Li
     return TokenWindow(sentence, first_word, input_ids, labels, starts)
 
 
-def decode_windows(windows: Sequence[TokenWindow], token_predictions: Sequence[Sequence[int]],
-                   sentences: Sequence[Sentence], id_to_label: Sequence[str]) -> List[List[str]]:
+def decode_windows(
+    windows: Sequence[TokenWindow],
+    token_predictions: Sequence[Sequence[int]],
+    sentences: Sequence[Sentence],
+    id_to_label: Sequence[str],
+) -> List[List[str]]:
     """Word-level tags per sentence from each window's predicted label id per token position."""
     out: List[List[Optional[str]]] = [[None] * len(s.words) for s in sentences]
     for window, predicted in zip(windows, token_predictions):

@@ -52,8 +52,9 @@ def _decode(raw: bytes, encoding: str, line: int, policy: RowPolicy) -> Optional
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as e:
-        policy.reject(line, f"not {encoding} text",
-                      f"byte 0x{raw[e.start]:02x} at byte {e.start + 1} (set task.encoding)")
+        policy.reject(
+            line, f"not {encoding} text", f"byte 0x{raw[e.start]:02x} at byte {e.start + 1} (set task.encoding)"
+        )
         return None
 
 
@@ -91,8 +92,9 @@ def read_tsv(path: str, task: TaskConfig, policy: RowPolicy) -> list[TextExample
     text_at = [_column_index(c, names, path, "task.text_columns entry") for c in task.text_columns]
     label_at = _column_index(task.label_column, names, path, "task.label_column")
     if max(text_at + [label_at]) >= width:
-        raise ConfigError(f"task columns {list(task.text_columns)} / {task.label_column} exceed the "
-                          f"{width} columns of {path}")
+        raise ConfigError(
+            f"task columns {list(task.text_columns)} / {task.label_column} exceed the {width} columns of {path}"
+        )
     examples = []
     for number, raw in lines:
         text = _decode(raw, task.encoding, number, policy)
@@ -118,7 +120,7 @@ def read_fasttext(path: str, task: TaskConfig, policy: RowPolicy) -> list[TextEx
         if not label.startswith(FASTTEXT_LABEL_PREFIX):
             policy.reject(number, f"no {FASTTEXT_LABEL_PREFIX} prefix", repr(text[:40]))
             continue
-        examples.append(TextExample(number, (sentence.strip(),), label[len(FASTTEXT_LABEL_PREFIX):]))
+        examples.append(TextExample(number, (sentence.strip(),), label[len(FASTTEXT_LABEL_PREFIX) :]))
     return examples
 
 

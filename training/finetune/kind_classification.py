@@ -36,8 +36,9 @@ def encode(tokenizer, examples: list[glue.TextExample], max_seq_length: int) -> 
     the longer text cut first."""
     first = [e.texts[0] for e in examples]
     second = [e.texts[1] for e in examples] if len(examples[0].texts) == 2 else None
-    encoded = tokenizer(first, second, truncation="longest_first", max_length=max_seq_length,
-                        padding="max_length", return_tensors="pt")
+    encoded = tokenizer(
+        first, second, truncation="longest_first", max_length=max_seq_length, padding="max_length", return_tensors="pt"
+    )
     return {k: v for k, v in encoded.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
 
 
@@ -61,24 +62,30 @@ def load(task: TaskConfig, path: str, tokenizer, *, split: str) -> TaskData:
 
     def label_id(example: glue.TextExample, policy: RowPolicy):
         if example.label not in ids:
-            policy.reject(example.line, "unknown label",
-                          f"{example.label!r} is not one of task.labels {list(task.labels)}")
+            policy.reject(
+                example.line, "unknown label", f"{example.label!r} is not one of task.labels {list(task.labels)}"
+            )
             return None
         return ids[example.label]
 
     examples, label_ids, policy = read_rows(task, path, label_id)
     inputs = encode(tokenizer, examples, task.max_seq_length)
     inputs["labels"] = torch.tensor(label_ids, dtype=torch.long)  # (N,)
-    return TaskData(inputs=inputs, examples=examples, label_names=list(task.labels),
-                    skipped=policy.skipped, strata=label_ids)
+    return TaskData(
+        inputs=inputs, examples=examples, label_names=list(task.labels), skipped=policy.skipped, strata=label_ids
+    )
 
 
 def build_model(model_dir: str, task: TaskConfig, label_names) -> torch.nn.Module:
     from transformers import BertForSequenceClassification
 
     return BertForSequenceClassification.from_pretrained(
-        model_dir, num_labels=len(label_names), problem_type="single_label_classification",
-        id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)})
+        model_dir,
+        num_labels=len(label_names),
+        problem_type="single_label_classification",
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+    )
 
 
 def evaluate(task: TaskConfig, data: TaskData, outputs: dict[str, np.ndarray]) -> dict[str, float]:

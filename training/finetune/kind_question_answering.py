@@ -20,8 +20,17 @@ from training.finetune.squad import QAExample, QAWindow, best_answers, encode_ex
 
 log = logging.getLogger(__name__)
 
-METRICS = ("exact_match", "f1", "total", "HasAns_exact_match", "HasAns_f1", "HasAns_total",
-           "NoAns_exact_match", "NoAns_f1", "NoAns_total")
+METRICS = (
+    "exact_match",
+    "f1",
+    "total",
+    "HasAns_exact_match",
+    "HasAns_f1",
+    "HasAns_total",
+    "NoAns_exact_match",
+    "NoAns_f1",
+    "NoAns_total",
+)
 """Percentages (and question counts); HasAns_*/NoAns_* only with version_2_with_negative."""
 
 
@@ -39,8 +48,10 @@ def check(task) -> None:
     if task.labels is not None:
         raise ConfigError("task.kind=question_answering predicts spans: task.labels must be null")
     if task.max_query_length + 3 >= task.max_seq_length:
-        raise ConfigError(f"task.max_query_length ({task.max_query_length}) + [CLS] and two [SEP] leave no room "
-                          f"for the context in task.max_seq_length ({task.max_seq_length})")
+        raise ConfigError(
+            f"task.max_query_length ({task.max_query_length}) + [CLS] and two [SEP] leave no room "
+            f"for the context in task.max_seq_length ({task.max_seq_length})"
+        )
     unknown = [m for m in task.metrics if m not in METRICS]
     if unknown:
         raise ConfigError(f"task.metrics {unknown} are not question_answering metrics {list(METRICS)}")
@@ -53,15 +64,29 @@ def load(task, path: str, tokenizer, *, split: str) -> TaskData:
     read = read_squad(path, task.version_2_with_negative, task.on_bad_row, task.encoding)
     if not read.examples:
         raise ConfigError(f"{path}: no question to read")
-    windows, report = encode_examples(read.examples, tokenizer, task.max_seq_length, task.doc_stride,
-                                      task.max_query_length)
-    log.info("%s (%s): %d questions, %d windows; %d contexts over several windows, %d questions cut to "
-             "max_query_length, %d answers in no window whole; %d questions left out", path, split,
-             len(read.examples), report.windows, report.multi_window_examples, report.cut_questions,
-             report.answers_in_no_window, read.skipped.total)
+    windows, report = encode_examples(
+        read.examples, tokenizer, task.max_seq_length, task.doc_stride, task.max_query_length
+    )
+    log.info(
+        "%s (%s): %d questions, %d windows; %d contexts over several windows, %d questions cut to "
+        "max_query_length, %d answers in no window whole; %d questions left out",
+        path,
+        split,
+        len(read.examples),
+        report.windows,
+        report.multi_window_examples,
+        report.cut_questions,
+        report.answers_in_no_window,
+        read.skipped.total,
+    )
     inputs = _padded(windows, task.max_seq_length, tokenizer.pad_token_id)
-    return TaskData(inputs=inputs, examples=QuestionFile(read.examples, windows), label_names=None,
-                    skipped=read.skipped, rows_are_examples=False)
+    return TaskData(
+        inputs=inputs,
+        examples=QuestionFile(read.examples, windows),
+        label_names=None,
+        skipped=read.skipped,
+        rows_are_examples=False,
+    )
 
 
 def _padded(windows: List[QAWindow], length: int, pad_id: int) -> Dict[str, torch.Tensor]:
@@ -74,9 +99,13 @@ def _padded(windows: List[QAWindow], length: int, pad_id: int) -> Dict[str, torc
         input_ids[row, :n] = torch.tensor(window.input_ids)
         token_types[row, :n] = torch.tensor(window.token_type_ids)
         mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_types,
-            "start_positions": torch.tensor([w.start_position for w in windows], dtype=torch.long),
-            "end_positions": torch.tensor([w.end_position for w in windows], dtype=torch.long)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "token_type_ids": token_types,
+        "start_positions": torch.tensor([w.start_position for w in windows], dtype=torch.long),
+        "end_positions": torch.tensor([w.end_position for w in windows], dtype=torch.long),
+    }
 
 
 def build_model(model_dir: str, task, label_names: Optional[List[str]]) -> torch.nn.Module:
@@ -87,8 +116,15 @@ def build_model(model_dir: str, task, label_names: Optional[List[str]]) -> torch
 
 def evaluate(task, data: TaskData, outputs: Dict[str, np.ndarray]) -> Dict[str, float]:
     questions: QuestionFile = data.examples
-    predictions = best_answers(questions.examples, questions.windows, outputs["start_logits"], outputs["end_logits"],
-                               task.n_best_size, task.max_answer_length, task.version_2_with_negative,
-                               task.null_score_threshold)
+    predictions = best_answers(
+        questions.examples,
+        questions.windows,
+        outputs["start_logits"],
+        outputs["end_logits"],
+        task.n_best_size,
+        task.max_answer_length,
+        task.version_2_with_negative,
+        task.null_score_threshold,
+    )
     scores = squad_scores(questions.examples, predictions, task.version_2_with_negative)
     return {k: v for k, v in scores.items() if k in task.metrics}

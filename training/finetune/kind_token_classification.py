@@ -40,12 +40,14 @@ def check(task) -> None:
     if task.format != "conll":
         raise ConfigError(f"task.kind=token_classification reads task.format=conll, got {task.format!r}")
     if not task.labels:
-        raise ConfigError("task.kind=token_classification needs task.labels: the tags in id order, e.g. "
-                          "[O, B-PER, I-PER, ...]")
+        raise ConfigError(
+            "task.kind=token_classification needs task.labels: the tags in id order, e.g. [O, B-PER, I-PER, ...]"
+        )
     malformed = [t for t in task.labels if not _TAG.match(t)]
     if malformed or len(set(task.labels)) != len(task.labels) or "O" not in task.labels:
-        raise ConfigError(f"task.labels must be distinct BIO tags (O, B-TYPE, I-TYPE) including O, got "
-                          f"{list(task.labels)}")
+        raise ConfigError(
+            f"task.labels must be distinct BIO tags (O, B-TYPE, I-TYPE) including O, got {list(task.labels)}"
+        )
     # IOB1 files are read as BIO, so an I-X may become B-X: every type needs both.
     halves = {t[2:] for t in task.labels if t != "O"}
     lacking = sorted(f"{p}-{kind}" for kind in halves for p in "BI" if f"{p}-{kind}" not in task.labels)
@@ -62,14 +64,29 @@ def load(task, path: str, tokenizer, *, split: str) -> TaskData:
         raise ConfigError(f"{path}: no sentence to read")
     label_to_id = {tag: i for i, tag in enumerate(task.labels)}
     windows, report = encode_sentences(read.sentences, tokenizer, label_to_id, task.max_seq_length)
-    log.info("%s (%s): %d sentences, %d windows; %d sentences split over several windows, %d words cut to "
-             "a window's length, %d words with no word piece read as [UNK], %d IOB1 entity starts read as B-; "
-             "%d sentences left out for %d bad lines", path, split, len(read.sentences), report.windows,
-             report.split_sentences, report.cut_words, report.empty_words, read.iob1_converted,
-             read.dropped_sentences, read.skipped.total)
+    log.info(
+        "%s (%s): %d sentences, %d windows; %d sentences split over several windows, %d words cut to "
+        "a window's length, %d words with no word piece read as [UNK], %d IOB1 entity starts read as B-; "
+        "%d sentences left out for %d bad lines",
+        path,
+        split,
+        len(read.sentences),
+        report.windows,
+        report.split_sentences,
+        report.cut_words,
+        report.empty_words,
+        read.iob1_converted,
+        read.dropped_sentences,
+        read.skipped.total,
+    )
     inputs = _padded(windows, task.max_seq_length, tokenizer.pad_token_id)
-    return TaskData(inputs=inputs, examples=TaggedFile(read.sentences, windows), label_names=list(task.labels),
-                    skipped=read.skipped, rows_are_examples=False)
+    return TaskData(
+        inputs=inputs,
+        examples=TaggedFile(read.sentences, windows),
+        label_names=list(task.labels),
+        skipped=read.skipped,
+        rows_are_examples=False,
+    )
 
 
 def _padded(windows: List[TokenWindow], length: int, pad_id: int) -> Dict[str, torch.Tensor]:
@@ -82,17 +99,24 @@ def _padded(windows: List[TokenWindow], length: int, pad_id: int) -> Dict[str, t
         input_ids[row, :n] = torch.tensor(window.input_ids)
         labels[row, :n] = torch.tensor(window.labels)
         mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(input_ids),
-            "labels": labels}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+        "labels": labels,
+    }
 
 
 def build_model(model_dir: str, task, label_names: Optional[List[str]]) -> torch.nn.Module:
     from transformers import BertForTokenClassification
 
     names = list(label_names or task.labels)
-    return BertForTokenClassification.from_pretrained(model_dir, num_labels=len(names),
-                                                      id2label=dict(enumerate(names)),
-                                                      label2id={name: i for i, name in enumerate(names)})
+    return BertForTokenClassification.from_pretrained(
+        model_dir,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+    )
 
 
 def evaluate(task, data: TaskData, outputs: Dict[str, np.ndarray]) -> Dict[str, float]:

@@ -138,8 +138,7 @@ class TaskData:
     def select(self, rows: Sequence[int]) -> "TaskData":
         """The same data restricted to ``rows`` (in that order), for cross-validation folds."""
         if not self.rows_are_examples:
-            raise ConfigError("task.cv_folds needs a kind whose rows are its examples "
-                              "(classification or regression)")
+            raise ConfigError("task.cv_folds needs a kind whose rows are its examples (classification or regression)")
         import torch
 
         index = torch.as_tensor(list(rows), dtype=torch.long)
@@ -147,9 +146,14 @@ class TaskData:
         if examples is not None:
             examples = [examples[i] for i in index.tolist()]
         strata = None if self.strata is None else [self.strata[i] for i in index.tolist()]
-        return TaskData(inputs={k: v[index] for k, v in self.inputs.items()}, examples=examples,
-                        label_names=self.label_names, skipped=self.skipped, rows_are_examples=True,
-                        strata=strata)
+        return TaskData(
+            inputs={k: v[index] for k, v in self.inputs.items()},
+            examples=examples,
+            label_names=self.label_names,
+            skipped=self.skipped,
+            rows_are_examples=True,
+            strata=strata,
+        )
 
 
 def load_kind(kind: str) -> ModuleType:

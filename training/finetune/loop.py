@@ -45,18 +45,23 @@ NOT_COLLECTED = ("loss", "hidden_states", "attentions")
 
 # --- optimizer and schedule ------------------------------------------------------------------
 
+
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
     """AdamW over two groups (1-D parameters without weight decay) and its LambdaLR schedule."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)  # biases, LayerNorm gains: 1-D
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+    )
     warmup = int(round(cfg.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: linear_warmup_decay(step, warmup, total_steps))
+        optimizer, lambda step: linear_warmup_decay(step, warmup, total_steps)
+    )
     return optimizer, scheduler
 
 
@@ -70,8 +75,10 @@ def linear_warmup_decay(step: int, warmup: int, total: int) -> float:
 
 # --- batches, prediction, evaluation ---------------------------------------------------------
 
-def batch_at(inputs: dict[str, torch.Tensor], rows: torch.Tensor, device: torch.device,
-             trim: bool = False) -> dict[str, torch.Tensor]:
+
+def batch_at(
+    inputs: dict[str, torch.Tensor], rows: torch.Tensor, device: torch.device, trim: bool = False
+) -> dict[str, torch.Tensor]:
     """The rows of every input tensor, on ``device``. trim: cut every (B, T) tensor to the batch's
     longest row by attention_mask (the padding beyond changes no real position's output; a
     training batch of short sentences then costs its own length, not task.max_seq_length)."""
@@ -80,14 +87,14 @@ def batch_at(inputs: dict[str, torch.Tensor], rows: torch.Tensor, device: torch.
     if trim and mask is not None and mask.ndim == 2:
         width, longest = mask.shape[1], max(int(mask.sum(dim=1).max()), 1)
         # contiguous: a column slice is a strided view, and heads call labels.view(-1) on it
-        batch = {k: v[:, :longest].contiguous() if v.ndim >= 2 and v.shape[1] == width else v
-                 for k, v in batch.items()}
+        batch = {k: v[:, :longest].contiguous() if v.ndim >= 2 and v.shape[1] == width else v for k, v in batch.items()}
     return {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: TaskData, batch_size: int,
-            device: torch.device) -> tuple[dict[str, np.ndarray], Optional[float]]:
+def predict(
+    model: torch.nn.Module, data: TaskData, batch_size: int, device: torch.device
+) -> tuple[dict[str, np.ndarray], Optional[float]]:
     """The model's outputs over ``data`` in row order (float arrays, first dimension N) and the
     mean loss per row (None when the rows have no labels)."""
     model.eval()
@@ -106,8 +113,9 @@ def predict(model: torch.nn.Module, data: TaskData, batch_size: int,
     return {k: np.concatenate(v) for k, v in collected.items()}, (None if math.isnan(loss_sum) else loss_sum / n)
 
 
-def evaluate_dev_sets(model, kind, task: TaskConfig, devs: dict[str, TaskData], batch_size: int,
-                      device: torch.device) -> dict[str, float]:
+def evaluate_dev_sets(
+    model, kind, task: TaskConfig, devs: dict[str, TaskData], batch_size: int, device: torch.device
+) -> dict[str, float]:
     """{"<dev name>/<metric>": value, "<dev name>/loss": mean loss} over every dev set."""
     metrics = {}
     for name, data in devs.items():
@@ -120,9 +128,22 @@ def evaluate_dev_sets(model, kind, task: TaskConfig, devs: dict[str, TaskData], 
 
 # --- training ---------------------------------------------------------------------------------
 
-def fit(model, kind, task: TaskConfig, train: TaskData, devs: dict[str, TaskData], optim_cfg: OptimConfig,
-        loop: TrainLoopConfig, seed: int, device: torch.device, tracker: Tracker, step_offset: int = 0,
-        prefix: str = "", label: str = "") -> list[dict]:
+
+def fit(
+    model,
+    kind,
+    task: TaskConfig,
+    train: TaskData,
+    devs: dict[str, TaskData],
+    optim_cfg: OptimConfig,
+    loop: TrainLoopConfig,
+    seed: int,
+    device: torch.device,
+    tracker: Tracker,
+    step_offset: int = 0,
+    prefix: str = "",
+    label: str = "",
+) -> list[dict]:
     """Train ``model`` for loop.epochs on ``train``, evaluating ``devs`` after each epoch.
 
     Returns one record per epoch. Metrics go to the tracker as ``<prefix><key>`` at global step
@@ -139,7 +160,7 @@ def fit(model, kind, task: TaskConfig, train: TaskData, devs: dict[str, TaskData
         permutation = torch.randperm(train.num_rows, generator=order)
         epoch_loss, window = 0.0, []
         for start in range(0, train.num_rows, loop.batch_size):
-            rows = permutation[start:start + loop.batch_size]
+            rows = permutation[start : start + loop.batch_size]
             loss = model(**batch_at(train.inputs, rows, device, trim=True)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -155,14 +176,18 @@ def fit(model, kind, task: TaskConfig, train: TaskData, devs: dict[str, TaskData
             epoch_loss += value * len(rows)
             window.append(value)
             if step % loop.log_every == 0:
-                tracker.log({f"{prefix}train/loss": float(np.mean(window)), f"{prefix}train/lr": lr},
-                            step_offset + step)
+                tracker.log(
+                    {f"{prefix}train/loss": float(np.mean(window)), f"{prefix}train/lr": lr}, step_offset + step
+                )
                 window = []
         record = {"epoch": epoch, "step": step, "train_loss": epoch_loss / train.num_rows, "lr": lr}
         record.update(evaluate_dev_sets(model, kind, task, devs, loop.eval_batch_size, device))
         tracker.log({f"{prefix}{k}": v for k, v in record.items() if k != "step"}, step_offset + step)
-        print(f"{label}epoch {epoch}/{loop.epochs} | step {step}/{total} | train loss {record['train_loss']:.4f} | "
-              + " | ".join(f"{k} {v:.4f}" for k, v in record.items() if "/" in k), flush=True)
+        print(
+            f"{label}epoch {epoch}/{loop.epochs} | step {step}/{total} | train loss {record['train_loss']:.4f} | "
+            + " | ".join(f"{k} {v:.4f}" for k, v in record.items() if "/" in k),
+            flush=True,
+        )
         records.append(record)
     return records
 
@@ -173,8 +198,11 @@ def fold_rows(num_rows: int, folds: int, seed: int, strata: Optional[Sequence] =
     if num_rows < folds:
         raise ConfigError(f"task.cv_folds={folds} needs at least {folds} rows, the training file has {num_rows}")
     rng = np.random.default_rng(seed)
-    groups = [np.arange(num_rows)] if strata is None else [
-        np.flatnonzero(np.asarray(strata) == s) for s in sorted(set(strata))]
+    groups = (
+        [np.arange(num_rows)]
+        if strata is None
+        else [np.flatnonzero(np.asarray(strata) == s) for s in sorted(set(strata))]
+    )
     out: list[list[int]] = [[] for _ in range(folds)]
     dealt = 0
     for rows in groups:
@@ -185,6 +213,7 @@ def fold_rows(num_rows: int, folds: int, seed: int, strata: Optional[Sequence] =
 
 
 # --- the run ----------------------------------------------------------------------------------
+
 
 def full_metric_name(task: TaskConfig, dev_names: Sequence[str]) -> str:
     """task.main_metric as "<dev name>/<metric>" (a bare metric is on the first dev file)."""
@@ -208,12 +237,15 @@ def run(cfg: FinetuneConfig, resolved: dict, overrides: Sequence[str] = ()) -> d
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
     train = kind.load(task, os.path.join(cfg.data_dir, task.train_file), tokenizer, split="train")
-    devs = {name: kind.load(task, os.path.join(cfg.data_dir, file), tokenizer, split=name)
-            for name, file in task.dev_files.items()}
+    devs = {
+        name: kind.load(task, os.path.join(cfg.data_dir, file), tokenizer, split=name)
+        for name, file in task.dev_files.items()
+    }
     files = {"train": task.train_file, **task.dev_files}
     datasets = {"train": train, **devs}
     results: dict = {
-        "task": task.name, "kind": task.kind,
+        "task": task.name,
+        "kind": task.kind,
         "rows": {name: data.num_rows for name, data in datasets.items()},
         "skipped": {files[name]: data.skipped.to_dict() for name, data in datasets.items()},
         "model_source": model_source(cfg.model_dir),
@@ -243,13 +275,17 @@ def run(cfg: FinetuneConfig, resolved: dict, overrides: Sequence[str] = ()) -> d
         json.dump(results, f, indent=2, default=str)
         f.write("\n")
     spread = f" ± {results['final_std'][results['main_metric']]:.4f}" if task.cv_folds else ""
-    print(f"{task.name}: {results['main_metric']} {results['score']:.4f}{spread} -> "
-          f"{os.path.join(cfg.output_dir, RESULTS_FILE)}", flush=True)
+    print(
+        f"{task.name}: {results['main_metric']} {results['score']:.4f}{spread} -> "
+        f"{os.path.join(cfg.output_dir, RESULTS_FILE)}",
+        flush=True,
+    )
     return results
 
 
-def cross_validate(cfg: FinetuneConfig, kind, data: TaskData, tokenizer, device: torch.device,
-                   tracker: Tracker) -> dict:
+def cross_validate(
+    cfg: FinetuneConfig, kind, data: TaskData, tokenizer, device: torch.device, tracker: Tracker
+) -> dict:
     """k models, model i trained on every fold but i and evaluated on fold i after each epoch."""
     task, k = cfg.task, cfg.task.cv_folds
     main = full_metric_name(task, [HELDOUT])
@@ -259,18 +295,42 @@ def cross_validate(cfg: FinetuneConfig, kind, data: TaskData, tokenizer, device:
         train_rows = [i for i in range(data.num_rows) if i not in held]
         torch.manual_seed(cfg.seed + fold)
         model = kind.build_model(cfg.model_dir, task, data.label_names)
-        epochs = fit(model, kind, task, data.select(train_rows), {HELDOUT: data.select(heldout)}, cfg.optim,
-                     cfg.train, cfg.seed + fold, device, tracker, step_offset=step, prefix=f"fold{fold}/",
-                     label=f"fold {fold + 1}/{k} ")
+        epochs = fit(
+            model,
+            kind,
+            task,
+            data.select(train_rows),
+            {HELDOUT: data.select(heldout)},
+            cfg.optim,
+            cfg.train,
+            cfg.seed + fold,
+            device,
+            tracker,
+            step_offset=step,
+            prefix=f"fold{fold}/",
+            label=f"fold {fold + 1}/{k} ",
+        )
         step += epochs[-1]["step"]
-        per_fold.append({"fold": fold, "train_rows": len(train_rows), "heldout_rows": len(heldout),
-                         "epochs": epochs, "final": {key: v for key, v in epochs[-1].items() if "/" in key}})
+        per_fold.append(
+            {
+                "fold": fold,
+                "train_rows": len(train_rows),
+                "heldout_rows": len(heldout),
+                "epochs": epochs,
+                "final": {key: v for key, v in epochs[-1].items() if "/" in key},
+            }
+        )
         del model
     keys = per_fold[0]["final"].keys()
     mean = {key: float(np.mean([f["final"][key] for f in per_fold])) for key in keys}
     std = {key: float(np.std([f["final"][key] for f in per_fold], ddof=1)) for key in keys}
-    return {"main_metric": main, "score": mean[main], "final": mean, "final_std": std,
-            "cv": {"folds": k, "seed": cfg.seed, "per_fold": per_fold, "mean": mean, "std": std}}
+    return {
+        "main_metric": main,
+        "score": mean[main],
+        "final": mean,
+        "final_std": std,
+        "cv": {"folds": k, "seed": cfg.seed, "per_fold": per_fold, "mean": mean, "std": std},
+    }
 
 
 def report_skipped(skipped: dict) -> None:
@@ -281,6 +341,7 @@ def report_skipped(skipped: dict) -> None:
 
 
 # --- where the model came from ----------------------------------------------------------------
+
 
 def model_source(model_dir: str) -> dict:
     """What results.json records of model_dir: its path, config architectures and vocabulary hash;
@@ -293,8 +354,11 @@ def model_source(model_dir: str) -> dict:
     path = os.path.abspath(model_dir)
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    source: dict = {"model_dir": path, "architectures": config.get("architectures"),
-                    "model_type": config.get("model_type")}
+    source: dict = {
+        "model_dir": path,
+        "architectures": config.get("architectures"),
+        "model_type": config.get("model_type"),
+    }
     vocab = os.path.join(path, "vocab.txt")
     if os.path.isfile(vocab):
         with open(vocab, "rb") as f:
@@ -306,8 +370,7 @@ def model_source(model_dir: str) -> dict:
         return source
     with open(latest, encoding="utf-8") as f:
         tag = f.read().strip()
-    pretraining: dict = {"output_dir": run_dir, "checkpoint": tag,
-                         "run": ckpt.read_run_record(checkpoints, tag)}
+    pretraining: dict = {"output_dir": run_dir, "checkpoint": tag, "run": ckpt.read_run_record(checkpoints, tag)}
     steps = os.path.join(run_dir, STEPS_FILE)
     if os.path.isfile(steps):
         with open(steps, encoding="utf-8") as f:

@@ -40,8 +40,10 @@ class SquadInputError(BadInputError):
 
     def __init__(self, path: str, question: str, reason: str):
         self.path, self.line, self.question, self.reason = path, None, question, reason
-        ValueError.__init__(self, f"{path}: question {question}: {reason} "
-                                  "(task.on_bad_row=skip leaves such questions out and counts them)")
+        ValueError.__init__(
+            self,
+            f"{path}: question {question}: {reason} (task.on_bad_row=skip leaves such questions out and counts them)",
+        )
 
 
 @dataclass
@@ -80,16 +82,20 @@ class _QuestionPolicy:
         self.skipped.add_at(f"{self.path}: question {question}", reason, detail)
 
 
-def read_squad(path: str, version_2_with_negative: bool, on_bad_row: str = "error",
-               encoding: str = "utf-8") -> SquadFile:
+def read_squad(
+    path: str, version_2_with_negative: bool, on_bad_row: str = "error", encoding: str = "utf-8"
+) -> SquadFile:
     """The questions of a SQuAD file, each answer checked against its context."""
     with open_task_file(path) as f:
         data = f.read()
     try:
         document = json.loads(data.decode(encoding))
     except UnicodeDecodeError as e:
-        raise BadInputError(path, data.count(b"\n", 0, e.start) + 1,
-                            f"not {encoding} text: byte 0x{data[e.start]:02x} (set task.encoding)") from None
+        raise BadInputError(
+            path,
+            data.count(b"\n", 0, e.start) + 1,
+            f"not {encoding} text: byte 0x{data[e.start]:02x} (set task.encoding)",
+        ) from None
     except json.JSONDecodeError as e:
         raise BadInputError(path, e.lineno, f"not JSON: {e.msg} (column {e.colno})") from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
@@ -104,8 +110,9 @@ def read_squad(path: str, version_2_with_negative: bool, on_bad_row: str = "erro
                 policy.reject(f"(data[{a}].paragraphs[{p}])", "malformed paragraph", 'no "context" string')
                 continue
             for n, qa in enumerate(paragraph.get("qas", [])):
-                example = _question(qa, context, version_2_with_negative, policy,
-                                    f"(data[{a}].paragraphs[{p}].qas[{n}])", seen)
+                example = _question(
+                    qa, context, version_2_with_negative, policy, f"(data[{a}].paragraphs[{p}].qas[{n}])", seen
+                )
                 if example is not None:
                     seen.add(example.qid)
                     examples.append(example)
@@ -140,10 +147,11 @@ def _question(qa, context: str, v2: bool, policy: _QuestionPolicy, place: str, s
         if not isinstance(text, str) or not text.strip() or not isinstance(start, int):
             policy.reject(qid, "malformed answer", f"needs a non-empty text and an integer answer_start: {answer!r}")
             return None
-        found = context[start:start + len(text)]
+        found = context[start : start + len(text)]
         if found != text:
-            policy.reject(qid, "answer not at answer_start",
-                          f"answer {text!r} at {start}, the context there reads {found!r}")
+            policy.reject(
+                qid, "answer not at answer_start", f"answer {text!r} at {start}, the context there reads {found!r}"
+            )
             return None
         checked.append(Answer(text, start))
     return QAExample(qid, question, context, checked, bool(impossible))
@@ -185,8 +193,13 @@ class QAWindow:
 
     @property
     def input_ids(self) -> List[int]:
-        return ([self.cls_id] + self.question_ids + [self.sep_id]
-                + self.context_ids[self.first:self.first + self.length] + [self.sep_id])
+        return (
+            [self.cls_id]
+            + self.question_ids
+            + [self.sep_id]
+            + self.context_ids[self.first : self.first + self.length]
+            + [self.sep_id]
+        )
 
     @property
     def token_type_ids(self) -> List[int]:
@@ -211,8 +224,9 @@ class WindowReport:
     """Answerable examples whose answer no window holds whole (longer than a window): labelled 0 in all."""
 
 
-def encode_examples(examples: Sequence[QAExample], tokenizer, max_seq_length: int, doc_stride: int,
-                    max_query_length: int) -> Tuple[List[QAWindow], WindowReport]:
+def encode_examples(
+    examples: Sequence[QAExample], tokenizer, max_seq_length: int, doc_stride: int, max_query_length: int
+) -> Tuple[List[QAWindow], WindowReport]:
     """The windows of every example, in example order."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("question answering needs a fast tokenizer (offsets): tokenizer.json or a BERT vocab.txt")
@@ -269,22 +283,38 @@ def _answer_tokens(example: QAExample, offsets: List[Tuple[int, int]]) -> Option
     return (inside[0], inside[-1]) if inside else None
 
 
-def _window(example: int, question: List[int], ids: List[int], offsets: List[Tuple[int, int]], first: int,
-            length: int, answer: Optional[Tuple[int, int]], tokenizer) -> QAWindow:
+def _window(
+    example: int,
+    question: List[int],
+    ids: List[int],
+    offsets: List[Tuple[int, int]],
+    first: int,
+    length: int,
+    answer: Optional[Tuple[int, int]],
+    tokenizer,
+) -> QAWindow:
     start = end = 0
     if answer is not None and first <= answer[0] and answer[1] < first + length:
         shift = len(question) + 2 - first  # context token i sits at position i + shift
         start, end = answer[0] + shift, answer[1] + shift
-    return QAWindow(example, question, ids, offsets, first, length, start, end, tokenizer.cls_token_id,
-                    tokenizer.sep_token_id)
+    return QAWindow(
+        example, question, ids, offsets, first, length, start, end, tokenizer.cls_token_id, tokenizer.sep_token_id
+    )
 
 
 # --- best spans -----------------------------------------------------------------------------
 
 
-def best_answers(examples: Sequence[QAExample], windows: Sequence[QAWindow], start_logits: np.ndarray,
-                 end_logits: np.ndarray, n_best_size: int, max_answer_length: int,
-                 version_2_with_negative: bool, null_score_threshold: float = 0.0) -> Dict[str, str]:
+def best_answers(
+    examples: Sequence[QAExample],
+    windows: Sequence[QAWindow],
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    n_best_size: int,
+    max_answer_length: int,
+    version_2_with_negative: bool,
+    null_score_threshold: float = 0.0,
+) -> Dict[str, str]:
     """Predicted answer text per question id from each window's (T,) start and end logits.
 
     The best span of an example over all its windows: start and end among each window's n_best_size
@@ -316,7 +346,7 @@ def best_answers(examples: Sequence[QAExample], windows: Sequence[QAWindow], sta
         if version_2_with_negative and null[index] - score > null_score_threshold:
             predictions[example.qid] = ""
             continue
-        predictions[example.qid] = example.context[windows[w].offset(s)[0]:windows[w].offset(e)[1]]
+        predictions[example.qid] = example.context[windows[w].offset(s)[0] : windows[w].offset(e)[1]]
     return predictions
 
 
@@ -374,6 +404,8 @@ def squad_scores(examples: Sequence[QAExample], predictions: Dict[str, str], ver
 def _percent(exact: Dict[str, float], f1: Dict[str, float], qids: List[str], prefix: str) -> Dict[str, float]:
     if not qids:
         return {f"{prefix}total": 0.0}
-    return {f"{prefix}exact_match": 100.0 * sum(exact[q] for q in qids) / len(qids),
-            f"{prefix}f1": 100.0 * sum(f1[q] for q in qids) / len(qids),
-            f"{prefix}total": float(len(qids))}
+    return {
+        f"{prefix}exact_match": 100.0 * sum(exact[q] for q in qids) / len(qids),
+        f"{prefix}f1": 100.0 * sum(f1[q] for q in qids) / len(qids),
+        f"{prefix}total": float(len(qids)),
+    }

@@ -32,9 +32,16 @@ def summarize(sweep_dir: str, since: float = 0.0) -> Optional[dict]:
             continue
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
-        points.append({"dir": os.path.dirname(path), "overrides": results.get("overrides", []),
-                       "lr": results["config"]["optim"]["lr"], "main_metric": results["main_metric"],
-                       "score": results["score"], "final": results["final"]})
+        points.append(
+            {
+                "dir": os.path.dirname(path),
+                "overrides": results.get("overrides", []),
+                "lr": results["config"]["optim"]["lr"],
+                "main_metric": results["main_metric"],
+                "score": results["score"],
+                "final": results["final"],
+            }
+        )
     if not points:
         return None
     points.sort(key=lambda p: int(os.path.basename(p["dir"])) if os.path.basename(p["dir"]).isdigit() else 0)
@@ -64,6 +71,8 @@ class SweepSummary(Callback):
             json.dump(summary, f, indent=2)
             f.write("\n")
         best = summary["best"]
-        print(f"sweep: best {best['main_metric']} {best['score']:.4f} with {' '.join(best['varied'])} "
-              f"({best['dir']}); {len(summary['points'])} points in {os.path.join(sweep_dir, SUMMARY_FILE)}",
-              flush=True)
+        print(
+            f"sweep: best {best['main_metric']} {best['score']:.4f} with {' '.join(best['varied'])} "
+            f"({best['dir']}); {len(summary['points'])} points in {os.path.join(sweep_dir, SUMMARY_FILE)}",
+            flush=True,
+        )

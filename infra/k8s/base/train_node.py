@@ -107,8 +107,11 @@ def main(argv: list[str]) -> int:
         return EXIT_USAGE
     host = rendezvous_host(argv)
     if host and not wait_for_dns(host, RDZV_DNS_TIMEOUT_S):
-        print(f"train_node.py: rendezvous host {host} did not resolve within {RDZV_DNS_TIMEOUT_S:.0f} s "
-              f"(is the headless Service there, and the pod template's subdomain its name?)", file=sys.stderr)
+        print(
+            f"train_node.py: rendezvous host {host} did not resolve within {RDZV_DNS_TIMEOUT_S:.0f} s "
+            f"(is the headless Service there, and the pod template's subdomain its name?)",
+            file=sys.stderr,
+        )
         return 1
     code = run(argv)
     if code != 0:
@@ -116,8 +119,11 @@ def main(argv: list[str]) -> int:
     deadline = time.monotonic() + MARKER_WAIT_S
     while not training_finished(output_dir):
         if time.monotonic() >= deadline:
-            print(f"train_node.py: stopped before trainer.max_steps (newest complete checkpoint in "
-                  f"{output_dir}); exiting {EXIT_STOPPED} so the Job replaces this pod and resumes", file=sys.stderr)
+            print(
+                f"train_node.py: stopped before trainer.max_steps (newest complete checkpoint in "
+                f"{output_dir}); exiting {EXIT_STOPPED} so the Job replaces this pod and resumes",
+                file=sys.stderr,
+            )
             return EXIT_STOPPED
         time.sleep(5.0)
     return 0
