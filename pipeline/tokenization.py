@@ -2,7 +2,7 @@
 
 The tokenizer built here is the one transformers' ``BertTokenizerFast`` builds for the same
 vocabulary (BERT normaliser, BERT pre-tokeniser, WordPiece with ``##`` continuations, 100
-characters per word at most), so ids agree token for token (tests/test_tokenization.py).
+characters per word at most), so ids agree token for token (tests/unit/test_tokenization.py).
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def sample_job(tmp_path_factory):
     return out, manifest
 
 
-# --- shards for the trainer's data tests (tests/test_training_data.py) ---------------------
+# --- shards for the trainer's data tests (tests/integration/test_training_data.py) ---------------------
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ path); otherwise it stops with one message before anything is built, and
 a longer max_steps, every step's lr is the one a fresh run with the new settings records.
 
 Real runs of the tiny model as users start them (``python -m training``), on real shards from the
-real sample (the fixture of tests/test_trainer.py). Runtimes here (2 cores): the 4-step base run
+real sample (the fixture in tests/conftest.py). Runtimes here (2 cores): the 4-step base run
 ~20 s; each refused rerun a few seconds (no DeepSpeed); each resumed run ~15-25 s.
 """
 
