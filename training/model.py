@@ -125,6 +125,8 @@ PRESETS: dict[str, dict] = {
     "medium": _grid_shape(8, 512),
     "base": _grid_shape(12, 768),
     "large": _grid_shape(24, 1024),
+    # all-MiniLM-L6-v2 (32-wide heads, off the grid): continued pre-training from the published encoder
+    "minilm_l6": {"num_hidden_layers": 6, "hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536},
 }
 """Architecture fields of the published BERT sizes; use as `BertConfig(vocab_size=V, **PRESETS[name])`."""
 

@@ -10,7 +10,8 @@ import pytest
 
 PIPELINE_GROUPS = {"instances", "masking", "runner", "tokenizer"}
 TRAINER_GROUPS = {"data", "deepspeed", "experiment", "logger", "model", "optim", "trainer"}
-FINETUNE_GROUPS = {"task", "logger"}  # logger: the trainer's group (conf/train/logger), on fine-tuning's search path
+# logger: the trainer's group (conf/train/logger), on fine-tuning's search path
+FINETUNE_GROUPS = {"task", "recipe", "logger"}
 PROGRESS_LINE = re.compile(r"^\[ *(\d+m)?\d+s\] documents read [\d,]+ · kept [\d,]+ · examples [\d,]+$")
 
 

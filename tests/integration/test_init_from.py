@@ -33,13 +33,8 @@ from training.model import BertConfig, BertForPreTraining
 
 CONF = os.path.join(CONF_ROOT, "train")
 
-MINILM_MODEL = (
-    "model.hidden_size=384",
-    "model.num_hidden_layers=6",
-    "model.num_attention_heads=12",
-    "model.intermediate_size=1536",
-)
-"""MiniLM-L6-H384's architecture as overrides: no model= preset has 64-wide heads at H=384 (32-wide)."""
+MINILM_MODEL = ("model=minilm_l6",)
+"""MiniLM-L6-H384's architecture (32-wide heads, off Google's grid)."""
 
 MINILM_FRESH = [
     "cls.predictions.bias",
@@ -185,7 +180,11 @@ def test_fitting_overrides_name_a_preset_when_there_is_one():
         == "model=base model.max_position_embeddings=128"
     )
     minilm = {**base, "hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536}
-    assert hf_checkpoint.fitting_overrides(minilm) == " ".join(MINILM_MODEL)
+    assert hf_checkpoint.fitting_overrides(minilm) == "model=minilm_l6"
+    odd = {**minilm, "num_attention_heads": 6}
+    assert hf_checkpoint.fitting_overrides(odd) == (
+        "model.hidden_size=384 model.num_hidden_layers=6 model.num_attention_heads=6 model.intermediate_size=1536"
+    )
 
 
 def test_casing_other_than_the_checkpoints_is_refused(minilm_dir, minilm_shards, tmp_path):

@@ -82,8 +82,9 @@ def test_the_default_config_composes():
 def test_model_presets_match_the_model_module(name):
     model = compose_train(REQUIRED + [f"model={name}"]).model
     assert {k: getattr(model, k) for k in PRESETS[name]} == PRESETS[name]
-    assert model.num_attention_heads == model.hidden_size // 64
     assert model.intermediate_size == 4 * model.hidden_size
+    if name != "minilm_l6":  # Google's grid: 64-wide heads (MiniLM's are 32 wide)
+        assert model.num_attention_heads == model.hidden_size // 64
 
 
 def test_model_fields_from_the_manifest():

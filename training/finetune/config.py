@@ -12,16 +12,19 @@ Imports neither torch nor transformers, so composing a config is fast.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
+from pipeline.config import PipelineConfig
 from training.config import ConfigError, LoggerConfig, check_adam_fields
 
 KINDS = ("classification", "regression", "token_classification", "question_answering")
 ON_BAD_ROW = ("error", "skip")
 DEVICES = ("auto", "cpu", "cuda")
+LOG_LEVELS = PipelineConfig.LOG_LEVELS  # one list for every command's log_level
 
 
 @dataclass
@@ -110,8 +113,9 @@ class TaskConfig:
 class OptimConfig:
     """AdamW with linear warmup and linear decay to 0 (BERT's fine-tuning recipe)."""
 
-    lr: float = 2e-5
-    """Peak learning rate (the paper's grid: 2e-5, 3e-5, 5e-5; and 5e-5, 4e-5, 3e-5, 2e-5 in the appendix)."""
+    lr: Optional[float] = None
+    """Peak learning rate; null: by the encoder's hidden size (training/finetune/recipe.py: 2e-5, the
+    paper's, from H=768 up; 1e-4 for H 257-767; 3e-4 up to H=256). recipe=paper sets 2e-5."""
     weight_decay: float = 0.01
     """Decoupled weight decay; never on biases and LayerNorm weights."""
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -124,7 +128,8 @@ class OptimConfig:
     """Clip the global gradient norm to this; 0 turns clipping off."""
 
     def __post_init__(self):
-        check_adam_fields(self)
+        # lr null: chosen at the start of the run (recipe.py); the other fields are checked now
+        check_adam_fields(self if self.lr is not None else dataclasses.replace(self, lr=1.0))
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -133,12 +138,14 @@ class OptimConfig:
 class TrainLoopConfig:
     """Batches, epochs and where the loop runs."""
 
-    batch_size: int = 32
-    """Training examples per optimizer step."""
+    batch_size: Optional[int] = None
+    """Training examples per optimizer step; null: 32, or less (16, 8) so that an epoch has at least 10
+    steps (training/finetune/recipe.py). recipe=paper sets 32."""
     eval_batch_size: int = 64
     """Examples per evaluation forward pass."""
-    epochs: int = 3
-    """Passes over the training set; the dev files are evaluated after each."""
+    epochs: Optional[int] = None
+    """Passes over the training set, the dev files evaluated after each; null: 3, or more (at most 10)
+    so that training takes at least 100 steps (training/finetune/recipe.py). recipe=paper sets 3."""
     log_every: int = 50
     """Log the training loss every this many steps (and at each epoch's end)."""
     device: str = "auto"
@@ -146,7 +153,7 @@ class TrainLoopConfig:
 
     def __post_init__(self):
         for name in ("batch_size", "eval_batch_size", "epochs", "log_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.device not in DEVICES:
             raise ConfigError(f"train.device must be one of {DEVICES}, got {self.device!r}")
@@ -164,6 +171,10 @@ class FinetuneConfig:
     """results.json (and the model if save_model) go here; a multirun job uses output_dir/<job number>."""
     seed: int = 42
     """Seeds the new head's initialisation, dropout, shuffling and the cross-validation folds."""
+    log_level: str = "WARNING"
+    """How much of transformers' own output shows: DEBUG all of it (its LOAD REPORT table of missing and
+    unexpected weights, progress bars, warnings); otherwise its errors only, and one line of ours says
+    which weights start fresh."""
     save_model: bool = False
     """Also save the fine-tuned model and tokenizer (save_pretrained) in output_dir/model."""
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -174,6 +185,9 @@ class FinetuneConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self):
+        self.log_level = str(self.log_level).upper()
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.save_model and self.task.cv_folds:
             raise ConfigError(
                 "save_model=true with task.cv_folds: cross-validation trains one model per fold, "

@@ -14,7 +14,7 @@ import torch
 from training.config import ConfigError
 from training.finetune import glue
 from training.finetune.config import TaskConfig
-from training.finetune.kinds import RowPolicy, TaskData
+from training.finetune.kinds import RowPolicy, TaskData, from_pretrained
 from training.finetune.metrics import CLASSIFICATION_METRICS
 
 METRICS = tuple(CLASSIFICATION_METRICS)
@@ -76,10 +76,11 @@ def load(task: TaskConfig, path: str, tokenizer, *, split: str) -> TaskData:
     )
 
 
-def build_model(model_dir: str, task: TaskConfig, label_names) -> torch.nn.Module:
+def build_model(model_dir: str, task: TaskConfig, label_names) -> tuple[torch.nn.Module, str]:
     from transformers import BertForSequenceClassification
 
-    return BertForSequenceClassification.from_pretrained(
+    return from_pretrained(
+        BertForSequenceClassification,
         model_dir,
         num_labels=len(label_names),
         problem_type="single_label_classification",
@@ -88,7 +89,18 @@ def build_model(model_dir: str, task: TaskConfig, label_names) -> torch.nn.Modul
     )
 
 
+def predicted_classes(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    return outputs["logits"].argmax(axis=-1)  # (N,)
+
+
 def evaluate(task: TaskConfig, data: TaskData, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-    predictions = outputs["logits"].argmax(axis=-1)  # (N,)
     gold = data.inputs["labels"].numpy()
-    return {name: CLASSIFICATION_METRICS[name](predictions, gold) for name in task.metrics}
+    return {name: CLASSIFICATION_METRICS[name](predicted_classes(outputs), gold) for name in task.metrics}
+
+
+def majority_class(task: TaskConfig, data: TaskData) -> dict[str, float]:
+    """The metrics of predicting data's most frequent class (the lowest id of a tie) for every row:
+    what a model that learnt nothing scores (for accuracy, that class's share)."""
+    gold = data.inputs["labels"].numpy()
+    constant = np.full_like(gold, np.bincount(gold).argmax())
+    return {name: CLASSIFICATION_METRICS[name](constant, gold) for name in task.metrics}

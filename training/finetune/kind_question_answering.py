@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from training.config import ConfigError
-from training.finetune.kinds import TaskData
+from training.finetune.kinds import TaskData, from_pretrained
 from training.finetune.squad import QAExample, QAWindow, best_answers, encode_examples, read_squad, squad_scores
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,10 @@ def _padded(windows: List[QAWindow], length: int, pad_id: int) -> Dict[str, torc
     }
 
 
-def build_model(model_dir: str, task, label_names: Optional[List[str]]) -> torch.nn.Module:
+def build_model(model_dir: str, task, label_names: Optional[List[str]]) -> tuple[torch.nn.Module, str]:
     from transformers import BertForQuestionAnswering
 
-    return BertForQuestionAnswering.from_pretrained(model_dir)
+    return from_pretrained(BertForQuestionAnswering, model_dir)
 
 
 def evaluate(task, data: TaskData, outputs: Dict[str, np.ndarray]) -> Dict[str, float]:

@@ -16,7 +16,7 @@ from training.config import ConfigError
 from training.finetune import glue
 from training.finetune.config import TaskConfig
 from training.finetune.kind_classification import encode, read_rows
-from training.finetune.kinds import RowPolicy, TaskData
+from training.finetune.kinds import RowPolicy, TaskData, from_pretrained
 from training.finetune.metrics import REGRESSION_METRICS
 
 METRICS = tuple(REGRESSION_METRICS)
@@ -48,10 +48,10 @@ def load(task: TaskConfig, path: str, tokenizer, *, split: str) -> TaskData:
     return TaskData(inputs=inputs, examples=examples, skipped=policy.skipped)
 
 
-def build_model(model_dir: str, task: TaskConfig, label_names) -> torch.nn.Module:
+def build_model(model_dir: str, task: TaskConfig, label_names) -> tuple[torch.nn.Module, str]:
     from transformers import BertForSequenceClassification
 
-    return BertForSequenceClassification.from_pretrained(model_dir, num_labels=1, problem_type="regression")
+    return from_pretrained(BertForSequenceClassification, model_dir, num_labels=1, problem_type="regression")
 
 
 def evaluate(task: TaskConfig, data: TaskData, outputs: dict[str, np.ndarray]) -> dict[str, float]:

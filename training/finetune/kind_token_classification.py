@@ -17,7 +17,7 @@ import torch
 
 from training.config import ConfigError
 from training.finetune.conll import Sentence, TokenWindow, decode_windows, encode_sentences, entity_scores, read_conll
-from training.finetune.kinds import TaskData
+from training.finetune.kinds import TaskData, from_pretrained
 from training.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,12 @@ def _padded(windows: List[TokenWindow], length: int, pad_id: int) -> Dict[str, t
     }
 
 
-def build_model(model_dir: str, task, label_names: Optional[List[str]]) -> torch.nn.Module:
+def build_model(model_dir: str, task, label_names: Optional[List[str]]) -> tuple[torch.nn.Module, str]:
     from transformers import BertForTokenClassification
 
     names = list(label_names or task.labels)
-    return BertForTokenClassification.from_pretrained(
+    return from_pretrained(
+        BertForTokenClassification,
         model_dir,
         num_labels=len(names),
         id2label=dict(enumerate(names)),

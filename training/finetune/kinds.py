@@ -22,11 +22,13 @@ functions; the loop (training/finetune/loop.py) knows nothing else about any of 
     the batch's longest row, so a (N, T) label tensor is cut with the inputs; dev batches are
     not cut, so ``outputs`` below keep the full T.
 
-``build_model(model_dir: str, task: TaskConfig, label_names: list[str] | None) -> torch.nn.Module``
-    The pre-trained encoder of model_dir with the kind's new head. ``model(**batch)``, with
-    ``batch`` a row slice of ``TaskData.inputs``, returns a transformers ``ModelOutput``: ``loss``
-    (when the batch has labels) and the kind's prediction tensors (``logits``, or ``start_logits``
-    and ``end_logits``). ``label_names`` is the training TaskData's.
+``build_model(model_dir: str, task: TaskConfig, label_names: list[str] | None) -> tuple[torch.nn.Module, str]``
+    The pre-trained encoder of model_dir with the kind's new head, and one line saying which
+    weights start fresh and which of model_dir's are dropped (``from_pretrained`` below gives
+    both). ``model(**batch)``, with ``batch`` a row slice of ``TaskData.inputs``, returns a
+    transformers ``ModelOutput``: ``loss`` (when the batch has labels) and the kind's prediction
+    tensors (``logits``, or ``start_logits`` and ``end_logits``). ``label_names`` is the training
+    TaskData's.
 
 ``evaluate(task: TaskConfig, data: TaskData, outputs: dict[str, numpy.ndarray]) -> dict[str, float]``
     The task's metrics (the names in task.metrics) on one dev file. ``outputs`` holds every tensor
@@ -36,6 +38,15 @@ functions; the loop (training/finetune/loop.py) knows nothing else about any of 
 
 Each kind also imports nothing heavy at module level beyond torch/numpy, and names its metrics in
 ``METRICS`` (a tuple of str) so configs can be checked against it.
+
+A kind that predicts one class per row (classification) also defines, so that the loop can say
+when a model has learnt nothing:
+
+``majority_class(task: TaskConfig, data: TaskData) -> dict[str, float]``
+    The task's metrics on ``data`` of predicting its most frequent class for every row.
+
+``predicted_classes(outputs: dict[str, numpy.ndarray]) -> numpy.ndarray``
+    The class id predicted for each row, (N,).
 """
 
 from __future__ import annotations
@@ -52,6 +63,28 @@ KIND_FUNCTIONS = ("check", "load", "build_model", "evaluate")
 
 FIRST_SKIPPED_KEPT = 5
 """How many skipped rows are kept verbatim (file:line: reason) in results.json."""
+
+
+def from_pretrained(model_class, model_dir: str, **kwargs) -> tuple[Any, str]:
+    """``model_class.from_pretrained(model_dir, **kwargs)`` and one line naming the weights that start
+    fresh (the new head; anything else model_dir lacks) and model_dir's that the model has no place
+    for (the pre-training heads ``cls.*``). transformers' own table of them (its LOAD REPORT) shows
+    at log_level=DEBUG only (``loop.transformers_output``)."""
+    model, info = model_class.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+    encoder = model.base_model_prefix + "."  # "bert.": what is not under it is the task head
+    missing, dropped = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    head = [key for key in missing if not key.startswith(encoder)]
+    parts = [f"new head: {', '.join(head)} start fresh" if head else "no new head weights"]
+    lacking = [key for key in missing if key.startswith(encoder)]
+    if lacking:
+        parts.append(f"model_dir lacks {', '.join(lacking)}: they start fresh too")
+    if dropped:
+        prefixes = sorted({".".join(key.split(".")[: 2 if key.startswith(encoder) else 1]) + ".*" for key in dropped})
+        if prefixes == ["cls.*"]:
+            parts.append("pre-training heads cls.* dropped")
+        else:
+            parts.append(f"model_dir's {', '.join(prefixes)} dropped (this model has no place for them)")
+    return model, "; ".join(parts)
 
 
 def open_task_file(path: str) -> BinaryIO:

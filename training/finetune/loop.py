@@ -5,8 +5,11 @@ once on task.train_file and evaluates every dev file after each epoch, or, with 
 trains k models, each evaluated on the fold it did not see. It writes ``output_dir/results.json``:
 
     task, kind, main_metric ("<dev>/<metric>"), score (main metric at the end; mean over folds)
-    epochs        [{epoch, step, train_loss, lr, "<dev>/<metric>"..., "<dev>/loss"}]   (no cv)
+    epochs        [{epoch, step, train_loss, lr, "<dev>/<metric>"..., "<dev>/loss", one_class}]   (no cv)
     final         the last epoch's dev metrics (cv: the mean over folds), final_std (cv)
+    majority_class  the same metrics of predicting each dev file's most frequent class (cv: mean)
+    one_class     {dev name (cv: "fold k heldout"): the class} where every last-epoch prediction is one class
+    recipe        {key: value} of optim.lr, train.batch_size, train.epochs chosen (recipe.py) as left unset
     cv            {folds, seed, per_fold: [{fold, train_rows, heldout_rows, epochs, final}], mean, std}
     rows          rows read per file; skipped: per file {total, counts by reason, first}
     model_source  model_dir, its config's architectures, vocab sha256, and for our own export the
@@ -19,6 +22,7 @@ over optim.warmup_ratio of all steps, then linear decay to 0; gradient norm clip
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -31,6 +35,7 @@ import torch
 
 from training.config import ConfigError
 from training.distributed import resolve_device
+from training.finetune import recipe
 from training.finetune.config import FinetuneConfig, OptimConfig, TaskConfig, TrainLoopConfig
 from training.finetune.kinds import TaskData, load_kind
 from training.tracking import Tracker, check_wandb_login, make_tracker, redact
@@ -115,15 +120,42 @@ def predict(
 
 def evaluate_dev_sets(
     model, kind, task: TaskConfig, devs: dict[str, TaskData], batch_size: int, device: torch.device
-) -> dict[str, float]:
-    """{"<dev name>/<metric>": value, "<dev name>/loss": mean loss} over every dev set."""
-    metrics = {}
+) -> tuple[dict[str, float], dict[str, str]]:
+    """{"<dev name>/<metric>": value, "<dev name>/loss": mean loss} over every dev set, and
+    {dev name: class} for the dev sets whose every row is predicted as that one class (kinds
+    with ``predicted_classes``)."""
+    metrics, one_class = {}, {}
     for name, data in devs.items():
         outputs, loss = predict(model, data, batch_size, device)
         metrics.update({f"{name}/{k}": float(v) for k, v in kind.evaluate(task, data, outputs).items()})
         if loss is not None:
             metrics[f"{name}/loss"] = loss
-    return metrics
+        if hasattr(kind, "predicted_classes"):
+            classes = np.unique(kind.predicted_classes(outputs))
+            if len(classes) == 1:
+                one_class[name] = data.label_names[int(classes[0])] if data.label_names else str(classes[0])
+    return metrics, one_class
+
+
+def majority_scores(kind, task: TaskConfig, devs: dict[str, TaskData]) -> dict[str, float]:
+    """{"<dev name>/<metric>": score of predicting that dev set's most frequent class}; {} for kinds
+    without ``majority_class`` (regression, spans)."""
+    if not hasattr(kind, "majority_class"):
+        return {}
+    return {f"{name}/{k}": float(v) for name, data in devs.items() for k, v in kind.majority_class(task, data).items()}
+
+
+def transformers_output(log_level: str) -> None:
+    """transformers' warnings, LOAD REPORT tables and progress bars at log_level=DEBUG; its errors
+    only otherwise (kinds.from_pretrained says in one line what the LOAD REPORT would)."""
+    from transformers.utils import logging as transformers_logging
+
+    if log_level == "DEBUG":
+        transformers_logging.set_verbosity_warning()
+        transformers_logging.enable_progress_bar()
+    else:
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -143,12 +175,16 @@ def fit(
     step_offset: int = 0,
     prefix: str = "",
     label: str = "",
+    majority: Optional[dict[str, float]] = None,
 ) -> list[dict]:
     """Train ``model`` for loop.epochs on ``train``, evaluating ``devs`` after each epoch.
 
-    Returns one record per epoch. Metrics go to the tracker as ``<prefix><key>`` at global step
-    step_offset + the steps taken here (folds of a cross-validation follow each other).
+    Returns one record per epoch (its ``one_class``: {dev name: the class every row was predicted
+    as}). Metrics go to the tracker as ``<prefix><key>`` at global step step_offset + the steps
+    taken here (folds of a cross-validation follow each other). majority: ``majority_scores`` of
+    devs, printed beside each dev score.
     """
+    majority = majority or {}
     model.to(device)
     steps_per_epoch = math.ceil(train.num_rows / loop.batch_size)
     total = steps_per_epoch * loop.epochs
@@ -181,11 +217,17 @@ def fit(
                 )
                 window = []
         record = {"epoch": epoch, "step": step, "train_loss": epoch_loss / train.num_rows, "lr": lr}
-        record.update(evaluate_dev_sets(model, kind, task, devs, loop.eval_batch_size, device))
+        scores, one_class = evaluate_dev_sets(model, kind, task, devs, loop.eval_batch_size, device)
+        record.update(scores)
         tracker.log({f"{prefix}{k}": v for k, v in record.items() if k != "step"}, step_offset + step)
+        record["one_class"] = one_class
         print(
             f"{label}epoch {epoch}/{loop.epochs} | step {step}/{total} | train loss {record['train_loss']:.4f} | "
-            + " | ".join(f"{k} {v:.4f}" for k, v in record.items() if "/" in k),
+            + " | ".join(
+                f"{k} {v:.4f}" + (f" (majority class {majority[k]:.4f})" if k in majority else "")
+                for k, v in scores.items()
+            )
+            + "".join(f" | every {name} prediction {cls!r}" for name, cls in one_class.items()),
             flush=True,
         )
         records.append(record)
@@ -232,11 +274,13 @@ def run(cfg: FinetuneConfig, resolved: dict, overrides: Sequence[str] = ()) -> d
     if not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"data_dir {cfg.data_dir} is not a directory")
     device = resolve_device(cfg.train.device, "train.device")
+    transformers_output(cfg.log_level)
 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
     train = kind.load(task, os.path.join(cfg.data_dir, task.train_file), tokenizer, split="train")
+    cfg, chosen = fill_in_recipe(cfg, resolved, train.num_rows)
     devs = {
         name: kind.load(task, os.path.join(cfg.data_dir, file), tokenizer, split=name)
         for name, file in task.dev_files.items()
@@ -249,6 +293,7 @@ def run(cfg: FinetuneConfig, resolved: dict, overrides: Sequence[str] = ()) -> d
         "rows": {name: data.num_rows for name, data in datasets.items()},
         "skipped": {files[name]: data.skipped.to_dict() for name, data in datasets.items()},
         "model_source": model_source(cfg.model_dir),
+        "recipe": chosen,
     }
     report_skipped(results["skipped"])
 
@@ -259,11 +304,24 @@ def run(cfg: FinetuneConfig, resolved: dict, overrides: Sequence[str] = ()) -> d
             results.update(cross_validate(cfg, kind, train, tokenizer, device, tracker))
         else:
             torch.manual_seed(cfg.seed)  # the new head's initialisation and dropout
-            model = kind.build_model(cfg.model_dir, task, train.label_names)
+            model, loaded = kind.build_model(cfg.model_dir, task, train.label_names)
+            print(loaded, flush=True)
             main = full_metric_name(task, list(devs))
-            epochs = fit(model, kind, task, train, devs, cfg.optim, cfg.train, cfg.seed, device, tracker)
+            majority = majority_scores(kind, task, devs)
+            epochs = fit(
+                model, kind, task, train, devs, cfg.optim, cfg.train, cfg.seed, device, tracker, majority=majority
+            )
             final = {k: v for k, v in epochs[-1].items() if "/" in k}
-            results.update({"main_metric": main, "score": final[main], "epochs": epochs, "final": final})
+            results.update(
+                {
+                    "main_metric": main,
+                    "score": final[main],
+                    "epochs": epochs,
+                    "final": final,
+                    "majority_class": majority,
+                    "one_class": epochs[-1]["one_class"],
+                }
+            )
             if cfg.save_model:
                 model.save_pretrained(os.path.join(cfg.output_dir, MODEL_SUBDIR))
                 tokenizer.save_pretrained(os.path.join(cfg.output_dir, MODEL_SUBDIR))
@@ -274,13 +332,47 @@ def run(cfg: FinetuneConfig, resolved: dict, overrides: Sequence[str] = ()) -> d
     with open(os.path.join(cfg.output_dir, RESULTS_FILE), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, default=str)
         f.write("\n")
-    spread = f" ± {results['final_std'][results['main_metric']]:.4f}" if task.cv_folds else ""
+    main = results["main_metric"]
+    spread = f" ± {results['final_std'][main]:.4f}" if task.cv_folds else ""
+    majority = results.get("majority_class", {})
+    beside = f" (majority class {majority[main]:.4f})" if main in majority else ""
     print(
-        f"{task.name}: {results['main_metric']} {results['score']:.4f}{spread} -> "
-        f"{os.path.join(cfg.output_dir, RESULTS_FILE)}",
+        f"{task.name}: {main} {results['score']:.4f}{spread}{beside} -> {os.path.join(cfg.output_dir, RESULTS_FILE)}",
         flush=True,
     )
+    if results.get("one_class"):
+        where = ", ".join(f"{name} all {cls!r}" for name, cls in results["one_class"].items())
+        print(
+            f"warning: the model predicts one class for every row ({where}): it has learnt nothing it can use. "
+            "A small model or a small training set needs a higher lr and more steps than the paper's recipe: "
+            "leave optim.lr, train.batch_size and train.epochs unset (chosen by model and data size) or raise "
+            "optim.lr and train.epochs (docs/finetuning.md)",
+            flush=True,
+        )
     return results
+
+
+def fill_in_recipe(cfg: FinetuneConfig, resolved: dict, train_rows: int) -> tuple[FinetuneConfig, dict]:
+    """cfg with the lr, batch size and epochs it leaves null chosen for model_dir's hidden size and
+    the rows each model trains on (training/finetune/recipe.py), written into ``resolved`` too (the
+    run's record); and {key: value} of what was chosen, also printed."""
+    with open(os.path.join(cfg.model_dir, "config.json"), encoding="utf-8") as f:
+        hidden_size = json.load(f)["hidden_size"]
+    if cfg.task.cv_folds:
+        train_rows -= math.ceil(train_rows / cfg.task.cv_folds)  # the largest held-out fold
+    optim, loop, chosen = recipe.fill_in(cfg.optim, cfg.train, hidden_size, train_rows)
+    for key, value in chosen.items():
+        group, name = key.split(".")
+        resolved[group][name] = value
+    if chosen:
+        print(
+            "recipe: "
+            + ", ".join(f"{key}={value:g}" for key, value in chosen.items())
+            + f" for hidden size {hidden_size} and {train_rows} training rows (training/finetune/recipe.py; "
+            "set them to choose, or recipe=paper)",
+            flush=True,
+        )
+    return dataclasses.replace(cfg, optim=optim, train=loop), chosen
 
 
 def cross_validate(
@@ -294,13 +386,17 @@ def cross_validate(
         held = set(heldout)
         train_rows = [i for i in range(data.num_rows) if i not in held]
         torch.manual_seed(cfg.seed + fold)
-        model = kind.build_model(cfg.model_dir, task, data.label_names)
+        model, loaded = kind.build_model(cfg.model_dir, task, data.label_names)
+        if fold == 0:
+            print(loaded, flush=True)  # the same for every fold
+        devs = {HELDOUT: data.select(heldout)}
+        majority = majority_scores(kind, task, devs)
         epochs = fit(
             model,
             kind,
             task,
             data.select(train_rows),
-            {HELDOUT: data.select(heldout)},
+            devs,
             cfg.optim,
             cfg.train,
             cfg.seed + fold,
@@ -309,6 +405,7 @@ def cross_validate(
             step_offset=step,
             prefix=f"fold{fold}/",
             label=f"fold {fold + 1}/{k} ",
+            majority=majority,
         )
         step += epochs[-1]["step"]
         per_fold.append(
@@ -318,17 +415,27 @@ def cross_validate(
                 "heldout_rows": len(heldout),
                 "epochs": epochs,
                 "final": {key: v for key, v in epochs[-1].items() if "/" in key},
+                "majority_class": majority,
             }
         )
         del model
     keys = per_fold[0]["final"].keys()
     mean = {key: float(np.mean([f["final"][key] for f in per_fold])) for key in keys}
     std = {key: float(np.std([f["final"][key] for f in per_fold], ddof=1)) for key in keys}
+    majority = {
+        key: float(np.mean([f["majority_class"][key] for f in per_fold])) for key in per_fold[0]["majority_class"]
+    }
     return {
         "main_metric": main,
         "score": mean[main],
         "final": mean,
         "final_std": std,
+        "majority_class": majority,  # the mean over folds
+        "one_class": {
+            f"fold {f['fold'] + 1} {HELDOUT}": f["epochs"][-1]["one_class"][HELDOUT]
+            for f in per_fold
+            if f["epochs"][-1]["one_class"]
+        },
         "cv": {"folds": k, "seed": cfg.seed, "per_fold": per_fold, "mean": mean, "std": std},
     }
 

@@ -3,7 +3,9 @@
 ``SweepSummary`` is a Hydra callback (registered in conf/finetune/finetune.yaml's hydra.callbacks): when a
 multirun ends it reads the results.json of each job of this sweep (``<sweep dir>/<job>/``,
 written after the sweep started), writes ``<sweep dir>/sweep_summary.json`` with every point and
-the best one by its score (every metric here is better higher), and prints the best.
+the best one by its score (every metric here is better higher), and prints the best. Points that
+tie with the best are listed (``tied``) and said, with whether their score is only the
+majority-class score (nothing learnt: the sweep has no best point).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def summarize(sweep_dir: str, since: float = 0.0) -> Optional[dict]:
                 "lr": results["config"]["optim"]["lr"],
                 "main_metric": results["main_metric"],
                 "score": results["score"],
+                "majority_class": results.get("majority_class", {}).get(results["main_metric"]),
                 "final": results["final"],
             }
         )
@@ -49,7 +52,26 @@ def summarize(sweep_dir: str, since: float = 0.0) -> Optional[dict]:
     for point in points:
         point["varied"] = [o for o in point["overrides"] if o not in common]  # what the sweep changed
     best = max(points, key=lambda p: p["score"])
-    return {"main_metric": best["main_metric"], "best": best, "points": points}
+    tied = [p["dir"] for p in points if p["score"] == best["score"]]
+    return {"main_metric": best["main_metric"], "best": best, "points": points, "tied": tied if len(tied) > 1 else []}
+
+
+def tie_note(summary: dict) -> str:
+    """One line about points that tie with the best ("" when none tie)."""
+    if not summary["tied"]:
+        return ""
+    best = summary["best"]
+    tied = [p for p in summary["points"] if p["dir"] in summary["tied"]]
+    note = (
+        f"sweep: {len(tied)} points tie at {best['main_metric']} {best['score']:.4f} "
+        f"({'; '.join(' '.join(p['varied']) or p['dir'] for p in tied)}): the best is the first of them"
+    )
+    if best["majority_class"] is not None and best["score"] <= best["majority_class"]:
+        note += (
+            f", and {best['score']:.4f} is no more than the majority-class score {best['majority_class']:.4f}: "
+            "none of them learnt anything (docs/finetuning.md: a small model or data set)"
+        )
+    return note
 
 
 class SweepSummary(Callback):
@@ -76,3 +98,5 @@ class SweepSummary(Callback):
             f"({best['dir']}); {len(summary['points'])} points in {os.path.join(sweep_dir, SUMMARY_FILE)}",
             flush=True,
         )
+        if summary["tied"]:
+            print(tie_note(summary), flush=True)
