@@ -22,8 +22,11 @@ import json
 import logging
 import os
 import socket
+import sys
+import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -84,6 +87,57 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
     return torch.device(name)
 
 
+def deepspeed_output_shown() -> bool:
+    """Whether DeepSpeed's start-up output is printed: its accelerator detection warning, the op
+    builder's compiler probe (the ``gcc ...`` lines distutils logs to the root logger) and
+    "deepspeed_shm_comm_op built successfully" (once per rank). Only at debug level, i.e. with the
+    root logger at DEBUG (``hydra.verbose=true``): nothing in them is for a user to act on."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def choose_deepspeed_accelerator() -> None:
+    """Before DeepSpeed is first imported: DS_ACCELERATOR=cpu where torch sees no CUDA device, which
+    is where this trainer runs on the CPU (``init_distributed``), so DeepSpeed's import does not warn
+    that it fell back to the CPU. A DS_ACCELERATOR already set wins; at debug level DeepSpeed detects
+    (and warns) as it would alone."""
+    if not deepspeed_output_shown() and not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@contextmanager
+def deepspeed_output_held_back():
+    """Around DeepSpeed's process-group setup, which probes its ops (compiling a test program) and
+    builds or loads the shared-memory op on the CPU: what it writes to stdout (fd 1: its prints and
+    the probe's log lines, which the console handler writes there) goes to a temporary file instead,
+    logged at DEBUG afterwards; if the block raises, it is written to stderr, so a failed build
+    still shows its output. At debug level (``deepspeed_output_shown``) nothing is held back."""
+    if deepspeed_output_shown():
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 1)
+        try:
+            yield
+        except BaseException:
+            _restore_stdout(saved)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        _restore_stdout(saved)
+        held.seek(0)
+        text = held.read().decode(errors="replace").strip()
+    if text:
+        log.debug("DeepSpeed's output while it set up the process group:\n%s", text)
+
+
+def _restore_stdout(saved: int) -> None:
+    sys.stdout.flush()
+    os.dup2(saved, 1)
+    os.close(saved)
+
+
 def init_distributed(backend: Optional[str] = None, timeout_minutes: int = 30) -> DistributedContext:
     """Initialise torch.distributed through DeepSpeed and return this process's place in it.
 
@@ -122,7 +176,8 @@ def init_distributed(backend: Optional[str] = None, timeout_minutes: int = 30) -
                 world_size=int(os.environ["WORLD_SIZE"]),
             )
             warn_if_nodes_cannot_rejoin()
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
+        with deepspeed_output_held_back():
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
     return DistributedContext(
         rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, backend=backend, device=device
     )

@@ -13,7 +13,8 @@ Where the numbers come from, all of it under output_dir:
 
 - ``steps.jsonl`` (``Trainer.write_step``, rank 0, one line per optimizer step): step, loss,
   mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (no NSP keys for objective none), lr,
-  samples_consumed, and example_ids (``trainer.record_example_ids``).
+  samples_consumed, example_ids (``trainer.record_example_ids``), and on the first step of a
+  resumed attempt resumed_from (the checkpoint's step: each resume is marked on every plot).
 - ``evals.jsonl`` (rank 0, one line per evaluation: ``eval/*`` every ``trainer.eval_every``
   steps and at the end), whatever the logger.
 - Throughput (``perf/tokens_per_s`` every ``trainer.log_every`` steps) goes to the tracker only.
@@ -102,6 +103,17 @@ def continuous(records: list[dict]) -> list[dict]:
             kept.pop()
         kept.append(record)
     return kept
+
+
+def resumed_steps(records: list[dict]) -> list[int]:
+    """The checkpoint steps attempts resumed from, from steps.jsonl's own records (``records``: in
+    file order), whatever the logger: the first record of a resumed attempt carries
+    ``resumed_from`` (``Trainer.write_step``); and a record whose step is not above the one before
+    (records a resume did not truncate: see ``continuous``) starts an attempt that resumed from the
+    step before its own."""
+    found = {r["resumed_from"] for r in records if isinstance(r.get("resumed_from"), int)}
+    found |= {b["step"] - 1 for a, b in zip(records, records[1:]) if b["step"] <= a["step"] and b["step"] > 1}
+    return sorted(found)
 
 
 # --- W&B's local transaction log ---------------------------------------------------------------
@@ -351,7 +363,7 @@ class Report:
     history: list[dict] = field(default_factory=list)
     """W&B's rows made ``continuous`` (empty for a run without tracking)."""
     resumed: list[int] = field(default_factory=list)
-    """Steps later attempts resumed from (known from W&B's files only: steps.jsonl does not say)."""
+    """Steps later attempts resumed from: ``resumed_steps`` of steps.jsonl, with those W&B's files show."""
     tokens: Optional[TokensSeen] = None
 
 
@@ -381,7 +393,8 @@ def write_report(output_dir: str, out_dir: Optional[str] = None, data_dir: Optio
         report.notes.append(f"skipped {parsed.torn_lines} half-written line(s) of {steps_path}")
     config = run_config(output_dir)
     logger_dir = (config.get("logger") or {}).get("dir") or output_dir
-    report.history, report.resumed, unread = tracked_history(logger_dir)
+    report.history, tracked_resumes, unread = tracked_history(logger_dir)
+    report.resumed = sorted(set(resumed_steps(parsed.records)) | set(tracked_resumes))
     report.notes += unread
     report.tokens, why = tokens_seen(report.steps, data_dir or config.get("data_dir"))
     if why:

@@ -27,9 +27,10 @@ rank-major, micro batch order) -- what a resumed run is compared against, and a 
 each step trained on.
 
 SIGTERM/SIGINT set a flag; at the end of the step the ranks agree on it (it rides on the step's
-all_reduce), save a checkpoint and return 0. torchrun forwards a SIGTERM it receives to its
-workers (and then exits non-zero itself); it kills workers that take longer than about 30 s, so
-a slow save under torchrun can be cut short -- the last complete checkpoint then still stands. Data loading and evaluation run under
+all_reduce), save a checkpoint, write $BERT_CLEAN_STOP_FILE where a launch recipe set it
+(``write_clean_stop``) and return 0. torchrun forwards a SIGTERM it receives to its workers (and
+then exits 1 itself, which that file lets a recipe tell from a failure); it kills workers that take
+longer than about 30 s, so a slow save under torchrun can be cut short -- the last complete checkpoint then still stands. Data loading and evaluation run under
 ``torch.random.fork_rng`` so they never consume the global RNG that dropout draws from: a resumed
 run (RNG states restored from its checkpoint) draws the same dropout masks as an uninterrupted one.
 
@@ -57,7 +58,13 @@ import torch.distributed as dist
 from training import checkpoint as ckpt
 from training.config import ConfigError, TrainConfig
 from training.data import DataContractError, PretrainingData, RunExpectations, dense_mlm_labels, model_inputs
-from training.distributed import DistributedContext, check_ranks_agree, init_distributed, launcher_world_size
+from training.distributed import (
+    DistributedContext,
+    check_ranks_agree,
+    choose_deepspeed_accelerator,
+    init_distributed,
+    launcher_world_size,
+)
 from training.model import BertConfig, BertForPreTraining, flops_per_token
 from training.optim import restore_schedule_position
 from training.throughput import mfu, resolve_peak_tflops
@@ -250,6 +257,43 @@ def check_precision_supported(precision: str) -> None:
         )
 
 
+def sentence_label_counts(statistics: dict, split: str) -> Optional[dict[str, int]]:
+    """{label: examples} of ``split`` from a manifest's statistics (``examples/<split>`` and
+    ``sentence_pair_negatives/<split>``, nested as the job writes them: label 1 is the negative);
+    None where the shards do not count them."""
+    examples = (statistics.get("examples") or {}).get(split)
+    negatives = statistics.get("sentence_pair_negatives")
+    if not isinstance(examples, int) or not isinstance(negatives, dict):
+        return None
+    return {"0": examples - negatives.get(split, 0), "1": negatives.get(split, 0)}
+
+
+def eval_split_warnings(data: PretrainingData, eval_every: int) -> list[str]:
+    """Rank 0, at start: why the evaluations this run is configured for (``trainer.eval_every`` > 0)
+    would measure nothing: an eval split without examples (no evaluation runs and no evals.jsonl is
+    written), or sentence-pair labels all of one class in it (its nsp_accuracy is 0 or 1 by construction)."""
+    if not eval_every:
+        return []
+    split = data.cfg.eval_split
+    rows = sum(s.rows for s in data.manifest.shards_of(split))
+    if not rows:
+        return [
+            f"trainer.eval_every={eval_every} but {data.data_dir} has no {split!r} examples (the data job held out "
+            f"no documents): this run evaluates nothing and writes no {EVALS_FILE}. Give the data job more "
+            f"documents or a larger instances.eval_fraction, or set trainer.eval_every=0 to say no evaluation is wanted"
+        ]
+    counts = sentence_label_counts(data.manifest.statistics, split) if data.has_sentence_label else None
+    present = {label: n for label, n in (counts or {}).items() if n > 0}
+    if len(present) == 1:
+        (label, n), task = next(iter(present.items())), data.manifest.objective.upper()
+        return [
+            f"every one of the {n:,} {split!r} examples has {task} label {label} (manifest statistics): the "
+            f"evaluations' nsp_accuracy measures nothing; give the data job more "
+            f"documents to hold out (a random B needs another document)"
+        ]
+    return []
+
+
 def seed_rank(seed: int, rank: int) -> None:
     """Per-rank streams for dropout (ranks must not draw the same masks)."""
     random.seed(seed + rank)
@@ -301,6 +345,51 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+
+
+CLEAN_STOP_ENV = "BERT_CLEAN_STOP_FILE"
+"""Set by a launch recipe (infra/slurm/train.sbatch, infra/k8s/base/train_node.py): the file that each
+node's local rank 0 writes once the run saved a checkpoint and stopped on a signal. torchrun exits 1
+when it was signalled itself, whatever its workers did; the recipe reads this file to tell that clean
+stop from a failure."""
+
+
+def write_clean_stop(ctx: DistributedContext, step: int, signal_name: Optional[str], checkpoint_dir: str) -> None:
+    """After the stop's checkpoint is complete on every rank: {"step", "signal", "checkpoint"} as
+    JSON to $BERT_CLEAN_STOP_FILE, by each node's local rank 0 (nothing when it is not set)."""
+    path = os.environ.get(CLEAN_STOP_ENV)
+    if not path or ctx.local_rank != 0:
+        return
+    record = {"step": step, "signal": signal_name, "checkpoint": os.path.join(checkpoint_dir, ckpt.tag_for(step))}
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(path + ".tmp", path)
+
+
+def schedule_change(
+    step: int,
+    saved_max_steps: Optional[int],
+    max_steps: int,
+    last_lr: Optional[float],
+    saved_next_lr: float,
+    next_lr: float,
+) -> Optional[str]:
+    """The line a resume prints when its schedule is not the checkpoint's: ``trainer.max_steps``
+    changed (``saved_max_steps``: the checkpoint's run_config.json), or the rate of the next step
+    differs (optim.* changed under force_resume). last_lr: the rate step ``step`` trained at
+    (steps.jsonl); saved_next_lr / next_lr: step + 1's under the checkpoint's schedule / this run's.
+    None when nothing changed."""
+    if saved_max_steps not in (None, max_steps):
+        what = f"with max_steps {max_steps} (was {saved_max_steps}): the schedule is recomputed for {max_steps} steps"
+    elif not np.isclose(saved_next_lr, next_lr, rtol=1e-6, atol=0.0):
+        what = "with other optim settings: the schedule is recomputed with them"
+    else:
+        return None
+    before = f"{last_lr:.1e} at step {step}" if last_lr is not None else f"{saved_next_lr:.1e}"
+    return (
+        f"resuming at step {step} {what} (as in a fresh run); learning rate "
+        f"{before} -> {next_lr:.1e} at step {step + 1} (the checkpoint's schedule would give {saved_next_lr:.1e})"
+    )
 
 
 def forward_inputs(batch: dict[str, torch.Tensor], device: torch.device, sparse_head: bool) -> dict:
@@ -438,10 +527,20 @@ class Trainer:
         self.state.step = self.state.last_saved_step = client["step"]
         self.state.samples_consumed = client["samples_consumed"]
         # DeepSpeed restored the saved run's lr (0.0 where its schedule ended): set this run's.
-        restore_schedule_position(self.engine.lr_scheduler, self.cfg.optim, self.cfg.trainer.max_steps, self.state.step)
+        saved_next_lr = self.engine.get_lr()[0]
+        rates = restore_schedule_position(
+            self.engine.lr_scheduler, self.cfg.optim, self.cfg.trainer.max_steps, self.state.step
+        )
         if self.is_main:
             print(f"resumed from {os.path.join(self.checkpoint_dir, tag)} at step {self.state.step}", flush=True)
-            self._truncate_steps_file(self.state.step)
+            last_lr = self._truncate_steps_file(self.state.step)
+            saved = ckpt.read_run_record(self.checkpoint_dir, tag) or {}
+            saved_max_steps = saved.get("config", {}).get("trainer", {}).get("max_steps")
+            line = schedule_change(
+                self.state.step, saved_max_steps, self.cfg.trainer.max_steps, last_lr, saved_next_lr, rates[0]
+            )
+            if line:
+                print(line, flush=True)
         return client.get("tracker_run_id")
 
     def save(self) -> None:
@@ -471,15 +570,18 @@ class Trainer:
         if self.is_main:
             print(f"saved checkpoint {os.path.join(self.checkpoint_dir, tag)}", flush=True)
 
-    def _truncate_steps_file(self, step: int) -> None:
-        """Drop lines a killed run wrote after its last checkpoint (they will be trained again)."""
+    def _truncate_steps_file(self, step: int) -> Optional[float]:
+        """Drop lines a killed run wrote after its last checkpoint (they will be trained again).
+        Returns the learning rate recorded for ``step`` (None: no line for it)."""
         path = os.path.join(self.cfg.output_dir, STEPS_FILE)
         if not os.path.exists(path):
-            return
+            return None
         with open(path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            keep = [(line, json.loads(line)) for line in f if line.strip()]
+        keep = [(line, record) for line, record in keep if record["step"] <= step]
         with open(path, "w") as f:
-            f.writelines(keep)
+            f.writelines(line for line, _ in keep)
+        return next((record.get("lr") for _, record in reversed(keep) if record["step"] == step), None)
 
     # -- data --
 
@@ -622,6 +724,8 @@ class Trainer:
         }
         if ids is not None:
             record["example_ids"] = ids
+        if self.resume_tag is not None and self.state.step == self.start_step + 1:
+            record["resumed_from"] = self.start_step  # where this attempt took over: training.report marks it
         with open(os.path.join(self.cfg.output_dir, STEPS_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -678,6 +782,7 @@ class Trainer:
                 self._log_eval()
             if stats[_I["stop"]] > 0:
                 self.save()
+                write_clean_stop(self.ctx, self.state.step, self.stop.signal_name, self.checkpoint_dir)
                 if self.is_main:
                     print(
                         f"stopping at step {self.state.step} on request ({self.stop.signal_name or 'signal to another rank'}"
@@ -789,6 +894,7 @@ def train(cfg: TrainConfig, resolved: dict) -> int:
     rank then stops with one message, none waits for the others until the collective timeout.
     """
     check_wandb_login(cfg.logger)  # seconds, not a traceback after the engine is built
+    choose_deepspeed_accelerator()  # before DeepSpeed is first imported
     # DeepSpeed calls torch.distributed's deprecated *_tensor collectives every step.
     warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use", category=FutureWarning)
     try:
@@ -803,6 +909,8 @@ def train(cfg: TrainConfig, resolved: dict) -> int:
     os.makedirs(cfg.output_dir, exist_ok=True)
     if ctx.is_main:
         drop_torn_steps_line(cfg.output_dir)
+        for line in eval_split_warnings(data, cfg.trainer.eval_every):
+            log.warning(line)
     model, init_report = build_model(bert_cfg, cfg, resuming=resume_tag is not None)
     if init_report is not None and ctx.is_main:
         log_init_report(init_report)

@@ -81,3 +81,50 @@ def test_launcher_forwards_sigterm(tmp_path):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 7
+
+
+def test_a_failed_torchrun_after_a_clean_stop_is_a_clean_stop(tmp_path):
+    """torchrun exits 1 when it is signalled itself although its workers saved and exited 0: with
+    the trainer's clean-stop file written, the launcher passes the clean stop's code on; without it,
+    torchrun's 1."""
+    from training.trainer import CLEAN_STOP_ENV
+
+    assert train_node.CLEAN_STOP_ENV == CLEAN_STOP_ENV
+    write_checkpoint(str(tmp_path), 100, 1000)
+    stopped = (
+        f"import json, os\njson.dump({{'step': 100}}, open(os.environ[{CLEAN_STOP_ENV!r}], 'w'))\nraise SystemExit(1)"
+    )
+    assert launch(tmp_path, stopped).wait(timeout=120) == train_node.EXIT_STOPPED
+    assert launch(tmp_path, "raise SystemExit(1)").wait(timeout=120) == 1
+
+
+def test_sigterm_to_a_torchrun_launched_run_stops_it_cleanly(trainer_shards, tmp_path):
+    """The real thing: train_node.py runs torchrun (1 process) running the trainer, gets SIGTERM as
+    the pod's PID 1 would and forwards it to torchrun, which exits 1; the run saved a checkpoint
+    before max_steps, so the launcher exits 75 (replace the pod, resume), not torchrun's 1."""
+    from launch_helpers import read_steps, steps_written, torchrun_command, trainer_env, wait_for
+    from test_trainer import overrides
+
+    out = tmp_path / "run"
+    command = torchrun_command(1, *overrides(trainer_shards, out, "trainer.max_steps=200", "trainer.eval_every=0"))
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, LAUNCHER, *command],
+            cwd=REPO,
+            env={**trainer_env(), "BERT_K8S_MARKER_WAIT_S": "0"},
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: steps_written(out) >= 1, 300, "a first step", (proc,))
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert code == train_node.EXIT_STOPPED, text[-4000:]
+    assert "stopped on a signal" in text and "torchrun exited 1" in text, text[-4000:]
+    stopped = len(read_steps(out))
+    assert 0 < stopped < 200 and os.path.exists(out / "checkpoints" / f"step{stopped:08d}" / "complete")

@@ -7,6 +7,9 @@
 - A time limit coming (USR1 to the batch script, as ``--signal=B:USR1@180`` sends it): the ranks
   checkpoint, the job requeues itself, and its next run resumes; every step equals the
   uninterrupted run's.
+- A signal to the job's step (``scancel --signal=TERM``): the ranks save and stop, each node's
+  torchrun exits 1 (it was signalled itself), and the job still COMPLETES (the trainer's clean-stop
+  file); a run that fails its config check still FAILS the job.
 - A Hydra sweep of two points through hydra-submitit-launcher (``hydra/launcher=slurm``) runs each
   point as its own SLURM job in its own output_dir/<k>.
 
@@ -128,6 +131,40 @@ def test_time_limit_checkpoints_requeues_and_resumes(cluster, trainer_shards, sb
     assert f"resumed from {out / 'checkpoints'}" in log
     sbatch_out, _ = sbatch_run
     same_steps(read_steps(out), read_steps(sbatch_out))
+
+
+def wait_for_steps(cluster, job, out, count):
+    steps_file = out / "steps.jsonl"
+    deadline = time.monotonic() + 300
+    while not (steps_file.exists() and len(steps_file.read_text().splitlines()) >= count):
+        assert time.monotonic() < deadline, job_log(cluster, out, job)
+        assert cluster.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), job_log(cluster, out, job)
+        time.sleep(0.2)
+
+
+def test_a_signal_to_the_job_saves_and_the_job_completes(cluster, trainer_shards, tmp_path):
+    """scancel --signal=TERM reaches every process of the job's step: each node's torchrun (which
+    then exits 1, re-raising the signal) and the ranks, which save and exit 0. Each node's task
+    sees the trainer's clean-stop file and exits 0, so the job ends COMPLETED with the checkpoint."""
+    out = tmp_path / "run"
+    job = submit(cluster, trainer_shards, out)
+    wait_for_steps(cluster, job, out, 3)
+    cluster.command("scancel", "--signal=TERM", job)  # the job's steps, not the batch script
+    state = cluster.wait(job, timeout=600)
+    log = open(f"{out}.{job}.out").read()
+    assert state == "COMPLETED", f"job {job} ended {state}\n{job_log(cluster, out, job)}"
+    assert log.count("stopped cleanly on a signal, checkpoint saved") == 2, log[-4000:]  # one line per node
+    saved = [int(line.rsplit("step", 1)[1]) for line in log.splitlines() if line.startswith("saved checkpoint")]
+    assert len(saved) == 1 and saved[0] < STEPS, log[-4000:]
+    assert os.path.exists(out / "checkpoints" / f"step{saved[0]:08d}" / "complete")
+
+
+def test_a_failing_run_still_fails_the_job(cluster, trainer_shards, tmp_path):
+    out = tmp_path / "run"
+    job = submit(cluster, trainer_shards, out, "model.max_position_embeddings=32")  # shards of length 64
+    state = cluster.wait(job, timeout=600)
+    assert state == "FAILED", f"job {job} ended {state}\n{job_log(cluster, out, job)}"
+    assert "stopped cleanly" not in open(f"{out}.{job}.out").read()
 
 
 def test_hydra_sweep_runs_each_point_as_a_slurm_job(cluster, trainer_shards, tmp_path):

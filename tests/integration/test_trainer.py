@@ -114,6 +114,7 @@ def two_process_runs(trainer_shards, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"zero{stage}")
             result = run(two_process_command(trainer_shards, out, stage))
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+            assert not deepspeed_start_up_lines(result.stdout + result.stderr)  # none from either rank
             runs[stage] = out
         return runs[stage]
 
@@ -591,3 +592,92 @@ def test_wandb_offline_run_holds_the_training_metrics_and_a_resume_continues_it(
     assert config["data_dir"] == trainer_shards
     files = wandb_run(6)  # resumes from the step-4 checkpoint: the same W&B run continues
     assert len(files) == 2 and all(f.endswith(f"run-{run_id}.wandb") for f in files)
+
+
+# --- what a run says at start and on a resume --------------------------------------------------
+
+DEEPSPEED_START_UP = ("Setting accelerator to CPU", "gcc ", "deepspeed_shm_comm_op built successfully")
+"""DeepSpeed's output at start: its accelerator warning, the op builder's compiler probe, its shm op's build."""
+
+
+def deepspeed_start_up_lines(console: str) -> list[str]:
+    return [line for line in console.splitlines() if any(noise in line for noise in DEEPSPEED_START_UP)]
+
+
+def without_eval_split(trainer_shards, out, statistics=None):
+    """A copy of trainer_shards whose manifest lists no eval shard (as for a corpus too small to hold
+    documents out), with ``statistics`` merged into the manifest's."""
+    import shutil
+
+    shutil.copytree(trainer_shards, out)
+    path = os.path.join(out, "manifest.json")
+    manifest = json.load(open(path))
+    manifest["shards"] = (
+        [s for s in manifest["shards"] if s["split"] != "eval"] if statistics is None else manifest["shards"]
+    )
+    manifest["statistics"].update(statistics or {})
+    json.dump(manifest, open(path, "w"))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def run_without_eval_split(trainer_shards, tmp_path_factory):
+    """3 steps with trainer.eval_every=2 on shards without an eval split, default console output."""
+    shards = without_eval_split(trainer_shards, tmp_path_factory.mktemp("no_eval") / "shards")
+    out = tmp_path_factory.mktemp("no_eval_run")
+    result = run(single_process_command(*overrides(shards, out, "trainer.max_steps=3", "trainer.eval_every=2")))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return shards, out, result
+
+
+def test_a_run_without_eval_split_says_so_and_keeps_deepspeed_start_up_quiet(run_without_eval_split):
+    shards, out, result = run_without_eval_split
+    console = result.stdout + result.stderr
+    assert f"trainer.eval_every=2 but {shards} has no 'eval' examples" in console, console[-3000:]
+    assert "evaluates nothing and writes no evals.jsonl" in console
+    assert not os.path.exists(os.path.join(out, "evals.jsonl"))
+    assert deepspeed_start_up_lines(console) == []
+
+
+def test_a_resume_with_more_steps_names_the_recomputed_schedule(run_without_eval_split, tmp_path):
+    """3 steps, then resumed with max_steps 5 at debug level (hydra.verbose=true): one line with the old and
+    the new rate; DeepSpeed's start-up output shows there."""
+    import shutil
+
+    shards, first, _ = run_without_eval_split
+    out = tmp_path / "run"
+    shutil.copytree(first, out)
+    result = run(single_process_command(*overrides(shards, out, "trainer.max_steps=5", "hydra.verbose=true")))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    steps = read_steps(out)
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
+    expected = (
+        "resuming at step 3 with max_steps 5 (was 3): the schedule is recomputed for 5 steps (as in a fresh run); "
+        f"learning rate {steps[2]['lr']:.1e} at step 3 -> {steps[3]['lr']:.1e} at step 4 "
+        "(the checkpoint's schedule would give 0.0e+00)"
+    )
+    assert expected in result.stdout, result.stdout[-3000:]
+    assert steps[2]["lr"] != steps[3]["lr"]
+    console = result.stdout + result.stderr
+    for noise in DEEPSPEED_START_UP:
+        assert noise in console, noise
+
+
+def test_eval_labels_of_one_class_are_named_at_start(trainer_shards, tmp_path):
+    """The manifest's per-split label counts (examples/<split>, sentence_pair_negatives/<split>) read when present."""
+    from training.config import DataConfig
+    from training.data import RunExpectations, open_pretraining_data
+    from training.trainer import eval_split_warnings
+
+    def warnings(statistics, name):
+        shards = without_eval_split(trainer_shards, tmp_path / name, statistics)
+        expect = RunExpectations(vocab_size=2000, max_position_embeddings=512, with_nsp_head=True)
+        data = open_pretraining_data(shards, DataConfig(), 0, expect)
+        return eval_split_warnings(data, eval_every=10)
+
+    one_class = {"examples": {"eval": 2862, "train": 57291}, "sentence_pair_negatives": {"train": 27291}}
+    (one_sided,) = warnings(one_class, "a")
+    assert one_sided.startswith("every one of the 2,862 'eval' examples has NSP label 0")
+    balanced = {"examples": {"eval": 2862}, "sentence_pair_negatives": {"eval": 1462}}
+    assert warnings(balanced, "b") == []
+    assert warnings({}, "c") == []  # shards from before the counts: nothing to say

@@ -17,9 +17,16 @@ has reached that run's ``trainer.max_steps``; a clean stop before that exits ``E
 EX_TEMPFAIL), which the Job's ``podFailurePolicy`` ignores: the pod is replaced without counting
 against ``backoffLimit``, and the trainer resumes exactly from that checkpoint.
 
+A torchrun that receives the SIGTERM itself (this pod's, forwarded here) hands it to its workers,
+waits for them to save and exit 0, and then exits 1 (it re-raises the signal as a SignalException).
+So torchrun is given ``BERT_CLEAN_STOP_FILE``, a file the trainer's local rank 0 writes once the
+checkpoint of such a stop is complete (``training/trainer.py``): torchrun's non-zero code with that
+file written is a clean stop like a zero one.
+
 Exit codes: torchrun's own when it fails (a preemption's is ignored by the ``DisruptionTarget``
 rule; others count against ``backoffLimit``); 0 when training is finished; 75 after a clean stop
-before ``max_steps``; 2 for a usage error here (no ``output_dir=`` argument) or one of torchrun's.
+before ``max_steps`` (torchrun's code 0, or non-zero with the clean-stop file written); 2 for a
+usage error here (no ``output_dir=`` argument) or one of torchrun's.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -36,6 +44,8 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped with a checkpoint before max_steps; ru
 EXIT_USAGE = 2
 RDZV_DNS_TIMEOUT_S = float(os.environ.get("BERT_K8S_RDZV_DNS_TIMEOUT_S", "900"))
 """How long to wait for pod 0's DNS record (published once pod 0 has an IP) before torchrun starts."""
+CLEAN_STOP_ENV = "BERT_CLEAN_STOP_FILE"
+"""Where the trainer's local rank 0 writes {"step", "signal", "checkpoint"} after saving and stopping on a signal."""
 MARKER_WAIT_S = float(os.environ.get("BERT_K8S_MARKER_WAIT_S", "120"))
 """How long to wait, after torchrun exits 0, for rank 0 (maybe on another node) to mark the final
 checkpoint complete and for the shared filesystem to show it."""
@@ -86,15 +96,27 @@ def training_finished(output_dir: str) -> bool:
 
 
 def run(command: list[str]) -> int:
-    """torchrun ``command`` with SIGTERM/SIGINT forwarded to it; its exit code."""
-    child = subprocess.Popen(command)
+    """torchrun ``command`` with SIGTERM/SIGINT forwarded to it; its exit code, or 0 when it
+    failed after the trainer wrote the clean-stop file (``CLEAN_STOP_ENV``)."""
+    with tempfile.TemporaryDirectory() as stop_dir:
+        stop_file = os.path.join(stop_dir, "clean-stop.json")
+        child = subprocess.Popen(command, env={**os.environ, CLEAN_STOP_ENV: stop_file})
 
-    def forward(signum, frame):
-        child.send_signal(signum)
+        def forward(signum, frame):
+            child.send_signal(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    return child.wait()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, forward)
+        code = child.wait()
+        if code != 0 and os.path.exists(stop_file):
+            with open(stop_file) as f:
+                print(
+                    f"train_node.py: the trainer saved a checkpoint and stopped on a signal ({f.read().strip()}); "
+                    f"torchrun exited {code} because it was signalled too: a clean stop",
+                    file=sys.stderr,
+                )
+            return 0
+        return code
 
 
 def main(argv: list[str]) -> int:
