@@ -7,6 +7,7 @@ value fails when the config is composed, not an hour into a job.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -26,10 +27,22 @@ class SourceConfig:
     """A text or JSON line longer than this is rejected as oversized (read in bounded pieces)."""
     max_page_bytes: int = 16_000_000
     """A wiki <page> longer than this is rejected as oversized."""
+    text_field: str = "text"
+    """Field (JSON lines) or column (tabular input) holding a record's text, e.g. content."""
+    id_field: str = "id"
+    """Field or column holding a record's id; a record without one is named by its line number."""
+    title_field: str = "title"
+    """Field or column holding a record's title; a record without one has no title."""
 
     def __post_init__(self):
         if self.text_format not in ("book", "bert_lines"):
             raise ValueError(f"source.text_format must be 'book' or 'bert_lines', got {self.text_format!r}")
+        named = {"text_field": self.text_field, "id_field": self.id_field, "title_field": self.title_field}
+        blank = [f"source.{k}" for k, v in named.items() if not isinstance(v, str) or not v.strip()]
+        if blank:
+            raise ValueError(f"{', '.join(blank)} must name a field, e.g. source.text_field=content")
+        if self.text_field in (self.id_field, self.title_field):
+            raise ValueError(f"source.text_field={self.text_field!r} is also the id or title field")
         if self.max_line_bytes < 1024 or self.max_page_bytes < 1024:
             raise ValueError("source.max_line_bytes and source.max_page_bytes must be at least 1024")
 
@@ -62,6 +75,10 @@ class TokenizerConfig:
     """Strip accents; null: false without lowercasing, else decided from the vocabulary (true when training)."""
     max_unk_fraction: float = 0.02
     """The job fails when more than this fraction of all tokens are [UNK] (wrong casing or language)."""
+    max_single_char_word_fraction: float = 0.2
+    """The job fails when more than this fraction of words with letters are split into single characters (English sample: 0.07% with bert-base-uncased)."""
+    max_pieces_per_word: float = 3.0
+    """The job fails when words with letters average more pieces than this (English sample: 1.12 with bert-base-uncased)."""
     vocab_size: int = 30522
     """Size of a trained vocabulary (BERT's 30,522 by default)."""
     min_frequency: int = 2
@@ -78,6 +95,12 @@ class TokenizerConfig:
             raise ValueError("tokenizer.train_sample_documents must be >= 1")
         if not 0.0 <= self.max_unk_fraction <= 1.0:
             raise ValueError(f"tokenizer.max_unk_fraction must be in [0, 1], got {self.max_unk_fraction}")
+        if not 0.0 <= self.max_single_char_word_fraction <= 1.0:
+            raise ValueError(
+                f"tokenizer.max_single_char_word_fraction must be in [0, 1], got {self.max_single_char_word_fraction}"
+            )
+        if self.max_pieces_per_word < 1.0:
+            raise ValueError(f"tokenizer.max_pieces_per_word must be at least 1, got {self.max_pieces_per_word}")
 
 
 @dataclass
@@ -94,6 +117,8 @@ class InstancesConfig:
     """Documents per pool: an NSP negative's B comes from another document of the same pool."""
     eval_fraction: float = 0.01
     """Fraction of documents held out for evaluation, chosen by a hash of the document id."""
+    min_eval_documents: int = 10
+    """The eval split takes at least this many documents (fewer measure little); a corpus of fewer than twice as many has none (0: the fraction alone)."""
     min_work_units: int = 64
     """Least units of work per split for example creation: with fewer pools than this, a
     pool's dupe_factor passes are split over several units (each receives the pool's documents
@@ -113,6 +138,8 @@ class InstancesConfig:
             raise ValueError("instances.pool_size must be at least 2 (NSP negatives need another document)")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError("instances.eval_fraction must be in [0, 1)")
+        if self.min_eval_documents < 0:
+            raise ValueError("instances.min_eval_documents must be >= 0")
 
 
 @dataclass
@@ -123,8 +150,8 @@ class MaskingConfig:
     """static: dupe_factor masked copies written; dynamic: examples stored unmasked."""
     masked_lm_prob: float = 0.15
     """Fraction of tokens to predict."""
-    max_predictions_per_seq: int = 20
-    """Cap on predictions per example (80 at length 512)."""
+    max_predictions_per_seq: Optional[int] = None
+    """Cap on predictions per example; null: the recipe's for the length (``predictions_cap``: 20 at 128, 80 at 512)."""
     whole_word: bool = False
     """Mask whole words (## pieces with the word they continue)."""
     dupe_factor: int = 5
@@ -135,8 +162,27 @@ class MaskingConfig:
             raise ValueError(f"masking.mode must be static or dynamic, got {self.mode!r}")
         if not 0.0 < self.masked_lm_prob < 1.0:
             raise ValueError("masking.masked_lm_prob must be in (0, 1)")
-        if self.max_predictions_per_seq < 1 or self.dupe_factor < 1:
+        if (self.max_predictions_per_seq is not None and self.max_predictions_per_seq < 1) or self.dupe_factor < 1:
             raise ValueError("masking.max_predictions_per_seq and masking.dupe_factor must be >= 1")
+
+    def predictions_cap(self, max_seq_length: int) -> int:
+        """The cap for examples of ``max_seq_length`` tokens: the one given, else what the rate asks
+        of a full example, rounded up to a multiple of 4 (BERT's recipe: 20 at 128, 80 at 512)."""
+        if self.max_predictions_per_seq is not None:
+            return self.max_predictions_per_seq
+        return 4 * math.ceil(self.masked_lm_prob * max_seq_length / 4)
+
+    def cap_warning(self, max_seq_length: int) -> str:
+        """A given cap below what the rate asks of a full example, said in one line ("" when none)."""
+        wanted = math.ceil(self.masked_lm_prob * max_seq_length)
+        cap = self.predictions_cap(max_seq_length)
+        if cap >= wanted:
+            return ""
+        return (
+            f"masking.max_predictions_per_seq={cap} masks at most {cap / max_seq_length:.1%} of a full "
+            f"{max_seq_length}-token example, below masking.masked_lm_prob={self.masked_lm_prob} ({wanted} "
+            "positions); leave it unset for the recipe's cap"
+        )
 
 
 @dataclass

@@ -286,9 +286,15 @@ class ShardManifest:
     # Added after the first manifests: defaults keep those loading. None: accents stripped
     # exactly when lowercasing (what every manifest without the field was made with).
     strip_accents: Optional[bool] = None
+    # Stripping kept the letters written with marks (й, ё, kana, Indic vowel signs), removing
+    # only accents (``pipeline.accents``); False: every mark, as BERT does.
+    keep_letters: bool = False
     casing_reason: str = ""  # why lowercase/strip_accents were chosen (counts over the vocabulary)
     statistics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    # What the job noticed that does not stop it but makes a split measure little (no eval split,
+    # eval labels all one class): ``pipeline.heldout.split_warnings``; the trainer says the eval ones again at start.
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def from_job(
@@ -299,6 +305,7 @@ class ShardManifest:
         lowercase: bool,
         strip_accents: bool,
         casing_reason: str,
+        keep_letters: bool = False,
         max_seq_length: int,
         objective: str,
         masking: MaskingSpec,
@@ -306,6 +313,7 @@ class ShardManifest:
         shards: Sequence[ShardInfo],
         statistics: dict[str, Any],
         config: dict[str, Any],
+        warnings: Sequence[str] = (),
     ) -> "ShardManifest":
         """The manifest of a finished job, from its parts: the vocabulary written to VOCAB_FILE
         (``vocab``, in id order, and the sha256 of that file), how its text was normalised, the
@@ -326,9 +334,11 @@ class ShardManifest:
             seed=seed,
             shards=list(shards),
             strip_accents=strip_accents,
+            keep_letters=keep_letters,
             casing_reason=casing_reason,
             statistics=statistics,
             config=config,
+            warnings=list(warnings),
         )
 
     @property

@@ -1,4 +1,4 @@
-"""From a RawDocument to a clean, sentence-split document with a stable id and a split."""
+"""From a RawDocument to a clean, sentence-split document with a stable id (its split: ``pipeline.heldout``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pipeline.config import CleaningConfig
 from pipeline.records import RawDocument, Rejection, RejectReason
-from pipeline.seeding import stable_id, unit_interval
+from pipeline.seeding import stable_id
 from pipeline.sentences import paragraphs_of, split_sentences
 
 
@@ -22,12 +22,8 @@ class Document:
     title: str
     sentences: tuple[str, ...]
     chars: int
-
-
-def split_of(doc_id: int, eval_fraction: float) -> str:
-    """Held-out split by a hash of the document id alone: the same documents are held out
-    whatever the seed, so evaluations stay comparable across runs."""
-    return "eval" if unit_interval("split", doc_id) < eval_fraction else "train"
+    position: int = 0  # where in its source it starts (``Rejection.position``)
+    format: str = ""  # the reader's SourceFormat value: book_text, json_lines...
 
 
 def prepare_document(raw: RawDocument, cfg: CleaningConfig) -> tuple[Document | None, list[Rejection]]:
@@ -47,9 +43,19 @@ def prepare_document(raw: RawDocument, cfg: CleaningConfig) -> tuple[Document | 
                 RejectReason.TOO_SHORT,
                 f"{len(text)} chars, {len(sentences)} sentences (minimum {cfg.min_document_chars} chars, "
                 f"{cfg.min_sentences} sentences)",
+                position=raw.position,
             )
         )
         return None, rejections
     key = text if cfg.drop_duplicates else f"{os.path.basename(raw.source)}\x00{raw.record_id}\x00{text}"
-    doc = Document(stable_id(key), raw.source, raw.record_id, raw.title, tuple(sentences), len(text))
+    doc = Document(
+        stable_id(key),
+        raw.source,
+        raw.record_id,
+        raw.title,
+        tuple(sentences),
+        len(text),
+        raw.position,
+        raw.format.value,
+    )
     return doc, rejections

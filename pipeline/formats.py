@@ -43,6 +43,8 @@ class DocumentRecord:
     title: str
     sentences: int
     tokens: int
+    format: str = ""  # how its source was read (a SourceFormat value: book_text, json_lines...)
+    position: int = 0  # where in its source it starts, for rejects in input order; not in the table
 
 
 DOCUMENT_SCHEMA = pa.schema(
@@ -54,6 +56,7 @@ DOCUMENT_SCHEMA = pa.schema(
         ("title", pa.string()),
         ("sentences", pa.int32()),
         ("tokens", pa.int32()),
+        ("format", pa.string()),
     ],
     metadata={contract.SCHEMA_METADATA_KEY: str(contract.SCHEMA_VERSION).encode()},
 )

@@ -3,7 +3,9 @@ output and commits it, vocab.txt, and the manifest last (its presence marks a co
 
 from __future__ import annotations
 
+import heapq
 import json
+import logging
 from typing import Sequence
 
 import apache_beam as beam
@@ -13,7 +15,14 @@ from pipeline import contract, storage
 from pipeline.config import MaskingConfig, PipelineConfig
 from pipeline.contract import MaskingSpec, ShardManifest
 from pipeline.formats import DocumentFormat, ExampleFormat, JsonLinesFormat
-from pipeline.output_checks import FIRST_REJECTS, check_train_split, check_unk_rate
+from pipeline.heldout import HeldOutRule, split_warnings
+from pipeline.output_checks import (
+    FIRST_REJECTS,
+    accent_merge_warning,
+    check_train_split,
+    check_unk_rate,
+    check_vocabulary_fit,
+)
 from pipeline.redaction import redact
 from pipeline.seeding import derive_seed
 from pipeline.shard_sink import ShardRecords, WriteShards, commit, complete_shards, write_text
@@ -25,14 +34,22 @@ ROWS_PER_SIDE_SHARD = 500_000  # documents / rejects tables
 
 
 def first_rejects(written, n: int = FIRST_REJECTS) -> list[dict]:
-    """The first ``n`` rejects of the temporary reject shards (each sorted), in shard order."""
-    out: list[dict] = []
-    for shard in sorted(written, key=lambda w: w.index):
-        with FileSystems.open(shard.temp_path) as f:
-            out += [json.loads(line) for line in f.read().decode("utf-8").splitlines()[: n - len(out)]]
-        if len(out) >= n:
-            break
-    return out
+    """The first ``n`` rejects in input order (by source, then position in it) of the temporary
+    reject shards. The shards hold rejects by a hash, so every one is read; this runs only when
+    the train split is empty, and keeps ``n`` rejects in memory."""
+
+    def rejects():
+        for shard in written:
+            with FileSystems.open(shard.temp_path) as f:
+                for line in f:  # one at a time: a table of rejects can be large
+                    if line.strip():
+                        yield json.loads(line.decode("utf-8"))
+
+    return heapq.nsmallest(n, rejects(), key=_input_order)
+
+
+def _input_order(reject: dict) -> tuple:
+    return reject.get("source", ""), reject.get("position", 0), reject.get("record_id", ""), reject.get("reason", "")
 
 
 def summary_statistics(stats: dict) -> dict:
@@ -43,9 +60,9 @@ def summary_statistics(stats: dict) -> dict:
     return nest(stats)
 
 
-def masking_spec(m: MaskingConfig) -> MaskingSpec:
+def masking_spec(m: MaskingConfig, max_seq_length: int) -> MaskingSpec:
     """The manifest's record of how the examples were (or are to be) masked."""
-    return MaskingSpec(m.mode, m.masked_lm_prob, m.max_predictions_per_seq, m.whole_word, m.dupe_factor)
+    return MaskingSpec(m.mode, m.masked_lm_prob, m.predictions_cap(max_seq_length), m.whole_word, m.dupe_factor)
 
 
 class _Finalize(beam.DoFn):
@@ -60,9 +77,27 @@ class _Finalize(beam.DoFn):
     def setup(self):
         storage.configure_filesystems(self.cfg.storage)
 
-    def process(self, _, examples, documents, rejects, vocab: VocabInfo, stats: dict, unknown_words: list):
+    def process(
+        self,
+        _,
+        examples,
+        documents,
+        rejects,
+        vocab: VocabInfo,
+        stats: dict,
+        unknown_words: list,
+        held_out: HeldOutRule,
+        split_words: list,
+    ):
         cfg, out = self.cfg, self.cfg.output_dir
         statistics = summary_statistics(stats)
+        cap_warning = cfg.masking.cap_warning(cfg.instances.max_seq_length)
+        warnings = [cap_warning] if cap_warning else []
+        warnings += split_warnings(statistics, cfg.instances.objective, held_out.note)
+        merged = accent_merge_warning(statistics, vocab.casing, cfg.tokenizer.vocab_file)
+        if merged:
+            logging.getLogger(__name__).warning(merged)
+            warnings.append(merged)
         problems = [
             m
             for m in (
@@ -70,11 +105,23 @@ class _Finalize(beam.DoFn):
                     statistics, first_rejects(rejects) if not statistics.get("examples", {}).get("train") else []
                 ),
                 check_unk_rate(statistics, unknown_words, vocab.casing, cfg.tokenizer.max_unk_fraction),
+                check_vocabulary_fit(
+                    statistics,
+                    split_words,
+                    cfg.tokenizer.max_single_char_word_fraction,
+                    cfg.tokenizer.max_pieces_per_word,
+                    None if cfg.tokenizer.vocab_file else len(vocab.tokens),
+                ),
             )
             if m
         ]
         if problems:
-            report = {"message": " ".join(problems), "statistics": statistics, "casing": vocab.casing.reason}
+            report = {
+                "message": " ".join(problems),
+                "statistics": statistics,
+                "casing": vocab.casing.reason,
+                "warnings": warnings,
+            }
             write_text(FileSystems.join(self.temp_dir, FAILURE_REPORT), json.dumps(report, indent=2) + "\n")
             return
         infos = commit(
@@ -88,14 +135,16 @@ class _Finalize(beam.DoFn):
             vocab_sha256=vocab.sha256,
             lowercase=vocab.lowercase,
             strip_accents=vocab.strip_accents,
+            keep_letters=vocab.casing.keep_letters,
             casing_reason=vocab.casing.reason,
             max_seq_length=cfg.instances.max_seq_length,
             objective=cfg.instances.objective,
-            masking=masking_spec(cfg.masking),
+            masking=masking_spec(cfg.masking, cfg.instances.max_seq_length),
             seed=cfg.seed,
             shards=infos,
             statistics=statistics,
             config=self.config_dict,
+            warnings=warnings,
         )
         write_text(FileSystems.join(out, contract.MANIFEST_FILE), manifest.to_json())
         storage.delete_directory(self.temp_dir)  # spill files too; a retried finalize finds it gone
@@ -118,7 +167,9 @@ class WriteOutputs(beam.PTransform):
     (``ShardManifest.from_job``); an output that fails a check is not committed, and its report
     goes to ``temp_dir``/FAILURE_REPORT instead.
 
-    ``vocab``: one VocabInfo; ``unknown_words``: ``TokenizedDocuments.unknown_words``;
+    ``vocab``: one VocabInfo; ``unknown_words``, ``split_words``: ``TokenizedDocuments``' (words
+    behind [UNK] and words split into single characters, for the output checks);
+    ``held_out``: ``PreparedDocuments.held_out`` (why there is no eval split, if there is none);
     ``rejects``, ``stats``: those of the stages before CreateExamples (its own come with its
     outputs); ``config_dict``: the job's configuration, redacted (``pipeline.redaction``) into
     the manifest. Returns the manifest's statistics: one dict, or none when a check refused the
@@ -132,12 +183,15 @@ class WriteOutputs(beam.PTransform):
         example_format: ExampleFormat,
         vocab,
         unknown_words,
+        held_out,
+        split_words,
         rejects: Sequence = (),
         stats: Sequence = (),
     ):
         super().__init__()
         self.cfg, self.config_dict, self.temp_dir, self.example_format = cfg, config_dict, temp_dir, example_format
         self.vocab, self.unknown_words, self.rejects, self.stats = vocab, unknown_words, tuple(rejects), tuple(stats)
+        self.held_out, self.split_words = held_out, split_words
 
     def _extract_input_pvalues(self, made):
         # Beam's hook for a transform with several inputs: the input is a CreatedExamples, a
@@ -183,5 +237,7 @@ class WriteOutputs(beam.PTransform):
                 vocab=beam.pvalue.AsSingleton(self.vocab),
                 stats=beam.pvalue.AsSingleton(totals),
                 unknown_words=beam.pvalue.AsSingleton(self.unknown_words),
+                split_words=beam.pvalue.AsSingleton(self.split_words),
+                held_out=beam.pvalue.AsSingleton(self.held_out),
             )
         )

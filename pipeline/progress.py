@@ -1,6 +1,11 @@
-"""Progress of a local job, for the person watching it: documents read, kept, examples, elapsed.
+"""Progress of a local job, for the person watching it: how much input is read, documents, examples.
 
-    [   1m20s] documents read 12,345 · kept 11,002 · examples 230,118
+    [   1m20s] files 3/12 · input 1.2 GB/4.0 GB (30%) · documents read 12,345 · kept 11,002 · examples 230,118 · 3m05s left reading
+
+Input is measured as stored (the compressed size of a .bz2/.gz: the size known before reading), and
+files count when read to their end. The time left extrapolates the reading pace so far
+(elapsed / share read); it is the time left reading the inputs, after which the job's last stages
+(vocabulary, examples, shards) still run.
 
 The counts are the job's own (``CountingDoFn.count``). On the local runner the workers are
 processes on this machine: each one that counts writes its running totals, at most once a
@@ -13,6 +18,7 @@ bundle counts twice here (the manifest's statistics are exact).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -21,11 +27,16 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from typing import Optional, TextIO
+from dataclasses import dataclass
+from typing import BinaryIO, Optional, TextIO
 
 PROGRESS_DIR_ENV = "BERT_PRETRAIN_PROGRESS_DIR"
 SHOWN = (("documents_read", "documents read"), ("documents_kept", "kept"), ("examples", "examples"))
 """(statistics prefix, label) of what a progress line shows: a prefix sums its keys ("examples/train"...)."""
+INPUT_BYTES = "input_bytes"
+"""Progress-only key: bytes of input files read, as stored (``counted_reads``)."""
+FILES_DONE = "files_done"
+"""Progress-only key: input files read to their end."""
 _WRITE_EVERY_S = 1.0
 
 
@@ -80,7 +91,34 @@ def note(key: str, n: int) -> None:
     _totals.add(prefix, n)
 
 
-_SHOWN_PREFIXES = {prefix for prefix, _ in SHOWN}
+_SHOWN_PREFIXES = {prefix for prefix, _ in SHOWN} | {INPUT_BYTES, FILES_DONE}
+
+
+class _CountedReads(io.RawIOBase):
+    """A binary stream whose reads are noted under INPUT_BYTES."""
+
+    def __init__(self, inner: BinaryIO):
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._inner.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        note(INPUT_BYTES, n)
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inner.close()
+        super().close()
+
+
+def counted_reads(stream: BinaryIO) -> BinaryIO:
+    """``stream``, its reads noted under INPUT_BYTES in a local run; unchanged otherwise."""
+    return _CountedReads(stream) if os.environ.get(PROGRESS_DIR_ENV) else stream
 
 
 def flush() -> None:
@@ -103,21 +141,59 @@ def read_totals(directory: str) -> Counter:
     return total
 
 
-def format_line(counts: Counter, seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    elapsed = f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-    shown = " · ".join(f"{label} {counts.get(prefix, 0):,}" for prefix, label in SHOWN)
-    return f"[{elapsed:>8}] {shown}"
+def _clock(seconds: float) -> str:
+    """83 -> ``1m23s``; 4000 -> ``1h06m40s``."""
+    minutes, secs = divmod(int(max(seconds, 0)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _size(n: float) -> str:
+    """1_234_567 -> ``1.2 MB`` (decimal units, as file managers and cloud consoles show sizes)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+@dataclass(frozen=True)
+class InputTotals:
+    """What the job has to read, known before it starts: input files and their stored bytes."""
+
+    files: int = 0
+    bytes: int = 0
+
+
+def format_line(counts: Counter, seconds: float, inputs: InputTotals = InputTotals()) -> str:
+    """One progress line; with ``inputs`` known, files and bytes read of their totals and the time
+    left reading (the pace so far extrapolated over the bytes left, or the files left when the
+    inputs are empty)."""
+    shown = [f"{label} {counts.get(prefix, 0):,}" for prefix, label in SHOWN]
+    if inputs.files:
+        files, read = min(counts.get(FILES_DONE, 0), inputs.files), counts.get(INPUT_BYTES, 0)
+        done = min(read / inputs.bytes, 1.0) if inputs.bytes else files / inputs.files
+        if files == inputs.files:
+            left = "inputs read"
+        elif done > 0:
+            left = f"{_clock(seconds * (1 - done) / done)} left reading"
+        else:
+            left = "? left reading"
+        size = f"input {_size(min(read, inputs.bytes))}/{_size(inputs.bytes)} ({done:.0%})"
+        shown = [f"files {files:,}/{inputs.files:,}", size, *shown, left]
+    return f"[{_clock(seconds):>8}] {' · '.join(shown)}"
 
 
 class ProgressReporter:
     """While the job runs: a progress line every ``every_s`` seconds (0: none), to ``stream``.
 
     Use as a context manager around the job; ``env`` holds the variable that the workers must
-    inherit (pass it to ``pipeline.runner.worker_environment``)."""
+    inherit (pass it to ``pipeline.runner.worker_environment``). ``inputs``: what the job reads,
+    for the share read and the time left."""
 
-    def __init__(self, every_s: float, stream: TextIO = sys.stderr):
-        self.every_s, self.stream = every_s, stream
+    def __init__(self, every_s: float, stream: TextIO = sys.stderr, inputs: InputTotals = InputTotals()):
+        self.every_s, self.stream, self.inputs = every_s, stream, inputs
         self.directory: Optional[str] = None
         self.env: dict[str, str] = {}
         self._stop = threading.Event()
@@ -134,9 +210,8 @@ class ProgressReporter:
 
     def _report(self) -> None:
         while not self._stop.wait(self.every_s):
-            print(
-                format_line(read_totals(self.directory), time.monotonic() - self._start), file=self.stream, flush=True
-            )
+            line = format_line(read_totals(self.directory), time.monotonic() - self._start, self.inputs)
+            print(line, file=self.stream, flush=True)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

@@ -56,6 +56,7 @@ class RawDocument:
     text: str
     format: SourceFormat
     presplit: bool = False
+    position: int = 0  # where in its source it starts (``Rejection.position``)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class WikitextPage:
     record_id: str  # page id
     title: str
     wikitext: str
+    position: int = 0  # the page's place in the dump, 1 for the first (``Rejection.position``)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class Rejection:
     reason: RejectReason
     detail: str = ""
     action: RejectAction = RejectAction.DROPPED
+    position: int = 0
+    """Where in its source the part starts, to list rejects in input order: the line number
+    (line formats), the page's place in the dump (wiki XML); 0 for the file as a whole."""
 
     def to_json_dict(self) -> dict:
         return {
@@ -88,4 +93,5 @@ class Rejection:
             "reason": self.reason.value,
             "action": self.action.value,
             "detail": self.detail,
+            "position": self.position,
         }

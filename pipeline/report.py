@@ -7,7 +7,8 @@ Writes into ``<shard dir>/report/`` unless ``--out`` says otherwise, and prints 
     example_lengths.png       non-padding tokens per example, a histogram per split
     sentence_pairs.png        next_sentence_label per split: B random / B next (nsp), swapped / in order (sop)
     masked_positions.png      stored masked positions per example, per split (static masking only)
-    documents_per_source.png  kept documents per input source, by split (the documents table)
+    documents_per_source.png  kept documents and their tokens per input source, by split (the
+                              documents table); over TOP_SOURCES sources, per folder and format
     rejects.png               rejected or repaired documents and file parts by reason (the manifest's
                               statistics; rejects/*.jsonl for an output without them)
 
@@ -40,7 +41,8 @@ from pipeline.plots import Plotted, Series, bars, new_figure, save
 REPORT_SUBDIR = "report"
 DEFAULT_MAX_ROWS = 1_000_000
 TOP_SOURCES = 25
-"""documents_per_source.png shows this many sources; the rest are one "other" bar."""
+"""documents_per_source.png shows up to this many sources one by one; more are grouped by folder
+and format, and past this many groups the rest are one "other" bar."""
 
 SENTENCE_LABELS = {"nsp": ("B next", "B random"), "sop": ("in order", "swapped")}
 """The names of next_sentence_label 0 and 1 per objective."""
@@ -137,15 +139,37 @@ def _side_tables(data_dir: str, name: str, suffix: str) -> list[str]:
     return sorted(glob.glob(os.path.join(data_dir, name, f"*{suffix}")))
 
 
-def documents_by_source(data_dir: str) -> dict[tuple[str, str], int]:
-    """Kept documents per (source, split), from ``documents/*.arrow`` ({} when there is none)."""
-    counts: Counter = Counter()
+@dataclass(frozen=True)
+class Kept:
+    """What the documents table says of one source in one split."""
+
+    documents: int
+    tokens: int
+
+
+def documents_by_source(data_dir: str) -> dict[tuple[str, str, str], Kept]:
+    """Kept documents and their tokens per (source, format, split), from ``documents/*.arrow``
+    ({} when there is none). The format is how the source was read (``book_text``...); a table
+    written before it had that column gives the file's suffix instead."""
+    counts: dict[tuple[str, str, str], Kept] = {}
     for path in _side_tables(data_dir, "documents", contract.SHARD_SUFFIX):
-        table = contract.open_shard(path).select(["source", "split"])
-        grouped = table.group_by(["source", "split"]).aggregate([([], "count_all")])
+        table = contract.open_shard(path)
+        if "format" not in table.column_names:
+            suffixes = [_suffix(s) for s in table.column("source").to_pylist()]
+            table = table.append_column("format", pa.array(suffixes, pa.string()))
+        keys = ["source", "format", "split"]
+        grouped = table.select([*keys, "tokens"]).group_by(keys).aggregate([([], "count_all"), ("tokens", "sum")])
         for row in grouped.to_pylist():
-            counts[(row["source"], row["split"])] += row["count_all"]
-    return dict(counts)
+            key = (row["source"], row["format"], row["split"])
+            before = counts.get(key, Kept(0, 0))
+            counts[key] = Kept(before.documents + row["count_all"], before.tokens + (row["tokens_sum"] or 0))
+    return counts
+
+
+def _suffix(source: str) -> str:
+    """``a/b.jsonl.gz`` -> ``.jsonl.gz``."""
+    name = source.rsplit("/", 1)[-1]
+    return name[name.find(".") :] if "." in name else "(no suffix)"
 
 
 def rejects_by_reason(data_dir: str, manifest: contract.ShardManifest) -> tuple[dict[str, int], str]:
@@ -236,31 +260,78 @@ def short_sources(sources: list[str]) -> dict[str, str]:
     return {s: label if len(label) <= LABEL_CHARS else "..." + label[-LABEL_CHARS + 3 :] for s, label in labels.items()}
 
 
-def plot_documents_per_source(counts: dict[tuple[str, str], int], path: str) -> Plotted:
-    """Kept documents per source (the TOP_SOURCES largest, then one "other" bar), stacked by split.
-    Series "<split>": x the source labels, y the documents."""
-    splits = sorted({split for _, split in counts}, key=lambda s: (s != "train", s))
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("s" if n != 1 else "")
+
+
+def _common_dir(directories: list[str]) -> str:
+    """The longest directory all of ``directories`` are in ("/"-separated, so gs:// paths too)."""
+    parts = [d.rstrip("/").split("/") for d in directories]
+    common = []
+    for names in zip(*parts):
+        if len(set(names)) > 1:
+            break
+        common.append(names[0])
+    return "/".join(common)
+
+
+def source_groups(sources: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """A bar label per (source, format): the file itself (``short_sources``) when there are at
+    most TOP_SOURCES sources, else its folder and format, ``books/fiction · book_text (120
+    files)``, the folder named from the one above the inputs' common folder."""
+    paths = sorted({s for s, _ in sources})
+    if len(paths) <= TOP_SOURCES:
+        labels = short_sources(paths)
+        return {(s, f): labels[s] for s, f in sources}
+    folder = {s: s.rsplit("/", 1)[0] if "/" in s else "." for s in paths}
+    root = _common_dir(list(folder.values()))
+    above = root.rsplit("/", 1)[0] + "/" if "/" in root else ""
+    named = {s: (d[len(above) :] if above and d.startswith(above) else d) or "." for s, d in folder.items()}
+    files = Counter((named[s], f) for s, f in set(sources))
+    return {(s, f): f"{named[s]} · {f} ({_plural(files[(named[s], f)], 'file')})" for s, f in sources}
+
+
+def plot_documents_per_source(counts: dict[tuple[str, str, str], Kept], path: str) -> Plotted:
+    """Kept documents and their tokens (two panels) per source, or per folder and format when
+    there are more than TOP_SOURCES sources (``source_groups``); the TOP_SOURCES largest bars by
+    tokens, then one "other" bar; stacked by split. Series "documents/<split>" and
+    "tokens/<split>": x the bar labels, y the documents or tokens."""
+    splits = sorted({split for *_, split in counts}, key=lambda s: (s != "train", s))
+    label_of = source_groups(sorted({(s, f) for s, f, _ in counts}))
+    per_label: dict[tuple[str, str], list[int]] = {}
+    for (source, fmt, split), kept in counts.items():
+        summed = per_label.setdefault((label_of[(source, fmt)], split), [0, 0])
+        summed[0] += kept.documents
+        summed[1] += kept.tokens
     totals = Counter()
-    for (source, _), n in counts.items():
-        totals[source] += n
-    ranked = [s for s, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))]
+    for (label, _), (_, tokens) in per_label.items():
+        totals[label] += tokens
+    ranked = [label for label, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))]
     shown, rest = ranked[:TOP_SOURCES], ranked[TOP_SOURCES:]
-    labels = short_sources(shown)
-    categories = [labels[s] for s in shown] + ([f"other ({len(rest):,} sources)"] if rest else [])
-    stacks = {}
-    for split in splits:
-        values = [counts.get((s, split), 0) for s in shown]
-        if rest:
-            values.append(sum(counts.get((s, split), 0) for s in rest))
-        stacks[split] = values
-    sources = f"{len(ranked):,} source" + ("s" if len(ranked) != 1 else "")
-    title = f"Documents per source ({sum(totals.values()):,} documents, {sources})"
-    fig, (ax,) = new_figure(1, width=9.0, height=1.8 + 0.3 * len(categories))
-    bars(ax, categories, stacks, horizontal=True)
-    ax.set_xlabel("documents kept")
+    categories = shown + ([f"other ({len(rest):,} groups)"] if rest else [])
+    series: dict[str, Series] = {}
+    fig, axes = new_figure(2, width=6.0, height=1.8 + 0.3 * len(categories))
+    for i, (panel, ax) in enumerate(zip(("documents", "tokens"), axes)):
+        stacks = {}
+        for split in splits:
+            values = [per_label.get((label, split), [0, 0])[i] for label in shown]
+            if rest:
+                values.append(sum(per_label.get((label, split), [0, 0])[i] for label in rest))
+            stacks[split] = values
+            series[f"{panel}/{split}"] = Series(categories, values)
+        bars(ax, categories, stacks, horizontal=True)
+        ax.set_xlabel(f"{panel} kept")
+        ax.tick_params(labelleft=i == 0)  # the bars of both panels are in the same order
+    documents = sum(v[0] for v in per_label.values())
+    sources = len({s for s, _, _ in counts})
+    grouping = "source" if sources <= TOP_SOURCES else "folder and format"
+    title = (
+        f"Documents and tokens per {grouping} ({documents:,} documents, {sum(totals.values()):,} tokens, "
+        f"{_plural(sources, 'source')})"
+    )
     fig.suptitle(title)
     save(fig, path)
-    return Plotted(path, title, {split: Series(categories, values) for split, values in stacks.items()})
+    return Plotted(path, title, series)
 
 
 def plot_rejects(counts: dict[str, int], origin: str, path: str) -> Plotted:

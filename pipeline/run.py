@@ -15,7 +15,7 @@ from pipeline.config import PipelineConfig
 from pipeline.contract import ShardManifest, SpecialTokens
 from pipeline.formats import ExampleFormat
 from pipeline.outputs import FAILURE_REPORT, WriteOutputs
-from pipeline.progress import ProgressReporter
+from pipeline.progress import InputTotals, ProgressReporter
 from pipeline.runner import beam_options, make_runner, runner_heap, worker_environment
 from pipeline.spill import Spill
 from pipeline.stats import format_summary
@@ -65,6 +65,16 @@ def expand_inputs(patterns: list[str]) -> list[str]:
             raise JobError(f"input {pattern!r} matched no files")
         paths.update(found)
     return sorted(paths)
+
+
+def input_totals(paths: list[str]) -> InputTotals:
+    """The input files and their bytes as stored (compressed sizes), for the progress line; the
+    bytes are 0 (unknown) when the file system cannot list them."""
+    try:
+        sizes = [m.size_in_bytes for result in FileSystems.match(paths) for m in result.metadata_list]
+    except OSError:  # Beam's BeamIOError among them
+        sizes = []
+    return InputTotals(files=len(paths), bytes=sum(sizes))
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
@@ -146,14 +156,16 @@ def build(
     )
     example_format = example_format_for(cfg, fixed_vocab)
     read = p | "Inputs" >> beam.Create(paths) | "ReadSources" >> ReadSources(cfg.source, spill)
-    prepared = read.documents | "PrepareDocuments" >> PrepareDocuments(cfg.cleaning, cfg.instances.eval_fraction, spill)
+    prepared = read.documents | "PrepareDocuments" >> PrepareDocuments(
+        cfg.cleaning, cfg.instances.eval_fraction, spill, cfg.instances.min_eval_documents
+    )
     if fixed_vocab is not None:
         vocab = p | "GivenVocabulary" >> beam.Create([fixed_vocab])
     else:
         vocab = prepared.chunks | "TrainVocabulary" >> TrainVocabulary(
-            cfg.tokenizer, spill, prepared.counts, cfg.cleaning.drop_duplicates
+            cfg.tokenizer, spill, prepared.counts, prepared.held_out, cfg.cleaning.drop_duplicates
         )
-    tokenized = prepared.chunks | "Tokenize" >> TokenizeDocuments(vocab, spill)
+    tokenized = prepared.chunks | "Tokenize" >> TokenizeDocuments(vocab, spill, prepared.held_out)
     made = tokenized.documents | "CreateExamples" >> CreateExamples(
         cfg.instances,
         cfg.masking,
@@ -172,8 +184,10 @@ def build(
         example_format,
         vocab,
         tokenized.unknown_words,
+        prepared.held_out,
+        tokenized.split_words,
         rejects=(read.rejects, prepared.rejects),
-        stats=(read.stats, prepared.stats),
+        stats=(read.stats, prepared.stats, tokenized.stats),
     )
 
 
@@ -194,9 +208,9 @@ def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
     prepare_output_dir(cfg.output_dir, cfg.overwrite)
     temp_dir = FileSystems.join(cfg.output_dir, f".temp-{uuid.uuid4().hex}")
     start = time.perf_counter()
-    local = cfg.runner.runner == "DirectRunner"
+    every_s = cfg.progress_every_s if cfg.runner.runner == "DirectRunner" else 0
     with (
-        ProgressReporter(cfg.progress_every_s if local else 0) as progress,
+        ProgressReporter(every_s, inputs=input_totals(paths) if every_s else InputTotals()) as progress,
         runner_heap(cfg.runner),
         worker_environment(cfg.runner, cfg.log_level, progress.env),
         beam.Pipeline(runner=make_runner(cfg.runner, options), options=options) as p,
@@ -215,6 +229,7 @@ def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
             cfg.output_dir,
             casing=manifest.casing_reason,
             vocabulary=vocabulary_note(manifest.vocab_size, cfg.tokenizer),
+            warnings=manifest.warnings,
         ),
         flush=True,
     )
@@ -232,5 +247,13 @@ def raise_failure(output_dir: str, temp_dir: str, seconds: float) -> None:
     storage.delete_directory(temp_dir)
     if report is None:
         raise JobError(f"the job finished without writing {contract.MANIFEST_FILE} or a failure report in {output_dir}")
-    print(format_summary(report["statistics"], seconds, output_dir, casing=report["casing"], failed=True), flush=True)
+    summary = format_summary(
+        report["statistics"],
+        seconds,
+        output_dir,
+        casing=report["casing"],
+        failed=True,
+        warnings=report.get("warnings", ()),
+    )
+    print(summary, flush=True)
     raise JobError(report["message"])

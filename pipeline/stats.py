@@ -7,7 +7,7 @@ on every runner; the same counts also go to ``Metrics.counter`` for runners' mon
 from __future__ import annotations
 
 from collections import Counter
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
@@ -30,7 +30,8 @@ class CountingDoFn(beam.DoFn):
     def count(self, key: str, n: int = 1) -> None:
         if n:
             self._counts[key] += n
-            beam.metrics.Metrics.counter(NAMESPACE, key).inc(n)
+            # Runners' metric names are safest in ASCII (keys such as "accents_stripped/é->e" are not).
+            beam.metrics.Metrics.counter(NAMESPACE, key.encode("ascii", "backslashreplace").decode()).inc(n)
             progress.note(key, n)
 
     def finish_bundle(self):
@@ -72,10 +73,16 @@ def nest(flat: Mapping[str, int]) -> dict:
 
 
 def format_summary(
-    stats: Mapping, seconds: float, output_dir: str, casing: str = "", failed: bool = False, vocabulary: str = ""
+    stats: Mapping,
+    seconds: float,
+    output_dir: str,
+    casing: str = "",
+    failed: bool = False,
+    vocabulary: str = "",
+    warnings: Sequence[str] = (),
 ) -> str:
     """The readable end-of-job report; ``casing``: why the text was (not) lowercased / stripped;
-    ``vocabulary``: its size and where it came from."""
+    ``vocabulary``: its size and where it came from; ``warnings``: the manifest's, one line each."""
     g = lambda *path: _get(stats, path)  # noqa: E731
     docs_read = sum(g("documents_read").values()) if isinstance(g("documents_read"), dict) else 0
     tokens = sum(v for v in (g("tokens") or {}).values())
@@ -97,9 +104,42 @@ def format_summary(
         lines.append(f"  vocabulary        {vocabulary}")
     if casing:
         lines.append(f"  casing            {casing}")
+    fit = vocabulary_fit(stats)
+    if fit:
+        pieces = ", ".join(f"{split} {p:.2f}" for split, (p, _) in fit.items())
+        single = ", ".join(f"{split} {c:.2%}" for split, (_, c) in fit.items())
+        lines.append(f"  vocabulary fit    pieces per word ({pieces}); words in single characters ({single})")
+    stripped = g("accents_stripped") or {}
+    if stripped:
+        top = sorted(stripped.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_STRIPPED]
+        more = f", {len(stripped) - TOP_STRIPPED} more" if len(stripped) > TOP_STRIPPED else ""
+        lines.append(
+            f"  accents stripped  {sum(stripped.values()):>12,}   ("
+            + ", ".join(f"{k} {v:,}" for k, v in top)
+            + f"{more})"
+        )
+    lines += [f"  warning           {w}" for w in warnings]
     if seconds > 0:
         lines.append(f"  throughput        {docs_read / seconds:>12,.1f} docs/s   {tokens / seconds:,.0f} tokens/s")
     return "\n".join(lines)
+
+
+TOP_STRIPPED = 8  # characters changed by accent stripping shown in the summary
+
+
+def vocabulary_fit(stats: Mapping) -> dict[str, tuple[float, float]]:
+    """{split: (pieces per word, fraction of words split into single characters)} over the words
+    with letters (nested statistics ``words``, ``word_pieces``, ``single_char_words``), for the
+    splits with words; "all" first when there are several splits."""
+    words, pieces, single = (_get(stats, (k,)) for k in ("words", "word_pieces", "single_char_words"))
+    words = words if isinstance(words, Mapping) else {}
+    pieces = pieces if isinstance(pieces, Mapping) else {}
+    single = single if isinstance(single, Mapping) else {}
+    fit = {split: (pieces.get(split, 0) / n, single.get(split, 0) / n) for split, n in sorted(words.items()) if n}
+    total = sum(words.values())
+    if len(fit) > 1:
+        fit = {"all": (sum(pieces.values()) / total, sum(single.values()) / total), **fit}
+    return fit
 
 
 def unk_rates(stats: Mapping) -> dict[str, float]:

@@ -20,10 +20,12 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline import contract, storage
+from pipeline import contract, progress, storage
+from pipeline.accents import stripped_characters
 from pipeline.config import CleaningConfig, InstancesConfig, MaskingConfig, OutputConfig, SourceConfig, TokenizerConfig
-from pipeline.documents import Document, prepare_document, split_of
+from pipeline.documents import Document, prepare_document
 from pipeline.formats import DocumentRecord
+from pipeline.heldout import AssignSplit, DecideHeldOut
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
 from pipeline.masking import MaskingParams
 from pipeline.records import RawDocument, Rejection, RejectReason, WikitextPage
@@ -36,7 +38,9 @@ from pipeline.tokenization import (
     SPECIAL_TOKENS,
     CasingDecision,
     build_tokenizer,
+    letter_words,
     masking_vocabulary,
+    split_into_characters,
     training_casing,
     vocab_sha256,
 )
@@ -47,6 +51,9 @@ EMPTY_TAG = "empty"
 DOCUMENTS_TAG = "documents"
 UNKNOWN_WORDS_TAG = "unknown_words"
 TOP_UNKNOWN_WORDS = 10  # how many of the words that became [UNK] reach the output checks
+SPLIT_WORDS_TAG = "split_words"
+SPLIT_WORDS_PER_BUNDLE = 50  # a bundle's most frequent words split into single characters, sent on
+MAX_SPLIT_WORDS_HELD = 10_000  # distinct such words a bundle counts (a corpus the vocabulary misses has many)
 UNK = "[UNK]"
 
 
@@ -85,12 +92,15 @@ class _ReadSourceFile(CountingDoFn):
 
     def process(self, path: str):
         self.count("files_read")
-        opener = lambda: FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)  # noqa: E731
+        opener = lambda: progress.counted_reads(  # noqa: E731
+            FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        )
         for item in read_source(path, opener, self.cfg, defer_wikitext=True):
             if isinstance(item, Rejection):
                 yield _reject(self, item)
             else:
                 yield from self._chunks.add(item)
+        progress.note(progress.FILES_DONE, 1)
 
     def finish_bundle(self):
         for chunk in self._chunks.flush():
@@ -168,31 +178,22 @@ class _PrepareDocument(CountingDoFn):
             yield doc
 
 
-class CountPerSplit(beam.PTransform):
-    """(split, document) -> one {split: documents} (every split present in the input)."""
-
-    def expand(self, split_docs):
-        return (
-            split_docs
-            | "Split" >> beam.Map(lambda sd: sd[0])
-            | "Count" >> beam.combiners.Count.PerElement()
-            | "ToDict" >> beam.combiners.ToDict()
-        )
-
-
 @dataclass(frozen=True)
 class PreparedDocuments:
     """What ``PrepareDocuments`` gives: the documents as every later step reads them."""
 
-    chunks: beam.PCollection  # SpilledChunk of (split, Document), spread over the workers
-    counts: beam.PCollection  # one {split: documents}
+    chunks: beam.PCollection  # SpilledChunk of Document, spread over the workers
+    held_out: beam.PCollection  # one HeldOutRule: read the chunks through ``ReadDocuments`` for (split, Document)
+    counts: beam.PCollection  # one {split: documents} under that rule
     rejects: beam.PCollection  # Rejection: documents too short
     stats: beam.PCollection  # dict of per-bundle counters (``pipeline.stats``)
 
 
 class PrepareDocuments(beam.PTransform):
-    """RawDocument -> PreparedDocuments: sentence-split, filtered, given a split, and written to
-    chunk files (``spill``), with the count per split.
+    """RawDocument -> PreparedDocuments: sentence-split, filtered, and written to chunk files
+    (``spill``), with the held-out rule (``pipeline.heldout``) and the count per split under it.
+    The split is applied where the chunks are read (``ReadDocuments``): the rule needs every
+    document's hash first, and applying it here would make the runner hold the documents.
 
     Every later step reads the documents from chunk files (``pipeline.spill``): the vocabulary,
     which tokenising waits for, would otherwise hold them all in the runner meanwhile. The
@@ -205,23 +206,35 @@ class PrepareDocuments(beam.PTransform):
     text and its pool a hash of the id, so copies meet in one pool, and the documents cross
     the shuffle once (for the pools) instead of twice."""
 
-    def __init__(self, cfg: CleaningConfig, eval_fraction: float, spill: Spill):
+    def __init__(self, cfg: CleaningConfig, eval_fraction: float, spill: Spill, min_eval_documents: int = 0):
         super().__init__()
         self.cfg, self.eval_fraction, self.spill = cfg, eval_fraction, spill
+        self.min_eval_documents = min_eval_documents
 
     def expand(self, raw_docs) -> PreparedDocuments:
         prepared = raw_docs | "CleanAndSplit" >> beam.ParDo(_PrepareDocument(self.cfg)).with_outputs(
             REJECTS_TAG, STATS_TAG, main="documents"
         )
-        fraction = self.eval_fraction
-        split_docs = prepared.documents | "AssignSplit" >> beam.Map(lambda d: (split_of(d.doc_id, fraction), d))
-        counts = split_docs | "DocumentsPerSplit" >> CountPerSplit()
+        held_out, counts = prepared.documents | "HeldOut" >> DecideHeldOut(self.eval_fraction, self.min_eval_documents)
         chunks = (
-            split_docs
+            prepared.documents
             | "SpillDocuments" >> SpillChunks(self.spill, "documents")
             | "SpreadDocuments" >> beam.Reshuffle()
         )
-        return PreparedDocuments(chunks=chunks, counts=counts, rejects=prepared[REJECTS_TAG], stats=prepared[STATS_TAG])
+        return PreparedDocuments(
+            chunks=chunks, held_out=held_out, counts=counts, rejects=prepared[REJECTS_TAG], stats=prepared[STATS_TAG]
+        )
+
+
+class ReadDocuments(beam.PTransform):
+    """Chunks of Document -> (split, Document) under ``held_out`` (a singleton HeldOutRule)."""
+
+    def __init__(self, spill: Spill, held_out):
+        super().__init__()
+        self.spill, self.held_out = spill, held_out
+
+    def expand(self, chunks):
+        return chunks | "Read" >> ReadChunks(self.spill) | "Split" >> AssignSplit(self.held_out)
 
 
 # --- vocabulary ------------------------------------------------------------------------------
@@ -260,7 +273,7 @@ class _CountWords(beam.DoFn):
         self.casing = casing
 
     def setup(self):
-        self._counter = WordCounter(self.casing.lowercase, self.casing.strip_accents)
+        self._counter = WordCounter(self.casing.lowercase, self.casing.strip_accents, self.casing.keep_letters)
 
     def process(self, doc: Document, chosen: dict):
         if chosen.get(doc.doc_id, (doc.source, doc.record_id)) == (doc.source, doc.record_id):
@@ -290,18 +303,20 @@ class _FirstCopy(beam.CombineFn):
 
 
 class TrainVocabulary(beam.PTransform):
-    """Chunks of (split, Document) -> one VocabInfo, trained deterministically on the word counts
-    of at most ``train_sample_documents`` training documents, chosen by a hash of their id
-    (``doc_counts``: {split: documents}, gives the sampling fraction). Counting runs on every
+    """Chunks of Document -> one VocabInfo, trained deterministically on the word counts of at
+    most ``train_sample_documents`` training documents (``held_out``: the singleton HeldOutRule),
+    chosen by a hash of their id (``doc_counts``: {split: documents}, gives the sampling
+    fraction). Counting runs on every
     worker; only the summed counts meet on one worker for the merges. With ``drop_duplicates``
     an exact duplicate is counted once, as the shards will hold it once: the sampled ids with
     several copies, and the copy to count, are found first (an id and a record name per sampled
     document cross the shuffle, not its counts); two copies with the same source and record
     id as well as the same text are indistinguishable and both counted."""
 
-    def __init__(self, cfg: TokenizerConfig, spill: Spill, doc_counts, drop_duplicates: bool = True):
+    def __init__(self, cfg: TokenizerConfig, spill: Spill, doc_counts, held_out, drop_duplicates: bool = True):
         super().__init__()
         self.cfg, self.spill, self.doc_counts, self.drop_duplicates = cfg, spill, doc_counts, drop_duplicates
+        self.held_out = held_out
 
     def expand(self, doc_chunks):
         cfg = self.cfg
@@ -315,7 +330,7 @@ class TrainVocabulary(beam.PTransform):
             # its own descendants, would be held whole by the runner.
             return (
                 doc_chunks
-                | f"{label}Documents" >> ReadChunks(self.spill)
+                | f"{label}Documents" >> ReadDocuments(self.spill, self.held_out)
                 | f"{label}Sample"
                 >> beam.FlatMap(
                     lambda sd, f: [sd[1]] if sd[0] == "train" and unit_interval("vocab", sd[1].doc_id) < f else [],
@@ -350,14 +365,20 @@ class TrainVocabulary(beam.PTransform):
 # --- tokenising ------------------------------------------------------------------------------
 
 
-class _Tokenize(beam.DoFn):
+class _Tokenize(CountingDoFn):
     """(split, Document) -> (split, (TokenizedDocument, DocumentRecord)); the record is the
     document's provenance, written to the documents table if the document is kept.
 
     The words that became [UNK] (as written in the text, found through the encodings' offsets)
     are counted per bundle and leave on ``unknown_words`` as (word, count): only those words, so
     a healthy job sends almost nothing. Copies of a document are counted here too (duplicates are
-    dropped later); the exact [UNK] counts per split are taken where tokens are counted."""
+    dropped later); the exact [UNK] counts per split are taken where tokens are counted.
+
+    How well the vocabulary fits is counted per split over the words with letters (as BERT's
+    pre-tokeniser splits them): ``words``, their ``word_pieces``, and ``single_char_words``, those
+    of two or more characters split into single characters; the latter leave on ``split_words``
+    as ((word as written, its pieces), count), the most frequent few of each bundle. What accent
+    stripping changed is counted as ``accents_stripped/<from>-><to>`` (``pipeline.accents``)."""
 
     def setup(self):
         # One thread per worker: Beam already runs one worker per core.
@@ -365,11 +386,28 @@ class _Tokenize(beam.DoFn):
         self._tokenizer, self._sha, self._unk = None, None, None
 
     def start_bundle(self):
+        super().start_bundle()
         self._unknown: Counter = Counter()
+        self._split_words: Counter = Counter()
+
+    def _count_fit(self, split: str, sentence: str, e) -> None:
+        words = word_pieces = single = 0
+        for text, pieces in letter_words(sentence, e):
+            words += 1
+            word_pieces += len(pieces)
+            if split_into_characters(pieces):
+                single += 1
+                key = (text, " ".join(pieces))
+                if key in self._split_words or len(self._split_words) < MAX_SPLIT_WORDS_HELD:
+                    self._split_words[key] += 1
+        self.count(f"words/{split}", words)
+        self.count(f"word_pieces/{split}", word_pieces)
+        self.count(f"single_char_words/{split}", single)
 
     def process(self, element, vocab: VocabInfo):
+        casing = vocab.casing
         if self._sha != vocab.sha256:
-            self._tokenizer = build_tokenizer(vocab.tokens, vocab.lowercase, vocab.strip_accents)
+            self._tokenizer = build_tokenizer(vocab.tokens, casing.lowercase, casing.strip_accents, casing.keep_letters)
             self._sha, self._unk = vocab.sha256, vocab.tokens.index(UNK)
         split, doc = element
         sentences = list(doc.sentences)
@@ -377,13 +415,25 @@ class _Tokenize(beam.DoFn):
         for sentence, e in zip(sentences, encodings):
             if self._unk in e.ids:
                 self._unknown.update(sentence[a:b] for i, (a, b) in zip(e.ids, e.offsets) if i == self._unk)
+            self._count_fit(split, sentence, e)
+            if casing.strip_accents:
+                for change, n in stripped_characters(sentence, casing.keep_letters, casing.lowercase).items():
+                    self.count(f"accents_stripped/{change}", n)
         tdoc = TokenizedDocument.from_sentences(doc.doc_id, [e.ids for e in encodings])
         yield (
             split,
             (
                 tdoc,
                 DocumentRecord(
-                    doc.doc_id, split, doc.source, doc.record_id, doc.title, tdoc.num_sentences, len(tdoc.ids)
+                    doc.doc_id,
+                    split,
+                    doc.source,
+                    doc.record_id,
+                    doc.title,
+                    tdoc.num_sentences,
+                    len(tdoc.ids),
+                    format=doc.format,
+                    position=doc.position,
                 ),
             ),
         )
@@ -393,6 +443,9 @@ class _Tokenize(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 UNKNOWN_WORDS_TAG, WindowedValue(word_count, MIN_TIMESTAMP, [GlobalWindow()])
             )
+        for word_count in self._split_words.most_common(SPLIT_WORDS_PER_BUNDLE):
+            yield beam.pvalue.TaggedOutput(SPLIT_WORDS_TAG, WindowedValue(word_count, MIN_TIMESTAMP, [GlobalWindow()]))
+        yield from super().finish_bundle()
 
 
 @dataclass(frozen=True)
@@ -402,30 +455,46 @@ class TokenizedDocuments:
     documents: beam.PCollection  # (split, (TokenizedDocument, DocumentRecord))
     unknown_words: beam.PCollection  # one list of the TOP_UNKNOWN_WORDS (word, count) most often [UNK],
     #                                  sorted by count (descending) then word
+    split_words: beam.PCollection  # one list of TOP_UNKNOWN_WORDS ((word, pieces), count) split into
+    #                                single characters, most frequent first
+    stats: beam.PCollection  # dict of per-bundle counters: vocabulary fit, accents stripped
 
 
 class TokenizeDocuments(beam.PTransform):
-    """Chunks of (split, Document) -> TokenizedDocuments, with ``vocab`` (a singleton VocabInfo)."""
+    """Chunks of Document -> TokenizedDocuments, with ``vocab`` (a singleton VocabInfo) and
+    ``held_out`` (a singleton HeldOutRule)."""
 
-    def __init__(self, vocab, spill: Spill):
+    def __init__(self, vocab, spill: Spill, held_out):
         super().__init__()
-        self.vocab, self.spill = vocab, spill
+        self.vocab, self.spill, self.held_out = vocab, spill, held_out
 
     def expand(self, doc_chunks) -> TokenizedDocuments:
         tokenize = beam.ParDo(_Tokenize(), vocab=beam.pvalue.AsSingleton(self.vocab))
         out = (
             doc_chunks
-            | "Documents" >> ReadChunks(self.spill)
-            | "WordPiece" >> tokenize.with_outputs(UNKNOWN_WORDS_TAG, main="tokenized")
+            | "Documents" >> ReadDocuments(self.spill, self.held_out)
+            | "WordPiece" >> tokenize.with_outputs(UNKNOWN_WORDS_TAG, SPLIT_WORDS_TAG, STATS_TAG, main="tokenized")
         )
-        by_count_then_word = lambda wc: (wc[1], wc[0])  # noqa: E731
-        unknown_words = (
-            out[UNKNOWN_WORDS_TAG]
-            | "SumUnknownWords" >> beam.CombinePerKey(sum)
-            | "TopUnknownWords" >> beam.combiners.Top.Of(TOP_UNKNOWN_WORDS, key=by_count_then_word)
-            | "SortUnknownWords" >> beam.Map(lambda top: sorted(top, key=lambda wc: (-wc[1], wc[0])))
+        return TokenizedDocuments(
+            documents=out.tokenized,
+            unknown_words=out[UNKNOWN_WORDS_TAG] | "UnknownWords" >> _MostFrequent(),
+            split_words=out[SPLIT_WORDS_TAG] | "SplitWords" >> _MostFrequent(),
+            stats=out[STATS_TAG],
         )
-        return TokenizedDocuments(documents=out.tokenized, unknown_words=unknown_words)
+
+
+class _MostFrequent(beam.PTransform):
+    """(key, count) -> one list of the TOP_UNKNOWN_WORDS keys with the largest summed counts,
+    sorted by count (descending) then key."""
+
+    def expand(self, key_counts):
+        by_count_then_key = lambda kc: (kc[1], kc[0])  # noqa: E731
+        return (
+            key_counts
+            | "Sum" >> beam.CombinePerKey(sum)
+            | "Top" >> beam.combiners.Top.Of(TOP_UNKNOWN_WORDS, key=by_count_then_key)
+            | "Sort" >> beam.Map(lambda top: sorted(top, key=lambda kc: (-kc[1], kc[0])))
+        )
 
 
 # --- examples ---------------------------------------------------------------------------------
@@ -467,7 +536,7 @@ class _ExamplesOfPoolPasses(CountingDoFn):
     ):
         self.params = InstanceParams(instances.max_seq_length, instances.short_seq_prob, instances.objective)
         self.masking = (
-            MaskingParams(masking.masked_lm_prob, masking.max_predictions_per_seq, masking.whole_word)
+            MaskingParams(masking.masked_lm_prob, masking.predictions_cap(instances.max_seq_length), masking.whole_word)
             if masking.mode == "static"
             else None
         )
@@ -496,6 +565,7 @@ class _ExamplesOfPoolPasses(CountingDoFn):
                             record.record_id,
                             RejectReason.DUPLICATE,
                             f"same text as {first.source} record {first.record_id}",
+                            position=record.position,
                         ),
                     )
                 continue
@@ -514,7 +584,8 @@ class _ExamplesOfPoolPasses(CountingDoFn):
                 cols = examples_for_document(pool, i, pass_index, self.seed, self.params, self.masking, self._vocab)
                 if not len(cols):
                     yield beam.pvalue.TaggedOutput(
-                        EMPTY_TAG, ((record.source, record.record_id, record.tokens, record.sentences), 1)
+                        EMPTY_TAG,
+                        ((record.source, record.record_id, record.tokens, record.sentences, record.position), 1),
                     )
                 parts.append(cols)
         cols = contract.ExampleColumns.concat(parts)
@@ -625,13 +696,14 @@ class CreateExamples(beam.PTransform):
         )
 
         def no_example_in_any_pass(element):
-            (source, record_id, tokens, sentences), n_empty = element
+            (source, record_id, tokens, sentences, position), n_empty = element
             if n_empty == passes:
                 yield Rejection(
                     source,
                     record_id,
                     RejectReason.NO_INSTANCES,
                     f"{tokens} tokens in {sentences} sentences gave no example in {passes} passes",
+                    position=position,
                 )
 
         made = (

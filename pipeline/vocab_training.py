@@ -19,7 +19,9 @@ import heapq
 from collections import Counter, defaultdict
 from typing import Iterable, Mapping, Optional
 
-from tokenizers import normalizers, pre_tokenizers
+from tokenizers import pre_tokenizers
+
+from pipeline import accents
 
 PREFIX = "##"
 
@@ -27,12 +29,10 @@ PREFIX = "##"
 class WordCounter:
     """Words of a text as BERT's WordPiece sees them (normalised, split on whitespace/punctuation),
     normalised as ``pipeline.tokenization.build_tokenizer`` does with the same settings
-    (strip_accents=None follows ``lowercase``)."""
+    (strip_accents=None follows ``lowercase``; ``keep_letters``: see ``pipeline.accents``)."""
 
-    def __init__(self, lowercase: bool, strip_accents: Optional[bool] = None):
-        self.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase
-        )
+    def __init__(self, lowercase: bool, strip_accents: Optional[bool] = None, keep_letters: bool = False):
+        self.normalizer = accents.normalizer(lowercase, strip_accents, keep_letters)
         self.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
 
     def count(self, texts: Iterable[str]) -> Counter:

@@ -7,6 +7,8 @@ BertForMaskedLM without the NSP head) and as BertTokenizer(Fast), with no pickle
       vocab.txt                 # the shards' vocabulary, copied from data_dir
       tokenizer_config.json     # BertTokenizer, do_lower_case and strip_accents from the shards' manifest
       special_tokens_map.json
+      tokenizer.json            # only for shards that kept letters with marks (manifest keep_letters):
+                                # the job's own normaliser, which BertTokenizer's options cannot express
 
 Our parameter names are transformers' (training/model.py), so the weights are written as they are.
 Every file gets the mode a plain ``open(path, "w")`` gives (the umask decides), the weights too.
@@ -25,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline import contract
-from pipeline.tokenization import vocab_sha256
+from pipeline.tokenization import build_tokenizer, vocab_sha256
 from training.model import BertConfig, BertForPreTraining
 
 TIED_KEYS = {
@@ -39,6 +41,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class ExportError(ValueError):
@@ -88,6 +91,17 @@ def tokenizer_files(manifest: contract.ShardManifest, model_max_length: int) -> 
     with the shards.
     """
     special = {f"{role}_token": token for role, token in contract.SpecialTokens.NAMES.items()}
+    if manifest.keep_letters and manifest.strips_accents:
+        # BertTokenizer rebuilds BERT's normaliser from its options, which would strip й to и again;
+        # the generic fast tokenizer runs tokenizer.json as written (``export_hf`` writes it).
+        return {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "do_lower_case": bool(manifest.lowercase),
+            "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": model_max_length,
+            **special,
+        }, special
     config = {
         "tokenizer_class": "BertTokenizer",
         "do_lower_case": bool(manifest.lowercase),
@@ -152,6 +166,9 @@ def export_hf(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig, data_di
     tokenizer_config, special_tokens_map = tokenizer_files(manifest, bert_cfg.max_position_embeddings)
     _write_json(os.path.join(out_dir, TOKENIZER_CONFIG_FILE), tokenizer_config)
     _write_json(os.path.join(out_dir, SPECIAL_TOKENS_MAP_FILE), special_tokens_map)
+    if tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast":
+        tokenizer = build_tokenizer(vocab, manifest.lowercase, manifest.strips_accents, manifest.keep_letters)
+        tokenizer.save(os.path.join(out_dir, TOKENIZER_FILE))
     return out_dir
 
 

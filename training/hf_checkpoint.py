@@ -164,9 +164,16 @@ class HFCheckpoint:
     def tokenizer(self):
         """WordPiece over vocab.txt as transformers' BertTokenizer(Fast) of this directory would
         tokenise (``pipeline.tokenization.build_tokenizer``): do_lower_case and strip_accents from
-        tokenizer_config.json; without do_lower_case, decided from the vocabulary's pieces."""
+        tokenizer_config.json; without do_lower_case, decided from the vocabulary's pieces. An
+        export of shards that kept letters with marks (``training.export``) is read from its
+        tokenizer.json, which holds the job's own normaliser."""
         from pipeline.tokenization import build_tokenizer, decide_casing
 
+        tokenizer_json = os.path.join(self.directory, "tokenizer.json")
+        if self.tokenizer_config.get("tokenizer_class") == "PreTrainedTokenizerFast" and os.path.isfile(tokenizer_json):
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(tokenizer_json)
         vocab = self.vocab()
         lowercase = self.lowercase if self.lowercase is not None else decide_casing(vocab).lowercase
         return build_tokenizer(vocab, lowercase, self.tokenizer_config.get("strip_accents"))

@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Iterator
 from pipeline.config import SourceConfig
 from pipeline.records import RawDocument, Rejection, RejectReason, SourceFormat, WikitextPage
 from pipeline.sources.compression import STREAM_BUFFER_BYTES, Compression, PrefixedStream, open_decompressed, read_head
-from pipeline.sources.detect import detect_format
+from pipeline.sources.detect import detect_format, unread_format
 from pipeline.sources.jsonl import read_json_lines
 from pipeline.sources.text import read_bert_lines, read_book_text
 from pipeline.sources.wikipedia import read_wikipedia_xml, wikitext_page_to_documents
@@ -70,12 +70,16 @@ def _read_opened(
         decompressed, compression = open_decompressed(path, raw)
         head, error = read_head(decompressed, _HEAD_BYTES)
         served = PrefixedStream(head, decompressed, error)
+        packing = "uncompressed" if compression is Compression.NONE else f"{compression.value}-compressed"
+        unread = unread_format(path, head, "" if compression is Compression.NONE else f" ({packing})")
+        if unread is not None:
+            yield Rejection(path, "", RejectReason.UNKNOWN_FORMAT, unread)
+            return
         source_format = detect_format(path, head, cfg)
         if source_format is None and error is not None:
             raise error  # the data broke before the format showed: report the breakage, below
         if source_format is None:
             what = "empty file" if not head else "not wiki XML, JSON lines or text"
-            packing = "uncompressed" if compression is Compression.NONE else f"{compression.value}-compressed"
             yield Rejection(path, "", RejectReason.UNKNOWN_FORMAT, f"{what} ({packing}, first bytes {head[:16]!r})")
             return
         stream = io.BufferedReader(served, STREAM_BUFFER_BYTES)

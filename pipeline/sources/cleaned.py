@@ -15,12 +15,14 @@ def cleaned_document(
     text: str,
     source_format: SourceFormat,
     presplit: bool = False,
+    position: int = 0,
 ) -> Iterator[RawDocument | Rejection]:
     """The document with :func:`clean_text` applied; a REPAIRED rejection first if
     control characters were removed; an EMPTY rejection instead if no text is left.
 
     ``presplit`` text is one sentence per line: a line that cleaning emptied
-    must not turn into a paragraph break, so blank lines are squeezed out.
+    must not turn into a paragraph break, so blank lines are squeezed out. ``position``: where
+    the document starts in its source (``Rejection.position``).
     """
     cleaned = clean_text(text)
     body = cleaned.text.replace("\n\n", "\n") if presplit else cleaned.text
@@ -31,9 +33,12 @@ def cleaned_document(
             RejectReason.CONTROL_CHARACTERS,
             detail=f"removed {cleaned.removed_control_chars} control character(s)",
             action=RejectAction.REPAIRED,
+            position=position,
         )
     if not body:
-        yield Rejection(source, record_id, RejectReason.EMPTY, detail="no text left after markup removal and cleaning")
+        yield Rejection(
+            source, record_id, RejectReason.EMPTY, "no text left after markup removal and cleaning", position=position
+        )
         return
     yield RawDocument(
         source=source,
@@ -42,4 +47,5 @@ def cleaned_document(
         text=body,
         format=source_format,
         presplit=presplit,
+        position=position,
     )

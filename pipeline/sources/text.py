@@ -25,7 +25,7 @@ def read_book_text(source: str, stream: BinaryIO, cfg: SourceConfig) -> Iterator
     block: list[str] = []
     for line in read_lines(stream, cfg.max_line_bytes):
         if isinstance(line, BadLine):
-            yield Rejection(source, record_id, line.reason, line.detail)
+            yield Rejection(source, record_id, line.reason, line.detail, position=line.number)
             continue
         stripped = line.text.strip()
         if stripped:
@@ -48,20 +48,34 @@ def read_bert_lines(source: str, stream: BinaryIO, cfg: SourceConfig) -> Iterato
     base = os.path.basename(source)
     index = 0
     sentences: list[str] = []
+    first_line = 0  # of the document being gathered
     for line in read_lines(stream, cfg.max_line_bytes):
         if isinstance(line, BadLine):
-            yield Rejection(source, f"{base}:{index}", line.reason, line.detail)
+            yield Rejection(source, f"{base}:{index}", line.reason, line.detail, position=line.number)
             continue
         stripped = line.text.strip()
         if stripped:
+            first_line = first_line or line.number
             sentences.append(stripped)
         elif sentences:
             yield from cleaned_document(
-                source, f"{base}:{index}", "", "\n".join(sentences), SourceFormat.BERT_LINES, presplit=True
+                source,
+                f"{base}:{index}",
+                "",
+                "\n".join(sentences),
+                SourceFormat.BERT_LINES,
+                presplit=True,
+                position=first_line,
             )
             index += 1
-            sentences = []
+            sentences, first_line = [], 0
     if sentences:
         yield from cleaned_document(
-            source, f"{base}:{index}", "", "\n".join(sentences), SourceFormat.BERT_LINES, presplit=True
+            source,
+            f"{base}:{index}",
+            "",
+            "\n".join(sentences),
+            SourceFormat.BERT_LINES,
+            presplit=True,
+            position=first_line,
         )

@@ -74,9 +74,9 @@ def read_wikipedia_xml(
     has_root = "<mediawiki".encode(encoding.codec) in head
     stream.read(encoding.bom_bytes)
 
-    for event in _scan_pages(stream, encoding, cfg.max_page_bytes):
+    for number, event in enumerate(_scan_pages(stream, encoding, cfg.max_page_bytes), start=1):
         if isinstance(event, _Page):
-            for item in _read_page(source, event, encoding):
+            for item in _read_page(source, event, encoding, number):
                 if isinstance(item, WikitextPage) and not defer_wikitext:
                     yield from wikitext_page_to_documents(item, cfg)
                 else:
@@ -84,7 +84,7 @@ def read_wikipedia_xml(
         elif isinstance(event, _BrokenPage):
             page_id, title = _id_and_title(event.head, encoding)
             detail = f"{event.detail}; title {title!r}" if title else event.detail
-            yield Rejection(source, page_id, event.reason, detail)
+            yield Rejection(source, page_id, event.reason, detail, position=number)
         elif not event.saw_any_page and not has_root:
             yield Rejection(source, "", RejectReason.UNKNOWN_FORMAT, "no <mediawiki> root and no <page>: not a dump")
         elif not event.saw_root_close:
@@ -182,7 +182,8 @@ def _find_aligned(buffer: bytearray, marker: bytes, start: int, end: int, unit: 
     return found
 
 
-def _read_page(source: str, page: _Page, encoding: Encoding) -> Iterator[WikitextPage | Rejection]:
+def _read_page(source: str, page: _Page, encoding: Encoding, number: int) -> Iterator[WikitextPage | Rejection]:
+    """``number``: the page's place in the dump, 1 for the first (``Rejection.position``)."""
     try:
         xml_text = page.data.decode(encoding.codec)
     except UnicodeDecodeError as error:
@@ -192,13 +193,16 @@ def _read_page(source: str, page: _Page, encoding: Encoding) -> Iterator[Wikitex
             page_id,
             RejectReason.INVALID_ENCODING,
             f"byte {page.offset + error.start} (page at byte {page.offset}): invalid {encoding.codec}: {error.reason}",
+            position=number,
         )
         return
     try:
         element = ET.fromstring(xml_text)
     except ET.ParseError as error:
         page_id, _ = _id_and_title(page.data[:_ID_PREVIEW_BYTES], encoding)
-        yield Rejection(source, page_id, RejectReason.MALFORMED_XML, f"page at byte {page.offset}: {error}")
+        yield Rejection(
+            source, page_id, RejectReason.MALFORMED_XML, f"page at byte {page.offset}: {error}", position=number
+        )
         return
 
     page_id = (element.findtext("id") or "").strip()
@@ -207,21 +211,29 @@ def _read_page(source: str, page: _Page, encoding: Encoding) -> Iterator[Wikitex
     revisions = element.findall("revision")
     wikitext = (revisions[-1].findtext("text") if revisions else None) or ""
 
+    at = number
     if namespace != "0":
-        yield Rejection(source, page_id, RejectReason.NON_ARTICLE_NAMESPACE, f"namespace {namespace}, title {title!r}")
+        yield Rejection(
+            source, page_id, RejectReason.NON_ARTICLE_NAMESPACE, f"namespace {namespace}, title {title!r}", position=at
+        )
     elif element.find("redirect") is not None or _REDIRECT_TEXT.match(wikitext):
-        yield Rejection(source, page_id, RejectReason.REDIRECT, f"title {title!r}")
+        yield Rejection(source, page_id, RejectReason.REDIRECT, f"title {title!r}", position=at)
     elif title.rstrip().lower().endswith("(disambiguation)") or _DISAMBIGUATION_TEMPLATE.search(wikitext):
-        yield Rejection(source, page_id, RejectReason.DISAMBIGUATION, f"title {title!r}")
+        yield Rejection(source, page_id, RejectReason.DISAMBIGUATION, f"title {title!r}", position=at)
     else:
-        yield WikitextPage(source, page_id, title, wikitext)
+        yield WikitextPage(source, page_id, title, wikitext, at)
 
 
 def wikitext_page_to_documents(page: WikitextPage, cfg: SourceConfig) -> Iterator[RawDocument | Rejection]:
     """An article's prose, cleaned (or the EMPTY / CONTROL_CHARACTERS rejections)."""
     paragraphs = wikitext_to_paragraphs(page.wikitext, keep_lists=cfg.keep_lists)
     yield from cleaned_document(
-        page.source, page.record_id, page.title, "\n\n".join(paragraphs), SourceFormat.WIKIPEDIA_XML
+        page.source,
+        page.record_id,
+        page.title,
+        "\n\n".join(paragraphs),
+        SourceFormat.WIKIPEDIA_XML,
+        position=page.position,
     )
 
 

@@ -341,3 +341,28 @@ def test_exported_tokenizer_gives_the_ids_in_the_shards(tokenizer, sample_docume
     assert len(rows) > 1000 and {r["doc_id_a"] for r in rows} <= set(streams)
     mismatched = [r for r in rows if _id_string(r["input_ids"][1:-1]) not in streams[r["doc_id_a"]]]
     assert not mismatched, f"{len(mismatched)} of {len(rows)} examples differ from the exported tokenizer"
+
+
+def test_an_export_of_russian_shards_keeps_the_letters_the_job_kept(tmp_path):
+    """Shards of Russian text keep й and ё (pipeline/accents.py); BertTokenizer's options cannot say
+    so, so the export's tokenizer.json carries the job's normaliser, and transformers' AutoTokenizer
+    and our own reader of exports (HFCheckpoint.tokenizer) give the shards' ids."""
+    from conftest import IN_MEMORY, run_job
+    from cyrillic_prose import RUSSIAN, write_books
+    from training.hf_checkpoint import HFCheckpoint
+
+    books = write_books(tmp_path / "books", RUSSIAN)
+    data_dir = tmp_path / "shards"
+    manifest = run_job(data_dir, f"inputs=[{books}]", "tokenizer.vocab_size=400", "masking.dupe_factor=1", *IN_MEMORY)
+    assert manifest.keep_letters and manifest.strips_accents
+    vocab = contract.read_vocab(os.path.join(data_dir, contract.VOCAB_FILE))
+    model, cfg = tiny_model(vocab, with_nsp_head=False)
+    out = export_hf(model.state_dict(), cfg, str(data_dir), str(tmp_path / "hf"))
+    ours = build_tokenizer(vocab, True, True, keep_letters=True)
+    text = "Молодой рыбак ещё пьёт тёплый чай"
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf(text)["input_ids"] == ours.encode(text).ids
+    assert any("й" in t for t in hf.tokenize(text)) and any("ё" in t for t in hf.tokenize(text))
+    assert HFCheckpoint.open(out, "model_dir").tokenizer().encode(text).ids == ours.encode(text).ids
+    pair = hf("молодой рыбак", "тёплый чай")
+    assert pair["token_type_ids"] == ours.encode("молодой рыбак", "тёплый чай").type_ids

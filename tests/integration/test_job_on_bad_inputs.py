@@ -4,6 +4,7 @@ and reports every bad part in the rejects with its source and reason."""
 import bz2
 import json
 import os
+import re
 
 import pytest
 
@@ -165,6 +166,27 @@ def test_a_directory_of_unreadable_files_fails_with_the_reason(tmp_path):
         run_job(out, f"inputs=[{inputs}]", "tokenizer.vocab_size=500", *IN_MEMORY)
     assert "unknown_format 1" in str(failed.value) and "blob.bin" in str(failed.value)
     assert not os.path.exists(out) or os.listdir(out) == []  # no manifest, no temporaries
+
+
+def test_text_in_another_field_fails_naming_it_and_reads_with_the_setting(sample_paragraphs, tmp_path):
+    """An export with its text in ``content``: with the defaults the job fails quoting the first
+    rejects in input order (lines 1-5, not 10-14 first) and the field the records have; with
+    source.text_field=content it reads every record."""
+    export = tmp_path / "export.jsonl"
+    export.write_text("".join(json.dumps({"content": t}) + "\n" for t in sample_paragraphs[:15]), "utf-8")
+    with pytest.raises(JobError, match="missing_text 15") as failed:
+        run_job(tmp_path / "default", f"inputs=[{export}]", "tokenizer.vocab_size=500", *IN_MEMORY)
+    quoted = re.findall(r"line (\d+): no 'text' field \(the record has: content;", str(failed.value))
+    assert quoted == ["1", "2", "3", "4", "5"]
+    manifest = run_job(
+        tmp_path / "content",
+        f"inputs=[{export}]",
+        "source.text_field=content",
+        "tokenizer.vocab_size=500",
+        "masking.dupe_factor=1",
+        *IN_MEMORY,
+    )
+    assert manifest.statistics["documents_read"] == {"json_lines": 15}
 
 
 def test_overwrite_with_another_shard_count_leaves_no_stale_shard(sample_paragraphs, tmp_path):

@@ -109,8 +109,9 @@ def test_data_report_plots_what_the_shards_hold(shards, tmp_path):
         balance = counted(report.plots["sentence_pairs"].series[split])
         assert balance == {"B next": int(np.sum(labels == 0)), "B random": int(np.sum(labels == 1))}
         assert balance["B random"] == stats.get("sentence_pair_negatives", {}).get(split, 0)
-        documents = report.plots["documents_per_source"].series[split]
+        documents = report.plots["documents_per_source"].series[f"documents/{split}"]
         assert sum(documents.y) == stats["documents_kept"][split]
+        assert sum(report.plots["documents_per_source"].series[f"tokens/{split}"].y) == stats["tokens"][split]
     assert 0 < counted(report.plots["sentence_pairs"].series["train"])["B random"] < stats["examples"]["train"]
     rejects = counted(report.plots["rejects"].series["rejects"])
     assert rejects == stats["rejected"] and sum(rejects.values()) > 0
@@ -119,6 +120,57 @@ def test_data_report_plots_what_the_shards_hold(shards, tmp_path):
         with open(path) as f:
             in_files.update(json.loads(line)["reason"] for line in f)
     assert rejects == dict(in_files)
+
+
+SHELVES = {"fiction": 14, "history": 11, "science": 9}  # books per subfolder: 34 sources in all
+
+
+def test_documents_per_source_groups_a_folder_of_books_by_subfolder_and_format(sample_paragraphs, tmp_path):
+    """A folder of 34 small books in three subfolders, and a JSON-lines file beside the science
+    books: one bar per subfolder and format, each with its documents and tokens, not 25 bars of
+    one book each and an "other" bar."""
+    books = tmp_path / "books"
+    paragraphs = iter(sample_paragraphs)
+    for shelf, n in SHELVES.items():
+        (books / shelf).mkdir(parents=True)
+        for i in range(n):
+            text = "\n\n".join(next(paragraphs) for _ in range(2))
+            (books / shelf / f"{shelf}-{i:02d}.txt").write_text(text + "\n", "utf-8")
+    notes = [{"id": i, "text": next(paragraphs)} for i in range(6)]
+    (books / "science" / "notes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in notes), "utf-8")
+    out = tmp_path / "out"
+    manifest = run_job(
+        out,
+        f"inputs=[{books}]",
+        "tokenizer.vocab_size=2000",
+        "masking.dupe_factor=1",
+        "cleaning.min_document_chars=50",
+        *IN_MEMORY,
+    )
+    plotted = data_report.write_report(str(out), str(tmp_path / "report")).plots["documents_per_source"]
+    assert_png(plotted.path)
+    kept, tokens = manifest.statistics["documents_kept"], manifest.statistics["tokens"]
+    docs_table = read_split(str(out), "documents")
+    per_label = Counter()
+    for source, fmt, n in zip(*(docs_table.column(c).to_pylist() for c in ("source", "format", "tokens"))):
+        shelf = os.path.basename(os.path.dirname(source))
+        per_label[f"books/{shelf} · {fmt}"] += n
+    expected = {
+        "books/fiction · book_text (14 files)",
+        "books/history · book_text (11 files)",
+        "books/science · book_text (9 files)",
+        "books/science · json_lines (1 file)",
+    }
+    assert set(plotted.series["documents/train"].x) == expected
+    assert "folder and format" in plotted.title and "34 sources" not in plotted.title and "35 sources" in plotted.title
+    for split in kept:
+        assert sum(plotted.series[f"documents/{split}"].y) == kept[split]
+        assert sum(plotted.series[f"tokens/{split}"].y) == tokens[split]
+    drawn = Counter()
+    for split in kept:
+        for label, n in zip(plotted.series[f"tokens/{split}"].x, plotted.series[f"tokens/{split}"].y):
+            drawn[label.rsplit(" (", 1)[0]] += n
+    assert drawn == per_label
 
 
 def test_data_report_samples_large_splits_evenly_and_says_so(shards, tmp_path):
@@ -298,6 +350,7 @@ def test_training_report_supersedes_relogged_steps_and_skips_a_torn_line(resumed
     assert "throughput" not in report.plots and "step/eval loss" not in report.plots["loss"].series
     assert any("half-written" in n for n in report.notes)
     assert any("no evaluation points" in n for n in report.notes)
+    assert report.resumed == [4]
     assert all(os.path.dirname(p.path) == str(run_dir / "report") for p in report.plots.values())
     exact = report.tokens.tokens
 
@@ -314,6 +367,21 @@ def test_training_report_supersedes_relogged_steps_and_skips_a_torn_line(resumed
     alone = run_report.write_report(str(run_dir), str(tmp_path / "alone"))
     assert alone.tokens is None and not any(k.startswith("tokens/") for k in alone.plots["loss"].series)
     assert any("--data-dir" in n for n in alone.notes)
+
+
+def test_training_report_marks_resumes_without_wandb_files(resumed_run, tmp_path):
+    """As a run with logger=disabled leaves it: steps.jsonl (as the trainer truncated it on the resume)
+    and the checkpoints, no W&B files; the resume at step 4 is marked from steps.jsonl."""
+    out = resumed_run[0]
+    run_dir = tmp_path / "run"
+    shutil.copytree(out, run_dir, ignore=shutil.ignore_patterns("wandb", "report"))
+    steps = read_steps(run_dir)
+    assert [s["step"] for s in steps] == list(range(1, STEPS + 1))  # nothing re-logged to tell the resume by
+    report = run_report.write_report(str(run_dir), str(tmp_path / "report"))
+    assert report.history == [] and report.resumed == [4]
+    assert [s.get("resumed_from") for s in steps] == [None] * 4 + [4] + [None] * (STEPS - 5)
+    # Records a resume did not truncate tell it too: step 3 again after step 5 resumed from step 2.
+    assert run_report.resumed_steps([{"step": s} for s in (1, 2, 3, 4, 5, 3, 4)]) == [2]
 
 
 def test_training_report_command(resumed_run, tmp_path):

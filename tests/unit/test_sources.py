@@ -448,6 +448,32 @@ def test_json_lines(tmp_path):
     assert "line 4, column" in rejections(out)[0].detail
 
 
+def test_json_fields_are_settings(tmp_path):
+    """Exports that keep the text in ``content`` (and the id in ``doc_id``) read with the field names
+    set; with the defaults, each record's missing_text detail names the fields it has."""
+    path = tmp_path / "export.jsonl"
+    records = [
+        {"doc_id": "r1", "headline": "Tides", "content": "The tide rises twice a day.", "url": "http://a"},
+        {"doc_id": "r2", "headline": "Moon", "content": "The moon pulls the sea.", "url": "http://b"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = SourceConfig(text_field="content", id_field="doc_id", title_field="headline")
+    assert [(d.record_id, d.title, d.text, d.position) for d in documents(read(path, cfg))] == [
+        ("r1", "Tides", "The tide rises twice a day.", 1),
+        ("r2", "Moon", "The moon pulls the sea.", 2),
+    ]
+    rejected = rejections(read(path), RejectReason.MISSING_TEXT)
+    assert [(r.record_id, r.position) for r in rejected] == [("line 1", 1), ("line 2", 2)]
+    assert "no 'text' field (the record has: doc_id, headline, content, url;" in rejected[0].detail
+    assert "source.text_field" in rejected[0].detail
+
+
+@pytest.mark.parametrize("field", ["text_field", "id_field", "title_field"])
+def test_json_field_settings_must_name_a_field(field):
+    with pytest.raises(ValueError, match=f"source.{field} must name a field"):
+        SourceConfig(**{field: " "})
+
+
 def test_json_nested_too_deeply_is_malformed(tmp_path):
     path = tmp_path / "deep.jsonl"
     path.write_text("[" * 100_000 + "\n" + json.dumps({"text": "Fine."}) + "\n")
@@ -478,6 +504,126 @@ def test_unknown_binary_file(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40)
     [rejection] = read(path)
     assert rejection.reason is RejectReason.UNKNOWN_FORMAT
+
+
+def _records_table():
+    import pyarrow as pa
+
+    return pa.table({"id": ["a", "b"], "text": ["The tide rises twice a day.", "The moon pulls the sea."]})
+
+
+def _write_zstd(path):
+    import zstandard
+
+    path.write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "The tide rises twice a day."}\n' * 50))
+
+
+def _write_parquet(path):
+    import pyarrow.parquet as pq
+
+    pq.write_table(_records_table(), path)
+
+
+def _write_feather(path):
+    import pyarrow.feather as feather
+
+    feather.write_feather(_records_table(), path)
+
+
+def _write_orc(path):
+    import pyarrow.orc as orc
+
+    orc.write_table(_records_table(), str(path))
+
+
+def _write_xz(path):
+    import lzma
+
+    path.write_bytes(lzma.compress(b"The tide rises twice a day.\n" * 50))
+
+
+def _write_zip(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("books/tides.txt", "The tide rises twice a day.\n" * 50)
+
+
+def _write_epub(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:  # the EPUB layout: "mimetype" first, stored
+        z.writestr("mimetype", "application/epub+zip", compress_type=zipfile.ZIP_STORED)
+        z.writestr("OEBPS/chapter1.xhtml", "<html><body><p>The tide rises.</p></body></html>")
+
+
+def _write_tar(path, mode="w"):
+    import tarfile
+
+    text = path.with_name("tides.txt")
+    text.write_text("The tide rises twice a day.\n" * 50)
+    with tarfile.open(path, mode) as t:
+        t.add(text, arcname="tides.txt")
+    text.unlink()
+
+
+def _write_pdf(path):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.text(0.1, 0.5, "The tide rises twice a day.")
+    fig.savefig(path, format="pdf")
+
+
+def _write_sqlite(path):
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("create table docs (id text, text text)")
+        db.execute("insert into docs values ('a', 'The tide rises twice a day.')")
+    db.close()
+
+
+def _write_html(path):
+    path.write_text("<!DOCTYPE html>\n<html><head><title>Tides</title></head><body><p>The tide.</p></body></html>\n")
+
+
+@pytest.mark.parametrize(
+    "name, write, expected",
+    [
+        (
+            "corpus.jsonl.zst",
+            _write_zstd,
+            "zstd-compressed (.zst), which the job does not read yet: decompress it first (zstd -d corpus.jsonl.zst)",
+        ),
+        ("corpus.jsonl", _write_zstd, "zstd-compressed (.zst)"),  # the name says JSON, the bytes zstd
+        ("corpus.parquet", _write_parquet, "Parquet, which the job does not read yet: convert it to JSON lines first"),
+        ("corpus.feather", _write_feather, "an Arrow IPC / Feather file, which the job does not read: convert it"),
+        ("corpus.orc", _write_orc, "an ORC file, which the job does not read: convert it to JSON lines"),
+        ("books.txt.xz", _write_xz, "xz-compressed (.xz), which the job does not read: decompress it first (xz -d"),
+        ("books.zip", _write_zip, "a zip archive, which the job does not read: extract it (unzip books.zip)"),
+        ("novel.epub", _write_epub, "an EPUB e-book, which the job does not read: convert it to text first (pandoc"),
+        ("books.tar", _write_tar, "a tar archive, which the job does not read: extract it (tar -xf books.tar)"),
+        ("books.tar.gz", lambda p: _write_tar(p, "w:gz"), "a tar archive (gzip-compressed), which the job"),
+        ("paper.pdf", _write_pdf, "a PDF document, which the job does not read: extract its text first (pdftotext"),
+        ("corpus.db", _write_sqlite, "an SQLite database, which the job does not read: convert it to JSON lines"),
+        ("page.html", _write_html, "an HTML page, which the job does not read: extract its text first"),
+    ],
+)
+def test_formats_the_job_does_not_read_are_named(tmp_path, name, write, expected):
+    """Real files from the libraries that write them: the rejection names the format and what to
+    do, not the first bytes."""
+    path = tmp_path / name
+    write(path)
+    [rejection] = read(path)
+    assert rejection.reason is RejectReason.UNKNOWN_FORMAT
+    assert expected in rejection.detail and "first bytes" not in rejection.detail
+
+
+def test_html_named_as_text_is_read_as_text(tmp_path):
+    path = tmp_path / "page.txt"
+    _write_html(path)
+    assert [d.format for d in read(path)] == [SourceFormat.BOOK_TEXT]
 
 
 def test_empty_file_without_known_suffix(tmp_path):

@@ -13,22 +13,23 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import contract
 from pipeline.config import CleaningConfig, InstancesConfig, MaskingConfig, OutputConfig, SourceConfig, TokenizerConfig
-from pipeline.documents import Document, split_of
+from pipeline.documents import Document
 from pipeline.formats import DocumentRecord, ExampleFormat
+from pipeline.heldout import HeldOutRule, split_of
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
 from pipeline.masking import MaskingParams
 from pipeline.records import RawDocument, SourceFormat
 from pipeline.seeding import stable_id
 from pipeline.shard_sink import JsonLinesFormat, ShardRecords, WriteShards, commit, complete_shards
-from pipeline.spill import ReadChunks, Spill, SpillChunks
+from pipeline.spill import Spill, SpillChunks
 from pipeline.stats import SumCounts
 from pipeline.tokenization import build_tokenizer, encode_sentences, masking_vocabulary, train_vocabulary
 from pipeline.transforms import (
-    CountPerSplit,
     CreatedExamples,
     CreateExamples,
     PreparedDocuments,
     PrepareDocuments,
+    ReadDocuments,
     ReadSources,
     SourceDocuments,
     TokenizedDocuments,
@@ -53,10 +54,12 @@ def spill_at(tmp_path, chunk_bytes=200, pool_chunk_bytes=500):
     return Spill(str(tmp_path / "spill"), chunk_bytes, pool_chunk_bytes)
 
 
-def chunked(p, spill, split_docs, label="Docs"):
-    """(split, document) pairs as the job hands them on: chunk references, and the count per split."""
-    docs = p | f"{label}Create" >> beam.Create(split_docs)
-    return docs | f"{label}Spill" >> SpillChunks(spill, "documents"), docs | f"{label}Count" >> CountPerSplit()
+def chunked(p, spill, docs, label="Docs"):
+    """Training documents as the job hands them on: chunk references, the held-out rule (no eval
+    split) and the count per split."""
+    chunks = p | f"{label}Create" >> beam.Create(docs) | f"{label}Spill" >> SpillChunks(spill, "documents")
+    rule = p | f"{label}Rule" >> beam.Create([HeldOutRule(0.0)])
+    return chunks, rule, p | f"{label}Count" >> beam.Create([{"train": len(docs)}])
 
 
 def doc(i, text=None):
@@ -87,7 +90,7 @@ def test_prepare_documents_drops_short_documents_and_keeps_copies_for_the_pools(
         prepared = p | beam.Create(raws) | PrepareDocuments(CleaningConfig(min_document_chars=50), 0.0, spill)
         # The copy ("9") shares the id of "0"; CreateExamples drops it in their pool.
         assert_that(
-            prepared.chunks | ReadChunks(spill) | beam.Map(lambda sd: (sd[0], sd[1].record_id)),
+            prepared.chunks | ReadDocuments(spill, prepared.held_out) | beam.Map(lambda sd: (sd[0], sd[1].record_id)),
             equal_to([("train", str(i)) for i in (0, 1, 2, 3, 4, 9)]),
             label="kept",
         )
@@ -110,7 +113,9 @@ def test_prepared_documents_name_every_output_of_the_stage(tmp_path):
         assert all(isinstance(getattr(prepared, f.name), beam.PCollection) for f in dataclasses.fields(prepared))
         with pytest.raises(dataclasses.FrozenInstanceError):
             prepared.rejects = None
-        splits = prepared.chunks | ReadChunks(spill) | beam.Map(lambda sd: (sd[1].record_id, sd[0]))
+        splits = (
+            prepared.chunks | ReadDocuments(spill, prepared.held_out) | beam.Map(lambda sd: (sd[1].record_id, sd[0]))
+        )
         expected_splits = [(str(i), split_of(stable_id(t), 0.5)) for i, t in enumerate(TEXTS[:8])]
         assert_that(splits, equal_to(expected_splits), label="documents")
         assert_that(
@@ -137,8 +142,8 @@ def test_train_vocabulary_equals_the_library_function_and_counts_a_copy_once(tmp
     copies = [Document(d.doc_id, "other.jsonl", d.record_id, d.title, d.sentences, d.chars) for d in docs[:30]]
     with beam_pipeline() as p:
         spill = spill_at(tmp_path)
-        chunks, counts = chunked(p, spill, [("train", d) for d in docs + copies])
-        vocab = chunks | TrainVocabulary(cfg, spill, counts)
+        chunks, rule, counts = chunked(p, spill, docs + copies)
+        vocab = chunks | TrainVocabulary(cfg, spill, counts, rule)
         assert_that(vocab | beam.Map(lambda v: list(v.tokens)), equal_to([expected]))
 
 
@@ -153,8 +158,8 @@ def test_tokenize_documents(tmp_path):
     expected = [(d.doc_id, [t for s in encode_sentences(tok, d.sentences) for t in s]) for d in docs]
     with beam_pipeline() as p:
         spill = spill_at(tmp_path)
-        chunks, _ = chunked(p, spill, [("train", d) for d in docs])
-        out = chunks | TokenizeDocuments(p | "V" >> beam.Create([vocab]), spill)
+        chunks, rule, _ = chunked(p, spill, docs)
+        out = chunks | TokenizeDocuments(p | "V" >> beam.Create([vocab]), spill, rule)
         assert isinstance(out, TokenizedDocuments)
         assert_that(
             out.documents | beam.Map(lambda sm: (sm[1][0].doc_id, sm[1][0].ids.tolist())),
@@ -174,9 +179,38 @@ def test_tokenize_documents_names_the_words_that_became_unknown(tmp_path):
     odd = Document(1, "src.jsonl", "odd", "", ("Document \u2603 talks about \u2603 and \u2602.",), 40)
     with beam_pipeline() as p:
         spill = spill_at(tmp_path)
-        chunks, _ = chunked(p, spill, [("train", odd)])
-        out = chunks | TokenizeDocuments(p | "V" >> beam.Create([vocab]), spill)
+        chunks, rule, _ = chunked(p, spill, [odd])
+        out = chunks | TokenizeDocuments(p | "V" >> beam.Create([vocab]), spill, rule)
         assert_that(out.unknown_words, equal_to([[("\u2603", 2), ("\u2602", 1)]]))
+
+
+def test_tokenize_documents_counts_the_fit_and_the_words_split_into_letters(tmp_path):
+    from cyrillic_prose import BULGARIAN
+    from paths import real_uncased_vocab
+    from pipeline.tokenization import decide_casing
+
+    tokens = real_uncased_vocab()
+    vocab = make_vocab_info(tokens, decide_casing(tokens))
+    docs = [doc(i, text) for i, text in enumerate(BULGARIAN)]
+    with beam_pipeline() as p:
+        spill = spill_at(tmp_path)
+        chunks, rule, _ = chunked(p, spill, docs)
+        out = chunks | TokenizeDocuments(p | "V" >> beam.Create([vocab]), spill, rule)
+        totals = out.stats | beam.CombineGlobally(SumCounts())
+
+        def fit(counts):
+            words, single = counts["words/train"], counts["single_char_words/train"]
+            assert words > 250 and 4 < counts["word_pieces/train"] / words < 5 and 0.6 < single / words < 0.75
+            assert counts["accents_stripped/й->и"] == 13  # bert-base-uncased strips every mark
+            return True
+
+        def examples(top):
+            assert len(top) == 10 and all(n >= top[-1][1] for _, n in top)
+            assert all(" ##" in pieces and len(word) >= 2 for (word, pieces), _ in top)
+            return True
+
+        assert_that(totals | beam.Map(fit), equal_to([True]), label="fit")
+        assert_that(out.split_words | beam.Map(examples), equal_to([True]), label="examples")
 
 
 def examples_of(made):
