@@ -66,7 +66,7 @@ def decide_rule(
         return HeldOutRule(
             0.0,
             note=(
-                f"no eval split: {total:,} documents, fewer than twice instances.min_eval_documents="
+                f"no eval split: {total:,} document{'' if total == 1 else 's'}, fewer than twice instances.min_eval_documents="
                 f"{min_eval_documents} (an eval split of fewer documents measures little: NSP negatives "
                 "need other eval documents); every document trains"
             ),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import logging
 from typing import Sequence
 
 import apache_beam as beam
@@ -95,8 +94,7 @@ class _Finalize(beam.DoFn):
         warnings = [cap_warning] if cap_warning else []
         warnings += split_warnings(statistics, cfg.instances.objective, held_out.note)
         merged = accent_merge_warning(statistics, vocab.casing, cfg.tokenizer.vocab_file)
-        if merged:
-            logging.getLogger(__name__).warning(merged)
+        if merged:  # said in the summary (a log line here would come once more through the runner)
             warnings.append(merged)
         problems = [
             m

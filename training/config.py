@@ -265,14 +265,14 @@ class EngineConfig:
     """fp16 dynamic scaling: overflows tolerated before the scale is lowered."""
     min_loss_scale: int = 1
     """fp16 dynamic scaling: never go below this scale."""
-    overlap_comm: Optional[bool] = None
-    """Overlap gradient reduction with backward (ZeRO 1-3); null: DeepSpeed's default (on for stage 3)."""
+    overlap_comm: Optional[bool] = True
+    """Overlap gradient reduction with backward (ZeRO 1-3): buckets are reduced while backward runs; null: DeepSpeed's default (off for stages 1-2)."""
     contiguous_gradients: bool = True
     """Copy gradients into one buffer as they are produced (less fragmentation, ZeRO 1-3)."""
-    reduce_bucket_size: int = 500_000_000
-    """Elements reduced at once (ZeRO 1-3); smaller saves memory, larger is faster."""
-    allgather_bucket_size: int = 500_000_000
-    """Elements all-gathered at once after the step (ZeRO 1-2)."""
+    reduce_bucket_size: Optional[int] = None
+    """Elements reduced at once (ZeRO 1-3); null: a quarter of the model's parameters (at least 1e6), so reduction overlaps backward."""
+    allgather_bucket_size: Optional[int] = None
+    """Elements all-gathered at once after the step (ZeRO 1-2); null: sized as reduce_bucket_size."""
 
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
@@ -293,9 +293,10 @@ class EngineConfig:
             loss_scale_window=self.loss_scale_window,
             hysteresis=self.hysteresis,
             min_loss_scale=self.min_loss_scale,
-            reduce_bucket_size=self.reduce_bucket_size,
-            allgather_bucket_size=self.allgather_bucket_size,
         )
+        for name in ("reduce_bucket_size", "allgather_bucket_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"deepspeed.{name} must be positive or null (sized to the model)")
         if self.initial_scale_power < 0:
             raise ConfigError("deepspeed.initial_scale_power must be >= 0")
 

@@ -37,12 +37,18 @@ def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, w
 
 
 def build_deepspeed_config(
-    engine: EngineConfig, trainer: TrainerConfig, data: DataConfig, optim: OptimConfig, world_size: int
+    engine: EngineConfig,
+    trainer: TrainerConfig,
+    data: DataConfig,
+    optim: OptimConfig,
+    world_size: int,
+    num_parameters: int = 0,
 ) -> dict:
     """The dict for ``deepspeed.initialize(config=...)``.
 
     engine: the ``deepspeed`` group; trainer: global batch; data: micro batch; optim: gradient
-    clipping; world_size: data-parallel ranks (``torch.distributed`` world size).
+    clipping; world_size: data-parallel ranks (``torch.distributed`` world size); num_parameters:
+    the model's, which sizes buckets left unset (``bucket_elements``).
     """
     accumulation = gradient_accumulation_steps(trainer.global_batch_size, data.micro_batch_size, world_size)
     return {
@@ -52,10 +58,27 @@ def build_deepspeed_config(
         "gradient_clipping": float(optim.grad_clip),
         "bf16": {"enabled": engine.precision == "bf16"},
         "fp16": _fp16_section(engine),
-        "zero_optimization": _zero_section(engine),
+        "zero_optimization": _zero_section(engine, num_parameters),
         "steps_per_print": STEPS_PER_PRINT,
         "wall_clock_breakdown": False,
+        # The engine's throughput timer starts in forward and stops in step, synchronising the
+        # device at both (DeepSpeed's default): two host syncs per micro batch for a figure the
+        # trainer measures itself (training.throughput).
+        "timers": {"throughput": {"enabled": False, "synchronized": False}},
+        **_data_types_section(engine),
     }
+
+
+def _data_types_section(engine: EngineConfig) -> dict:
+    """Gradients accumulate in fp32 under bf16 where DeepSpeed can: without it they sum in bf16
+    (``engine.get_data_types``), and over 8 micro batches the small terms round away (8 bits of
+    mantissa: 0.125 + 0.000125 is 0.125). ZeRO-2 keeps an fp32 accumulator per gradient. Not yet the
+    other stages: ZeRO-1 would step with DeepSpeed's BF16 optimizer, whose checkpoints
+    ``training.export`` cannot read yet; ZeRO-0 (plain data parallel) and ZeRO-3 take no fp32
+    accumulator in DeepSpeed 0.19 (stage 0 refuses the mix, stage 3 ignores it)."""
+    if engine.precision == "bf16" and engine.zero_stage == 2:
+        return {"data_types": {"grad_accum_dtype": "fp32"}}
+    return {}
 
 
 def _fp16_section(engine: EngineConfig) -> dict:
@@ -71,20 +94,37 @@ def _fp16_section(engine: EngineConfig) -> dict:
     }
 
 
-def _zero_section(engine: EngineConfig) -> dict:
+BUCKETS_PER_MODEL = 4
+"""Buckets a model's gradients make when their size is left unset: the first reduction starts once a
+quarter of backward is done, and the last waits for only a quarter's worth of gradients."""
+MIN_BUCKET_ELEMENTS = 1_000_000
+DEFAULT_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's own default, for a model of unknown size
+
+
+def bucket_elements(given: int | None, num_parameters: int) -> int:
+    """A bucket size given, or one sized to the model: DeepSpeed's 5e8 default is larger than
+    BERT-Large (340M), so the whole reduction would wait for the end of backward."""
+    if given is not None:
+        return given
+    if num_parameters <= 0:
+        return DEFAULT_BUCKET_ELEMENTS
+    return max(MIN_BUCKET_ELEMENTS, -(-num_parameters // BUCKETS_PER_MODEL))
+
+
+def _zero_section(engine: EngineConfig, num_parameters: int = 0) -> dict:
     zero = {"stage": engine.zero_stage}
     if engine.zero_stage == 0:
         return zero  # plain data parallel: the ZeRO knobs below do not apply
     zero.update(
         {
             "contiguous_gradients": engine.contiguous_gradients,
-            "reduce_bucket_size": engine.reduce_bucket_size,
+            "reduce_bucket_size": bucket_elements(engine.reduce_bucket_size, num_parameters),
         }
     )
     if engine.overlap_comm is not None:
         zero["overlap_comm"] = engine.overlap_comm
     if engine.zero_stage in (1, 2):
-        zero["allgather_bucket_size"] = engine.allgather_bucket_size
+        zero["allgather_bucket_size"] = bucket_elements(engine.allgather_bucket_size, num_parameters)
     if engine.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": engine.pin_memory}
     if engine.offload_param:

@@ -308,7 +308,9 @@ def build_engine(model: BertForPreTraining, cfg: TrainConfig, world_size: int):
     from training.optim import build_optimizer, make_scheduler
 
     optimizer = build_optimizer(model, cfg.optim, cfg.deepspeed.offload_optimizer)
-    ds_config = build_deepspeed_config(cfg.deepspeed, cfg.trainer, cfg.data, cfg.optim, world_size)
+    ds_config = build_deepspeed_config(
+        cfg.deepspeed, cfg.trainer, cfg.data, cfg.optim, world_size, sum(p.numel() for p in model.parameters())
+    )
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,

@@ -12,7 +12,10 @@ PIPELINE_GROUPS = {"instances", "masking", "runner", "tokenizer"}
 TRAINER_GROUPS = {"data", "deepspeed", "experiment", "logger", "model", "optim", "trainer"}
 # logger: the trainer's group (conf/train/logger), on fine-tuning's search path
 FINETUNE_GROUPS = {"task", "recipe", "logger"}
-PROGRESS_LINE = re.compile(r"^\[ *(\d+m)?\d+s\] documents read [\d,]+ · kept [\d,]+ · examples [\d,]+$")
+PROGRESS_LINE = re.compile(
+    r"^\[ *(\d+m)?\d+s\] files [\d,]+/[\d,]+ · input [\d.]+ [KMGT]?B/[\d.]+ [KMGT]?B \(\d+%\)"
+    r" · documents read [\d,]+ · kept [\d,]+ · examples [\d,]+ · (inputs read|\S+ left reading)$"
+)
 
 
 def cli(tool, *args, cwd, timeout=180):

@@ -14,6 +14,7 @@ from training.throughput import ThroughputMeter, mfu, peak_tflops_for, resolve_p
         ("NVIDIA H100 PCIe", 756.0),
         ("NVIDIA H100 NVL", 835.0),
         ("NVIDIA H200", 989.0),
+        ("NVIDIA H200 NVL", 835.0),
         ("NVIDIA A100-SXM4-80GB", 312.0),
         ("NVIDIA A100 80GB PCIe", 312.0),
         ("NVIDIA A10G", 125.0),

@@ -331,9 +331,15 @@ def test_deepspeed_accepts_the_dict(deepspeed_config_class, overrides, world_siz
     cfg = compose_train(REQUIRED + overrides)
     d = ds_dict(cfg, world_size)
     # DeepSpeed ignores unknown top-level keys silently; its constants module names the real ones
-    known_top_level = {v for v in vars(constants).values() if isinstance(v, str)} | {"zero_optimization", "bf16"}
-    assert set(d) <= known_top_level, set(d) - known_top_level
+    # (and deepspeed.utils.config the timers' section).
+    from deepspeed.utils.config import TIMERS
+
+    known = {v for v in vars(constants).values() if isinstance(v, str)} | {"zero_optimization", "bf16", TIMERS}
+    assert set(d) <= known, set(d) - known
     parsed = deepspeed_parses(deepspeed_config_class, d, world_size, monkeypatch)
+    assert parsed.timers_config.enabled is False
+    bf16_zero2 = cfg.deepspeed.precision == "bf16" and cfg.deepspeed.zero_stage == 2
+    assert parsed.grad_accum_dtype == ("fp32" if bf16_zero2 else None)
     assert parsed.world_size == world_size
     assert (parsed.train_batch_size, parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (
         d["train_batch_size"],
@@ -355,3 +361,27 @@ def test_deepspeed_rejects_a_wrong_batch(deepspeed_config_class, monkeypatch):
     d = ds_dict(compose_train(REQUIRED), world_size=4)
     with pytest.raises(AssertionError, match="train_batch_size"):
         deepspeed_parses(deepspeed_config_class, d, 2, monkeypatch)
+
+
+@pytest.mark.parametrize("preset", ["zero0", "zero1", "zero2", "zero3"])
+def test_deepspeed_config_has_no_timer_and_fp32_accumulation_under_zero2(preset):
+    cfg = compose_train(REQUIRED + [f"deepspeed={preset}"])
+    bert_base = 110_000_000
+    ds = build_deepspeed_config(cfg.deepspeed, cfg.trainer, cfg.data, cfg.optim, 1, bert_base)
+    assert ds["timers"] == {"throughput": {"enabled": False, "synchronized": False}}
+    stage = cfg.deepspeed.zero_stage
+    assert ds.get("data_types") == ({"grad_accum_dtype": "fp32"} if stage == 2 else None)
+    fp32 = build_deepspeed_config(
+        dataclasses.replace(cfg.deepspeed, precision="fp32"), cfg.trainer, cfg.data, cfg.optim, 1, bert_base
+    )
+    assert "data_types" not in fp32
+    if stage:
+        zero = ds["zero_optimization"]
+        # Four buckets of BERT-Base's gradients, reduced while backward runs (DeepSpeed's 5e8 is one bucket).
+        assert zero["reduce_bucket_size"] == bert_base // 4 and zero["overlap_comm"] is True
+        given = dataclasses.replace(cfg.deepspeed, reduce_bucket_size=12345)
+        assert _zero_of(given, cfg)["reduce_bucket_size"] == 12345
+
+
+def _zero_of(engine, cfg):
+    return build_deepspeed_config(engine, cfg.trainer, cfg.data, cfg.optim, 1, 10**8)["zero_optimization"]
