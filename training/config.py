@@ -270,7 +270,7 @@ class EngineConfig:
     contiguous_gradients: bool = True
     """Copy gradients into one buffer as they are produced (less fragmentation, ZeRO 1-3)."""
     reduce_bucket_size: Optional[int] = None
-    """Elements reduced at once (ZeRO 1-3); null: a quarter of the model's parameters (at least 1e6), so reduction overlaps backward."""
+    """Elements reduced at once (ZeRO 1-3); null: a quarter of the model's parameters (at least 2**20), so reduction overlaps backward."""
     allgather_bucket_size: Optional[int] = None
     """Elements all-gathered at once after the step (ZeRO 1-2); null: sized as reduce_bucket_size."""
 

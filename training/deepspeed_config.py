@@ -97,8 +97,11 @@ def _fp16_section(engine: EngineConfig) -> dict:
 BUCKETS_PER_MODEL = 4
 """Buckets a model's gradients make when their size is left unset: the first reduction starts once a
 quarter of backward is done, and the last waits for only a quarter's worth of gradients."""
-MIN_BUCKET_ELEMENTS = 1_000_000
+MIN_BUCKET_ELEMENTS = 1 << 20  # a multiple of BUCKET_ALIGNMENT
 DEFAULT_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's own default, for a model of unknown size
+BUCKET_ALIGNMENT = 4096
+"""Sized buckets are rounded up to a multiple of this: ZeRO 1-2 assert that the all-gather bucket is
+a multiple of their NCCL start alignment (a few elements), and round sizes keep tensors aligned."""
 
 
 def bucket_elements(given: int | None, num_parameters: int) -> int:
@@ -108,7 +111,8 @@ def bucket_elements(given: int | None, num_parameters: int) -> int:
         return given
     if num_parameters <= 0:
         return DEFAULT_BUCKET_ELEMENTS
-    return max(MIN_BUCKET_ELEMENTS, -(-num_parameters // BUCKETS_PER_MODEL))
+    quarter = -(-num_parameters // BUCKETS_PER_MODEL)
+    return max(MIN_BUCKET_ELEMENTS, -(-quarter // BUCKET_ALIGNMENT) * BUCKET_ALIGNMENT)
 
 
 def _zero_section(engine: EngineConfig, num_parameters: int = 0) -> dict:

@@ -42,6 +42,15 @@ def test_the_worker_image_runs_the_beam_version_the_package_pins():
     assert python == f"{sys.version_info.major}.{sys.version_info.minor}"  # the Python tested here
 
 
+def test_the_training_image_runs_the_torch_this_project_is_tested_with():
+    training_image = open(os.path.join(REPO, "infra", "k8s", "Dockerfile"), encoding="utf-8").read()
+    image_torch = re.search(r"^ARG TORCH_VERSION=(\S+)$", training_image, re.M).group(1)
+    ci = open(os.path.join(REPO, ".ci", "run"), encoding="utf-8").read()
+    (ci_torch,) = re.findall(r"pip install -q torch==(\S+)", ci)
+    assert image_torch == ci_torch == importlib.metadata.version("torch").split("+")[0]
+    assert 'pip install --no-cache-dir "torch==${TORCH_VERSION}"' in training_image
+
+
 def test_the_worker_image_sets_the_local_workers_malloc_settings():
     from pipeline.runner import WORKER_MALLOC_ENV
 
