@@ -243,8 +243,8 @@ def saved_init_report(output_dir: str, tag: str) -> Optional[dict]:
 
 
 def check_precision_supported(precision: str) -> None:
-    """fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 kernels): say so before
-    DeepSpeed fails deep inside engine construction."""
+    """A precision the accelerator lacks (fp16 on a CPU whose oneDNN has no fp16, as most): say so
+    before DeepSpeed fails deep inside engine construction."""
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
