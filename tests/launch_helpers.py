@@ -30,6 +30,22 @@ def trainer_env() -> dict:
     return env
 
 
+def one_rank_env() -> dict:
+    """The environment of a one-process group on a free port, CPU only, this checkout importable:
+    for a script that builds DeepSpeed engines itself (``deepspeed.init_distributed``)."""
+    return dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+    )
+
+
 def fault_injecting_command(*overrides: str, nproc: int = 1) -> list[str]:
     """The trainer under this module's NaN injection (see the module docstring)."""
     script = os.path.join(REPO, "tests", "launch_helpers.py")

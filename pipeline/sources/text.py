@@ -46,6 +46,13 @@ def read_bert_lines(source: str, stream: BinaryIO, cfg: SourceConfig) -> Iterato
     A file of blank lines only yields nothing, which is not an error.
     """
     base = os.path.basename(source)
+
+    def document(index: int, sentences: list[str], first_line: int):
+        text = "\n".join(sentences)
+        return cleaned_document(
+            source, f"{base}:{index}", "", text, SourceFormat.BERT_LINES, presplit=True, position=first_line
+        )
+
     index = 0
     sentences: list[str] = []
     first_line = 0  # of the document being gathered
@@ -58,24 +65,8 @@ def read_bert_lines(source: str, stream: BinaryIO, cfg: SourceConfig) -> Iterato
             first_line = first_line or line.number
             sentences.append(stripped)
         elif sentences:
-            yield from cleaned_document(
-                source,
-                f"{base}:{index}",
-                "",
-                "\n".join(sentences),
-                SourceFormat.BERT_LINES,
-                presplit=True,
-                position=first_line,
-            )
+            yield from document(index, sentences, first_line)
             index += 1
             sentences, first_line = [], 0
     if sentences:
-        yield from cleaned_document(
-            source,
-            f"{base}:{index}",
-            "",
-            "\n".join(sentences),
-            SourceFormat.BERT_LINES,
-            presplit=True,
-            position=first_line,
-        )
+        yield from document(index, sentences, first_line)

@@ -3,13 +3,12 @@
 ZeRO-2, reduction overlapped with backward in buckets sized to the model."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from launch_helpers import one_rank_env
 from paths import REPO
 
 _PROBE = r"""
@@ -59,20 +58,7 @@ TOLERANCE = 1e-3  # relative: bf16 accumulation is off by 7e-3
 @pytest.fixture(scope="module")
 def engines():
     """The probe in a subprocess (its process group and DeepSpeed's globals stay out of this one)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        LOCAL_WORLD_SIZE="1",
-        CUDA_VISIBLE_DEVICES="",
-        PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
-    )
+    env = one_rank_env()
     done = subprocess.run(
         [sys.executable, "-c", _PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )

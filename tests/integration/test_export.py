@@ -224,27 +224,14 @@ for stage in (0, 2):
 def deepspeed_checkpoints(tmp_path_factory):
     """Checkpoints of ZeRO stage 0 and 2 after one step, with the engine's weights beside them
     (in a subprocess: the process group and DeepSpeed's globals stay out of the test process)."""
-    import socket
     import subprocess
     import sys
 
     out = tmp_path_factory.mktemp("deepspeed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from launch_helpers import one_rank_env
     from paths import REPO as root
 
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        LOCAL_WORLD_SIZE="1",
-        CUDA_VISIBLE_DEVICES="",
-        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
-    )
+    env = one_rank_env()
     done = subprocess.run(
         [sys.executable, "-c", _WRITE_CHECKPOINTS, str(out)],
         cwd=root,
