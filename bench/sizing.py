@@ -15,6 +15,12 @@ Prints a table for English Wikipedia plus a BookCorpus-size collection (default 
 them Wikipedia, as BERT's 2,500M + 800M words): worker-hours per stage, shard count and size, peak
 memory per worker, spill space, the single-worker vocabulary step, and the wall time on 16, 64 and
 256 workers. Every figure is marked measured (on this machine) or extrapolated (from measured rates).
+
+    python bench/sizing.py --train-memory [OVERRIDE ...]     e.g. experiment=bert_large_lamb_phase2
+
+instead prints, on paper, the GPU memory one rank needs for a bf16 training step of the trainer config
+those overrides compose (weights and optimizer states, activations, the MLM head), against 80 and
+141 GB; ``training_step_memory`` is what tests/unit/test_gpu_presets.py sizes the GPU presets with.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
@@ -173,6 +180,191 @@ def defaults_job(work: str, scale: int = 64) -> dict:
     return r
 
 
+# --- GPU memory of a training step --------------------------------------------------------------
+# On paper, what one rank holds at the peak of a bf16 training step. The GPU presets are sized with it
+# (tests/unit/test_gpu_presets.py checks them against 80 and 141 GB); `--train-memory` prints it for
+# any composed trainer config. The tensors counted are those the model's modules keep for backward in
+# eager mode (torch.compile may recompute some pointwise results instead: less, not more).
+
+GPU_MEMORY_BYTES = {"H100 80GB": 80e9, "H200 141GB": 141e9}
+"""Device memory as sold, in decimal bytes (the devices report slightly more)."""
+MEMORY_MARGIN = 0.8
+"""A preset's estimate must stay under this fraction of the device: the estimate is not a measurement."""
+WORKSPACE_BYTES = 4e9
+"""A fixed allowance, not derived: CUDA context, cuBLAS and compiled kernels' workspaces, NCCL
+buffers, the caching allocator's fragmentation, transient gradients of one layer's activations."""
+STATE_BYTES_PER_PARAMETER = {
+    # ZeRO 1-3 under bf16: DeepSpeed's bf16 mode (training.deepspeed_config.bf16_weights)
+    "bf16 weights": {
+        "bf16 weights": 2,
+        "bf16 gradients": 2,
+        "fp32 master weights": 4,
+        "fp32 gradient accumulator": 4,
+        "optimizer moments (AdamW, LAMB: two fp32)": 8,
+    },
+    # ZeRO-0 under bf16: fp32 weights, the compute under torch autocast
+    "autocast": {
+        "fp32 weights": 4,
+        "fp32 gradients": 4,
+        "optimizer moments (AdamW, LAMB: two fp32)": 8,
+        "autocast's bf16 copies of the weights, kept for one forward and backward": 2,
+    },
+}
+"""What a parameter costs in each of the two ways the engine runs bf16, nothing sharded (one rank: the
+most any rank holds; ZeRO 1-2 divide the fp32 parts by the ranks)."""
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Peak device memory of one rank's bf16 training step, by part, in bytes."""
+
+    parameters: int
+    """The model's parameters (tied decoder counted once)."""
+    states: float
+    """Weights, gradients, fp32 masters and moments (STATE_BYTES_PER_PARAMETER)."""
+    buckets: float
+    """ZeRO-2's communication buffers: two reduce buckets (overlap_comm) and one all-gather bucket."""
+    activations: float
+    """What the embeddings and the encoder layers keep for backward."""
+    mlm_head: float
+    """The MLM head on its rows (B x P masked slots, or B x T with the dense head), logits included."""
+    workspace: float = WORKSPACE_BYTES
+
+    @property
+    def total(self) -> float:
+        return self.states + self.buckets + self.activations + self.mlm_head + self.workspace
+
+    def describe(self) -> str:
+        parts = ("states", "buckets", "activations", "mlm_head", "workspace")
+        return ", ".join(f"{p} {getattr(self, p) / 1e9:.1f}" for p in parts) + f" = {self.total / 1e9:.1f} GB"
+
+
+def encoder_layer_bytes_per_token(
+    hidden: int, intermediate: int, heads: int, seq_len: int, math_attention: bool, autocast: bool = False
+) -> int:
+    """Bytes one post-norm BERT layer keeps for backward per token: bf16 activations (2 bytes),
+    dropout masks (1 byte), LayerNorm statistics and SDPA's log-sum-exp (fp32).
+
+    attention block: its input (read by the Q, K and V projections), q, k, v and the output (SDPA's
+    backward), the output as (B, T, H) (the output projection), the LayerNorm input; a dropout mask.
+    feed-forward block: its input, the pre-GELU (I) and post-GELU (I) activations, the LayerNorm input;
+    a dropout mask. A flash or memory-efficient SDPA kernel keeps no (T x T) scores and recomputes the
+    attention dropout from its seed; the math kernel keeps probabilities, their dropout mask and the
+    dropped probabilities: 5 x heads x T bytes a token.
+    Under autocast (fp32 weights) the residual stream is fp32: each LayerNorm keeps an fp32 input,
+    and each of the Q, K and V projections its own bf16 copy of the block's input."""
+    h, i = hidden, intermediate
+    norm_input = 4 * h if autocast else 2 * h
+    qkv_inputs = 3 * 2 * h if autocast else 2 * h
+    attention = qkv_inputs + 2 * 3 * h + 2 * h + 2 * h + norm_input + h + 4 * heads + 8
+    feed_forward = 2 * h + 2 * 2 * i + norm_input + h + 8
+    scores = 5 * heads * seq_len if math_attention else 0
+    return attention + feed_forward + scores
+
+
+def parameter_count(bert) -> int:
+    """Parameters of ``training.model.BertForPreTraining(bert)``, built on the meta device (no memory)."""
+    import torch
+
+    from training.model import BertForPreTraining
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in BertForPreTraining(bert).parameters())
+
+
+def training_step_memory(
+    bert,
+    micro_batch: int,
+    seq_len: int,
+    predictions_per_seq: int | None,
+    zero_stage: int,
+    autocast: bool,
+    math_attention: bool = False,
+) -> StepMemory:
+    """The estimate for ``training.model.BertConfig`` ``bert`` at a micro batch of ``micro_batch``
+    sequences padded to ``seq_len``; the sparse MLM head on ``predictions_per_seq`` slots a row, or
+    the dense head on every position when None; ZeRO ``zero_stage``; bf16 as fp32 weights under
+    autocast (``autocast``) or as DeepSpeed's bf16 weights with fp32 masters."""
+    from training.deepspeed_config import bucket_elements
+
+    n = parameter_count(bert)
+    h, v = bert.hidden_size, bert.vocab_size
+    per_layer = encoder_layer_bytes_per_token(
+        h, bert.intermediate_size, bert.num_attention_heads, seq_len, math_attention, autocast
+    )
+    embeddings = (4 if autocast else 2) * h + h + 8  # the LayerNorm input, a dropout mask, statistics
+    rows = micro_batch * (seq_len if predictions_per_seq is None else predictions_per_seq)
+    # Per row: the transform's (H,) tensors (input, pre-GELU, LayerNorm input and output; the norm's
+    # input in fp32 under autocast), the fp32 log-softmax the loss keeps (4V) and, in backward, its
+    # fp32 and bf16 gradients (6V).
+    head = rows * ((10 if autocast else 8) * h + 10 * v)
+    states = STATE_BYTES_PER_PARAMETER["autocast" if autocast else "bf16 weights"]
+    return StepMemory(
+        parameters=n,
+        states=n * sum(states.values()),
+        buckets=3 * bucket_elements(None, n) * 4 if zero_stage == 2 else 0,  # fp32 (communication_data_type)
+        activations=micro_batch * seq_len * (bert.num_hidden_layers * per_layer + embeddings),
+        mlm_head=head,
+    )
+
+
+def compose_train_config(overrides: list[str]):
+    """The trainer's config as `python -m training <overrides>` composes it (data_dir, output_dir and
+    trainer.init_from filled in: sizing reads no data)."""
+    from hydra import compose, initialize_config_dir
+
+    from training.config import register_configs, to_train_config
+
+    register_configs()
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "train")
+    fill = ["data_dir=-", "output_dir=-", "trainer.init_from=null"]
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        return to_train_config(compose(config_name="train", overrides=fill + list(overrides)))
+
+
+def preset_memory(cfg, vocab_size: int = 30522, math_attention: bool = False) -> StepMemory:
+    """The estimate for a composed ``TrainConfig`` at BERT's vocabulary, its micro batch padded to
+    data.max_seq_length, the data job's default masking cap for that length."""
+    from pipeline.config import MaskingConfig
+    from training.deepspeed_config import bf16_weights
+    from training.model import BertConfig
+
+    if cfg.data.max_seq_length is None:
+        raise SystemExit("data.max_seq_length is null: give one (e.g. data=seq128) to size a step")
+    if cfg.deepspeed.precision != "bf16":
+        raise SystemExit(f"the estimate is for deepspeed.precision=bf16, not {cfg.deepspeed.precision}")
+    bert = BertConfig(**cfg.model.bert_config_kwargs(vocab_size, "nsp", 0))
+    slots = MaskingConfig().predictions_cap(cfg.data.max_seq_length) if cfg.trainer.sparse_mlm_head else None
+    return training_step_memory(
+        bert,
+        cfg.data.micro_batch_size,
+        cfg.data.max_seq_length,
+        slots,
+        cfg.deepspeed.zero_stage,
+        autocast=not bf16_weights(cfg.deepspeed),
+        math_attention=math_attention,
+    )
+
+
+def print_train_memory(overrides: list[str]) -> None:
+    from training.deepspeed_config import bf16_weights
+
+    cfg = compose_train_config(overrides)
+    print(
+        f"# one rank's bf16 training step on paper: {' '.join(overrides) or '(defaults)'}: micro batch "
+        f"{cfg.data.micro_batch_size} x {cfg.data.max_seq_length}, ZeRO-{cfg.deepspeed.zero_stage} "
+        f"({'bf16 weights' if bf16_weights(cfg.deepspeed) else 'fp32 weights under bf16 autocast'}), "
+        f"{'sparse' if cfg.trainer.sparse_mlm_head else 'dense'} MLM head, vocabulary 30,522 [estimated]"
+    )
+    for math_attention in (False, True):
+        m = preset_memory(cfg, math_attention=math_attention)
+        kernel = "math SDPA kernel (T x T scores kept)" if math_attention else "flash/memory-efficient SDPA"
+        print(f"  {kernel}: {m.parameters / 1e6:.0f}M parameters; {m.describe()}")
+        for gpu, size in GPU_MEMORY_BYTES.items():
+            fits = "fits" if m.total <= MEMORY_MARGIN * size else "does NOT fit"
+            print(f"    {gpu}: {m.total / size:.0%} of the device ({fits} under {MEMORY_MARGIN:.0%})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=None)
@@ -186,7 +378,18 @@ def main():
         "--memory-json",
         default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "pipeline_memory.json"),
     )
+    ap.add_argument(
+        "--train-memory",
+        nargs="*",
+        metavar="OVERRIDE",
+        default=None,
+        help="instead: the GPU memory of one training step for the trainer config these overrides compose "
+        "(e.g. experiment=bert_large_lamb_phase2), on paper",
+    )
     args = ap.parse_args()
+    if args.train_memory is not None:
+        print_train_memory(args.train_memory)
+        return
     work = args.work or tempfile.mkdtemp(prefix="bench-sizing-")
     os.makedirs(work, exist_ok=True)
 

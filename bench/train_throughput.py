@@ -1,23 +1,35 @@
-"""Training throughput of this repository's BERT against transformers' `BertForPreTraining`, in one run.
+"""Training throughput of this repository's BERT, eager and compiled, against transformers'
+`BertForPreTraining`, in one run.
 
-    python bench/train_throughput.py [--model mini|base|...] [--micro-batch 32] [--data-dir DIR]
-                                     [--warmup 3] [--steps 10] [--rounds 1] [--work DIR]
+    python bench/train_throughput.py [--model mini|base|...] [--micro-batch 32] [--seq-len 128]
+                                     [--warmup 3] [--steps 10] [--rounds 1] [--work DIR] [--data-dir DIR]
+                                     [--no-compile] [--unpad] [--profile DIR [--profile-steps 5]]
 
-Both models train on the same real batches (the shard loader over the Wikipedia sample: built
-here with the pipeline, length 128, static masks, unless --data-dir points at existing shards),
+Every model trains on the same real examples (the shard loader over the Wikipedia sample: built
+here with the pipeline, static masks, at --seq-len, unless --data-dir points at existing shards),
 from the same initial weights (ours' state_dict loaded into theirs, strict), with the same
 optimizer (torch AdamW through training.optim.build_optimizer), the same precision (fp32 on CPU,
 bf16 autocast on CUDA) and the same micro batch. A step is a full training step: forward,
-backward and optimizer step. Warmup steps are not timed.
+backward and optimizer step. Warmup steps (compilation included) are not timed.
 
-  ours:         training.model.BertForPreTraining, SDPA attention, the MLM head (H x V projection)
-                on the masked positions only (masked_lm_positions / masked_lm_labels).
-  transformers: transformers.BertForPreTraining(attn_implementation="sdpa") as it works: the MLM
-                head on every position, dense (B, T) labels with -100 except at the masked positions.
+  ours:          training.model.BertForPreTraining, eager, on the batches the trainer's collator
+                 makes by default: T padded to the longest sequence (a multiple of
+                 --pad-to-multiple-of), P = the shards' max_predictions_per_seq masked slots a row;
+                 SDPA attention; the MLM head (H x V projection) on those slots only; no attention
+                 mask on a batch without padding (training.trainer.forward_inputs).
+  ours compiled: the same model under nn.Module.compile(fullgraph=True, dynamic=False), on the same
+                 examples padded to one shape (T = max_seq_length, data.pad_to_max_length: what the
+                 GPU presets run); a recompile during the timed steps fails the run.
+  transformers:  transformers.BertForPreTraining(attn_implementation="sdpa") as it works: the MLM
+                 head on every position, dense (B, T) labels with -100 except at the masked positions.
 
-Prints per model: non-padding tokens/s, samples/s, step time, achieved TFLOP/s, MFU when the GPU's
-peak is known (training.throughput), and the ratio ours / transformers. Goals (issue 3): >= 2x on
-CPU for mini at length 128; >= 1.5x and >= 50% MFU for base at length 128 on an H100.
+The models take turns (--interleave), so all see the same machine load. Prints per model:
+non-padding tokens/s, samples/s, step time, achieved TFLOP/s, MFU when the GPU's peak is known
+(training.throughput), and the ratios eager / transformers and compiled / transformers.
+--profile DIR then records a torch.profiler trace of --profile-steps steps of each of our runners
+(DIR/trace-<runner>.json, for chrome://tracing or Perfetto, and DIR/ops-<runner>.txt, the top
+operators). Goals: >= 2x eager and >= 4x compiled against transformers on CPU for mini at length
+128 (issues 3 and 18); >= 1.5x and >= 50% MFU for base at length 128 on an H100.
 """
 
 from __future__ import annotations
@@ -39,11 +51,12 @@ import transformers  # noqa: E402
 
 from pipeline import contract  # noqa: E402
 from training.config import DataConfig, OptimConfig  # noqa: E402
-from training.data import RunExpectations, dense_mlm_labels, model_inputs, open_pretraining_data  # noqa: E402
+from training.data import RunExpectations, dense_mlm_labels, open_pretraining_data  # noqa: E402
 from training.labels import IGNORE_INDEX  # noqa: E402
 from training.model import PRESETS, BertConfig, BertForPreTraining, flops_per_token  # noqa: E402
 from training.optim import build_optimizer, param_groups  # noqa: E402
 from training.throughput import mfu, resolve_peak_tflops  # noqa: E402
+from training.trainer import forward_inputs  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -101,9 +114,16 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="also time ours with the unpadded encoder (trainer.unpad: dense layers on real tokens only)",
     )
+    p.add_argument(
+        "--no-compile", action="store_true", help="leave out ours compiled (compilation takes a minute or more)"
+    )
+    p.add_argument(
+        "--profile", metavar="DIR", default=None, help="after timing, write a torch.profiler trace of our runners here"
+    )
+    p.add_argument("--profile-steps", type=int, default=5, help="steps per profiled runner (default 5)")
     p.add_argument("--seed", type=int, default=1234)
     args = p.parse_args()
-    for name in ("micro_batch", "steps", "rounds"):
+    for name in ("micro_batch", "steps", "rounds", "profile_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
@@ -115,8 +135,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_shards(work: str, seq_len: int) -> str:
-    """Run the data job on the real Wikipedia sample (static masks) into work/shards."""
-    out = os.path.join(work, "shards")
+    """Run the data job on the real Wikipedia sample (static masks) into work/shards-<seq_len>."""
+    out = os.path.join(work, f"shards-{seq_len}")
     if os.path.exists(os.path.join(out, contract.MANIFEST_FILE)):
         print(f"reusing shards in {out}", flush=True)
         return out
@@ -141,12 +161,21 @@ def build_shards(work: str, seq_len: int) -> str:
     return out
 
 
-def load_batches(data_dir: str, model_cfg: BertConfig, args: argparse.Namespace, count: int) -> list[dict]:
-    """`count` collated training batches (cycling through the epoch if it is shorter)."""
-    cfg = DataConfig(micro_batch_size=args.micro_batch, max_seq_length=args.seq_len, num_workers=0, pin_memory=False)
-    data = open_pretraining_data(
-        data_dir, cfg, args.seed, RunExpectations.of_model(model_cfg), pad_to_multiple_of=args.pad_to_multiple_of
+def load_batches(
+    data_dir: str, model_cfg: BertConfig, args: argparse.Namespace, count: int, fixed_shape: bool = False
+) -> list[dict]:
+    """`count` collated training batches as the trainer's loader makes them (cycling through the epoch
+    if it is shorter); ``fixed_shape``: every batch padded to max_seq_length (data.pad_to_max_length).
+    The examples and their order depend on the seed only, not on the padding."""
+    cfg = DataConfig(
+        micro_batch_size=args.micro_batch,
+        max_seq_length=args.seq_len,
+        num_workers=0,
+        pin_memory=False,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        pad_to_max_length=fixed_shape,
     )
+    data = open_pretraining_data(data_dir, cfg, args.seed, RunExpectations.of_model(model_cfg), unpad=args.unpad)
     loader = data.train_loader()
     batches: list[dict] = []
     while len(batches) < count:
@@ -160,8 +189,25 @@ def load_batches(data_dir: str, model_cfg: BertConfig, args: argparse.Namespace,
     return batches
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def stage(batch: dict, fixed: dict | None, device: torch.device) -> dict:
+    """One step's inputs on the device, made before any timing: "ours" as the trainer passes them
+    (``forward_inputs``), "ours fixed" the same examples in one shape (``fixed``, for the compiled
+    model), "transformers" its keyword arguments; with the host-side counts."""
+    theirs = dict(
+        input_ids=batch["input_ids"],
+        token_type_ids=batch["token_type_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=dense_mlm_labels(batch),  # (B, T): the MLM head on every position
+    )
+    if "next_sentence_label" in batch:
+        theirs["next_sentence_label"] = batch["next_sentence_label"]
+    return {
+        "ours": forward_inputs(batch, device, sparse_head=True),
+        "ours fixed": None if fixed is None else forward_inputs(fixed, device, sparse_head=True),
+        "transformers": {k: v.to(device) for k, v in theirs.items()},
+        "num_tokens": int(batch["num_tokens"]),
+        "samples": int(batch["input_ids"].shape[0]),
+    }
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -180,37 +226,34 @@ def build_models(model_cfg: BertConfig, device: torch.device):
     return ours, theirs
 
 
-def ours_step_fn(model):
-    def forward(batch):
-        return model(**model_inputs(batch)).loss
+def step_fn(model, inputs: str):
+    """The loss of ``model`` on a staged batch's ``inputs`` ("ours", "ours fixed" or "transformers")."""
 
-    return forward
-
-
-def theirs_step_fn(model):
-    def forward(batch):
-        kwargs = dict(
-            input_ids=batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["dense_labels"],
-        )
-        if "next_sentence_label" in batch:
-            kwargs["next_sentence_label"] = batch["next_sentence_label"]
-        return model(**kwargs).loss
+    def forward(staged: dict) -> torch.Tensor:
+        return model(**staged[inputs]).loss
 
     return forward
 
 
 @torch.no_grad()
-def check_same_loss(ours, theirs, batch: dict, autocast) -> tuple[float, float]:
+def check_same_loss(ours, theirs, staged: dict, autocast) -> tuple[float, float]:
     """Both models' loss on one batch without dropout, before any training step."""
     ours.eval(), theirs.eval()
     with autocast():
-        a = float(ours_step_fn(ours)(batch))
-        b = float(theirs_step_fn(theirs)(batch))
+        a = float(step_fn(ours, "ours")(staged))
+        b = float(step_fn(theirs, "transformers")(staged))
     ours.train(), theirs.train()
     return a, b
+
+
+def compiled_copy(ours: BertForPreTraining, model_cfg: BertConfig, device: torch.device) -> BertForPreTraining:
+    """A second model with ours' weights under ``nn.Module.compile(fullgraph=True, dynamic=False)``:
+    one graph of forward and loss for the one shape of the fixed batches (compiled at its first step)."""
+    model = BertForPreTraining(model_cfg)
+    model.load_state_dict(ours.state_dict(), strict=True)
+    model.to(device).train()
+    model.compile(fullgraph=True, dynamic=False)
+    return model
 
 
 class Runner:
@@ -269,11 +312,14 @@ class Runner:
             self.phases["optimizer"] += t3 - t2
         return loss
 
-    def run(self, batches: list[dict], warmup: int, steps: int) -> None:
-        for batch in batches[:warmup]:
+    def warm(self, batches: list[dict]) -> None:
+        """Untimed steps (a compiled model compiles in its first)."""
+        for batch in batches:
             self.step(batch)
         self.sync()
-        timed = batches[warmup : warmup + steps]
+
+    def run(self, timed: list[dict]) -> None:
+        """Timed steps back to back, one sync at the end: for model-by-model interleaving."""
         loss = None
         start = last = time.perf_counter()
         for batch in timed:
@@ -285,8 +331,8 @@ class Runner:
         self.sync()
         self.seconds += time.perf_counter() - start
         self.steps += len(timed)
-        self.samples += sum(int(b["input_ids"].shape[0]) for b in timed)
-        self.tokens += sum(int(b["num_tokens"]) for b in timed)
+        self.samples += sum(b["samples"] for b in timed)
+        self.tokens += sum(b["num_tokens"] for b in timed)
         self.last_loss = float(loss.detach())
 
     def timed_step(self, batch: dict) -> None:
@@ -299,8 +345,8 @@ class Runner:
         self.seconds += seconds
         self.step_seconds.append(seconds)
         self.steps += 1
-        self.samples += int(batch["input_ids"].shape[0])
-        self.tokens += int(batch["num_tokens"])
+        self.samples += batch["samples"]
+        self.tokens += batch["num_tokens"]
         self.last_loss = float(loss.detach())
 
     @property
@@ -308,27 +354,166 @@ class Runner:
         return self.tokens / self.seconds
 
 
+def precision_for(device: torch.device):
+    """(autocast context factory, precision label, device name): bf16 autocast on CUDA, fp32 on CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)),
+            "bf16 autocast",
+            torch.cuda.get_device_name(device),
+        )
+    name = f"CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores)"
+    return (lambda: torch.autocast("cpu", enabled=False)), "fp32", name
+
+
+def build_runners(model_cfg: BertConfig, args, device: torch.device, autocast, staged: list[dict]):
+    """The runners, ours first and transformers second, and the two models' loss on the first batch."""
+    torch.manual_seed(args.seed)
+    ours, theirs = build_models(model_cfg, device)
+    same = check_same_loss(ours, theirs, staged[0], autocast)
+
+    def runner(name: str, model, inputs: str) -> Runner:
+        return Runner(name, model, step_fn(model, inputs), device, autocast, args.fused_adamw, args.breakdown)
+
+    runners = [runner("ours", ours, "ours"), runner("transformers", theirs, "transformers")]
+    if not args.no_compile:
+        runners.append(runner("ours compiled", compiled_copy(ours, model_cfg, device), "ours fixed"))
+    if args.unpad:
+        unpadded = BertForPreTraining(model_cfg, unpad=True)
+        unpadded.load_state_dict(ours.state_dict(), strict=True)
+        runners.append(runner("ours unpadded", unpadded.to(device).train(), "ours"))
+    return runners, same
+
+
+def run_rounds(runners: list[Runner], staged: list[dict], args) -> None:
+    """Warmup then timed steps, round after round; a recompile in a timed step is an error (the
+    compiled model must see one shape)."""
+    per_round = args.warmup + args.steps
+    for r in range(args.rounds):
+        chunk = staged[r * per_round : (r + 1) * per_round]
+        if args.interleave == "model":
+            for runner in runners:
+                runner.warm(chunk[: args.warmup])
+                with torch._dynamo.config.patch(error_on_recompile=True):
+                    runner.run(chunk[args.warmup :])
+        else:
+            for batch in chunk[: args.warmup]:
+                for runner in runners:
+                    runner.warm([batch])
+            with torch._dynamo.config.patch(error_on_recompile=True):
+                for i, batch in enumerate(chunk[args.warmup :]):
+                    for runner in runners[i % len(runners) :] + runners[: i % len(runners)]:  # rotate who goes first
+                        runner.timed_step(batch)
+        for runner in runners:
+            print(
+                f"  round {r + 1}: {runner.name:<14} {runner.tokens / runner.seconds:10,.0f} tokens/s so far "
+                f"(last loss {runner.last_loss:.3f})",
+                flush=True,
+            )
+
+
+def profile_runners(runners: list[Runner], staged: list[dict], out_dir: str) -> None:
+    """A torch.profiler trace of a few steps of each of our runners: out_dir/trace-<runner>.json and
+    the top operators by self time in out_dir/ops-<runner>.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    os.makedirs(out_dir, exist_ok=True)
+    for runner in runners:
+        if runner.name == "transformers":
+            continue
+        cuda = runner.device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            for batch in staged:
+                runner.step(batch)
+            runner.sync()
+        name = runner.name.replace(" ", "-")
+        prof.export_chrome_trace(os.path.join(out_dir, f"trace-{name}.json"))
+        table = prof.key_averages().table(
+            sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=40
+        )
+        with open(os.path.join(out_dir, f"ops-{name}.txt"), "w") as f:
+            f.write(f"{runner.name}: {len(staged)} training steps\n{table}\n")
+        print(f"profile       {runner.name}: {len(staged)} steps -> {out_dir}/trace-{name}.json, ops-{name}.txt")
+
+
+def print_report(runners: list[Runner], model_cfg: BertConfig, args, device: torch.device, timed: list[dict]) -> None:
+    """The table, the ratios against transformers and the goals."""
+    tokens = sum(int(b["num_tokens"]) for b in timed)
+    predicted = sum(int((b["masked_lm_labels"] != IGNORE_INDEX).sum()) for b in timed)
+    seq_len = statistics.mean(b["input_ids"].shape[1] for b in timed)  # padded length T of the steps
+    sparse_fraction = predicted / tokens
+    peak = resolve_peak_tflops(args.peak_tflops) if device.type == "cuda" or args.peak_tflops else None
+    ours_flops = flops_per_token(model_cfg, round(seq_len), sparse_fraction)
+    flops = {r.name: ours_flops for r in runners}  # model FLOPs per real token: the same for every layout
+    flops["transformers"] = flops_per_token(model_cfg, round(seq_len), None)
+    print()
+    print(
+        f"{'':<16}{'tokens/s':>12}{'samples/s':>11}{'step ms':>10}{'step ms med':>13}"
+        f"{'GFLOP/tok':>11}{'TFLOP/s':>9}{'MFU':>8}"
+    )
+    for runner in runners:
+        tps = runner.tokens_per_s
+        med = f"{1e3 * statistics.median(runner.step_seconds):.1f}" if runner.step_seconds else "-"
+        util = f"{mfu(tps, flops[runner.name], peak):.1%}" if peak else "n/a"
+        print(
+            f"{runner.name:<16}{tps:12,.0f}{runner.samples / runner.seconds:11.1f}"
+            f"{1e3 * runner.seconds / runner.steps:10.1f}{med:>13}{flops[runner.name] / 1e9:11.3f}"
+            f"{tps * flops[runner.name] / 1e12:9.3f}{util:>8}"
+        )
+    if runners[0].breakdown:
+        print()
+        print(f"{'ms per step':<16}{'forward':>10}{'backward':>10}{'optimizer':>11}")
+        for runner in runners:
+            ms = {k: 1e3 * v / runner.steps for k, v in runner.phases.items()}
+            print(f"{runner.name:<16}{ms['forward']:10.1f}{ms['backward']:10.1f}{ms['optimizer']:11.1f}")
+    by_name = {r.name: r.tokens_per_s for r in runners}
+    theirs = by_name["transformers"]
+    print()
+    print(f"ratio ours eager / transformers (non-padding tokens/s): {by_name['ours'] / theirs:.2f}x")
+    if "ours compiled" in by_name:
+        print(f"ratio ours compiled / transformers (non-padding tokens/s): {by_name['ours compiled'] / theirs:.2f}x")
+        print(f"ratio ours compiled / ours eager: {by_name['ours compiled'] / by_name['ours']:.2f}x")
+    if "ours unpadded" in by_name:
+        print(
+            f"ratio ours unpadded / ours padded: {by_name['ours unpadded'] / by_name['ours']:.2f}x  "
+            f"(ours unpadded / transformers: {by_name['ours unpadded'] / theirs:.2f}x)"
+        )
+    if peak is None:
+        print(
+            "MFU: no peak known for this device (CPU, or pass --peak-tflops); GFLOP/tok counts each "
+            "model's own MLM head (sparse for ours, every token for transformers)"
+        )
+    else:
+        print(
+            f"MFU against a peak of {peak:.0f} TFLOP/s; GFLOP/tok counts each model's own MLM head "
+            f"(sparse for ours, every token for transformers)"
+        )
+    if device.type == "cpu" and args.model == "mini" and args.seq_len == 128:
+        eager = by_name["ours"] / theirs
+        print(f"goal (CPU, mini, length 128): ours eager >= 2x transformers: {'met' if eager >= 2 else 'NOT met'}")
+        if "ours compiled" in by_name:
+            compiled = by_name["ours compiled"] / theirs
+            print(
+                f"goal (CPU, mini, length 128): ours compiled >= 4x transformers: {'met' if compiled >= 4 else 'NOT met'}"
+            )
+    if device.type == "cuda" and args.model == "base" and args.seq_len == 128 and peak:
+        best = max(by_name[n] for n in by_name if n != "transformers")
+        u = mfu(best, ours_flops, peak)
+        ok = best / theirs >= 1.5 and u >= 0.5
+        print(
+            f"goal (GPU, base, length 128): best of ours >= 1.5x transformers and >= 50% MFU: {'met' if ok else 'NOT met'}"
+        )
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-
-        precision = "bf16 autocast"
-        device_name = torch.cuda.get_device_name(device)
-    else:
-
-        def autocast():
-            return torch.autocast("cpu", enabled=False)
-
-        precision = "fp32"
-        device_name = f"CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores)"
+    autocast, precision, device_name = precision_for(device)
 
     tmp = None
     data_dir = args.data_dir
@@ -348,35 +533,18 @@ def main() -> None:
 
     per_round = args.warmup + args.steps
     batches = load_batches(data_dir, model_cfg, args, per_round * args.rounds)
-    for b in batches:
-        b["dense_labels"] = dense_mlm_labels(b)  # transformers' (B, T) labels
-    batches = [to_device(b, device) for b in batches]  # staged before timing, for both models alike
-
-    torch.manual_seed(args.seed)
-    ours, theirs = build_models(model_cfg, device)
-    loss_ours, loss_theirs = check_same_loss(ours, theirs, batches[0], autocast)
-    runners = [
-        Runner("ours", ours, ours_step_fn(ours), device, autocast, args.fused_adamw, args.breakdown),
-        Runner("transformers", theirs, theirs_step_fn(theirs), device, autocast, args.fused_adamw, args.breakdown),
-    ]
-    if args.unpad:
-        unpadded = BertForPreTraining(model_cfg, unpad=True)
-        unpadded.load_state_dict(ours.state_dict(), strict=True)
-        unpadded.to(device).train()
-        runners.append(
-            Runner(
-                "ours unpadded", unpadded, ours_step_fn(unpadded), device, autocast, args.fused_adamw, args.breakdown
-            )
-        )
+    fixed = [None] * len(batches)
+    if not args.no_compile:
+        fixed = load_batches(data_dir, model_cfg, args, len(batches), fixed_shape=True)
+        assert all(torch.equal(a["example_id"], b["example_id"]) for a, b in zip(batches, fixed)), "same examples"
+    staged = [stage(b, f, device) for b, f in zip(batches, fixed)]
+    runners, (loss_ours, loss_theirs) = build_runners(model_cfg, args, device, autocast, staged)
 
     timed = [b for r in range(args.rounds) for b in batches[r * per_round + args.warmup : (r + 1) * per_round]]
-    tokens = sum(int(b["num_tokens"]) for b in timed)
     padded = sum(b["input_ids"].numel() for b in timed)
+    tokens = sum(int(b["num_tokens"]) for b in timed)
     predicted = sum(int((b["masked_lm_labels"] != IGNORE_INDEX).sum()) for b in timed)
-    seq_len = statistics.mean(b["input_ids"].shape[1] for b in timed)  # padded length T of the steps
-    sparse_fraction = predicted / tokens
-    n_params = sum(p.numel() for p in ours.parameters())
-
+    n_params = sum(p.numel() for p in runners[0].model.parameters())
     print(f"device        {device_name}; torch {torch.__version__}, transformers {transformers.__version__}")
     print(
         f"model         {args.model}: L={model_cfg.num_hidden_layers} H={model_cfg.hidden_size} "
@@ -385,87 +553,22 @@ def main() -> None:
     )
     print(
         f"setup         {precision}; micro batch {args.micro_batch}; {args.warmup} warmup + {args.steps} timed "
-        f"steps x {args.rounds} round(s) per model, interleaved by {args.interleave}; torch.optim.AdamW{'(fused=True)' if args.fused_adamw else ''}; "
-        f"data {data_dir}"
+        f"steps x {args.rounds} round(s) per model, interleaved by {args.interleave}; "
+        f"torch.optim.AdamW{'(fused=True)' if args.fused_adamw else ''}; data {data_dir}"
     )
     print(
-        f"timed batches padded length {seq_len:.1f}; non-padding {tokens / padded:.1%} of "
-        f"{padded} positions; {sparse_fraction:.1%} of tokens predicted ({predicted / len(timed):.1f}/batch)"
+        f"timed batches padded length {statistics.mean(b['input_ids'].shape[1] for b in timed):.1f} (compiled: "
+        f"{args.seq_len}); non-padding {tokens / padded:.1%} of {padded} positions; {predicted / tokens:.1%} of "
+        f"tokens predicted ({predicted / len(timed):.1f}/batch, {timed[0]['masked_lm_labels'].shape[1]} slots a row)"
     )
     print(f"same weights  initial loss (no dropout) ours {loss_ours:.4f}, transformers {loss_theirs:.4f}")
     print(flush=True)
 
-    for r in range(args.rounds):
-        chunk = batches[r * per_round : (r + 1) * per_round]
-        if args.interleave == "model":
-            for runner in runners:
-                runner.run(chunk, args.warmup, args.steps)
-        else:
-            for batch in chunk[: args.warmup]:
-                for runner in runners:
-                    runner.step(batch)
-            for i, batch in enumerate(chunk[args.warmup :]):
-                for runner in runners if i % 2 == 0 else runners[::-1]:  # alternate who goes first
-                    runner.timed_step(batch)
-        for runner in runners:
-            print(
-                f"  round {r + 1}: {runner.name:<12} {runner.tokens / runner.seconds:10,.0f} tokens/s so far "
-                f"(last loss {runner.last_loss:.3f})",
-                flush=True,
-            )
-
-    peak = resolve_peak_tflops(args.peak_tflops) if device.type == "cuda" or args.peak_tflops else None
-    flops = {
-        "ours": flops_per_token(model_cfg, round(seq_len), sparse_fraction),
-        "transformers": flops_per_token(model_cfg, round(seq_len), None),
-    }
-    flops["ours unpadded"] = flops["ours"]  # model FLOPs per real token do not depend on the layout
-    print()
-    header = (
-        f"{'':<14}{'tokens/s':>12}{'samples/s':>11}{'step ms':>10}{'step ms med':>13}"
-        f"{'GFLOP/tok':>11}{'TFLOP/s':>9}{'MFU':>8}"
-    )
-    print(header)
-    for runner in runners:
-        tps = runner.tokens_per_s
-        achieved = tps * flops[runner.name] / 1e12
-        med = f"{1e3 * statistics.median(runner.step_seconds):.1f}" if runner.step_seconds else "-"
-        util = f"{mfu(tps, flops[runner.name], peak):.1%}" if peak else "n/a"
-        print(
-            f"{runner.name:<14}{tps:12,.0f}{runner.samples / runner.seconds:11.1f}"
-            f"{1e3 * runner.seconds / runner.steps:10.1f}{med:>13}{flops[runner.name] / 1e9:11.3f}"
-            f"{achieved:9.3f}{util:>8}"
-        )
-    if runners[0].breakdown:
+    run_rounds(runners, staged, args)
+    print_report(runners, model_cfg, args, device, timed)
+    if args.profile:
         print()
-        print(f"{'ms per step':<14}{'forward':>10}{'backward':>10}{'optimizer':>11}")
-        for runner in runners:
-            ms = {k: 1e3 * v / runner.steps for k, v in runner.phases.items()}
-            print(f"{runner.name:<14}{ms['forward']:10.1f}{ms['backward']:10.1f}{ms['optimizer']:11.1f}")
-    ratio = runners[0].tokens_per_s / runners[1].tokens_per_s
-    print()
-    print(f"ratio ours / transformers (non-padding tokens/s): {ratio:.2f}x")
-    if args.unpad:
-        print(
-            f"ratio ours unpadded / ours padded: {runners[2].tokens_per_s / runners[0].tokens_per_s:.2f}x  "
-            f"(ours unpadded / transformers: {runners[2].tokens_per_s / runners[1].tokens_per_s:.2f}x)"
-        )
-    if peak is None:
-        print(
-            "MFU: no peak known for this device (CPU, or pass --peak-tflops); GFLOP/tok counts each "
-            "model's own MLM head (sparse for ours, every token for transformers)"
-        )
-    else:
-        print(
-            f"MFU against a peak of {peak:.0f} TFLOP/s; GFLOP/tok counts each model's own MLM head "
-            f"(sparse for ours, every token for transformers)"
-        )
-    if device.type == "cpu" and args.model == "mini":
-        print(f"goal (CPU, mini, length 128): ours >= 2x transformers: {'met' if ratio >= 2 else 'NOT met'}")
-    if device.type == "cuda" and args.model == "base" and peak:
-        u = mfu(runners[0].tokens_per_s, flops["ours"], peak)
-        ok = ratio >= 1.5 and u >= 0.5
-        print(f"goal (GPU, base, length 128): >= 1.5x and >= 50% MFU: {'met' if ok else 'NOT met'}")
+        profile_runners(runners, staged[: args.profile_steps], args.profile)
     if tmp is not None:
         tmp.cleanup()
 

@@ -28,9 +28,9 @@ class SourceConfig:
     max_page_bytes: int = 16_000_000
     """A wiki <page> longer than this is rejected as oversized."""
     text_field: str = "text"
-    """Field (JSON lines) or column (tabular input) holding a record's text, e.g. content."""
+    """Field (JSON lines) or column (Parquet) holding a record's text, e.g. content; a Parquet file without it uses its one string column named text, content, raw_content or body."""
     id_field: str = "id"
-    """Field or column holding a record's id; a record without one is named by its line number."""
+    """Field or column holding a record's id; a record without one is named by its line or row number."""
     title_field: str = "title"
     """Field or column holding a record's title; a record without one has no title."""
 

@@ -1,12 +1,14 @@
-"""Masked-LM masking as in the original BERT recipe; one function for static and dynamic masking.
+"""Masked-LM masking as in the original BERT recipe; one rule for static and dynamic masking.
 
-The Beam job calls it ``dupe_factor`` times per document (static masking); the trainer's
-loader calls it per (seed, epoch, sample) at load time (dynamic masking). numpy only.
+The Beam job calls it ``dupe_factor`` times per document (static masking, ``mask_batch``); the
+trainer's loader masks per (seed, epoch, sample) at load time (dynamic masking): ``mask_tokens``
+with a generator per example, a whole micro batch at once through ``mask_examples``. numpy only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -32,6 +34,8 @@ _KEY_BITS = 42
 _KEY_LIMIT = 1 << 40
 _NOT_CANDIDATE = 1 << 41
 _MAX_EXAMPLES = 1 << (63 - _KEY_BITS)
+_POSITION_BITS = 16  # mask_examples packs (key, position) into one int64: keys < 2^40, positions < 2^16
+_NOT_CHOSEN = np.iinfo(np.int64).max
 
 
 def num_to_predict(length, params: MaskingParams):
@@ -111,10 +115,16 @@ def mask_batch(
         rank = np.arange(len(tokens)) - offsets[example[order]]
         take = (rank < budgets[example[order]]) & (keys[order] < _KEY_LIMIT)
         positions = np.sort(order[take])
-    labels = tokens[positions]
-    masked = tokens.copy()
     u = rng.random(len(positions))
     random_ids = rng.integers(0, vocab_size, size=len(positions))
+    return _corrupt(tokens, positions, u, random_ids, params, mask_id)
+
+
+def _corrupt(tokens, positions, u, random_ids, params: MaskingParams, mask_id: int):
+    """(masked (N,), positions (P,), labels (P,)): each chosen position [MASK] where its draw u < mask_prob,
+    its random id where u < mask_prob + random_prob, else kept."""
+    labels = tokens[positions]
+    masked = tokens.copy()
     to_mask = u < params.mask_prob
     to_random = ~to_mask & (u < params.mask_prob + params.random_prob)
     masked[positions[to_mask]] = mask_id
@@ -150,3 +160,118 @@ def mask_tokens(
         tokens, np.array([0, len(tokens)]), rng, params, never_mask, mask_id, vocab_size, is_continuation
     )
     return masked, positions.astype(np.int32), labels.astype(np.int32)
+
+
+def mask_examples(
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    rngs: Sequence[np.random.Generator],
+    params: MaskingParams,
+    never_mask: np.ndarray,
+    mask_id: int,
+    vocab_size: int,
+    is_continuation: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``mask_tokens`` for E examples at once, example e with its own generator ``rngs[e]``: its masks
+    are exactly those of ``mask_tokens(tokens[offsets[e]:offsets[e+1]], rngs[e], ...)``.
+
+    The loader's dynamic masking, where each example has a generator of its own (seeded by seed,
+    epoch and example id) so that its masks do not depend on the batch it lands in. Each generator
+    makes the draws ``mask_tokens`` makes of it, in the same order and sizes (a key per token, or
+    an order of the words; then the 80/10/10 draws), so the masks are equal; choosing the positions
+    and corrupting them run over the whole batch at once.
+
+    Returns (masked (N,), positions (P,) sorted absolute indices into tokens, labels (P,),
+    counts (E,) predictions per example).
+    """
+    tokens = np.asarray(tokens)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lengths = np.diff(offsets)  # (E,)
+    if len(rngs) != len(lengths):
+        raise ValueError(f"mask_examples needs one generator per example: {len(rngs)} for {len(lengths)} examples")
+    budgets = np.asarray(num_to_predict(lengths, params), dtype=np.int64).reshape(-1)  # (E,)
+    candidate = ~never_mask[tokens]  # (N,)
+    owner = np.repeat(np.arange(len(lengths)), lengths)  # (N,) example of each token
+    if params.whole_word and is_continuation is not None:
+        chosen = _whole_words_of_each(tokens, owner, candidate, budgets, rngs, is_continuation)
+        counts = np.bincount(owner[chosen], minlength=len(lengths))
+        draws = [(rng.random(n), rng.integers(0, vocab_size, size=n)) for rng, n in zip(rngs, counts.tolist())]
+    else:
+        # mask_tokens takes the min(budget, candidates) candidates of smallest key: the count is known
+        # before the keys are drawn, so each generator makes all its draws in one visit.
+        counts = np.minimum(budgets, np.bincount(owner[candidate], minlength=len(lengths)))
+        keys, draws = [], []
+        for rng, length, n in zip(rngs, lengths.tolist(), counts.tolist()):
+            keys.append(rng.integers(0, _KEY_LIMIT, length))
+            draws.append((rng.random(n), rng.integers(0, vocab_size, size=n)))
+        chosen = _smallest_keys(_concat(keys, np.int64), offsets, candidate, counts)
+    u = _concat([d[0] for d in draws], np.float64)  # (P,) in the order of the sorted positions
+    random_ids = _concat([d[1] for d in draws], np.int64)
+    masked, positions, labels = _corrupt(tokens, chosen, u, random_ids, params, mask_id)
+    return masked, positions, labels, counts
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def _smallest_keys(keys: np.ndarray, offsets: np.ndarray, candidate: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(P,) sorted token indices: per example, its counts[e] candidates of smallest key (equal keys
+    by position, as ``mask_batch``'s stable sort). keys, candidate: (N,) per token; offsets (E+1,)."""
+    lengths = np.diff(offsets)  # (E,)
+    width = int(lengths.max(initial=0))
+    if width > 1 << _POSITION_BITS:
+        raise ValueError(f"mask_examples takes sequences of at most {1 << _POSITION_BITS} tokens, got {width}")
+    starts = np.repeat(offsets[:-1], lengths)  # (N,) each token's example start
+    local = np.arange(len(keys)) - starts  # (N,) position within the example
+    # (key, position) in one integer, so a plain sort orders by key then position; one row per
+    # example, non-candidates and padding last. Sorting (E, T) rows is several times quicker than
+    # one argsort of the batch.
+    table = np.full((len(lengths), width), _NOT_CHOSEN, dtype=np.int64)  # (E, T)
+    table.reshape(-1)[local + np.repeat(np.arange(len(lengths)) * width, lengths)] = np.where(
+        candidate, (keys << _POSITION_BITS) | local, _NOT_CHOSEN
+    )
+    table.sort(axis=1)
+    chosen = table[np.arange(width) < counts[:, None]] & ((1 << _POSITION_BITS) - 1)  # (P,) row by row
+    return np.sort(np.repeat(offsets[:-1], counts) + chosen)
+
+
+def _whole_words_of_each(tokens, owner, candidate, budgets, rngs, is_continuation) -> np.ndarray:
+    """(P,) sorted token indices of the words ``_whole_words`` chooses in each example, each
+    example's words visited in the order its generator's ``permutation`` gives."""
+    cand = np.flatnonzero(candidate)  # (C,)
+    cand_owner = owner[cand]
+    # word_groups over the batch: a ## piece right after a candidate of the same example joins its word
+    joins = np.zeros(len(cand), dtype=bool)
+    joins[1:] = is_continuation[tokens[cand[1:]]] & (cand[1:] == cand[:-1] + 1) & (cand_owner[1:] == cand_owner[:-1])
+    word_first = np.flatnonzero(~joins)  # (W,) each word's first piece, an index into cand
+    word_size = np.diff(np.append(word_first, len(cand)))  # (W,)
+    word_owner = cand_owner[word_first]  # (W,) ascending
+    n_words = np.bincount(word_owner, minlength=len(budgets))  # (E,)
+    first_word = np.concatenate([[0], np.cumsum(n_words)[:-1]]).astype(np.int64)  # (E,)
+    perms = [rng.permutation(n) for rng, n in zip(rngs, n_words.tolist())]
+    visit = first_word[word_owner] + _concat(perms, np.int64)  # (W,) the word each example visits k-th
+    column = np.arange(len(word_first)) - first_word[word_owner]  # (W,) that k
+    never_fits = int(budgets.max(initial=0)) + 1
+    sizes = np.full((len(budgets), int(n_words.max(initial=0))), never_fits, dtype=np.int64)  # (E, K)
+    sizes[word_owner, column] = word_size[visit]
+    taken = np.zeros(len(word_first), dtype=bool)
+    taken[visit[_fill_budgets(sizes, budgets)[word_owner, column]]] = True
+    return cand[np.repeat(taken, word_size)]
+
+
+def _fill_budgets(sizes: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+    """(E, K) bool: the words taken when each row visits its words in order, taking each that still
+    fits its budget and skipping one that would exceed it (the original's rule, so a later shorter
+    word may still fit). sizes: (E, K) pieces of the k-th visited word; budgets: (E,)."""
+    taken = np.zeros(sizes.shape, dtype=bool)
+    count = np.zeros(len(budgets), dtype=np.int64)
+    smallest_from = np.minimum.accumulate(sizes[:, ::-1], axis=1)[:, ::-1]  # (E, K) smallest word at k or later
+    for k in range(sizes.shape[1]):
+        room = budgets - count
+        if not (smallest_from[:, k] <= room).any():
+            break  # no row has a word left that fits
+        fits = sizes[:, k] <= room  # a row at its budget takes nothing more (the original's break)
+        taken[:, k] = fits
+        count += np.where(fits, sizes[:, k], 0)
+    return taken

@@ -13,6 +13,7 @@ class SourceFormat(str, enum.Enum):
     BOOK_TEXT = "book_text"  # one book per .txt file
     BERT_LINES = "bert_lines"  # one sentence per line, blank line between documents
     JSON_LINES = "json_lines"  # one JSON object per line with a "text" field
+    PARQUET = "parquet"  # one document per row of a .parquet file
 
 
 class RejectReason(str, enum.Enum):

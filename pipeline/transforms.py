@@ -31,7 +31,14 @@ from pipeline.masking import MaskingParams
 from pipeline.records import RawDocument, Rejection, RejectReason, WikitextPage
 from pipeline.seeding import unit_interval, unit_interval_of
 from pipeline.shard_sink import SpilledBatch, num_shards_for
-from pipeline.sources import read_source, wikitext_page_to_documents
+from pipeline.sources import (
+    ParquetPart,
+    is_parquet,
+    plan_parquet,
+    read_parquet_part,
+    read_source,
+    wikitext_page_to_documents,
+)
 from pipeline.spill import ChunkWriter, KeyedChunkWriter, ReadChunks, Spill, SpillChunks, in_window, read_all
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
 from pipeline.tokenization import (
@@ -75,10 +82,44 @@ def _documents_and_rejects(counting: CountingDoFn, items):
             yield item
 
 
+def _open_stored(path: str):
+    """A function that opens ``path`` as stored (no decompression by Beam), seekable."""
+    return lambda: FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+class _PlanReads(CountingDoFn):
+    """An input path -> its units of reading work (main output): the path itself, or for a
+    Parquet file one ParquetPart per row group, read from its footer, so that the row groups of
+    one large file are read by many workers; a Parquet file that is unreadable or has no text
+    column -> a Rejection (``rejects``)."""
+
+    def __init__(self, cfg: SourceConfig, spill: Spill):
+        self.cfg, self.spill = cfg, spill
+
+    def setup(self):
+        storage.configure_filesystems(self.spill.storage_cfg)
+
+    def process(self, path: str):
+        self.count("files_read")
+        if not is_parquet(path):
+            yield path
+            return
+        parts = 0
+        for item in plan_parquet(path, _open_stored(path), self.cfg):
+            if isinstance(item, Rejection):
+                yield _reject(self, item)
+            else:
+                parts += 1
+                yield item
+        if not parts:
+            progress.note(progress.FILES_DONE, 1)
+
+
 class _ReadSourceFile(CountingDoFn):
-    """A file path -> its records, streamed into chunk files: RawDocuments, or WikitextPages
-    whose conversion to prose waits until after the reshuffle, leave as SpilledChunks (main
-    output), so one large file never sits whole in the runner; Rejections (``rejects``)."""
+    """A unit of reading work (a file path, or a ParquetPart) -> its records, streamed into
+    chunk files: RawDocuments, or WikitextPages whose conversion to prose waits until after
+    the reshuffle, leave as SpilledChunks (main output), so one large file never sits whole in
+    the runner; Rejections (``rejects``)."""
 
     def __init__(self, cfg: SourceConfig, spill: Spill):
         self.cfg, self.spill = cfg, spill
@@ -90,17 +131,21 @@ class _ReadSourceFile(CountingDoFn):
         super().start_bundle()
         self._chunks = ChunkWriter(self.spill, "records")
 
-    def process(self, path: str):
-        self.count("files_read")
-        opener = lambda: progress.counted_reads(  # noqa: E731
-            FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-        )
-        for item in read_source(path, opener, self.cfg, defer_wikitext=True):
+    def process(self, unit: str | ParquetPart):
+        if isinstance(unit, ParquetPart):
+            items = read_parquet_part(unit, _open_stored(unit.path))
+        else:
+            opener = lambda: progress.counted_reads(_open_stored(unit)())  # noqa: E731
+            items = read_source(unit, opener, self.cfg, defer_wikitext=True)
+        for item in items:
             if isinstance(item, Rejection):
                 yield _reject(self, item)
             else:
                 yield from self._chunks.add(item)
-        progress.note(progress.FILES_DONE, 1)
+        if isinstance(unit, ParquetPart):  # its reads are random access: counted by what the part holds
+            progress.note(progress.INPUT_BYTES, unit.stored_bytes)
+        if not isinstance(unit, ParquetPart) or unit.last:  # a Parquet file counts with its last row group
+            progress.note(progress.FILES_DONE, 1)
 
     def finish_bundle(self):
         for chunk in self._chunks.flush():
@@ -131,21 +176,29 @@ class SourceDocuments:
 class ReadSources(beam.PTransform):
     """Input paths -> SourceDocuments: RawDocuments, with rejects and stats.
 
-    Work is spread twice: files over workers (real corpora come as many files), then the
-    records read from them, in chunks of about ``shuffle.chunk_bytes``. Wikitext conversion
-    costs more than the sequential scan of a dump that finds the pages, so it runs after the
-    second spread: a single large dump (or one large JSON-lines file) still keeps every worker
-    busy. One reshuffle for every kind of record, so the documents leave as one PCollection
-    that later steps fuse onto. ``spill``: where the chunks go (``pipeline.spill``)."""
+    Work is spread three times: files over workers (real corpora come as many files), then
+    the units they are read in (a file, or one row group of a Parquet file, planned from its
+    footer: one large Parquet file keeps every worker busy), then the records read from them,
+    in chunks of about ``shuffle.chunk_bytes``. Wikitext conversion costs more than the
+    sequential scan of a dump that finds the pages, so it runs after the last spread: a
+    single large dump (or one large JSON-lines file) still keeps every worker busy. One
+    reshuffle for every kind of record, so the documents leave as one PCollection that later
+    steps fuse onto. ``spill``: where the chunks go (``pipeline.spill``)."""
 
     def __init__(self, cfg: SourceConfig, spill: Spill):
         super().__init__()
         self.cfg, self.spill = cfg, spill
 
     def expand(self, paths) -> SourceDocuments:
-        read = (
+        planned = (
             paths
             | "SpreadFiles" >> beam.Reshuffle()
+            | "PlanReads"
+            >> beam.ParDo(_PlanReads(self.cfg, self.spill)).with_outputs(REJECTS_TAG, STATS_TAG, main="units")
+        )
+        read = (
+            planned.units
+            | "SpreadUnits" >> beam.Reshuffle()
             | "ReadFile"
             >> beam.ParDo(_ReadSourceFile(self.cfg, self.spill)).with_outputs(REJECTS_TAG, STATS_TAG, main="records")
         )
@@ -158,8 +211,8 @@ class ReadSources(beam.PTransform):
         )
         return SourceDocuments(
             documents=converted.documents,
-            rejects=(read[REJECTS_TAG], converted[REJECTS_TAG]) | "ReadRejects" >> beam.Flatten(),
-            stats=(read[STATS_TAG], converted[STATS_TAG]) | "ReadStats" >> beam.Flatten(),
+            rejects=(planned[REJECTS_TAG], read[REJECTS_TAG], converted[REJECTS_TAG]) | "ReadRejects" >> beam.Flatten(),
+            stats=(planned[STATS_TAG], read[STATS_TAG], converted[STATS_TAG]) | "ReadStats" >> beam.Flatten(),
         )
 
 

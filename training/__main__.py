@@ -1,5 +1,6 @@
 """python -m training data_dir=<shards> output_dir=<dir> [overrides]  (alone, or under torchrun / deepspeed)."""
 
+import json
 import os
 import re
 import sys
@@ -12,6 +13,12 @@ from pipeline.cli import config_or_exit, exit_on
 from training.config import ConfigError, register_configs, to_train_config
 
 USAGE = "python -m training data_dir=<shards> output_dir=<dir> [group=option ...] [key=value ...]"
+EXIT_CONFIG_ERROR = 2
+"""The exit code of a configuration or data-contract error (pipeline.cli's ``config_or_exit``, ``exit_on``)."""
+CONFIG_ERROR_ENV = "BERT_CONFIG_ERROR_FILE"
+"""Set by a launch recipe (infra/k8s/base/train_node.py): the file a rank writes before it exits
+EXIT_CONFIG_ERROR. torchrun exits 1 whatever its workers' codes; the recipe reads this file to pass
+the 2 on, which a Kubernetes Job's podFailurePolicy takes for a permanent failure (no retries)."""
 
 register_configs()
 
@@ -28,6 +35,17 @@ def main(cfg: DictConfig) -> None:
         code = train(train_cfg, resolved)
     if code:
         sys.exit(code)  # returning keeps a multirun sweep going with its next job
+
+
+def mark_config_error(code) -> None:
+    """Where $BERT_CONFIG_ERROR_FILE is set and this process exits ``code`` = EXIT_CONFIG_ERROR:
+    {"rank": RANK} into that file (any rank of the node; the last one's stays)."""
+    path = os.environ.get(CONFIG_ERROR_ENV)
+    if not path or code != EXIT_CONFIG_ERROR:
+        return
+    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+        json.dump({"rank": os.environ.get("RANK")}, f)
+    os.replace(f"{path}.{os.getpid()}.tmp", path)
 
 
 def take_launcher_local_rank(argv: list[str]) -> list[str]:
@@ -54,5 +72,8 @@ if __name__ == "__main__":
     sys.argv = [sys.argv[0]] + take_launcher_local_rank(sys.argv[1:])
     try:
         main()
+    except SystemExit as e:  # the error's own line is already on stderr
+        mark_config_error(e.code)
+        raise
     finally:
         shutdown()  # once, after every job of a sweep: DeepSpeed cannot re-create the group

@@ -156,13 +156,24 @@ class DataConfig:
     """Page-locked batches for faster host-to-GPU copies (ignored on CPU)."""
     shuffle: bool = True
     """Shuffle the training examples per (seed, epoch); false reads them in shard order."""
+    pad_to_multiple_of: int = 8
+    """Pad each batch's length T up to a multiple of this (8 suits tensor cores; 1: the longest
+    sequence of the batch). Padding is masked out: it changes shapes, not losses."""
+    pad_to_max_length: bool = False
+    """Pad every batch to the shards' max_seq_length instead: one shape for the whole run, so
+    ``trainer.compile`` compiles once and CUDA graphs can replay (the GPU presets set it)."""
     cache_dir: Optional[str] = None
     """Node-local directory into which an s3:// or gs:// data_dir is copied and verified (sha256)
     before training, and reused by later runs (training/shard_cache.py); null: <system temp
     dir>/bert-pretrain-cache. Unused for a local data_dir."""
 
     def __post_init__(self):
-        _positive("data", micro_batch_size=self.micro_batch_size, prefetch_factor=self.prefetch_factor)
+        _positive(
+            "data",
+            micro_batch_size=self.micro_batch_size,
+            prefetch_factor=self.prefetch_factor,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )
         if self.eval_micro_batch_size is not None:
             _positive("data", eval_micro_batch_size=self.eval_micro_batch_size)
         if self.max_seq_length is not None and not 8 <= self.max_seq_length <= 65535:
@@ -352,6 +363,9 @@ class TrainerConfig:
     """torch.distributed backend: nccl or gloo; null: nccl on CUDA, gloo on CPU."""
     dist_timeout_minutes: int = 30
     """Timeout of collective operations (raise for slow checkpoint saves on shared filesystems)."""
+    deterministic: bool = False
+    """Deterministic kernels (``torch.use_deterministic_algorithms``, cuBLAS workspace config): on a GPU
+    a resumed run then repeats the uninterrupted one bit for bit, slower; on CPU it already does."""
 
     def __post_init__(self):
         _positive(
@@ -390,6 +404,7 @@ RESUMABLE_KEYS: dict[str, str] = {
     "trainer.export_hf": "whether the final weights are also exported",
     "trainer.peak_tflops": "only the MFU figure",
     "trainer.dist_timeout_minutes": "how long a collective may wait",
+    "trainer.deterministic": "which kernels compute the steps, not what they compute (the order of a sum on a GPU)",
     "data.num_workers": "how batches are loaded, not which (the order is index arithmetic, tested equal)",
     "data.prefetch_factor": "as num_workers",
     "data.pin_memory": "as num_workers",

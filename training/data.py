@@ -12,10 +12,17 @@ loader keeps numpy views of the mapped record batches and reads rows by global i
 a rank reads is decided in ``training.sampler`` in the main process; DataLoader workers only read,
 mask (dynamic masking) and collate, so any ``num_workers`` yields the same batches.
 
-Static masks are used as stored. Dynamic masks are drawn by ``pipeline.masking.mask_tokens``
+Static masks are used as stored. Dynamic masks are those ``pipeline.masking.mask_tokens`` draws
 with a generator seeded from ("dynamic_masking", seed, epoch, example_id): the same example gets
-the same masks in the same epoch, whichever rank, worker or resumed run reads it. Eval batches
-are masked as in epoch 0, so every evaluation scores the same predictions.
+the same masks in the same epoch, whichever rank, worker or resumed run reads it. A worker masks
+a whole micro batch at once (``pipeline.masking.mask_examples``, equal masks). Eval batches are
+masked as in epoch 0, so every evaluation scores the same predictions.
+
+Batches have the shapes the GPU wants: T padded to a multiple of data.pad_to_multiple_of (or to
+the shards' max_seq_length with data.pad_to_max_length), P to the shards' max_predictions_per_seq,
+the last eval batch to the eval micro batch size with padding rows, so a compiled model sees
+one shape; with ``unpad`` the collator also gives the unpadded layout, so the device never waits
+on a data-dependent size.
 
 No DeepSpeed here: the trainer puts ``state_dict()`` into its checkpoint's client state.
 """
@@ -34,7 +41,7 @@ from torch.utils.data import DataLoader
 
 from pipeline import contract
 from pipeline.contract import ContractError, ShardManifest, SpecialTokens
-from pipeline.masking import MaskingParams, mask_tokens
+from pipeline.masking import MaskingParams, mask_examples
 from pipeline.seeding import rng_for
 from pipeline.tokenization import masking_vocabulary
 from training.config import DataConfig
@@ -48,6 +55,8 @@ MODEL_INPUTS = (
     "masked_lm_positions",
     "masked_lm_labels",
     "next_sentence_label",
+    "unpad_index",
+    "cu_seqlens",
 )
 """Batch keys that are arguments of ``BertForPreTraining.forward``; the others are bookkeeping."""
 
@@ -252,6 +261,65 @@ class Example:
     example_id: int
 
 
+@dataclass(frozen=True, eq=False)
+class ExampleBatch:
+    """The examples of one micro batch, columnar and unpadded: what the masker and the collator take.
+    Example i is ``input_ids[offsets[i]:offsets[i+1]]`` with predictions
+    ``masked_lm_*[masked_offsets[i]:masked_offsets[i+1]]``; ``batch[i]`` gives it as an ``Example``."""
+
+    input_ids: np.ndarray  # (N,) ids of the B examples back to back, with [CLS]/[SEP]
+    offsets: np.ndarray  # (B+1,) int64
+    segment_b_start: np.ndarray  # (B,) int64
+    masked_lm_positions: np.ndarray  # (P,) positions within each example, sorted per example
+    masked_lm_labels: np.ndarray  # (P,) original ids at those positions
+    masked_offsets: np.ndarray  # (B+1,) int64
+    next_sentence_label: np.ndarray  # (B,) int64; -1 without a sentence objective
+    example_id: np.ndarray  # (B,) int64
+
+    def __len__(self) -> int:
+        return len(self.example_id)
+
+    def __getitem__(self, i: int) -> Example:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"example {i} of a batch of {len(self)}")
+        i %= len(self)
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        a, b = self.masked_offsets[i], self.masked_offsets[i + 1]
+        return Example(
+            self.input_ids[lo:hi],
+            int(self.segment_b_start[i]),
+            self.masked_lm_positions[a:b],
+            self.masked_lm_labels[a:b],
+            int(self.next_sentence_label[i]),
+            int(self.example_id[i]),
+        )
+
+    @classmethod
+    def of(cls, examples: Sequence[Example]) -> "ExampleBatch":
+        """The batch of a list of examples (copies their arrays)."""
+        return cls(
+            _concat([e.input_ids for e in examples]),
+            _offsets([len(e.input_ids) for e in examples]),
+            np.array([e.segment_b_start for e in examples], dtype=np.int64),
+            _concat([e.masked_lm_positions for e in examples]),
+            _concat([e.masked_lm_labels for e in examples]),
+            _offsets([len(e.masked_lm_positions) for e in examples]),
+            np.array([e.next_sentence_label for e in examples], dtype=np.int64),
+            np.array([e.example_id for e in examples], dtype=np.int64),
+        )
+
+
+def _concat(parts: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if len(parts) else np.zeros(0, np.int64)
+
+
+def _offsets(lengths) -> np.ndarray:
+    """(K+1,) int64 starts of K pieces of these lengths laid back to back; the last is their total."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
 class _ChunkColumns:
     """Zero-copy numpy views of one memory-mapped record batch's columns."""
 
@@ -342,14 +410,46 @@ class ShardedSplit:
         shard = np.searchsorted(self.shard_starts, indices, side="right") - 1
         return shard, indices - self.shard_starts[shard]
 
-    def examples(self, indices: np.ndarray) -> list[Example]:
-        """The stored examples at global row indices (K,), in that order."""
+    def _chunk_rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(record batch, row within it) of global row indices (K,) -> two (K,) int64 arrays."""
         self.open()
         indices = np.asarray(indices, dtype=np.int64)
         self.locate(indices)  # bounds check
         chunk = np.searchsorted(self._chunk_starts, indices, side="right") - 1
-        row = indices - self._chunk_starts[chunk]
+        return chunk, indices - self._chunk_starts[chunk]
+
+    def examples(self, indices: np.ndarray) -> list[Example]:
+        """The stored examples at global row indices (K,), in that order, as views of the mapped rows."""
+        chunk, row = self._chunk_rows(indices)
         return [self._chunks[c].example(int(r)) for c, r in zip(chunk, row)]
+
+    def batch(self, indices: np.ndarray) -> ExampleBatch:
+        """The stored examples at global row indices (K,), in that order, as one batch (what the
+        loader reads). A shuffled micro batch of a large split takes about one row from each of K
+        record batches, so rows are sliced one by one (a few scalar reads each), joined once."""
+        chunk, row = self._chunk_rows(indices)
+        ids, positions, labels = [], [], []
+        b_start, sentence_label, example_id = (np.zeros(len(row), np.int64) for _ in range(3))
+        for i, (c, r) in enumerate(zip(chunk.tolist(), row.tolist())):
+            cols = self._chunks[c]
+            lo, hi = cols.ids_offsets[r : r + 2]
+            ids.append(cols.ids_values[lo:hi])
+            if cols.mlm_offsets is not None:
+                a, b = cols.mlm_offsets[r : r + 2]
+                positions.append(cols.mlm_positions[a:b])
+                labels.append(cols.mlm_ids[a:b])
+            b_start[i], example_id[i] = cols.segment_b_start[r], cols.example_id[r]
+            sentence_label[i] = -1 if cols.sentence_label is None else cols.sentence_label[r]
+        return ExampleBatch(
+            _concat(ids),
+            _offsets([len(x) for x in ids]),
+            b_start,
+            _concat(positions),
+            _concat(labels),
+            _offsets([len(x) for x in positions] if positions else np.zeros(len(row), np.int64)),
+            sentence_label,
+            example_id,
+        )
 
 
 # --- masking and collation ---------------------------------------------------------------------
@@ -357,7 +457,8 @@ class ShardedSplit:
 
 @dataclass(frozen=True, eq=False)
 class DynamicMasker:
-    """Masks unmasked examples with ``mask_tokens``, seeded by (seed, epoch, example_id)."""
+    """Masks unmasked examples as ``mask_tokens`` would one by one, with a generator per example
+    seeded by (seed, epoch, example_id); the whole batch at once (``mask_examples``)."""
 
     params: MaskingParams
     never_mask: np.ndarray  # (V,) bool
@@ -369,23 +470,31 @@ class DynamicMasker:
     def rng(self, epoch: int, example_id: int) -> np.random.Generator:
         return rng_for("dynamic_masking", int(self.seed), int(epoch), int(example_id))
 
-    def __call__(self, example: Example, epoch: int) -> Example:
-        tokens = np.array(example.input_ids, dtype=np.int32)  # (T,) private copy of the mapped row
-        masked, positions, labels = mask_tokens(
+    def __call__(self, batch: ExampleBatch, epoch: int) -> ExampleBatch:
+        tokens = batch.input_ids.astype(np.int32)  # (N,) private copy of the mapped rows
+        masked, positions, labels, counts = mask_examples(
             tokens,
-            self.rng(epoch, example.example_id),
+            batch.offsets,
+            [self.rng(epoch, i) for i in batch.example_id.tolist()],
             self.params,
             self.never_mask,
             self.mask_id,
             self.vocab_size,
             self.is_continuation,
         )
-        return dataclasses.replace(example, input_ids=masked, masked_lm_positions=positions, masked_lm_labels=labels)
+        relative = positions - np.repeat(batch.offsets[:-1], counts)  # (P,) within each example
+        return dataclasses.replace(
+            batch,
+            input_ids=masked,
+            masked_lm_positions=relative.astype(np.int32),
+            masked_lm_labels=labels,
+            masked_offsets=_offsets(counts),
+        )
 
 
 class PretrainingExamples(torch.utils.data.Dataset):
     """Map-style dataset whose items are whole micro batches: ``dataset[BatchRequest]`` is the
-    list of masked examples of that request (what the collator takes)."""
+    ``ExampleBatch`` of that request, masked (what the collator takes)."""
 
     def __init__(self, split: ShardedSplit, masker: Optional[DynamicMasker]):
         self.split, self.masker = split, masker
@@ -393,58 +502,131 @@ class PretrainingExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, request: BatchRequest) -> list[Example]:
-        examples = self.split.examples(request.indices)
-        if self.masker is not None:
-            examples = [self.masker(e, request.epoch) for e in examples]
-        return examples
+    def __getitem__(self, request: BatchRequest) -> ExampleBatch:
+        batch = self.split.batch(request.indices)
+        return batch if self.masker is None else self.masker(batch, request.epoch)
 
 
 @dataclass(frozen=True)
 class Collator:
-    """Pads a list of examples to the longest (or a multiple of ``pad_to_multiple_of``) and stacks.
+    """Pads a micro batch's examples into fixed-layout tensors.
 
-    Returns a dict of tensors:
+    Takes an ``ExampleBatch`` (the loader's) or a list of ``Example``. Returns a dict of tensors:
       input_ids (B, T) long, [PAD] after each sequence; token_type_ids (B, T) long;
       attention_mask (B, T) long, 1 for real tokens; masked_lm_positions (B, P) long, 0 in padding
-      slots; masked_lm_labels (B, P) long, -100 in padding slots (P = most predictions in the batch);
-      next_sentence_label (B,) long, only with a sentence objective; example_id (B,) long;
-      num_tokens () long, the non-padding tokens of the batch (for throughput and MFU).
+      slots; masked_lm_labels (B, P) long, -100 in padding slots; next_sentence_label (B,) long, only
+      with a sentence objective; example_id (B,) long; num_tokens () long, the real tokens of the
+      batch (for throughput and MFU); num_examples () long, its real rows; with ``unpad``, also
+      unpad_index (N,) long and cu_seqlens (B+1,) int32.
+    Rows added up to ``batch_size`` are all padding: example_id -1, input_ids [PAD], attention_mask
+    0, labels -100 (next_sentence_label too), so they count for nothing.
     """
 
     pad_id: int
     with_sentence_label: bool
     pad_to_multiple_of: int = 1
+    """T is the longest sequence rounded up to a multiple of this (when pad_to_length is unset)."""
+    predictions_per_seq: Optional[int] = None
+    """P of every batch (the shards' max_predictions_per_seq); None: the most predictions in the batch."""
+    pad_to_length: Optional[int] = None
+    """T of every batch (the shards' max_seq_length); None: the pad_to_multiple_of rule."""
+    batch_size: Optional[int] = None
+    """B of every batch: a shorter one (the last eval batch) gets padding rows; None: as many rows as examples."""
+    unpad: bool = False
+    """Also give the unpadded model its layout: unpad_index (N,), the row-major indices of the real
+    tokens in the flattened B*T positions, and cu_seqlens (B+1,) int32, the cumulative real lengths
+    from 0; the model then needs no data-dependent nonzero() on the device."""
 
-    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        B = len(examples)
-        lengths = np.array([len(e.input_ids) for e in examples], dtype=np.int64)  # (B,)
-        T = int(lengths.max()) if B else 0
-        T = -(-T // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        P = max((len(e.masked_lm_positions) for e in examples), default=0)
-        input_ids = np.full((B, T), self.pad_id, dtype=np.int64)
-        positions = np.zeros((B, P), dtype=np.int64)
-        labels = np.full((B, P), IGNORE_INDEX, dtype=np.int64)
-        for i, e in enumerate(examples):
-            input_ids[i, : lengths[i]] = e.input_ids
-            positions[i, : len(e.masked_lm_positions)] = e.masked_lm_positions
-            labels[i, : len(e.masked_lm_labels)] = e.masked_lm_labels
+    def __post_init__(self):
+        for name in ("pad_to_multiple_of", "predictions_per_seq", "pad_to_length", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"Collator {name} must be >= 1, got {value}")
+
+    def __call__(self, examples: ExampleBatch | Sequence[Example]) -> dict[str, torch.Tensor]:
+        batch = examples if isinstance(examples, ExampleBatch) else ExampleBatch.of(examples)
+        n = len(batch)
+        B = self._rows(n)
+        lengths = np.zeros(B, dtype=np.int64)  # (B,) real tokens per row, 0 in padding rows
+        lengths[:n] = np.diff(batch.offsets)
+        T = self._length(lengths, batch.example_id)
+        counts = np.diff(batch.masked_offsets)  # (n,)
+        P = self._predictions(counts, batch.example_id)
+        token_at = _flat_index(batch.offsets, T)  # (N,) each real token's place in the (B, T) layout
+        input_ids = np.full(B * T, self.pad_id, dtype=np.int64)
+        input_ids[token_at] = batch.input_ids
+        positions = np.zeros(B * P, dtype=np.int64)
+        labels = np.full(B * P, IGNORE_INDEX, dtype=np.int64)
+        slot_at = _flat_index(batch.masked_offsets, P)  # (P_total,)
+        positions[slot_at] = batch.masked_lm_positions
+        labels[slot_at] = batch.masked_lm_labels
         columns = np.arange(T)[None, :]  # (1, T)
         attention_mask = (columns < lengths[:, None]).astype(np.int64)  # (B, T)
-        b_start = np.array([e.segment_b_start for e in examples], dtype=np.int64)  # (B,)
+        b_start = np.zeros(B, dtype=np.int64)
+        b_start[:n] = batch.segment_b_start
         token_type_ids = ((columns >= b_start[:, None]) & (attention_mask == 1)).astype(np.int64)  # (B, T)
-        batch = {
-            "input_ids": torch.from_numpy(input_ids),
+        out = {
+            "input_ids": torch.from_numpy(input_ids.reshape(B, T)),
             "token_type_ids": torch.from_numpy(token_type_ids),
             "attention_mask": torch.from_numpy(attention_mask),
-            "masked_lm_positions": torch.from_numpy(positions),
-            "masked_lm_labels": torch.from_numpy(labels),
+            "masked_lm_positions": torch.from_numpy(positions.reshape(B, P)),
+            "masked_lm_labels": torch.from_numpy(labels.reshape(B, P)),
         }
         if self.with_sentence_label:
-            batch["next_sentence_label"] = torch.tensor([e.next_sentence_label for e in examples], dtype=torch.long)
-        batch["example_id"] = torch.tensor([e.example_id for e in examples], dtype=torch.long)
-        batch["num_tokens"] = torch.tensor(int(lengths.sum()), dtype=torch.long)
-        return batch
+            out["next_sentence_label"] = torch.from_numpy(_padded(batch.next_sentence_label, B, IGNORE_INDEX))
+        out["example_id"] = torch.from_numpy(_padded(batch.example_id, B, -1))
+        out["num_tokens"] = torch.tensor(int(lengths.sum()), dtype=torch.long)
+        out["num_examples"] = torch.tensor(n, dtype=torch.long)
+        if self.unpad:
+            out["unpad_index"] = torch.from_numpy(token_at)
+            out["cu_seqlens"] = torch.from_numpy(_offsets(lengths).astype(np.int32))
+        return out
+
+    def _rows(self, n: int) -> int:
+        if self.batch_size is None:
+            return n
+        if n > self.batch_size:
+            raise ValueError(f"{n} examples for a collator of batch_size={self.batch_size}: ask for at most that many")
+        return self.batch_size
+
+    def _length(self, lengths: np.ndarray, example_id: np.ndarray) -> int:
+        longest = int(lengths.max(initial=0))
+        if self.pad_to_length is None:
+            return -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        if longest > self.pad_to_length:
+            raise ValueError(
+                f"example {int(example_id[lengths.argmax()])} has {longest} tokens, more than the collator's "
+                f"pad_to_length={self.pad_to_length}: the shards hold sequences longer than their manifest's "
+                f"max_seq_length; rebuild them, or set data.pad_to_max_length=false"
+            )
+        return self.pad_to_length
+
+    def _predictions(self, counts: np.ndarray, example_id: np.ndarray) -> int:
+        most = int(counts.max(initial=0))
+        if self.predictions_per_seq is None:
+            return most
+        if most > self.predictions_per_seq:
+            raise ValueError(
+                f"example {int(example_id[counts.argmax()])} has {most} masked positions, more than the "
+                f"collator's predictions_per_seq={self.predictions_per_seq} (the manifest's "
+                f"max_predictions_per_seq): the shards' masks do not follow their manifest; rebuild them"
+            )
+        return self.predictions_per_seq
+
+
+def _flat_index(offsets: np.ndarray, width: int) -> np.ndarray:
+    """(N,) int64: where each item of rows laid back to back (row i is items offsets[i]:offsets[i+1])
+    goes in a row-major (rows, width) array, each row left-aligned."""
+    lengths = np.diff(offsets)
+    row_start = np.arange(len(lengths), dtype=np.int64) * width - offsets[:-1]  # (rows,)
+    return np.arange(int(offsets[-1]), dtype=np.int64) + np.repeat(row_start, lengths)
+
+
+def _padded(values: np.ndarray, size: int, fill: int) -> np.ndarray:
+    """(size,) int64: values, then fill."""
+    out = np.full(size, fill, dtype=np.int64)
+    out[: len(values)] = values
+    return out
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -457,11 +639,15 @@ def dense_mlm_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     from a batch's sparse (B, P) positions/labels: the original id at each masked position,
     IGNORE_INDEX elsewhere. On the batch's device."""
     positions, labels = batch["masked_lm_positions"], batch["masked_lm_labels"]  # (B, P)
-    dense = torch.full_like(batch["input_ids"], IGNORE_INDEX)  # (B, T)
-    rows = torch.arange(positions.shape[0], device=positions.device)[:, None].expand_as(positions)  # (B, P)
-    real = labels != IGNORE_INDEX
-    dense[rows[real], positions[real]] = labels[real]
-    return dense
+    B, T = batch["input_ids"].shape
+    # Padding slots hold position 0 with label -100. [CLS] sits at position 0 and is never masked,
+    # so writing -100 there would do no harm, but a scatter's order among equal indices is
+    # unspecified: send the padding slots to an extra column T instead, then drop it. A scatter
+    # has a fixed shape, where boolean-mask indexing would sync the host with the device.
+    slots = torch.where(labels != IGNORE_INDEX, positions, T)  # (B, P)
+    dense = torch.full((B, T + 1), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+    dense.scatter_(1, slots, labels)
+    return dense[:, :T].contiguous()  # (B, T)
 
 
 # --- loaders -----------------------------------------------------------------------------------
@@ -566,7 +752,10 @@ class PretrainingData:
     """Seeds the epoch order and the dynamic masks."""
     manifest: ShardManifest
     vocab: list[str]
-    pad_to_multiple_of: int = 1
+    pad_to_multiple_of: Optional[int] = None
+    """Overrides data.pad_to_multiple_of (open_pretraining_data's argument); None: the config's."""
+    unpad: bool = False
+    """Batches also carry the unpadded layout (unpad_index, cu_seqlens): the trainer's trainer.unpad."""
 
     @property
     def special_tokens(self) -> SpecialTokens:
@@ -593,40 +782,56 @@ class PretrainingData:
             self.seed,
         )
 
-    def collator(self) -> Collator:
-        return Collator(self.special_tokens.pad, self.has_sentence_label, self.pad_to_multiple_of)
+    def collator(self, batch_size: Optional[int] = None) -> Collator:
+        """Batches of fixed P (the shards' max_predictions_per_seq), T padded by data.pad_to_multiple_of
+        or, with data.pad_to_max_length, to the shards' max_seq_length; ``batch_size`` rows if given."""
+        return Collator(
+            self.special_tokens.pad,
+            self.has_sentence_label,
+            pad_to_multiple_of=self.pad_to_multiple_of or self.cfg.pad_to_multiple_of,
+            predictions_per_seq=masking_params(self.manifest).max_predictions_per_seq,
+            pad_to_length=self.manifest.max_seq_length if self.cfg.pad_to_max_length else None,
+            batch_size=batch_size,
+            unpad=self.unpad,
+        )
 
     def train_loader(
         self, rank: int = 0, world_size: int = 1, micro_batch_size: Optional[int] = None
     ) -> PretrainingLoader:
         """This rank's training batches (data.train_split); micro batch size: data.micro_batch_size."""
         split = self.split(self.cfg.train_split)
-        plan = TrainBatchPlan(
-            len(split), micro_batch_size or self.cfg.micro_batch_size, self.seed, rank, world_size, self.cfg.shuffle
-        )
-        return PretrainingLoader(PretrainingExamples(split, self.masker()), plan, self.collator(), self.cfg)
+        size = micro_batch_size or self.cfg.micro_batch_size
+        plan = TrainBatchPlan(len(split), size, self.seed, rank, world_size, self.cfg.shuffle)
+        return PretrainingLoader(PretrainingExamples(split, self.masker()), plan, self.collator(size), self.cfg)
 
     def eval_loader(self, rank: int = 0, world_size: int = 1, micro_batch_size: Optional[int] = None) -> DataLoader:
         """The eval split in storage order, rank r taking rows r, r+W, ...; nothing dropped, so
         ranks may run a different number of batches (by one): evaluate without per-batch collectives
         and reduce the sums once at the end. Empty when the pipeline held out no eval rows.
-        Micro batch size: data.eval_micro_batch_size, else data.micro_batch_size."""
+        Micro batch size: data.eval_micro_batch_size, else data.micro_batch_size; a rank's last,
+        shorter batch is filled with padding rows (example_id -1, no labels) to keep its shape."""
         split = self.split(self.cfg.eval_split)
         size = micro_batch_size or self.cfg.eval_micro_batch_size or self.cfg.micro_batch_size
         plan = EvalBatchPlan(len(split), size, rank, world_size)
         return _data_loader(
-            PretrainingExamples(split, self.masker()), plan.requests(EVAL_MASKING_EPOCH), self.collator(), self.cfg
+            PretrainingExamples(split, self.masker()), plan.requests(EVAL_MASKING_EPOCH), self.collator(size), self.cfg
         )
 
 
 def open_pretraining_data(
-    data_dir: str, cfg: DataConfig, seed: int, expect: RunExpectations, pad_to_multiple_of: int = 1
+    data_dir: str,
+    cfg: DataConfig,
+    seed: int,
+    expect: RunExpectations,
+    pad_to_multiple_of: Optional[int] = None,
+    unpad: bool = False,
 ) -> PretrainingData:
     """Read ``data_dir``'s manifest and validate it against the run and ``cfg``'s split names
     (DataContractError on any mismatch), before any training.
 
-    ``expect.max_seq_length`` defaults to ``cfg.max_seq_length``. ``pad_to_multiple_of`` pads
-    T up to a multiple (8 suits tensor cores); 1 pads to the longest sequence of each batch.
+    ``expect.max_seq_length`` defaults to ``cfg.max_seq_length``. ``pad_to_multiple_of``, if
+    given, replaces data.pad_to_multiple_of (T up to a multiple; 1 pads to the longest sequence of
+    each batch). ``unpad``: batches also carry unpad_index and cu_seqlens (trainer.unpad).
     """
     try:
         manifest = contract.read_manifest(data_dir)
@@ -651,6 +856,6 @@ def open_pretraining_data(
         raise DataContractError(
             f"{data_dir} has no split {cfg.eval_split!r} (its splits: {splits}): set data.eval_split to one of them"
         )
-    if pad_to_multiple_of < 1:
+    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
         raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
-    return PretrainingData(data_dir, cfg, seed, manifest, vocab, pad_to_multiple_of)
+    return PretrainingData(data_dir, cfg, seed, manifest, vocab, pad_to_multiple_of, unpad)

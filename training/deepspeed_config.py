@@ -4,6 +4,9 @@ precision and ZeRO settings are turned into DeepSpeed's keys (no hand-kept JSON 
 Keys follow DeepSpeed 0.19 (``deepspeed/runtime/config.py``, ``runtime/zero/config.py``,
 ``runtime/precision_config.py``); its sub-sections reject unknown keys.
 
+Precision: fp32; bf16 with fp32 gradient sums at every ZeRO stage (``_bf16_sections``: bf16 weights
+at ZeRO 1-3, fp32 weights under torch autocast at stage 0); fp16 with DeepSpeed's loss scaling.
+
 There is deliberately no "optimizer" or "scheduler" section: the trainer builds its own torch
 optimizer and LambdaLR (``training.optim``) and passes them to ``deepspeed.initialize``. That keeps
 one implementation of each for every ZeRO stage and precision (LAMB included, which DeepSpeed
@@ -25,9 +28,10 @@ def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, w
     per_step = micro_batch_size * world_size
     if global_batch_size % per_step:
         hint = (
-            f"set data.micro_batch_size to a divisor of {global_batch_size // world_size}"
+            f"set data.micro_batch_size to a divisor of {global_batch_size // world_size}, or "
+            f"trainer.global_batch_size to a multiple of {per_step}"
             if global_batch_size % world_size == 0
-            else "change trainer.global_batch_size"
+            else f"set trainer.global_batch_size to a multiple of {per_step}"
         )
         raise ConfigError(
             f"trainer.global_batch_size {global_batch_size} is not divisible by data.micro_batch_size "
@@ -56,7 +60,7 @@ def build_deepspeed_config(
         "train_micro_batch_size_per_gpu": data.micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": float(optim.grad_clip),
-        "bf16": {"enabled": engine.precision == "bf16"},
+        "bf16": {"enabled": bf16_weights(engine)},
         "fp16": _fp16_section(engine),
         "zero_optimization": _zero_section(engine, num_parameters),
         "steps_per_print": STEPS_PER_PRINT,
@@ -65,20 +69,46 @@ def build_deepspeed_config(
         # device at both (DeepSpeed's default): two host syncs per micro batch for a figure the
         # trainer measures itself (training.throughput).
         "timers": {"throughput": {"enabled": False, "synchronized": False}},
-        **_data_types_section(engine),
+        **_bf16_sections(engine),
     }
 
 
-def _data_types_section(engine: EngineConfig) -> dict:
-    """Gradients accumulate in fp32 under bf16 where DeepSpeed can: without it they sum in bf16
-    (``engine.get_data_types``), and over 8 micro batches the small terms round away (8 bits of
-    mantissa: 0.125 + 0.000125 is 0.125). ZeRO-2 keeps an fp32 accumulator per gradient. Not yet the
-    other stages: ZeRO-1 would step with DeepSpeed's BF16 optimizer, whose checkpoints
-    ``training.export`` cannot read yet; ZeRO-0 (plain data parallel) and ZeRO-3 take no fp32
-    accumulator in DeepSpeed 0.19 (stage 0 refuses the mix, stage 3 ignores it)."""
-    if engine.precision == "bf16" and engine.zero_stage == 2:
-        return {"data_types": {"grad_accum_dtype": "fp32"}}
-    return {}
+def bf16_weights(engine: EngineConfig) -> bool:
+    """Whether DeepSpeed keeps the weights in bf16 (its ``bf16`` mode, with fp32 masters in the
+    optimizer): ZeRO 1-3 under bf16. Stage 0 under bf16 keeps them in fp32 and runs the compute
+    under torch autocast instead (``_bf16_sections``)."""
+    return engine.precision == "bf16" and engine.zero_stage > 0
+
+
+def _bf16_sections(engine: EngineConfig) -> dict:
+    """Under bf16, gradients are summed in fp32, over the micro batches of a step and over the ranks:
+    summed in bf16 (8 bits of mantissa) the small terms round away, 0.125 + 2^-13 is 0.125, a wrong
+    result rather than a slow one. How, per ZeRO stage, in DeepSpeed 0.19 (measured against DeepSpeed's
+    bf16 defaults on real engines: tests/integration/test_deepspeed_engine.py):
+
+    - ZeRO 1-3: bf16 weights and ``data_types.grad_accum_dtype`` fp32. ZeRO-2 and 3 add each micro
+      batch's gradient partition into an fp32 buffer. ZeRO-1 steps with DeepSpeed's BF16_Optimizer
+      instead of its ZeRO optimizer: fp32 sums, reduced once per step after backward (not overlapped
+      with it: ``overlap_comm`` and the bucket sizes do not apply to that optimizer), and checkpoints
+      that DeepSpeed's ``zero_to_fp32`` cannot read (``training.export`` reads them). With optimizer
+      offload ZeRO-1 keeps its ZeRO optimizer, with an fp32 sum per gradient.
+    - ZeRO-0 (plain data parallel) refuses that mix (``unsupported mix of model_dtype=torch.bfloat16
+      and grad_accum_dtype=torch.float32``). Its weights, gradients and optimizer states stay fp32
+      and only the compute runs in bf16, under torch autocast (DeepSpeed's ``torch_autocast``):
+      DeepSpeed then steps the optimizer as given, as in fp32 (it skips no non-finite step, see
+      ``optim.SkipNonFiniteStep``), and the checkpoint's weights are the fp32 ones. ``bf16.enabled``
+      stays off: DeepSpeed does not reject both, but then casts the weights to bf16 and sums the
+      gradients in bf16 again.
+    - ``communication_data_type`` fp32: under bf16 DeepSpeed reduces in bf16 unless told, which rounds
+      ZeRO-1's fp32 sum once more (measured: 0.125977 for 0.125854, where bf16 accumulation gives
+      0.125) and sums the ranks' gradients in bf16. Twice the gradient bytes of a bf16 reduction,
+      as Megatron-LM and torchtitan reduce bf16 gradients.
+    """
+    if engine.precision != "bf16":
+        return {}
+    if engine.zero_stage == 0:
+        return {"torch_autocast": {"enabled": True, "dtype": "bfloat16"}, "communication_data_type": "fp32"}
+    return {"data_types": {"grad_accum_dtype": "fp32"}, "communication_data_type": "fp32"}
 
 
 def _fp16_section(engine: EngineConfig) -> dict:

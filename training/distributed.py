@@ -48,6 +48,9 @@ class DistributedContext:
     local_rank: int
     backend: str
     device: torch.device
+    control_group: object = None
+    """A gloo group over the same ranks for small host-side agreements (the stop flag, example ids):
+    a CPU collective that never waits for the device's queue. None: the default group is gloo already."""
 
     @property
     def is_main(self) -> bool:
@@ -74,6 +77,14 @@ def single_process_environment() -> None:
 
 def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def select_local_device() -> None:
+    """On a CUDA machine, make LOCAL_RANK's GPU the current device before anything touches CUDA
+    (the precision check, DeepSpeed's accelerator): otherwise every rank of a node first creates a
+    context on GPU 0, which costs GPU 0 memory and time. Nothing to do on a CPU machine."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def resolve_device(name: str, key: str = "device") -> torch.device:
@@ -164,23 +175,47 @@ def init_distributed(backend: Optional[str] = None, timeout_minutes: int = 30) -
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     timeout = datetime.timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
-        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        group = {"timeout": timeout, "rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"])}
+        if backend == "nccl":
+            # Binds the group to this rank's GPU: NCCL connects eagerly instead of guessing the device
+            # at the first collective (and barrier() knows which device to use).
+            group["device_id"] = device
+        elastic = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        if elastic:
             # torchrun's agent keeps one store for every restart of the group: start this group's
             # keys in a namespace of its own (see fresh_group_namespace), or a restarted group reads
             # the dead group's addresses and gloo/NCCL fail to connect or hang for the timeout.
-            dist.init_process_group(
-                backend,
-                store=fresh_group_namespace(timeout),
-                timeout=timeout,
-                rank=int(os.environ["RANK"]),
-                world_size=int(os.environ["WORLD_SIZE"]),
-            )
+            group["store"] = fresh_group_namespace(timeout)
+        dist.init_process_group(backend, **group)  # env:// (MASTER_ADDR/PORT) without a store
+        if elastic:
             warn_if_nodes_cannot_rejoin()
-        with deepspeed_output_held_back():
+        with deepspeed_output_held_back():  # DeepSpeed adopts the group torch.distributed holds
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
     return DistributedContext(
-        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, backend=backend, device=device
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        backend=backend,
+        device=device,
+        control_group=control_group(backend),
     )
+
+
+_CONTROL_GROUP: dict = {}
+
+
+def control_group(backend: str):
+    """A gloo group over every rank for host-side agreements, made once per process group (a sweep's
+    jobs share one); None when the default group is gloo already."""
+    import torch.distributed as dist
+
+    if backend == "gloo":
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _CONTROL_GROUP:
+        _CONTROL_GROUP.clear()
+        _CONTROL_GROUP[key] = dist.new_group(backend="gloo")
+    return _CONTROL_GROUP[key]
 
 
 def warn_if_nodes_cannot_rejoin() -> None:
@@ -377,7 +412,7 @@ def _output_dir_problems(places: list[dict], seen: list[dict]) -> list[str]:
 
 
 def _config_problems(places: list[dict], seen: list[dict], first_of_hash: dict[str, int]) -> list[str]:
-    if len(first_of_hash) == 1:
+    if len(first_of_hash) <= 1:  # one config, or none: every rank failed its own checks (said elsewhere)
         return []
     base = min(first_of_hash.values())  # rank 0, unless rank 0 failed its own checks
     reference = seen[base]["config"]

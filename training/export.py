@@ -20,6 +20,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pickle
+import re
 import shutil
 from typing import Optional
 
@@ -173,22 +175,33 @@ def export_hf(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig, data_di
 
 
 DEEPSPEED_MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
-"""Stage 0's one model-states file (no model parallelism); ZeRO adds ``*_optim_states.pt`` files."""
+"""The model-states file of stages 0-2 (no model parallelism); ZeRO adds ``*_optim_states.pt`` files."""
+OPTIMIZER_STATES_FILES = "*_optim_states.pt"
+"""One per data-parallel rank: ``zero_pp_rank_<r>_mp_rank_00_optim_states.pt``, ``bf16_`` in front under bf16."""
+_RANK_OF_FILE = re.compile(r"_pp_rank_(\d+)_")
 
 
 def consolidated_state_dict_from_checkpoint(checkpoint_dir: str, tag: Optional[str] = None) -> dict[str, torch.Tensor]:
-    """The full fp32 weights of a DeepSpeed checkpoint written by our trainer, on the CPU.
+    """The full fp32 weights of a DeepSpeed checkpoint written by our trainer, on the CPU: the
+    optimizer's fp32 masters wherever DeepSpeed keeps the weights in half precision.
 
     checkpoint_dir: what ``engine.save_checkpoint`` was given (holds ``latest`` and one folder per tag).
     tag: the checkpoint's folder, e.g. ``step_100``; None: the one named in ``latest``.
 
-    ZeRO 1-3 (any number of ranks): DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint``
-    merges the fp32 master partitions. Stage 0 writes no ZeRO optimizer files; its weights are
-    the ``module`` entry of the model-states file, upcast to fp32 (under fp16/bf16 at stage 0 these
-    are the half-precision working weights, not the optimizer's fp32 masters).
+    By the optimizer that wrote it (any number of ranks):
 
-    Only for our own checkpoints: DeepSpeed's reader calls ``torch.load(weights_only=False)``
-    (unpickling) on the files in checkpoint_dir; the stage-0 path loads with ``weights_only=True``.
+    - ZeRO 1-3 optimizers: DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint`` merges the
+      fp32 master partitions.
+    - DeepSpeed's BF16_Optimizer (ZeRO-1 under bf16 with fp32 gradient accumulation): its files
+      (``bf16_zero_pp_rank_*``) carry no ZeRO stage, which DeepSpeed's reader requires, so
+      ``_masters_of_bf16_optimizer`` joins their fp32 partitions by the parameter fragments the
+      files name.
+    - Stage 0 writes no optimizer files; its weights are the ``module`` entry of the model-states
+      file, in fp32 under fp32 and bf16 (torch autocast keeps them fp32). Under fp16 they are the
+      fp16 working copy upcast (DeepSpeed's fp16 optimizer keeps its masters in unnamed lists).
+
+    Only for our own checkpoints: DeepSpeed's ZeRO reader calls ``torch.load(weights_only=False)``
+    (unpickling) on the files in checkpoint_dir; the other paths load with ``weights_only=True``.
     """
     if tag is None:
         latest = os.path.join(checkpoint_dir, "latest")
@@ -200,13 +213,92 @@ def consolidated_state_dict_from_checkpoint(checkpoint_dir: str, tag: Optional[s
     if not os.path.isdir(tag_dir):
         raise FileNotFoundError(f"no checkpoint {tag!r} in {checkpoint_dir}")
 
-    if glob.glob(os.path.join(tag_dir, "*_optim_states.pt")):
+    optimizer_files = sorted(glob.glob(os.path.join(tag_dir, OPTIMIZER_STATES_FILES)), key=_rank_of_file)
+    if optimizer_files:
+        bf16_optimizer_states = _bf16_optimizer_states(optimizer_files)
+        if bf16_optimizer_states is not None:
+            return _masters_of_bf16_optimizer(_load_model_states(tag_dir), bf16_optimizer_states)
+
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
 
-    states_path = os.path.join(tag_dir, DEEPSPEED_MODEL_STATES_FILE)
-    if not os.path.isfile(states_path):
-        raise FileNotFoundError(f"{tag_dir} holds neither ZeRO optimizer states nor {DEEPSPEED_MODEL_STATES_FILE}")
-    states = torch.load(states_path, map_location="cpu", weights_only=True)
+    states = _load_model_states(tag_dir)
     return {name: tensor.float() for name, tensor in states["module"].items()}  # tied pairs: equal copies
+
+
+def _rank_of_file(path: str) -> int:
+    match = _RANK_OF_FILE.search(os.path.basename(path))
+    if match is None:
+        raise ExportError(f"{path}: not a DeepSpeed optimizer-states file of one data-parallel rank")
+    return int(match.group(1))
+
+
+def _load_model_states(tag_dir: str) -> dict:
+    path = os.path.join(tag_dir, DEEPSPEED_MODEL_STATES_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{tag_dir} holds neither ZeRO optimizer states nor {DEEPSPEED_MODEL_STATES_FILE}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _bf16_optimizer_states(files: list[str]) -> Optional[list[dict]]:
+    """The optimizer states of a checkpoint of DeepSpeed's BF16_Optimizer, one per rank in rank
+    order; None for one of a ZeRO optimizer.
+
+    Tensors are memory-mapped, not read. The only class BF16_Optimizer's files hold is
+    DeepSpeed's ``fragment_address`` (a named tuple), allowed here; ZeRO's hold its
+    ``ZeroStageEnum``, which ``weights_only`` refuses: that, or a ``zero_stage`` entry, marks ZeRO.
+    """
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT, ZERO_STAGE
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    states = []
+    for path in files:
+        try:
+            with torch.serialization.safe_globals([fragment_address]):
+                state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)[OPTIMIZER_STATE_DICT]
+        except pickle.UnpicklingError:
+            return None
+        if ZERO_STAGE in state:
+            return None
+        states.append(state)
+    return states
+
+
+def _masters_of_bf16_optimizer(model_states: dict, optimizer_states: list[dict]) -> dict[str, torch.Tensor]:
+    """Full fp32 weights from BF16_Optimizer's per-rank states (in rank order).
+
+    Each rank holds one flat fp32 partition per parameter group and names, per group, the
+    fragment of each parameter it holds: ``{name: (start, numel)}`` within that partition. A
+    parameter is its fragments in rank order, shaped as the model-states file's ``param_shapes``
+    says; tied copies (``shared_params``) and buffers come from the model-states file too.
+    """
+    from deepspeed.checkpoint.constants import (
+        BUFFER_NAMES,
+        PARAM_SHAPES,
+        PARAM_SLICE_MAPPINGS,
+        SINGLE_PARTITION_OF_FP32_GROUPS,
+    )
+
+    fragments: dict[str, list[torch.Tensor]] = {}
+    for state in optimizer_states:
+        for partition, slices in zip(state[SINGLE_PARTITION_OF_FP32_GROUPS], state[PARAM_SLICE_MAPPINGS]):
+            for name, where in slices.items():
+                fragments.setdefault(name, []).append(partition.detach().narrow(0, where.start, where.numel))
+    weights = {}
+    for shapes in model_states[PARAM_SHAPES]:
+        for name, shape in shapes.items():
+            if name not in fragments:
+                raise ExportError(f"the optimizer states hold no fp32 master of {name}")
+            flat = torch.cat(fragments.pop(name)).float()  # a copy: nothing left mapped to the file
+            if flat.numel() != shape.numel():
+                raise ExportError(f"{name}: the optimizer states hold {flat.numel()} of its {shape.numel()} elements")
+            weights[name] = flat.view(shape)
+    if fragments:
+        raise ExportError(f"the optimizer states hold parameters the model states do not name: {sorted(fragments)[:5]}")
+    for copy, source in model_states["shared_params"].items():
+        weights[copy] = weights[source]
+    for name in model_states[BUFFER_NAMES]:
+        buffer = model_states["module"][name]
+        weights[name] = buffer.float() if buffer.is_floating_point() else buffer
+    return weights

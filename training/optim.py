@@ -6,6 +6,8 @@
   Learning: Training BERT in 76 minutes"), written from the paper.
 - ``make_scheduler``: linear warmup, then linear or polynomial decay, as a torch ``LambdaLR``.
 - ``restore_schedule_position``: after a resume, the rates of a fresh run with this run's settings.
+- ``SkipNonFiniteStep``: an optimizer that skips a step whose gradients are not all finite, where
+  DeepSpeed steps the optimizer as given (ZeRO stage 0) and so has no overflow check of its own.
 
 The optimizer and scheduler are plain torch objects handed to ``deepspeed.initialize`` (see
 ``training.deepspeed_config`` for why DeepSpeed's own optimizer section is not used).
@@ -252,3 +254,67 @@ def restore_schedule_position(
     scheduler.last_epoch = step
     scheduler._last_lr = list(rates)  # what get_last_lr() reports; torch has no public setter
     return rates
+
+
+class SkipNonFiniteStep(torch.optim.Optimizer):
+    """``optimizer``, except that a step whose gradients are not all finite is skipped.
+
+    DeepSpeed's ZeRO 1-3 and its bf16/fp16 optimizers check the gradients' norm at the step and
+    skip a non-finite one (setting ``overflow``); at ZeRO stage 0 in fp32 (or under torch autocast)
+    it steps the optimizer it was given as it is. This wrapper gives that path the same rule: the
+    engine reads ``overflow`` after the step, counts the step as skipped and leaves the schedule
+    where it was, as on the other paths. One host read per optimizer step (the finiteness flag),
+    where DeepSpeed's own checks read the norm.
+
+    Groups, state and the state dict are the wrapped optimizer's (a checkpoint is the same as
+    without the wrapper)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        # Not Optimizer.__init__: the wrapped optimizer owns the groups and state; these are views.
+        self.optimizer = optimizer
+        self.overflow = False
+        self._optimizer_step_pre_hooks = {}
+        self._optimizer_step_post_hooks = {}
+        self._optimizer_state_dict_pre_hooks = {}
+        self._optimizer_state_dict_post_hooks = {}
+        self._optimizer_load_state_dict_pre_hooks = {}
+        self._optimizer_load_state_dict_post_hooks = {}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict:
+        return self.optimizer.defaults
+
+    def __repr__(self) -> str:
+        return f"SkipNonFiniteStep({self.optimizer!r})"
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise NotImplementedError("SkipNonFiniteStep does not take a closure")
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        # (G,) per-tensor norms; a NaN or inf anywhere makes its tensor's norm non-finite.
+        self.overflow = bool(grads) and not bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+        if self.overflow:
+            self.zero_grad(set_to_none=True)
+            return None
+        return self.optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def add_param_group(self, param_group: dict) -> None:
+        self.optimizer.add_param_group(param_group)

@@ -14,20 +14,31 @@ checkpoint, the schedule set to this run's (``optim.restore_schedule_position``)
 A *step* is one optimizer step: ``accumulation`` micro batches per rank (``engine.backward`` and
 ``engine.step`` on each; DeepSpeed steps the optimizer on the last one of the window).
 
-Non-finite losses. After each forward the ranks agree (one all_reduce) whether any loss is
-non-finite; if so every rank drops that micro batch *before* backward, so no gradient of it is
-ever reduced or accumulated and DeepSpeed's micro-step counter does not move: the next micro
-batch takes its slot and every optimizer step still averages ``accumulation`` finite micro
-batches per rank. ``trainer.max_nonfinite_in_a_row`` consecutive drops stop the run with an
-error. Before each save the ranks check that the weights are finite and refuse to save if not.
+No host syncs between optimizer steps. Within a step nothing computed on the device is read on
+the host: losses and counts are summed on the device, and the steps' statistics are reduced over
+ranks and read once per ``trainer.log_every`` steps (and before a save, a stop and the end), when
+their steps.jsonl lines are written. The host-side agreements of every step (the stop flag, the
+example ids) travel over a gloo group (``DistributedContext.control_group``), which never waits for
+the device. What still reads the device once per optimizer step is the optimizer's own check of
+the gradients (DeepSpeed's gradient norm at the step, or ``optim.SkipNonFiniteStep``'s flag).
 
-Each step, rank 0 appends a line to ``output_dir/steps.jsonl``: step, losses, learning rate,
-samples consumed and (``trainer.record_example_ids``) the example ids of the step (all ranks,
-rank-major, micro batch order) -- what a resumed run is compared against, and a record of what
-each step trained on.
+Non-finite losses. A micro batch whose loss is not finite is backpropagated as NaN (the loss is
+multiplied by NaN), so every gradient it touches is NaN and the optimizer step of its window is
+skipped on every rank (the gradients are reduced first, so all ranks see it): DeepSpeed's ZeRO and
+bf16/fp16 optimizers skip a step whose gradient norm is not finite, ``optim.SkipNonFiniteStep`` does
+at ZeRO stage 0. No gradient of a non-finite micro batch is ever applied, and neither are those of
+the other micro batches of its step; the skipped step is not counted (the next step takes its
+number and the schedule does not move), its samples are. ``trainer.max_nonfinite_in_a_row``
+consecutive skipped steps stop the run with an error. Before each save the ranks check that the
+weights are finite and refuse to save if not.
 
-SIGTERM/SIGINT set a flag; at the end of the step the ranks agree on it (it rides on the step's
-all_reduce), save a checkpoint, write $BERT_CLEAN_STOP_FILE where a launch recipe set it
+Each step, rank 0 records a line for ``output_dir/steps.jsonl`` (written at the next read of the
+statistics, see above): step, losses, learning rate, samples consumed and
+(``trainer.record_example_ids``) the example ids of the step (all ranks, rank-major, micro batch
+order) -- what a resumed run is compared against, and a record of what each step trained on.
+
+SIGTERM/SIGINT set a flag; at the end of the step the ranks agree on it (over the gloo group), save a
+checkpoint, write $BERT_CLEAN_STOP_FILE where a launch recipe set it
 (``write_clean_stop``) and return 0. torchrun forwards a SIGTERM it receives to its workers (and
 then exits 1 itself, which that file lets a recipe tell from a failure); it kills workers that take
 longer than about 30 s, so a slow save under torchrun can be cut short -- the last complete checkpoint then still stands. Data loading and evaluation run under
@@ -64,6 +75,7 @@ from training.distributed import (
     choose_deepspeed_accelerator,
     init_distributed,
     launcher_world_size,
+    select_local_device,
 )
 from training.model import BertConfig, BertForPreTraining, flops_per_token
 from training.optim import restore_schedule_position
@@ -109,7 +121,7 @@ def open_data(cfg: TrainConfig) -> tuple[BertConfig, PretrainingData]:
         **cfg.model.bert_config_kwargs(manifest.vocab_size, manifest.objective, manifest.special_tokens["pad"])
     )
     expect = RunExpectations.of_model(bert_cfg, max_seq_length=cfg.data.max_seq_length)
-    return bert_cfg, open_pretraining_data(cfg.data_dir, cfg.data, cfg.seed, expect)
+    return bert_cfg, open_pretraining_data(cfg.data_dir, cfg.data, cfg.seed, expect, unpad=cfg.trainer.unpad)
 
 
 def checkpoint_to_resume(cfg: TrainConfig, record: dict) -> Optional[str]:
@@ -305,21 +317,40 @@ def build_engine(model: BertForPreTraining, cfg: TrainConfig, world_size: int):
     import deepspeed
 
     from training.deepspeed_config import build_deepspeed_config
-    from training.optim import build_optimizer, make_scheduler
+    from training.optim import SkipNonFiniteStep, build_optimizer, make_scheduler
 
     optimizer = build_optimizer(model, cfg.optim, cfg.deepspeed.offload_optimizer)
+    if cfg.deepspeed.zero_stage == 0 and cfg.deepspeed.precision != "fp16":
+        optimizer = SkipNonFiniteStep(optimizer)  # stage 0 steps it as given: no overflow check of DeepSpeed's
     ds_config = build_deepspeed_config(
         cfg.deepspeed, cfg.trainer, cfg.data, cfg.optim, world_size, sum(p.numel() for p in model.parameters())
     )
+    compile_model = cfg.trainer.compile and cfg.deepspeed.zero_stage < 3
+    if compile_model:
+        compile_before_deepspeed(model, cfg)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         config=ds_config,
         lr_scheduler=lambda opt: make_scheduler(opt, cfg.optim, cfg.trainer.max_steps),
     )
-    if cfg.trainer.compile:
-        engine.compile()
+    if cfg.trainer.compile and not compile_model:
+        engine.compile()  # ZeRO-3 gathers parameters in module hooks: DeepSpeed compiles around them
     return engine, ds_config["gradient_accumulation_steps"]
+
+
+def compile_before_deepspeed(model: BertForPreTraining, cfg: TrainConfig) -> None:
+    """``torch.compile`` the model's forward before DeepSpeed wraps the model: the module, its
+    parameter names, checkpoints and exports are unchanged, and DeepSpeed's module hooks (which read
+    its micro-step counter, a recompile for every value if traced) stay outside the graph. The padded
+    path has static shapes once batches are (``data.pad_to_max_length``; the masked slots are fixed
+    always): one graph, no breaks (fullgraph). The unpadded path's token count N changes every batch:
+    one graph with dynamic shapes."""
+    if cfg.trainer.unpad:
+        model.forward = torch.compile(model.forward, fullgraph=True, dynamic=True)
+    else:
+        dynamic = False if cfg.data.pad_to_max_length else None  # None: lengths become dynamic at the 2nd
+        model.forward = torch.compile(model.forward, fullgraph=True, dynamic=dynamic)
 
 
 # --- small pieces of the loop ----------------------------------------------------------------
@@ -394,56 +425,58 @@ def schedule_change(
     )
 
 
+def has_padding(batch: dict[str, torch.Tensor]) -> bool:
+    """Whether any row of a collated batch is padded, from its host-side counts (no device read:
+    ``.numpy()`` works on host tensors only)."""
+    return int(batch["num_tokens"].numpy()) < batch["input_ids"].numel()
+
+
 def forward_inputs(batch: dict[str, torch.Tensor], device: torch.device, sparse_head: bool) -> dict:
+    """The model's keyword arguments on ``device``. A batch without padding goes without its
+    attention mask (and unpadding indices): no mask lets SDPA use its flash kernel."""
     inputs = {k: v.to(device, non_blocking=True) for k, v in model_inputs(batch).items()}
+    if not has_padding(batch):
+        for name in ("attention_mask", "unpad_index", "cu_seqlens"):
+            inputs.pop(name, None)
     if not sparse_head:
         inputs["dense_mlm_labels"] = dense_mlm_labels(inputs)
         del inputs["masked_lm_positions"], inputs["masked_lm_labels"]
     return inputs
 
 
-# Layout of the per-step statistics vector summed over ranks with one all_reduce.
-STATS = (
-    "loss",
-    "mlm_loss",
-    "nsp_loss",
-    "micro_batches",
-    "mlm_correct",
-    "mlm_count",
-    "nsp_correct",
-    "nsp_count",
-    "tokens",
-    "samples",
-    "stop",
-)
+DEVICE_STATS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count", "nonfinite")
+"""Statistics of a micro batch computed on the device (from its PreTrainingOutput), summed there."""
+HOST_STATS = ("micro_batches", "tokens", "samples")
+"""Statistics of a micro batch known on the host from the collated batch itself."""
+STATS = DEVICE_STATS + HOST_STATS
+"""Layout of a step's statistics vector, summed over micro batches and ranks."""
 _I = {name: i for i, name in enumerate(STATS)}
 
 
-_OUTPUT_FIELDS = ("loss", "mlm_loss", "nsp_loss", None, "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
-"""The first entries of STATS, taken from a PreTrainingOutput (None: micro_batches, counted on the host)."""
-
-
 def output_stats(out) -> torch.Tensor:
-    """(len(_OUTPUT_FIELDS),) float64 on the output's device: no host sync."""
+    """(len(DEVICE_STATS),) float64 on the output's device, no host sync. A non-finite loss counts
+    under "nonfinite" and contributes zeros elsewhere (so sums stay readable)."""
+    finite = torch.isfinite(out.loss.detach())
     zero = torch.zeros((), device=out.loss.device)
-    values = [getattr(out, name) if name else None for name in _OUTPUT_FIELDS]
-    return torch.stack([zero if v is None else v.detach().float() for v in values]).double()
+    values = [getattr(out, name) for name in DEVICE_STATS[:-1]]
+    values = [zero if v is None else torch.where(finite, v.detach().double(), 0.0) for v in values]
+    return torch.stack([*values, (~finite).double()])
 
 
 def host_stats(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(len(STATS),) float64 on CPU: the counts known from the batch itself."""
-    s = torch.zeros(len(STATS), dtype=torch.float64)
-    s[_I["micro_batches"]] = 1
-    s[_I["tokens"]] = float(batch["num_tokens"])
-    s[_I["samples"]] = batch["input_ids"].shape[0]
-    return s
+    """(len(HOST_STATS),) float64 on the host: the counts known from the batch itself (padding
+    rows of an evaluation batch, example id -1, are not samples)."""
+    samples = int((batch["example_id"].numpy() >= 0).sum())
+    return torch.tensor([1.0, float(batch["num_tokens"].numpy()), float(samples)], dtype=torch.float64)
 
 
-def micro_stats(out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(len(STATS),) float64 contribution of one micro batch, on CPU."""
-    s = host_stats(batch)
-    s[: len(_OUTPUT_FIELDS)] += output_stats(out).cpu()
-    return s
+def poisoned_loss(loss: torch.Tensor) -> torch.Tensor:
+    """The loss to backpropagate: itself when finite, NaN otherwise, without reading it on the host.
+    NaN times anything is NaN, so every gradient the micro batch touches is NaN and the optimizer
+    skips the step (a finite-looking gradient of an infinite loss, e.g. -inf logit at the label,
+    would otherwise be applied)."""
+    nan_if_bad = torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
+    return loss * nan_if_bad.to(loss.dtype)
 
 
 def summarise(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
@@ -459,10 +492,25 @@ def summarise(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
 
 
 def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Sum a small CPU tensor over ranks (moved to the device for NCCL), back on CPU."""
+    """Sum a small tensor over ranks (moved to the device for NCCL), back on the host: a host sync."""
     buf = t.to(device)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return buf.cpu()
+
+
+@dataclass
+class PendingStep:
+    """A step taken whose statistics are still on the device, until the next read (``flush_steps``)."""
+
+    step: int
+    device_stats: torch.Tensor
+    """(len(DEVICE_STATS),) this rank's sums over the step's micro batches, on the device."""
+    host_stats: torch.Tensor
+    """(len(HOST_STATS),) this rank's, on the host."""
+    lr: float
+    samples_consumed: int
+    example_ids: Optional[list[int]]
+    """Every rank's, rank-major (trainer.record_example_ids), else None."""
 
 
 def device_memory_gb(device: torch.device) -> float:
@@ -510,6 +558,11 @@ class Trainer:
         self.start_step = 0
         self.peak_tflops = resolve_peak_tflops(self.cfg.trainer.peak_tflops)
         self.step_lr = 0.0
+        self.pending: list[PendingStep] = []
+        self.interval = torch.zeros(len(STATS), dtype=torch.float64)
+        """Summed statistics of the steps read since the last logging step (``flush_steps`` adds)."""
+        self.interval_start = self.paused = 0.0
+        self.steps_file = None  # rank 0: output_dir/steps.jsonl, open for the run (``open_steps_file``)
 
     @property
     def is_main(self) -> bool:
@@ -546,6 +599,7 @@ class Trainer:
         return client.get("tracker_run_id")
 
     def save(self) -> None:
+        self.flush_steps()  # the checkpoint's steps are in steps.jsonl before it is complete
         finite = torch.tensor([1.0 if ckpt.local_weights_finite(self.engine) else 0.0])
         if all_reduce_sum(finite, self.ctx.device).item() < self.ctx.world_size:
             raise RuntimeError(
@@ -600,57 +654,82 @@ class Trainer:
 
     # -- one step --
 
-    def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, list[int]]:
-        """One optimizer step; returns this rank's summed statistics and the example ids it trained on."""
-        self.step_lr = self.engine.get_lr()[0]  # the rate this step's update uses (the scheduler moves after it)
-        stats = torch.zeros(len(STATS), dtype=torch.float64)
-        on_device = torch.zeros(len(_OUTPUT_FIELDS), dtype=torch.float64, device=self.ctx.device)
-        ids: list[int] = []
-        done = 0
-        while done < self.accumulation:
+    def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> Optional[PendingStep]:
+        """One optimizer step: ``accumulation`` micro batches, each forward, backward and
+        ``engine.step`` (DeepSpeed steps the optimizer on the last). Nothing is read from the device
+        here. Returns the step's record, or None when the optimizer skipped the step (a non-finite
+        micro batch on some rank: see the module docstring)."""
+        lr = self.engine.get_lr()[0]  # the rate this step's update uses (the scheduler moves after it)
+        on_device = torch.zeros(len(DEVICE_STATS), dtype=torch.float64, device=self.ctx.device)
+        on_host = torch.zeros(len(HOST_STATS), dtype=torch.float64)
+        ids: list[np.ndarray] = []
+        for _ in range(self.accumulation):
             batch = next(batches)
             self.state.samples_consumed += batch["input_ids"].shape[0] * self.ctx.world_size
             out = self.engine(**forward_inputs(batch, self.ctx.device, self.cfg.trainer.sparse_mlm_head))
-            bad = (~torch.isfinite(out.loss.detach())).double().reshape(1)  # on the device: one sync below
-            dist.all_reduce(bad, op=dist.ReduceOp.SUM)
-            if bad.item() > 0:
-                self._skip_nonfinite(batch)
-                continue
-            self.state.nonfinite_in_a_row = 0
-            self.engine.backward(out.loss)
+            self.engine.backward(poisoned_loss(out.loss))
             self.engine.step()
             on_device += output_stats(out)
-            stats += host_stats(batch)
-            ids += batch["example_id"].tolist()
-            done += 1
-        stats[: len(_OUTPUT_FIELDS)] += on_device.cpu()
-        return stats, ids
+            on_host += host_stats(batch)
+            ids.append(batch["example_id"].numpy())
+        if not self.engine.was_step_applied():  # the optimizer's own check, on the host already
+            self._skipped_step()
+            return None
+        self.state.nonfinite_in_a_row = 0
+        self.state.step += 1
+        gathered = self.gather_ids(np.concatenate(ids)) if self.cfg.trainer.record_example_ids else None
+        return PendingStep(self.state.step, on_device, on_host, lr, self.state.samples_consumed, gathered)
 
-    def _skip_nonfinite(self, batch) -> None:
+    def _skipped_step(self) -> None:
+        """After a step the optimizer skipped: the schedule stays at this step (DeepSpeed's ZeRO
+        optimizers leave it; set it either way), count it, stop after too many in a row."""
+        restore_schedule_position(self.engine.lr_scheduler, self.cfg.optim, self.cfg.trainer.max_steps, self.state.step)
         self.state.nonfinite_in_a_row += 1
         self.state.nonfinite_total += 1
         if self.is_main:
             print(
-                f"non-finite loss at step {self.state.step + 1} on some rank: micro batch dropped "
-                f"({self.state.nonfinite_in_a_row} in a row)",
+                f"non-finite loss or gradient in step {self.state.step + 1} on some rank: step skipped, its "
+                f"{self.accumulation} micro batches per rank dropped ({self.state.nonfinite_in_a_row} in a row)",
                 flush=True,
             )
         if self.state.nonfinite_in_a_row >= self.cfg.trainer.max_nonfinite_in_a_row:
             raise NonFiniteLossError(
-                f"{self.state.nonfinite_in_a_row} non-finite losses in a row at step {self.state.step + 1} "
+                f"{self.state.nonfinite_in_a_row} non-finite steps in a row at step {self.state.step + 1} "
                 f"(trainer.max_nonfinite_in_a_row={self.cfg.trainer.max_nonfinite_in_a_row}): the run diverged; "
                 f"lower optim.lr, raise warmup, or use fp32/bf16; resume restarts from step "
                 f"{self.state.last_saved_step}"
             )
 
-    def gather_ids(self, ids: list[int]) -> list[int]:
-        """Example ids of the step over all ranks, rank-major."""
-        local = torch.tensor(ids, dtype=torch.int64)
+    def gather_ids(self, ids: np.ndarray) -> list[int]:
+        """Example ids of the step over all ranks, rank-major, over the host-side group."""
         if self.ctx.world_size == 1:
-            return ids
-        parts = [torch.empty_like(local, device=self.ctx.device) for _ in range(self.ctx.world_size)]
-        dist.all_gather(parts, local.to(self.ctx.device))
-        return torch.cat([p.cpu() for p in parts]).tolist()
+            return ids.tolist()
+        local = torch.from_numpy(ids.astype(np.int64))
+        parts = [torch.empty_like(local) for _ in range(self.ctx.world_size)]
+        dist.all_gather(parts, local, group=self.ctx.control_group)
+        return np.concatenate([p.numpy() for p in parts]).tolist()
+
+    def stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop: one small all_reduce over the host-side group."""
+        flag = torch.tensor([1 if self.stop.requested else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=self.ctx.control_group)
+        return bool(flag.numpy()[0])
+
+    def flush_steps(self) -> None:
+        """Read the pending steps' statistics: one all_reduce over ranks and one device-to-host copy
+        for all of them; rank 0 writes their steps.jsonl lines; their sum goes into ``interval``."""
+        if not self.pending:
+            return
+        rows = torch.stack(
+            [torch.cat([p.device_stats, p.host_stats.to(self.ctx.device)]) for p in self.pending]
+        )  # (S, len(STATS)) on the device
+        summed = all_reduce_sum(rows, self.ctx.device)
+        if self.is_main:
+            for pending, stats in zip(self.pending, summed):
+                self.write_step(pending, stats)
+            self.steps_file.flush()
+        self.pending.clear()
+        self.interval += summed.sum(dim=0)
 
     # -- evaluation --
 
@@ -667,7 +746,8 @@ class Trainer:
             batches = min(batches, self.cfg.trainer.eval_steps)
         if batches == 0:
             return {}
-        stats = torch.zeros(len(STATS), dtype=torch.float64)
+        on_device = torch.zeros(len(DEVICE_STATS), dtype=torch.float64, device=self.ctx.device)
+        on_host = torch.zeros(len(HOST_STATS), dtype=torch.float64)
         self.engine.eval()
         with torch.random.fork_rng(devices=[]):
             for i, batch in enumerate(loader):
@@ -675,12 +755,13 @@ class Trainer:
                     break
                 out = self.engine(**forward_inputs(batch, self.ctx.device, self.cfg.trainer.sparse_mlm_head))
                 # Weight per-batch means by their counts, so the result is the mean over the split.
-                s = micro_stats(out, batch)
+                s = output_stats(out)
                 for loss, count_name in (("mlm_loss", "mlm_count"), ("nsp_loss", "nsp_count")):
-                    s[_I[loss]] *= s[_I[count_name]]
-                stats += s
+                    s[_I[loss]] = s[_I[loss]] * s[_I[count_name]]
+                on_device += s
+                on_host += host_stats(batch)
         self.engine.train()
-        stats = all_reduce_sum(stats, self.ctx.device)
+        stats = all_reduce_sum(torch.cat([on_device, on_host.to(self.ctx.device)]), self.ctx.device)
         metrics = {}
         if stats[_I["mlm_count"]] > 0:
             metrics["eval/mlm_loss"] = (stats[_I["mlm_loss"]] / stats[_I["mlm_count"]]).item()
@@ -717,19 +798,24 @@ class Trainer:
         metrics["train/nonfinite_skipped"] = self.state.nonfinite_total
         return metrics
 
-    def write_step(self, stats: torch.Tensor, ids: list[int] | None) -> None:
+    def open_steps_file(self) -> None:
+        """Rank 0: open output_dir/steps.jsonl for appending, once for the run (after the resume
+        cut it to the checkpoint's steps); lines are written and flushed at each ``flush_steps``."""
+        if self.is_main:
+            self.steps_file = open(os.path.join(self.cfg.output_dir, STEPS_FILE), "a")
+
+    def write_step(self, pending: PendingStep, stats: torch.Tensor) -> None:
         record = {
-            "step": self.state.step,
+            "step": pending.step,
             **summarise(stats),
-            "lr": self.step_lr,
-            "samples_consumed": self.state.samples_consumed,
+            "lr": pending.lr,
+            "samples_consumed": pending.samples_consumed,
         }
-        if ids is not None:
-            record["example_ids"] = ids
-        if self.resume_tag is not None and self.state.step == self.start_step + 1:
+        if pending.example_ids is not None:
+            record["example_ids"] = pending.example_ids
+        if self.resume_tag is not None and pending.step == self.start_step + 1:
             record["resumed_from"] = self.start_step  # where this attempt took over: training.report marks it
-        with open(os.path.join(self.cfg.output_dir, STEPS_FILE), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.steps_file.write(json.dumps(record) + "\n")
 
     # -- the loop --
 
@@ -738,51 +824,35 @@ class Trainer:
         save, export. Returns the exit code (0); raises on divergence or a broken run."""
         run_id = self.resume()
         self.start_step = self.state.step
+        self.open_steps_file()
         self.tracker = make_tracker(self.cfg.logger, self.resolved, self.cfg.output_dir, self.ctx.rank, run_id)
         self.stop.install()
         try:
             return self._loop()
+        except NonFiniteLossError:
+            self.flush_steps()  # every rank raised it at the same step, so the collective is safe
+            raise
         finally:
             self.stop.uninstall()
             self.tracker.finish()
+            if self.steps_file is not None:
+                self.steps_file.close()
 
     def _loop(self) -> int:
         t = self.cfg.trainer
         batches = self.batches()
-        interval = torch.zeros(len(STATS), dtype=torch.float64)
-        started = interval_start = time.perf_counter()
-        paused = 0.0  # seconds of evaluation and saving in the interval, left out of the throughput
+        started = self.interval_start = time.perf_counter()
+        self.paused = 0.0  # seconds of evaluation and saving in the interval, left out of the throughput
         while self.state.step < t.max_steps:
-            local, ids = self.train_step(batches)
-            local[_I["stop"]] = 1.0 if self.stop.requested else 0.0
-            stats = all_reduce_sum(local, self.ctx.device)
-            ids = self.gather_ids(ids) if t.record_example_ids else None
-            self.state.step += 1
-            interval += stats
-            if self.is_main:
-                self.write_step(stats, ids)
-            if self.state.step % t.log_every == 0 or self.state.step == t.max_steps:
-                now = time.perf_counter()
-                metrics = self.interval_metrics(interval, now - interval_start - paused)
-                if self.is_main:
-                    self.tracker.log(metrics, self.state.step)
-                    print(
-                        format_progress(
-                            self.state.step,
-                            t.max_steps,
-                            metrics["train/loss"],
-                            metrics["perf/tokens_per_s"],
-                            now - started,
-                            start_step=self.start_step,
-                        ),
-                        flush=True,
-                    )
-                interval.zero_()
-                interval_start, paused = time.perf_counter(), 0.0
+            pending = self.train_step(batches)
+            stop = self.stop_agreed()
+            if pending is not None:
+                self.pending.append(pending)
+                self.step_lr = pending.lr
+                if self.state.step % t.log_every == 0 or self.state.step == t.max_steps:
+                    self._log_interval(started)
             pause_start = time.perf_counter()
-            if t.eval_every and self.state.step % t.eval_every == 0 and self.state.step < t.max_steps:
-                self._log_eval()
-            if stats[_I["stop"]] > 0:
+            if stop:
                 self.save()
                 write_clean_stop(self.ctx, self.state.step, self.stop.signal_name, self.checkpoint_dir)
                 if self.is_main:
@@ -792,9 +862,13 @@ class Trainer:
                         flush=True,
                     )
                 return 0
-            if self.state.step % t.checkpoint_every == 0:
-                self.save()
-            paused += time.perf_counter() - pause_start
+            if pending is not None:  # a skipped step keeps its number: nothing new to evaluate or save
+                if t.eval_every and self.state.step % t.eval_every == 0 and self.state.step < t.max_steps:
+                    self._log_eval()
+                if self.state.step % t.checkpoint_every == 0:
+                    self.save()
+            self.paused += time.perf_counter() - pause_start
+        self.flush_steps()
         final = self._log_eval()
         if self.is_main:
             self.tracker.summary(
@@ -805,6 +879,28 @@ class Trainer:
         if t.export_hf:
             self.export()
         return 0
+
+    def _log_interval(self, started: float) -> None:
+        """At a logging step: read the pending steps (the one device read in log_every steps), then
+        log the interval's metrics; its time ends after that read, so it counts the device's work."""
+        self.flush_steps()
+        now = time.perf_counter()
+        metrics = self.interval_metrics(self.interval, now - self.interval_start - self.paused)
+        if self.is_main:
+            self.tracker.log(metrics, self.state.step)
+            print(
+                format_progress(
+                    self.state.step,
+                    self.cfg.trainer.max_steps,
+                    metrics["train/loss"],
+                    metrics["perf/tokens_per_s"],
+                    now - started,
+                    start_step=self.start_step,
+                ),
+                flush=True,
+            )
+        self.interval.zero_()
+        self.interval_start, self.paused = time.perf_counter(), 0.0
 
     def _log_eval(self) -> dict[str, float]:
         metrics = self.evaluate()
@@ -819,10 +915,11 @@ class Trainer:
         return metrics
 
     def export(self) -> None:
-        """Hugging Face export of the final checkpoint (rank 0): DeepSpeed's public
-        ``get_fp32_state_dict_from_zero_checkpoint`` merges the fp32 master weights of every ZeRO
-        stage and world size, so no rank has to gather the model in memory, and a bf16/fp16 run
-        exports its fp32 masters rather than the half-precision working copy."""
+        """Hugging Face export of the final checkpoint (rank 0): ``training.export.
+        consolidated_state_dict_from_checkpoint`` reads the fp32 masters of every ZeRO stage and
+        world size from the checkpoint's files (DeepSpeed's zero_to_fp32 for its ZeRO optimizers, our
+        reader for its BF16 optimizer at ZeRO-1, stage 0's fp32 weights), so no rank has to gather the
+        model in memory, and a bf16 run exports its fp32 masters, not the bf16 working copy."""
         if self.is_main:
             from training.export import consolidated_state_dict_from_checkpoint, export_hf
 
@@ -871,6 +968,14 @@ def drop_torn_steps_line(output_dir: str) -> None:
         log.warning("dropped a half-written last line of %s (%d bytes) left by a crash", path, len(last))
 
 
+def use_deterministic_kernels() -> None:
+    """``trainer.deterministic``: torch picks deterministic kernels (the backward of index_select /
+    index_copy and of SDPA's memory-efficient kernel otherwise add with atomics in a varying order),
+    or stops naming an operation that has none; cuBLAS needs a fixed workspace for it."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
 def prepare_run(cfg: TrainConfig, resolved: dict) -> tuple[BertConfig, PretrainingData, dict, Optional[str]]:
     """This rank's checks before the process group: the shards (model config from their manifest),
     the run record, the checkpoint to resume (or None), init_from and the precision. Raises
@@ -896,6 +1001,9 @@ def train(cfg: TrainConfig, resolved: dict) -> int:
     rank then stops with one message, none waits for the others until the collective timeout.
     """
     check_wandb_login(cfg.logger)  # seconds, not a traceback after the engine is built
+    if cfg.trainer.deterministic:
+        use_deterministic_kernels()  # before CUDA starts: cuBLAS reads its workspace setting then
+    select_local_device()  # before anything touches CUDA
     choose_deepspeed_accelerator()  # before DeepSpeed is first imported
     # DeepSpeed calls torch.distributed's deprecated *_tensor collectives every step.
     warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use", category=FutureWarning)

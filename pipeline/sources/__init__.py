@@ -1,7 +1,8 @@
 """Source readers: one input file in, documents and rejections out. Pure Python, no Beam.
 
 The Beam job calls :func:`read_source` once per file with a function that
-opens the file's raw bytes; everything else (decompression, format and
+opens the file's raw bytes (for Parquet, :func:`plan_parquet` once per file and
+:func:`read_parquet_part` once per row group); everything else (decompression, format and
 encoding detection, per-record recovery) happens here, and every problem with
 the input comes back as a :class:`~pipeline.records.Rejection`, never as an
 exception.
@@ -18,10 +19,19 @@ from pipeline.records import RawDocument, Rejection, RejectReason, SourceFormat,
 from pipeline.sources.compression import STREAM_BUFFER_BYTES, Compression, PrefixedStream, open_decompressed, read_head
 from pipeline.sources.detect import detect_format, unread_format
 from pipeline.sources.jsonl import read_json_lines
+from pipeline.sources.parquet import ParquetPart, is_parquet, plan_parquet, read_parquet, read_parquet_part
 from pipeline.sources.text import read_bert_lines, read_book_text
 from pipeline.sources.wikipedia import read_wikipedia_xml, wikitext_page_to_documents
 
-__all__ = ["read_source", "detect_format", "wikitext_page_to_documents"]
+__all__ = [
+    "read_source",
+    "detect_format",
+    "wikitext_page_to_documents",
+    "ParquetPart",
+    "is_parquet",
+    "plan_parquet",
+    "read_parquet_part",
+]
 
 _HEAD_BYTES = 64 * 1024
 
@@ -43,10 +53,17 @@ def read_source(
 
     ``open_binary()`` returns the raw, possibly compressed bytes (in Beam:
     ``FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)``).
-    Compression (.bz2/.gz) is detected by magic bytes or name, the format by
+    Compression (.bz2/.gz/.zst) is detected by magic bytes or name, the format by
     name or content. A decompression or read error ends the file with one
     rejection after everything readable before it was yielded.
+
+    A ``.parquet`` file is read row group after row group (``open_binary()`` must then
+    give a seekable file, as Beam's file systems do); the job instead spreads its row
+    groups over workers (``plan_parquet``, ``read_parquet_part``).
     """
+    if is_parquet(path):
+        yield from read_parquet(path, open_binary, cfg)
+        return
     try:
         raw = open_binary()
     except OSError as error:

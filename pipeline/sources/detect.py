@@ -29,12 +29,10 @@ class UnreadFormat:
     magic: bytes
     name: str
     what_to_do: str
-    yet: bool = False  # reading it is planned
 
 
 # In order: a more specific entry (EPUB, a zip at heart) before the general one.
 UNREAD_FORMATS = (
-    UnreadFormat(0, b"\x28\xb5\x2f\xfd", "zstd-compressed (.zst)", "decompress it first (zstd -d {name})", yet=True),
     UnreadFormat(0, b"\xfd7zXZ\x00", "xz-compressed (.xz)", "decompress it first (xz -d {name})"),
     UnreadFormat(0, b"\x04\x22\x4d\x18", "lz4-compressed (.lz4)", "decompress it first (lz4 -d {name})"),
     UnreadFormat(0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive (.7z)", "extract it (7z x {name}) and give the folder"),
@@ -50,7 +48,12 @@ UNREAD_FORMATS = (
     UnreadFormat(0, b"PK\x03\x04", "a zip archive", "extract it (unzip {name}) and give the folder"),
     UnreadFormat(257, b"ustar", "a tar archive", "extract it (tar -xf {name}) and give the folder"),
     UnreadFormat(0, b"%PDF-", "a PDF document", "extract its text first (pdftotext {name} BOOK.txt)"),
-    UnreadFormat(0, b"PAR1", "Parquet", _TO_JSON_LINES, yet=True),
+    UnreadFormat(
+        0,
+        b"PAR1",
+        "Parquet without a .parquet name",
+        "give it uncompressed, named *.parquet (Parquet compresses its columns itself)",
+    ),
     UnreadFormat(0, b"ARROW1", "an Arrow IPC / Feather file", _TO_JSON_LINES),
     UnreadFormat(0, b"ORC", "an ORC file", _TO_JSON_LINES),
     UnreadFormat(0, b"Obj\x01", "an Avro file", _TO_JSON_LINES),
@@ -68,8 +71,8 @@ _HTML = UnreadFormat(0, b"", "an HTML page", "extract its text first (e.g. with 
 
 def unread_format(path: str, head: bytes, packing: str = "") -> str | None:
     """What a file is and what to do, when its first bytes are those of a format the job does not
-    read: ``zstd-compressed (.zst), which the job does not read yet: decompress it first (zstd -d
-    a.jsonl.zst)``; None otherwise. Magic bytes win over the name (a .jsonl that is really zstd);
+    read: ``xz-compressed (.xz), which the job does not read: decompress it first (xz -d
+    a.jsonl.xz)``; None otherwise. Magic bytes win over the name (a .jsonl that is really xz);
     HTML, which is text, only when the name does not say it is text, JSON or XML. ``packing``
     follows the format's name: `` (gzip-compressed)`` for a head the job decompressed."""
     found = next((f for f in UNREAD_FORMATS if head[f.offset : f.offset + len(f.magic)] == f.magic), None)
@@ -79,14 +82,14 @@ def unread_format(path: str, head: bytes, packing: str = "") -> str | None:
     if found is None:
         return None
     what_to_do = found.what_to_do.format(name=os.path.basename(path) or path)
-    return f"{found.name}{packing}, which the job does not read{' yet' if found.yet else ''}: {what_to_do}"
+    return f"{found.name}{packing}, which the job does not read: {what_to_do}"
 
 
 def detect_format(path: str, head: bytes, cfg: SourceConfig) -> SourceFormat | None:
     """The format of one input file, or None when it is neither wiki XML, JSON lines nor text.
 
     ``head`` is the start of the decompressed content (a few KiB suffice). The
-    name decides when it has a known suffix (after removing .bz2/.gz); otherwise
+    name decides when it has a known suffix (after removing .bz2/.gz/.zst); otherwise
     the content: ``<mediawiki`` root -> wiki XML, a leading ``{`` -> JSON lines,
     decodable text without binary control bytes -> text.
     """

@@ -12,7 +12,7 @@ from pipeline.sources.cleaned import cleaned_document
 from pipeline.sources.lines import BadLine, read_lines
 
 # WikiExtractor's JSON separates paragraphs with a single "\n", so any run of
-# newlines is a paragraph break here.
+# newlines is a paragraph break here (in Parquet rows too).
 _PARAGRAPH_BREAK = re.compile(r"\s*\n\s*")
 _FIELDS_NAMED = 10  # a missing_text detail names at most this many of the record's fields
 
@@ -53,8 +53,12 @@ def _json_record(source: str, number: int, line: str, cfg: SourceConfig) -> Iter
         return
     title = record.get(cfg.title_field)
     title = title if isinstance(title, str) else ""
-    paragraphs = _PARAGRAPH_BREAK.sub("\n\n", text.strip())
-    yield from cleaned_document(source, record_id, title, paragraphs, SourceFormat.JSON_LINES, position=number)
+    yield from cleaned_document(source, record_id, title, paragraphs_of(text), SourceFormat.JSON_LINES, position=number)
+
+
+def paragraphs_of(text: str) -> str:
+    """A record's text with every run of newlines as one paragraph break (a blank line)."""
+    return _PARAGRAPH_BREAK.sub("\n\n", text.strip())
 
 
 def missing_text(record: dict, cfg: SourceConfig) -> str:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from pipeline import contract
 from pipeline.tokenization import build_tokenizer, train_vocabulary, vocab_sha256
-from training.export import ExportError, export_hf
+from training.export import TIED_KEYS, ExportError, export_hf
 from training.model import BertConfig, BertForPreTraining
 
 TEXT = [
@@ -190,92 +190,147 @@ def test_tied_copies_may_be_left_out(vocab, tmp_path):
     assert torch.equal(again.cls.predictions.decoder.weight, model.bert.embeddings.word_embeddings.weight)
 
 
-# --- from a real DeepSpeed checkpoint (one process, gloo, CPU) ---------------------------------
+# --- from real DeepSpeed checkpoints (gloo, CPU) ---------------------------------------------
 
 _WRITE_CHECKPOINTS = r"""
 import os, sys
 import torch, deepspeed
+from deepspeed.utils import safe_get_full_fp32_param
 from safetensors.torch import save_file
+from training.config import DataConfig, EngineConfig, OptimConfig, TrainerConfig
+from training.deepspeed_config import build_deepspeed_config
 from training.model import BertConfig, BertForPreTraining
+from training.optim import build_optimizer
 
-out = sys.argv[1]
+out, keys = sys.argv[1], sys.argv[2:]  # keys: "<stage>-<precision>"
 deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
+rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
 cfg = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                  intermediate_size=32, max_position_embeddings=16)
-for stage in (0, 2):
-    torch.manual_seed(stage)
+for key in keys:
+    stage, precision = key.split("-")
+    torch.manual_seed(int(stage))
     model = BertForPreTraining(cfg)
-    engine, *_ = deepspeed.initialize(
-        model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2),
-        config={"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2,
-                "zero_optimization": {"stage": stage}, "steps_per_print": 1 << 30})
-    batch = dict(input_ids=torch.randint(5, 40, (2, 8)), masked_lm_positions=torch.tensor([[1, 2], [3, 4]]),
-                 masked_lm_labels=torch.tensor([[7, 8], [9, 10]]), next_sentence_label=torch.tensor([0, 1]))
-    engine.backward(engine(**batch).loss)
-    engine.step()  # the weights in the checkpoint are no longer the initial ones
-    engine.save_checkpoint(os.path.join(out, f"zero{stage}"), tag="step00000001", client_state={"step": 1})
-    state = engine.module.state_dict()
-    save_file({k: v.detach().contiguous() for k, v in state.items() if not k.startswith("cls.predictions.decoder")},
-              os.path.join(out, f"zero{stage}.safetensors"))
+    config = build_deepspeed_config(EngineConfig(zero_stage=int(stage), precision=precision),
+                                    TrainerConfig(global_batch_size=4 * world), DataConfig(micro_batch_size=2),
+                                    OptimConfig(), world, sum(p.numel() for p in model.parameters()))
+    config["zero_allow_untested_optimizer"] = True
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-2))  # the trainer's: two groups (weight decay or not)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    torch.manual_seed(rank)
+    for _ in range(engine.gradient_accumulation_steps()):
+        batch = dict(input_ids=torch.randint(5, 40, (2, 8)), masked_lm_positions=torch.tensor([[1, 2], [3, 4]]),
+                     masked_lm_labels=torch.randint(5, 40, (2, 2)), next_sentence_label=torch.tensor([0, 1]))
+        engine.backward(engine(**batch).loss)
+        engine.step()  # the weights in the checkpoint are no longer the initial ones
+    engine.save_checkpoint(os.path.join(out, key), tag="step00000001", client_state={"step": 1})
+    masters, working = {}, {}
+    for name, p in engine.module.named_parameters():  # each tied tensor once
+        master = safe_get_full_fp32_param(p)  # collective; None at stage 0, whose weights are the optimizer's
+        masters[name] = (p if master is None else master).detach().clone()
+        with deepspeed.zero.GatheredParameters([p]):  # the working copy (ZeRO-3: gathered)
+            working[name] = p.detach().clone()
+    if rank == 0:
+        save_file(masters, os.path.join(out, f"{key}.masters.safetensors"))
+        save_file(working, os.path.join(out, f"{key}.working.safetensors"))
 """
+
+ONE_RANK_CHECKPOINTS = [f"{stage}-{precision}" for stage in (0, 1, 2, 3) for precision in ("bf16", "fp32")]
+TWO_RANK_CHECKPOINTS = ["1-bf16", "3-bf16"]
+"""Partitions split parameters between ranks: BF16_Optimizer's (our reader) and ZeRO-3's (DeepSpeed's)."""
 
 
 @pytest.fixture(scope="module")
 def deepspeed_checkpoints(tmp_path_factory):
-    """Checkpoints of ZeRO stage 0 and 2 after one step, with the engine's weights beside them
-    (in a subprocess: the process group and DeepSpeed's globals stay out of the test process)."""
+    """One training step and a checkpoint at every ZeRO stage in bf16 and fp32 (one rank), and at
+    ZeRO-1 and 3 in bf16 on two ranks, with the engines' fp32 masters and working weights beside
+    them (in subprocesses: the process groups and DeepSpeed's globals stay out of the test process)."""
     import subprocess
     import sys
 
-    out = tmp_path_factory.mktemp("deepspeed")
-    from launch_helpers import one_rank_env
+    from launch_helpers import free_port, one_rank_env, trainer_env
     from paths import REPO as root
 
-    env = one_rank_env()
-    done = subprocess.run(
-        [sys.executable, "-c", _WRITE_CHECKPOINTS, str(out)],
+    out = tmp_path_factory.mktemp("deepspeed")
+    script = out / "write_checkpoints.py"
+    script.write_text(_WRITE_CHECKPOINTS)
+    one = subprocess.run(
+        [sys.executable, str(script), str(out / "one_rank"), *ONE_RANK_CHECKPOINTS],
         cwd=root,
-        env=env,
+        env=one_rank_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+        + [str(script), str(out / "two_ranks"), *TWO_RANK_CHECKPOINTS],
+        cwd=root,
+        env={**trainer_env(), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
     return out
 
 
-@pytest.mark.parametrize("stage", [0, 2])
-def test_consolidated_checkpoint_weights_equal_the_engine_and_export(deepspeed_checkpoints, stage, vocab, tmp_path):
+TINY_DEEPSPEED_BERT = BertConfig(
+    vocab_size=40,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=16,
+)
+
+
+@pytest.mark.parametrize(
+    "ranks, key", [("one_rank", key) for key in ONE_RANK_CHECKPOINTS] + [("two_ranks", k) for k in TWO_RANK_CHECKPOINTS]
+)
+def test_consolidated_checkpoint_weights_are_the_engines_fp32_masters(deepspeed_checkpoints, ranks, key):
     from training.export import consolidated_state_dict_from_checkpoint
 
-    expected = load_file(str(deepspeed_checkpoints / f"zero{stage}.safetensors"))
-    state = consolidated_state_dict_from_checkpoint(str(deepspeed_checkpoints / f"zero{stage}"), tag="step00000001")
-    assert set(state) == set(expected) | {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
-    for name, tensor in expected.items():
-        assert state[name].dtype == torch.float32 and torch.equal(state[name], tensor), name
+    where = deepspeed_checkpoints / ranks
+    masters = load_file(str(where / f"{key}.masters.safetensors"))
+    working = load_file(str(where / f"{key}.working.safetensors"))
+    state = consolidated_state_dict_from_checkpoint(str(where / key), tag="step00000001")
+    assert set(state) == set(masters) | set(TIED_KEYS)  # named_parameters lists each tied tensor once
+    for name, master in masters.items():
+        assert master.dtype == state[name].dtype == torch.float32 and torch.equal(state[name], master), name
+        assert torch.equal(master.to(working[name].dtype), working[name]), name  # the master of that weight
+    stage, precision = key.split("-")
+    if precision == "bf16" and stage != "0":  # bf16 working weights: the masters are not their upcast
+        assert all(w.dtype == torch.bfloat16 for w in working.values())
+        assert any(not torch.equal(masters[n], w.float()) for n, w in working.items())
+    else:  # fp32 weights (stage 0 under bf16: torch autocast) are the masters themselves
+        assert all(torch.equal(masters[n], w) for n, w in working.items())
+    assert all(torch.equal(state[copy], state[source]) for copy, source in TIED_KEYS.items())
 
-    latest = consolidated_state_dict_from_checkpoint(str(deepspeed_checkpoints / f"zero{stage}"))  # tag in 'latest'
-    assert all(torch.equal(latest[k], state[k]) for k in state)
+
+@pytest.mark.parametrize("key", ["0-fp32", "1-bf16"])
+def test_a_deepspeed_checkpoint_exports(deepspeed_checkpoints, key, vocab, tmp_path):
+    from training.export import consolidated_state_dict_from_checkpoint
+
+    where = deepspeed_checkpoints / "one_rank" / key
+    state = consolidated_state_dict_from_checkpoint(str(where), tag="step00000001")
+    latest = consolidated_state_dict_from_checkpoint(str(where))  # the tag in 'latest'
+    assert set(latest) == set(state) and all(torch.equal(latest[k], state[k]) for k in state)
     with pytest.raises(FileNotFoundError, match="latest"):
         consolidated_state_dict_from_checkpoint(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="step9"):
-        consolidated_state_dict_from_checkpoint(str(deepspeed_checkpoints / f"zero{stage}"), tag="step9")
+        consolidated_state_dict_from_checkpoint(str(where), tag="step9")
 
     # ... and it exports (vocabulary of 40 ids: the first 40 of the tiny vocabulary).
-    cfg = BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-    )
-    out = export_hf(state, cfg, write_shard_dir(tmp_path / "shards", vocab[:40], lowercase=True), str(tmp_path / "hf"))
+    shards = write_shard_dir(tmp_path / "shards", vocab[:40], lowercase=True)
+    out = export_hf(state, TINY_DEEPSPEED_BERT, shards, str(tmp_path / "hf"))
     hf, info = transformers.BertForPreTraining.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+    masters = load_file(str(deepspeed_checkpoints / "one_rank" / f"{key}.masters.safetensors"))
     torch.testing.assert_close(
         hf.bert.embeddings.word_embeddings.weight.detach(),
-        expected["bert.embeddings.word_embeddings.weight"],
+        masters["bert.embeddings.word_embeddings.weight"],
         rtol=0,
         atol=0,
     )

@@ -98,6 +98,47 @@ def test_a_failed_torchrun_after_a_clean_stop_is_a_clean_stop(tmp_path):
     assert launch(tmp_path, "raise SystemExit(1)").wait(timeout=120) == 1
 
 
+def test_a_failed_torchrun_after_a_config_error_is_a_usage_error(tmp_path):
+    """With the trainer's config-error file written, torchrun's 1 becomes 2 (the Job fails at once)."""
+    from training.__main__ import CONFIG_ERROR_ENV, EXIT_CONFIG_ERROR
+
+    assert (train_node.CONFIG_ERROR_ENV, train_node.EXIT_USAGE) == (CONFIG_ERROR_ENV, EXIT_CONFIG_ERROR)
+    rejected = f"import os\nopen(os.environ[{CONFIG_ERROR_ENV!r}], 'w').write('{{}}')\nraise SystemExit(1)"
+    assert launch(tmp_path, rejected).wait(timeout=120) == train_node.EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    "nproc,override,message",
+    [
+        # the schema's check, on every rank before the process group
+        (2, "trainer.max_steps=0", "trainer.max_steps must be a positive integer"),
+        # the trainer's check against the shards (length 64)
+        (1, "model.max_position_embeddings=32", "max_position_embeddings"),
+        (2, "model.max_position_embeddings=32", "max_position_embeddings"),  # every rank fails its own check
+    ],
+)
+def test_a_config_error_under_torchrun_exits_2(trainer_shards, tmp_path, nproc, override, message):
+    """The real thing: train_node.py runs torchrun running the trainer with an override the trainer
+    rejects; each rank exits 2, torchrun exits 1, and the launcher exits 2 (podFailurePolicy: FailJob)
+    instead of a 1 that the Job would retry up to backoffLimit."""
+    from launch_helpers import torchrun_command, trainer_env
+    from test_trainer import overrides
+
+    command = torchrun_command(nproc, *overrides(trainer_shards, tmp_path / "run", override))
+    result = subprocess.run(
+        [sys.executable, LAUNCHER, *command],
+        cwd=REPO,
+        env={**trainer_env(), "BERT_K8S_MARKER_WAIT_S": "0"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = result.stdout[-3000:] + result.stderr[-5000:]
+    assert result.returncode == train_node.EXIT_USAGE, log
+    assert "torchrun exited 1; exiting 2" in result.stderr, log
+    assert "error: " in result.stderr and message in result.stderr, log  # the trainer's own line
+
+
 def test_sigterm_to_a_torchrun_launched_run_stops_it_cleanly(trainer_shards, tmp_path):
     """The real thing: train_node.py runs torchrun (1 process) running the trainer, gets SIGTERM as
     the pod's PID 1 would and forwards it to torchrun, which exits 1; the run saved a checkpoint

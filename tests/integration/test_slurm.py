@@ -4,6 +4,9 @@
 - infra/slurm/train.sbatch on 2 nodes x 1 task gives the step losses and example ids of a
   `torchrun --nproc_per_node=2` run on one node (OMP_NUM_THREADS=1 for both: the thread count
   changes float sums).
+- Each rank runs on the CPUs the job asked for (--cpus-per-task), read from the running rank
+  processes, with srun confining steps to what they ask for (SLURM_EXACT=1: srun's --exact), where a
+  step that is not told the job's --cpus-per-task gets 1 CPU (task/affinity binds the tasks here).
 - A time limit coming (USR1 to the batch script, as ``--signal=B:USR1@180`` sends it): the ranks
   checkpoint, the job requeues itself, and its next run resumes; every step equals the
   uninterrupted run's.
@@ -34,14 +37,27 @@ pytestmark = pytest.mark.skipif(
 )
 
 SBATCH = os.path.join(REPO, "infra", "slurm", "train.sbatch")
+CPUS_PER_TASK = 2
+"""Every CPU of a test node (tests/slurm_cluster.py), asked for on each submission: the recipe's
+default (32, for 8 GPUs) does not fit. More than srun's default of 1, so an unbound task would show."""
 STEPS = 60
 """Long enough (a few seconds of steps) for the requeue test to signal mid-run."""
 RUN = ("trainer.eval_every=0", "trainer.checkpoint_every=1000", f"trainer.max_steps={STEPS}")
 
 
+class BindingCluster(slurm_cluster.SlurmCluster):
+    """The test cluster with task/affinity: each task is bound to the CPUs its step was given, as
+    on GPU clusters (task/affinity or task/cgroup), so a rank's CPU affinity says what SLURM gave it."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        self.conf.write_text(self.conf.read_text().replace("TaskPlugin=task/none", "TaskPlugin=task/affinity"))
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with slurm_cluster.SlurmCluster(tmp_path_factory.mktemp("slurm")) as c:
+    with BindingCluster(tmp_path_factory.mktemp("slurm")) as c:
+        assert "TaskPlugin=task/affinity" in c.conf.read_text()
         yield c
 
 
@@ -53,6 +69,7 @@ def job_env(cluster) -> dict:
         PYTHON=sys.executable,
         RDZV_PORT=str(slurm_cluster.free_port()),
         OMP_NUM_THREADS="1",
+        SLURM_EXACT="1",  # srun --exact: a step gets only the CPUs it asks for
     )
 
 
@@ -61,6 +78,7 @@ def submit(cluster, shards, output_dir, *extra):
         [
             "--nodes=2",
             "--ntasks-per-node=1",
+            f"--cpus-per-task={CPUS_PER_TASK}",
             f"--output={output_dir}.%j.out",
             SBATCH,
             *SMOKE,
@@ -95,20 +113,51 @@ def same_steps(a, b):
         assert x["example_ids"] == y["example_ids"]
 
 
+def rank_cpus(job: str) -> list[tuple[str, str, set[int]]]:
+    """(node, RANK, CPUs) of each running process of ``job``'s ranks: the CPUs it may run on
+    (os.sched_getaffinity, read from outside: both nodes are this host). A rank is a process with RANK
+    in its environment (torchrun sets it for its workers only; their loader workers would count too)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            env = p.environ()
+            if env.get("SLURM_JOB_ID") == job and "RANK" in env:
+                found.append((env.get("SLURMD_NODENAME"), env["RANK"], set(p.cpu_affinity())))
+        except psutil.Error:
+            continue  # gone, or not ours to read
+    return found
+
+
 @pytest.fixture(scope="module")
 def sbatch_run(cluster, trainer_shards, tmp_path_factory):
+    """The job's output_dir, its id, and its ranks' CPUs (read once each node has trained a step)."""
     out = tmp_path_factory.mktemp("sbatch") / "run"
     job = submit(cluster, trainer_shards, out)
+    wait_for_steps(cluster, job, out, 1)
+    cpus = rank_cpus(job)
     state = cluster.wait(job, timeout=600)
     assert state == "COMPLETED", f"job {job} ended {state}\n{job_log(cluster, out, job)}"
-    return out, job
+    return out, job, cpus
 
 
 def test_sbatch_on_two_nodes_equals_torchrun_on_one(cluster, sbatch_run, torchrun_reference):
-    out, job = sbatch_run
+    out, job, _ = sbatch_run
     log = open(f"{out}.{job}.out").read()
     assert "2 node(s) x 1, rendezvous 127.0.0.1:" in log  # NodeAddr, not the node name
     same_steps(read_steps(out), torchrun_reference)
+
+
+def test_every_rank_runs_on_the_cpus_the_job_asked_for(sbatch_run):
+    """--cpus-per-task reaches each node's task through srun (SRUN_CPUS_PER_TASK): without it, this
+    SLURM (22.05) under --exact binds each node's torchrun and its ranks to 1 CPU."""
+    out, job, ranks = sbatch_run
+    assert sorted(node for node, _, _ in ranks) == ["n1", "n2"] and {r for _, r, _ in ranks} == {"0", "1"}, ranks
+    assert [len(cpus) for _, _, cpus in ranks] == [CPUS_PER_TASK] * 2, ranks
+    log = open(f"{out}.{job}.out").read()
+    for node in ("n1", "n2"):
+        assert f"{node}: torchrun and its 1 rank(s) run on {CPUS_PER_TASK} CPU(s)" in log, log[-3000:]
 
 
 def test_time_limit_checkpoints_requeues_and_resumes(cluster, trainer_shards, sbatch_run, tmp_path):
@@ -129,7 +178,7 @@ def test_time_limit_checkpoints_requeues_and_resumes(cluster, trainer_shards, sb
     saved = [int(line.rsplit("step", 1)[1]) for line in log.splitlines() if line.startswith("saved checkpoint")]
     assert saved and saved[0] < STEPS, log[-3000:]  # the signal's checkpoint came before the end
     assert f"resumed from {out / 'checkpoints'}" in log
-    sbatch_out, _ = sbatch_run
+    sbatch_out, _, _ = sbatch_run
     same_steps(read_steps(out), read_steps(sbatch_out))
 
 
@@ -209,6 +258,7 @@ def test_the_sbatch_script_passes_overrides_with_spaces_and_quotes(cluster, tmp_
         [
             "--nodes=2",
             "--ntasks-per-node=1",
+            f"--cpus-per-task={CPUS_PER_TASK}",
             f"--output={tmp_path}/job.out",
             SBATCH,
             "logger.name=my run 'one'",

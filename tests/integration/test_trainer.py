@@ -7,6 +7,7 @@ DeepSpeed's CPU ops (~2 min, cached in ~/.cache/torch_extensions).
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -261,30 +262,71 @@ def test_fp16_on_cpu_runs_where_the_cpu_has_it_and_fails_clearly_where_not(train
     assert "Traceback" not in result.stderr
 
 
-def test_nonfinite_losses_skip_micro_batches_then_stop(trainer_shards, tmp_path):
-    """Forward calls 3 and 4 return NaN: both micro batches are dropped before backward and the
-    run goes on; then 3 in a row (trainer.max_nonfinite_in_a_row=3) stop it with a clear error,
-    and no checkpoint is written after the divergence."""
+def test_nonfinite_losses_skip_their_steps_then_stop(trainer_shards, tmp_path):
+    """2 micro batches a step. Forward call 3 returns NaN: the optimizer skips that step (neither of
+    its micro batches is applied) and the step number is taken again; a NaN in each of the next
+    three windows (calls 9, 12 -- the second micro batch of its window -- and 13) stops the run
+    (trainer.max_nonfinite_in_a_row=3) with a clear error; no checkpoint after the divergence."""
     command = fault_injecting_command(
         *overrides(
             trainer_shards, tmp_path, "trainer.max_steps=10", "trainer.checkpoint_every=2", "trainer.eval_every=0"
         )
     )
-    env = {**trainer_env(), "INJECT_NAN_AT_CALLS": "3,4,9,10,11"}
+    env = {**trainer_env(), "INJECT_NAN_AT_CALLS": "3,9,12,13"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
-    assert "3 non-finite losses in a row" in result.stdout + result.stderr, result.stderr[-3000:]
+    assert "3 non-finite steps in a row" in result.stdout + result.stderr, result.stderr[-3000:]
+    assert "step skipped" in result.stdout and "(1 in a row)" in result.stdout
     steps = read_steps(tmp_path)
-    # calls 1-2 -> step 1; 3, 4 dropped; 5-6 -> step 2; 7-8 -> step 3; 9, 10, 11 dropped -> stop
+    # calls 1-2 -> step 1; 3-4 skipped; 5-6 -> step 2; 7-8 -> step 3; 9-10, 11-12, 13-14 skipped -> stop
     assert [s["step"] for s in steps] == [1, 2, 3]
     assert all(np.isfinite(s["loss"]) for s in steps)
-    assert steps[1]["samples_consumed"] - steps[0]["samples_consumed"] == 16  # 2 dropped + 2 trained
+    assert steps[1]["samples_consumed"] - steps[0]["samples_consumed"] == 16  # 8 skipped + 8 trained
     assert ckpt.complete_tags(os.path.join(tmp_path, "checkpoints")) == ["step00000002"]
 
 
+def test_a_skipped_step_applies_nothing_and_keeps_the_schedule(trainer_shards, tmp_path):
+    """The weights after a skipped step are those before it, and the run's learning rates are those
+    of a run without the fault: the skip moved neither the weights nor the schedule."""
+    clean_dir, faulty_dir = tmp_path / "clean", tmp_path / "faulty"
+    common = ("trainer.max_steps=3", "trainer.checkpoint_every=1", "trainer.eval_every=0", "data.shuffle=false")
+    clean = run(single_process_command(*overrides(trainer_shards, clean_dir, *common)))
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    env = {**trainer_env(), "INJECT_NAN_AT_CALLS": "3"}
+    command = fault_injecting_command(*overrides(trainer_shards, faulty_dir, *common))
+    faulty = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert faulty.returncode == 0, faulty.stderr[-3000:]
+    clean_steps, faulty_steps = read_steps(clean_dir), read_steps(faulty_dir)
+    assert [s["lr"] for s in faulty_steps] == [s["lr"] for s in clean_steps]
+    # Step 1 is the same in both runs; the faulty run's step 2 trained on the next window's batches.
+    assert faulty_steps[0]["loss"] == clean_steps[0]["loss"]
+    assert faulty_steps[1]["samples_consumed"] == clean_steps[1]["samples_consumed"] + 8
+
+
+def test_deterministic_kernels_train_the_same_steps(reference_run, trainer_shards, tmp_path):
+    """trainer.deterministic=true (torch.use_deterministic_algorithms before CUDA would start): every
+    kernel the step uses has a deterministic form (torch would stop naming one that has not), and on
+    CPU, deterministic already, the steps equal the reference run's."""
+    command = single_process_command(
+        *overrides(
+            trainer_shards,
+            tmp_path,
+            "trainer.deterministic=true",
+            "trainer.max_steps=3",
+            "trainer.checkpoint_every=10",
+            "trainer.eval_every=10",
+        )
+    )
+    result = run(command)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    reference = read_steps(reference_run[0])[:3]
+    assert [s["loss"] for s in read_steps(tmp_path)] == [s["loss"] for s in reference]
+
+
 def test_nonfinite_loss_on_one_rank_is_skipped_by_all_under_zero3(trainer_shards, tmp_path):
-    """Only rank 1 sees NaN (its forward calls 3 and 4): both ranks drop those micro batches
-    (rank 0 reports it), ZeRO-3 copes with a forward that gets no backward, the run finishes."""
+    """Only rank 1 sees NaN (its forward calls 3 and 4, one micro batch a step): both ranks skip
+    those two steps (the gradients are reduced before the optimizer's check), rank 0 reports it,
+    the run finishes."""
     command = fault_injecting_command(
         *overrides(
             trainer_shards,
@@ -299,10 +341,10 @@ def test_nonfinite_loss_on_one_rank_is_skipped_by_all_under_zero3(trainer_shards
     env = {**trainer_env(), "INJECT_NAN_AT_CALLS": "3,4", "INJECT_NAN_RANK": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert "micro batch dropped (2 in a row)" in result.stdout
+    assert "step skipped" in result.stdout and "(2 in a row)" in result.stdout
     steps = read_steps(tmp_path)
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
-    assert [s["samples_consumed"] for s in steps] == [8, 16, 40, 48, 56]  # 2 x 8 dropped before step 3
+    assert [s["samples_consumed"] for s in steps] == [8, 16, 40, 48, 56]  # 2 x 8 skipped before step 3
 
 
 def test_multirun_sweep_trains_each_job_in_its_own_directory(trainer_shards, tmp_path):
@@ -448,17 +490,29 @@ def test_unpadded_encoder_trains(trainer_shards, tmp_path):
 
 
 def test_compiled_model_trains(trainer_shards, reference_run, tmp_path):
-    """trainer.compile=true: DeepSpeed's engine.compile() (torch.compile, inductor's C++ backend on
-    CPU) really compiles (its cache fills) and trains on the same data order as the eager run."""
-    env = {**trainer_env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    """trainer.compile=true with batches of one shape (data.pad_to_max_length): the forward is
+    compiled before DeepSpeed wraps the model (inductor's C++ backend on CPU: its cache fills), with
+    fullgraph, and recompiles only for what is not a shape -- a batch without padding (no mask: the
+    flash-eligible graph) and evaluation (no grad) -- over batches of varied lengths and mask counts;
+    it trains on the same data order as the eager run."""
+    env = {**trainer_env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "TORCH_LOGS": "recompiles"}
     command = single_process_command(
         *overrides(
-            trainer_shards, tmp_path / "run", "trainer.compile=true", "trainer.max_steps=5", "trainer.eval_every=0"
+            trainer_shards,
+            tmp_path / "run",
+            "trainer.compile=true",
+            "data.pad_to_max_length=true",
+            "trainer.max_steps=5",
+            "trainer.eval_every=0",
         )
     )
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert any(files for _, _, files in os.walk(tmp_path / "inductor")), "nothing was compiled"
+    reasons = [line.split("- ", 1)[1] for line in result.stderr.splitlines() if re.search(r"\] +- \d+/\d+: ", line)]
+    allowed = ("attention_mask is None", "GLOBAL_STATE changed: grad_mode")
+    assert reasons and all(r.split(": ", 1)[1].startswith(allowed) for r in reasons), reasons
+    assert sum("Recompiling function forward" in line for line in result.stderr.splitlines()) <= 2
     steps, eager = read_steps(tmp_path / "run"), read_steps(reference_run[0])[:5]
     assert [s["samples_consumed"] for s in steps] == [s["samples_consumed"] for s in eager]
     assert all(np.isfinite(s["loss"]) for s in steps) and steps[-1]["loss"] < steps[0]["loss"]

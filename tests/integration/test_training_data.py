@@ -19,9 +19,8 @@ from pipeline.tokenization import masking_vocabulary
 from shards import read_split
 from training.config import DataConfig
 from training.data import (
-    Collator,
     DataContractError,
-    Example,
+    PretrainingExamples,
     RunExpectations,
     ShardedSplit,
     masking_params,
@@ -306,13 +305,13 @@ def test_plan_arithmetic():
 def spy_on_reads(loader):
     """Record every row index the loader's dataset reads."""
     read = []
-    examples = loader.dataset.split.examples
+    batch = loader.dataset.split.batch
 
     def recording(indices):
         read.extend(np.asarray(indices).tolist())
-        return examples(indices)
+        return batch(indices)
 
-    loader.dataset.split.examples = recording
+    loader.dataset.split.batch = recording
     return read
 
 
@@ -391,7 +390,7 @@ def test_dynamic_masks_reproducible_per_seed_epoch_example(dynamic_data, loader_
     dataset = dynamic_data.train_loader(micro_batch_size=8).dataset
     indices = np.arange(40, 48)
     a = dataset[BatchRequest(2, indices)]
-    b = dataset[BatchRequest(2, indices[::-1].copy())][::-1]  # other batch layout, same (epoch, example)
+    b = list(dataset[BatchRequest(2, indices[::-1].copy())])[::-1]  # other batch layout, same (epoch, example)
     c = dataset[BatchRequest(3, indices)]
     for x, y in zip(a, b):
         assert np.array_equal(x.input_ids, y.input_ids) and np.array_equal(x.masked_lm_positions, y.masked_lm_positions)
@@ -439,27 +438,80 @@ def test_dynamic_masks_follow_the_masking_rules(dynamic_data, loader_dynamic_job
     assert abs(frac[0] - 0.8) < 0.02 and abs(frac[1] - 0.1) < 0.02 and abs(frac[2] - 0.1) < 0.02
 
 
+@pytest.mark.parametrize("whole_word", [False, True], ids=["dynamic", "whole-word"])
+def test_batch_masks_equal_the_per_example_masks_on_real_rows(dynamic_data, whole_word):
+    """A worker masks a micro batch of 256 at once; each example's masks are still exactly those of
+    mask_tokens with its own generator, over 3,000 real rows (short ones among them), in either mode."""
+    masker = dynamic_data.masker()
+    masker = dataclasses.replace(masker, params=dataclasses.replace(masker.params, whole_word=whole_word))
+    dataset = PretrainingExamples(dynamic_data.split("train"), masker)
+    indices = np.arange(min(len(dataset), 3000))
+    stored = dataset.split.examples(indices)
+    lengths = np.array([len(e.input_ids) for e in stored])
+    assert lengths.min() < 20 and lengths.max() == 128  # short_seq_prob's short sequences, and full ones
+    batches = [dataset[BatchRequest(4, indices[i : i + 256])] for i in range(0, len(indices), 256)]
+    got = [e for batch in batches for e in batch]
+    continued = 0
+    for e, s in zip(got, stored):
+        masked, positions, labels = mask_tokens(
+            np.array(s.input_ids, np.int32),
+            masker.rng(4, s.example_id),
+            masker.params,
+            masker.never_mask,
+            masker.mask_id,
+            masker.vocab_size,
+            masker.is_continuation,
+        )
+        assert e.example_id == s.example_id and np.array_equal(e.input_ids, masked)
+        assert np.array_equal(e.masked_lm_positions, positions) and np.array_equal(e.masked_lm_labels, labels)
+        continued += int(masker.is_continuation[np.asarray(s.input_ids)[positions]].sum())
+    assert len(got) == len(indices) and continued > 100  # ## pieces among the predictions
+
+
+def test_batch_shapes_follow_the_data_config(static_data, loader_dynamic_job):
+    """Default: T a multiple of data.pad_to_multiple_of (8), P the manifest's cap; with
+    data.pad_to_max_length one shape for every training and every eval batch; with unpad the layout
+    of the real tokens."""
+    cap = static_data.manifest.masking.max_predictions_per_seq
+    for k, batch in enumerate(static_data.train_loader(micro_batch_size=32)):
+        B, T = batch["input_ids"].shape
+        longest = batch["attention_mask"].sum(1).max().item()
+        assert T % 8 == 0 and longest <= T < longest + 8
+        assert batch["masked_lm_positions"].shape == (32, cap) and "unpad_index" not in batch
+        if k == 5:
+            break
+    cfg = dataclasses.replace(IN_PROCESS, pad_to_max_length=True, eval_micro_batch_size=24)
+    data = open_pretraining_data(str(loader_dynamic_job[0]), cfg, SEED, MLM_MODEL, unpad=True)
+    cap = data.manifest.masking.max_predictions_per_seq
+    shapes = set()
+    for loader in (data.train_loader(micro_batch_size=32), data.eval_loader()):
+        for k, batch in enumerate(loader):
+            shapes.add((tuple(batch["input_ids"].shape), tuple(batch["masked_lm_positions"].shape)))
+            mask = batch["attention_mask"]
+            assert torch.equal(batch["unpad_index"], mask.reshape(-1).nonzero().squeeze(1))
+            assert batch["cu_seqlens"].tolist() == [0] + mask.sum(1).cumsum(0).tolist()
+            if k == 10:
+                break
+    assert shapes == {((32, 128), (32, cap)), ((24, 128), (24, cap))}
+
+
+def test_padding_rows_change_no_loss(static_data):
+    """The last eval batch filled with padding rows scores what the short batch scores."""
+    from training.model import PRESETS, BertConfig, BertForPreTraining
+
+    examples = static_data.split("eval").batch(np.arange(5))
+    short = dataclasses.replace(static_data.collator(), batch_size=None)(examples)
+    padded = static_data.collator(batch_size=8)(examples)
+    assert padded["input_ids"].shape[0] == 8 and padded["num_examples"].item() == 5
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(vocab_size=8000, with_nsp_head=True, **PRESETS["tiny"])).eval()
+    with torch.no_grad():
+        a, b = model(**model_inputs(short)), model(**model_inputs(padded))
+    assert torch.isfinite(b.loss) and torch.allclose(a.loss, b.loss, atol=1e-6)
+    assert a.mlm_count.item() == b.mlm_count.item() > 0
+
+
 # --- collation -------------------------------------------------------------------------------
-
-
-def test_collation_pads_to_the_longest_with_minus_100_labels():
-    def example(ids, b_start, positions, label, example_id):
-        ids = np.array(ids)
-        return Example(ids, b_start, np.array(positions), ids[positions] + 100, label, example_id)
-
-    examples = [example([2, 10, 11, 3, 12, 3], 4, [1, 4], 1, 7), example([2, 13, 3], 3, [1], 0, 9)]
-    batch = Collator(pad_id=0, with_sentence_label=True)(examples)
-    assert batch["input_ids"].tolist() == [[2, 10, 11, 3, 12, 3], [2, 13, 3, 0, 0, 0]]
-    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
-    assert batch["masked_lm_positions"].tolist() == [[1, 4], [1, 0]]
-    assert batch["masked_lm_labels"].tolist() == [[110, 112], [113, IGNORE_INDEX]]
-    assert batch["next_sentence_label"].tolist() == [1, 0] and batch["example_id"].tolist() == [7, 9]
-    assert batch["num_tokens"].item() == 9
-    assert all(t.dtype == torch.long for t in batch.values())
-    padded = Collator(pad_id=0, with_sentence_label=False, pad_to_multiple_of=8)(examples)
-    assert padded["input_ids"].shape == (2, 8) and "next_sentence_label" not in padded
-    assert padded["attention_mask"].sum().item() == 9
 
 
 def test_real_batches_fit_the_model(static_data, dynamic_data):
@@ -507,10 +559,17 @@ def test_workers_give_the_same_batches(loader_dynamic_job, dynamic_data):
 def test_eval_is_unshuffled_disjoint_and_keeps_the_tail(static_data, dynamic_data, loader_static_job):
     stored = read_split(loader_static_job[0], "eval").column("example_id").to_pylist()
     ranks = [list(static_data.eval_loader(micro_batch_size=16, rank=r, world_size=3)) for r in range(3)]
-    ids = [[i for b in batches for i in b["example_id"].tolist()] for batches in ranks]
+    ids = [[i for b in batches for i in b["example_id"].tolist() if i != -1] for batches in ranks]
+    tails = []
     for r in range(3):
         assert ids[r] == stored[r::3]
-    assert sorted(sum(ids, [])) == sorted(stored)
+        # the tail is kept, in a last batch of 16 rows like the others, filled with padding rows
+        assert {b["input_ids"].shape[0] for b in ranks[r]} == {16}
+        last = ranks[r][-1]
+        tails.append(last["num_examples"].item())
+        assert tails[-1] == len(stored[r::3]) - 16 * (len(ranks[r]) - 1)
+        assert (last["example_id"][tails[-1] :] == -1).all() and (last["attention_mask"][tails[-1] :] == 0).all()
+    assert min(tails) < 16 and sorted(sum(ids, [])) == sorted(stored)
     # dynamic eval masks are the same at every evaluation
     first, second = (next(iter(dynamic_data.eval_loader(micro_batch_size=8))) for _ in range(2))
     assert all(torch.equal(first[k], second[k]) for k in first)

@@ -1,6 +1,7 @@
 """infra/k8s: every manifest and every rendered kustomization validates against the Kubernetes
 schemas (kubernetes-validate, strict: unknown fields fail), torchrun's arguments agree with the
-Job's resources in the base and in every overlay, a wrong edit is caught, and the node launcher
+Job's resources in the base and in every overlay, each rank gets a GPU-sized micro batch, NCCL is
+told its interface (and, in the RDMA overlay, its HCAs), a wrong edit is caught, and the node launcher
 (infra/k8s/base/train_node.py) exits as the Job's podFailurePolicy expects. No cluster here."""
 
 import glob
@@ -106,6 +107,61 @@ def test_overlay_sets_nodes_gpus_and_image():
     assert trainer(objects)["resources"]["requests"]["memory"] == "256Gi"
 
 
+def trainer_config(objects: list[dict]):
+    """The trainer's config (TrainConfig) composed from the Job's overrides, as ``python -m training`` would."""
+    from hydra import compose, initialize_config_dir
+
+    from training.config import register_configs, to_train_config
+
+    args = k8s_render.torchrun_args(trainer(objects)["command"] + trainer(objects)["args"])
+    register_configs()
+    with initialize_config_dir(config_dir=k8s_render.TRAINING_CONF, version_base="1.3"):
+        return to_train_config(compose(config_name="train", overrides=list(args.training_script_args)))
+
+
+GPU_MICRO_BATCH_TOKENS = 256 * 128
+"""Tokens a rank's micro batch should hold on an 80-141 GB GPU: 256 sequences of 128, ~36 ms of BERT-Base
+work at 50% of an H100's bf16 peak, well above the ~10 ms of its gradient all-reduce across nodes."""
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=layout_id)
+def test_every_layout_gives_each_rank_a_gpu_sized_micro_batch(layout):
+    """A global batch that fits the rank count: not BERT's 256 spread over 16-32 GPUs (8-16 sequences,
+    a few ms of compute a step against the gradient traffic), but full micro batches on every rank."""
+    objects = render(layout)
+    cfg = trainer_config(objects)
+    args = k8s_render.torchrun_args(trainer(objects)["command"] + trainer(objects)["args"])
+    ranks = int(args.nnodes) * int(args.nproc_per_node)
+    assert cfg.data.micro_batch_size * cfg.data.max_seq_length >= GPU_MICRO_BATCH_TOKENS
+    accumulation = cfg.trainer.global_batch_size // (cfg.data.micro_batch_size * ranks)
+    assert cfg.trainer.global_batch_size == cfg.data.micro_batch_size * accumulation * ranks and accumulation >= 1
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=layout_id)
+def test_nccl_bootstraps_over_the_pod_network(layout):
+    env = {e["name"]: e.get("value") for e in trainer(render(layout))["env"]}
+    assert env["NCCL_SOCKET_IFNAME"] == "eth0"
+
+
+RDMA = os.path.join(K8S, "overlays", "4-nodes-8-gpus-rdma")
+RDMA_RESOURCE = "rdma/rdma_shared_device_a"
+
+
+def test_rdma_overlay_gives_nccl_the_hca():
+    objects = render(RDMA)
+    container = trainer(objects)
+    assert container["resources"]["limits"][RDMA_RESOURCE] == 1
+    assert container["resources"]["limits"][k8s_render.GPU] == 8  # the shape of its resource overlay
+    assert container["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NCCL_IB_DISABLE"] == "0" and env["NCCL_IB_HCA"] == "mlx5" and env["NCCL_DEBUG"] == "INFO"
+    assert env["NCCL_SOCKET_IFNAME"] == "eth0" and "NODE_RANK" in env  # the base's, merged
+    pod = job(objects)["spec"]["template"]["spec"]
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}  # NCCL and loader workers
+    assert job(objects)["spec"]["completions"] == 4
+
+
 def wrong(edit):
     def apply(objects):
         edit(objects)
@@ -150,8 +206,8 @@ WRONG_EDITS = {
         "terminationGracePeriodSeconds",
     ),
     "batch": (
-        wrong(lambda o: set_arg(o, "data.micro_batch_size=", "32")),
-        "global_batch_size 256 is not divisible by data.micro_batch_size 32 x world size 16",
+        wrong(lambda o: set_arg(o, "data.micro_batch_size=", "1024")),
+        "global_batch_size 8192 is not divisible by data.micro_batch_size 1024 x world size 16",
     ),
     "override": (wrong(lambda o: trainer(o)["args"].append("trainer.max_step=10")), "the trainer's config"),
     "launcher": (wrong(lambda o: [m["data"].clear() for m in o if m["kind"] == "ConfigMap"]), "the launcher"),
@@ -233,8 +289,12 @@ spec.loader.exec_module(train_node)
 
 
 def test_launcher_exit_code_is_the_one_the_job_ignores():
+    from training.__main__ import EXIT_CONFIG_ERROR
+
     assert train_node.EXIT_STOPPED == k8s_render.EXIT_STOPPED
-    assert train_node.EXIT_USAGE in job(render(BASE))["spec"]["podFailurePolicy"]["rules"][2]["onExitCodes"]["values"]
+    fail_job = job(render(BASE))["spec"]["podFailurePolicy"]["rules"][2]
+    assert fail_job["action"] == "FailJob"
+    assert train_node.EXIT_USAGE == EXIT_CONFIG_ERROR and EXIT_CONFIG_ERROR in fail_job["onExitCodes"]["values"]
 
 
 def test_launcher_reads_its_arguments():

@@ -7,8 +7,10 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 
+import training.model as model_module
 from training.model import (
     PRESETS,
     BertConfig,
@@ -221,17 +223,18 @@ def test_sparse_head_equals_dense_head_at_masked_positions():
     hook.remove()
 
     real = batch["masked_lm_labels"] != -100  # (B, P): 7 real slots, 5 padding
-    b_idx, p_idx = real.nonzero(as_tuple=True)
-    expected = dense.mlm_logits[b_idx, batch["masked_lm_positions"][b_idx, p_idx]]  # (7, V)
-    assert sparse.mlm_logits.shape == (7, VOCAB)
-    # The vocabulary projection ran on the 7 real masked tokens only, padding slots dropped before it.
-    assert rows_seen[0] == (7,) and rows_seen[1] == (3, 12)
+    b_idx, p_idx = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")  # every (b, p) slot
+    expected = dense.mlm_logits[b_idx, batch["masked_lm_positions"][b_idx, p_idx]].reshape(12, VOCAB)
+    assert sparse.mlm_logits.shape == (3 * 4, VOCAB)
+    # The vocabulary projection ran on the B*P = 12 slots (a fixed count, padding slots included),
+    # not on the 3 x 12 positions; the loss ignores the 5 padding slots.
+    assert rows_seen[0] == (12,) and rows_seen[1] == (3, 12)
     torch.testing.assert_close(sparse.mlm_logits, expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(sparse.mlm_loss, dense.mlm_loss, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(sparse.loss, dense.loss, atol=1e-6, rtol=1e-6)
     assert sparse.mlm_count.item() == dense.mlm_count.item() == 7
     assert sparse.mlm_correct.item() == dense.mlm_correct.item()
-    hits = (expected.argmax(-1) == batch["masked_lm_labels"][real]).sum().item()
+    hits = (expected[real.reshape(-1)].argmax(-1) == batch["masked_lm_labels"][real]).sum().item()
     assert sparse.mlm_correct.item() == hits
     assert sparse.nsp_count.item() == 3
     assert sparse.nsp_correct.item() == (sparse.nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum().item()
@@ -258,6 +261,119 @@ def test_batch_without_masked_tokens_has_zero_mlm_loss_not_nan():
     assert out.mlm_count.item() == 0 and out.mlm_loss.item() == 0.0
     assert torch.isfinite(out.loss)
     out.loss.backward()
+
+
+def boolean_selection_mlm_loss(model: BertForPreTraining, batch: dict) -> tuple[torch.Tensor, int, int]:
+    """The masked-LM loss, hits and count computed the old way: padding slots dropped by a boolean
+    selection before the head (a data-dependent size), mean cross-entropy over what is left."""
+    hidden = model.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # (B, T, H)
+    B, T, H = hidden.shape
+    flat = (batch["masked_lm_positions"] + T * torch.arange(B)[:, None]).reshape(-1)  # (B*P,)
+    labels = batch["masked_lm_labels"].reshape(-1)
+    real = labels != -100
+    logits = model.cls.predictions(hidden.reshape(B * T, H)[flat[real]])  # (N, V)
+    loss = F.cross_entropy(logits, labels[real]) if real.any() else logits.sum() * 0.0
+    return loss, int((logits.argmax(-1) == labels[real]).sum()), int(real.sum())
+
+
+@pytest.mark.parametrize("real_slots", [(4, 2, 1), (0, 4, 3), (4, 4, 4), (0, 0, 0), (1, 0, 2)])
+def test_fixed_slot_head_equals_the_boolean_selection_head(real_slots):
+    """All B*P slots through the head, padding skipped by ignore_index: the same loss, hits, count
+    and gradients as dropping the padding slots first, whatever the number of real slots."""
+    model = BertForPreTraining(tiny_config())
+    randomize(model, seed=8)
+    model.eval()
+    batch = make_batch(seed=8)
+    gen = torch.Generator().manual_seed(sum(real_slots))
+    batch["masked_lm_positions"] = torch.randint(1, 5, (3, 4), generator=gen)
+    labels = torch.full((3, 4), -100)
+    for b, count in enumerate(real_slots):
+        labels[b, :count] = torch.randint(1, VOCAB, (count,), generator=gen)
+        batch["masked_lm_positions"][b, count:] = 0  # the collator's padding slots
+    batch["masked_lm_labels"] = labels
+    batch.pop("next_sentence_label")
+
+    out = model(**batch)
+    assert out.mlm_logits.shape == (3 * 4, VOCAB)
+    out.mlm_loss.backward()
+    fixed_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    ref_loss, ref_correct, ref_count = boolean_selection_mlm_loss(model, batch)
+    ref_loss.backward()
+
+    torch.testing.assert_close(out.mlm_loss, ref_loss, atol=1e-6, rtol=1e-6)
+    assert out.mlm_count.item() == ref_count == sum(real_slots)
+    assert out.mlm_correct.item() == ref_correct
+    ref_grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert fixed_grads.keys() == ref_grads.keys()
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(fixed_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_fully_padded_row_gives_finite_output(unpad, training):
+    """Evaluation pads a short batch with rows of only padding: finite everywhere, not NaN."""
+    model = BertForPreTraining(tiny_config(), unpad=unpad).train(training)
+    batch = make_batch(seed=9)
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        batch[key][2] = 0  # row 2: all padding
+    batch["masked_lm_labels"][2] = -100
+    out = model(**batch)
+    hidden = model.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    assert torch.isfinite(hidden).all() and torch.isfinite(out.mlm_logits).all()
+    assert torch.isfinite(out.nsp_logits).all() and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def record_sdpa_masks(monkeypatch) -> list:
+    """(query dtype, attn_mask) of every scaled_dot_product_attention call (the real one runs)."""
+    seen, real_sdpa = [], F.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        seen.append((q.dtype, attn_mask))
+        return real_sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    return seen
+
+
+def test_attention_mask_is_built_once_per_forward_and_not_without_padding(monkeypatch):
+    builds, real_build = [], model_module.additive_attention_mask
+
+    def counting(*args, **kwargs):
+        builds.append(args)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "additive_attention_mask", counting)
+    sdpa_calls = record_sdpa_masks(monkeypatch)
+    model = BertForPreTraining(tiny_config(num_hidden_layers=3)).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        model(**batch)
+        assert len(builds) == 1 and len(sdpa_calls) == 3  # one mask, shared by the 3 layers
+        assert all(mask is sdpa_calls[0][1] for _, mask in sdpa_calls)
+        assert sdpa_calls[0][1].shape == (3, 1, 1, 12)
+        builds.clear(), sdpa_calls.clear()
+        model(**{**batch, "attention_mask": None})
+    assert builds == [] and len(sdpa_calls) == 3
+    assert all(mask is None for _, mask in sdpa_calls)  # no mask at all: flash-eligible
+
+
+def test_attention_mask_is_in_the_dtype_sdpa_sees(monkeypatch):
+    """fp32 without autocast; under autocast the projections, hence q, are bf16, and so is the mask."""
+    sdpa_calls = record_sdpa_masks(monkeypatch)
+    model = BertForPreTraining(tiny_config()).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        model(**batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(**batch)
+    dtypes = [(q_dtype, mask.dtype) for q_dtype, mask in sdpa_calls]
+    assert dtypes == [(torch.float32, torch.float32)] * 2 + [(torch.bfloat16, torch.bfloat16)] * 2
+    assert torch.isfinite(out.loss)
+    assert sdpa_calls[-1][1].min() == torch.finfo(torch.bfloat16).min  # the padding, at bf16's floor
 
 
 def test_padding_does_not_leak_into_real_positions():

@@ -512,18 +512,6 @@ def _records_table():
     return pa.table({"id": ["a", "b"], "text": ["The tide rises twice a day.", "The moon pulls the sea."]})
 
 
-def _write_zstd(path):
-    import zstandard
-
-    path.write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "The tide rises twice a day."}\n' * 50))
-
-
-def _write_parquet(path):
-    import pyarrow.parquet as pq
-
-    pq.write_table(_records_table(), path)
-
-
 def _write_feather(path):
     import pyarrow.feather as feather
 
@@ -591,13 +579,6 @@ def _write_html(path):
 @pytest.mark.parametrize(
     "name, write, expected",
     [
-        (
-            "corpus.jsonl.zst",
-            _write_zstd,
-            "zstd-compressed (.zst), which the job does not read yet: decompress it first (zstd -d corpus.jsonl.zst)",
-        ),
-        ("corpus.jsonl", _write_zstd, "zstd-compressed (.zst)"),  # the name says JSON, the bytes zstd
-        ("corpus.parquet", _write_parquet, "Parquet, which the job does not read yet: convert it to JSON lines first"),
         ("corpus.feather", _write_feather, "an Arrow IPC / Feather file, which the job does not read: convert it"),
         ("corpus.orc", _write_orc, "an ORC file, which the job does not read: convert it to JSON lines"),
         ("books.txt.xz", _write_xz, "xz-compressed (.xz), which the job does not read: decompress it first (xz -d"),

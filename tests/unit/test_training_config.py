@@ -8,6 +8,7 @@ import functools
 import os
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
@@ -272,7 +273,8 @@ def test_deepspeed_dict_matches_the_preset(name, world_size):
     if cfg.deepspeed.offload_optimizer:
         assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
     assert ("offload_param" in zero) == (name == "zero3_offload")
-    assert d["bf16"] == {"enabled": True} and d["fp16"] == {"enabled": False}
+    assert d["bf16"] == {"enabled": cfg.deepspeed.zero_stage > 0} and d["fp16"] == {"enabled": False}
+    assert ("torch_autocast" in d) == (cfg.deepspeed.zero_stage == 0)  # stage 0: fp32 weights, bf16 compute
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
@@ -338,8 +340,10 @@ def test_deepspeed_accepts_the_dict(deepspeed_config_class, overrides, world_siz
     assert set(d) <= known, set(d) - known
     parsed = deepspeed_parses(deepspeed_config_class, d, world_size, monkeypatch)
     assert parsed.timers_config.enabled is False
-    bf16_zero2 = cfg.deepspeed.precision == "bf16" and cfg.deepspeed.zero_stage == 2
-    assert parsed.grad_accum_dtype == ("fp32" if bf16_zero2 else None)
+    bf16, stage = cfg.deepspeed.precision == "bf16", cfg.deepspeed.zero_stage
+    assert parsed.grad_accum_dtype == ("fp32" if bf16 and stage > 0 else None)
+    assert parsed.torch_autocast_enabled == (bf16 and stage == 0)
+    assert parsed.communication_data_type == (torch.float32 if bf16 else None)
     assert parsed.world_size == world_size
     assert (parsed.train_batch_size, parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (
         d["train_batch_size"],
@@ -347,7 +351,7 @@ def test_deepspeed_accepts_the_dict(deepspeed_config_class, overrides, world_siz
         d["gradient_accumulation_steps"],
     )
     assert parsed.zero_optimization_stage == cfg.deepspeed.zero_stage
-    assert parsed.bfloat16_config.enabled == (cfg.deepspeed.precision == "bf16")
+    assert parsed.bfloat16_config.enabled == (bf16 and stage > 0)
     assert parsed.float16_config.enabled == (cfg.deepspeed.precision == "fp16")
     assert parsed.gradient_clipping == cfg.optim.grad_clip
     offload = parsed.zero_config.offload_optimizer
@@ -364,17 +368,19 @@ def test_deepspeed_rejects_a_wrong_batch(deepspeed_config_class, monkeypatch):
 
 
 @pytest.mark.parametrize("preset", ["zero0", "zero1", "zero2", "zero3"])
-def test_deepspeed_config_has_no_timer_and_fp32_accumulation_under_zero2(preset):
+def test_deepspeed_config_has_no_timer_and_fp32_accumulation_under_bf16(preset):
     cfg = compose_train(REQUIRED + [f"deepspeed={preset}"])
     bert_base = 110_000_000
     ds = build_deepspeed_config(cfg.deepspeed, cfg.trainer, cfg.data, cfg.optim, 1, bert_base)
     assert ds["timers"] == {"throughput": {"enabled": False, "synchronized": False}}
     stage = cfg.deepspeed.zero_stage
-    assert ds.get("data_types") == ({"grad_accum_dtype": "fp32"} if stage == 2 else None)
+    assert ds.get("data_types") == ({"grad_accum_dtype": "fp32"} if stage else None)
+    assert ds.get("torch_autocast") == ({"enabled": True, "dtype": "bfloat16"} if stage == 0 else None)
+    assert ds["communication_data_type"] == "fp32"
     fp32 = build_deepspeed_config(
         dataclasses.replace(cfg.deepspeed, precision="fp32"), cfg.trainer, cfg.data, cfg.optim, 1, bert_base
     )
-    assert "data_types" not in fp32
+    assert not {"data_types", "torch_autocast", "communication_data_type"} & set(fp32)
     if stage:
         zero = ds["zero_optimization"]
         # Four buckets of BERT-Base's gradients, reduced while backward runs (DeepSpeed's 5e8 is one bucket).

@@ -23,10 +23,17 @@ So torchrun is given ``BERT_CLEAN_STOP_FILE``, a file the trainer's local rank 0
 checkpoint of such a stop is complete (``training/trainer.py``): torchrun's non-zero code with that
 file written is a clean stop like a zero one.
 
+torchrun also exits 1 when its workers exit 2 on a configuration or data-contract error (it reports
+every worker failure as 1, after its restarts), which would count against ``backoffLimit`` and be
+retried. So it is given ``BERT_CONFIG_ERROR_FILE`` too, a file a rank writes before it exits 2
+(``training/__main__.py``): torchrun's non-zero code with that file written becomes 2, which the
+Job's ``podFailurePolicy`` takes for a permanent failure.
+
 Exit codes: torchrun's own when it fails (a preemption's is ignored by the ``DisruptionTarget``
 rule; others count against ``backoffLimit``); 0 when training is finished; 75 after a clean stop
 before ``max_steps`` (torchrun's code 0, or non-zero with the clean-stop file written); 2 for a
-usage error here (no ``output_dir=`` argument) or one of torchrun's.
+usage error: here (no ``output_dir=`` argument), torchrun's, or the trainer's configuration (its
+config-error file written).
 """
 
 from __future__ import annotations
@@ -41,11 +48,13 @@ import time
 from typing import Optional
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped with a checkpoint before max_steps; run the same command again
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # also the trainer's for a configuration error (training/__main__.py)
 RDZV_DNS_TIMEOUT_S = float(os.environ.get("BERT_K8S_RDZV_DNS_TIMEOUT_S", "900"))
 """How long to wait for pod 0's DNS record (published once pod 0 has an IP) before torchrun starts."""
 CLEAN_STOP_ENV = "BERT_CLEAN_STOP_FILE"
 """Where the trainer's local rank 0 writes {"step", "signal", "checkpoint"} after saving and stopping on a signal."""
+CONFIG_ERROR_ENV = "BERT_CONFIG_ERROR_FILE"
+"""Where a rank of the trainer writes {"rank"} before exiting 2 on a configuration or data-contract error."""
 MARKER_WAIT_S = float(os.environ.get("BERT_K8S_MARKER_WAIT_S", "120"))
 """How long to wait, after torchrun exits 0, for rank 0 (maybe on another node) to mark the final
 checkpoint complete and for the shared filesystem to show it."""
@@ -96,27 +105,44 @@ def training_finished(output_dir: str) -> bool:
 
 
 def run(command: list[str]) -> int:
-    """torchrun ``command`` with SIGTERM/SIGINT forwarded to it; its exit code, or 0 when it
-    failed after the trainer wrote the clean-stop file (``CLEAN_STOP_ENV``)."""
-    with tempfile.TemporaryDirectory() as stop_dir:
-        stop_file = os.path.join(stop_dir, "clean-stop.json")
-        child = subprocess.Popen(command, env={**os.environ, CLEAN_STOP_ENV: stop_file})
+    """torchrun ``command`` with SIGTERM/SIGINT forwarded to it, given the trainer's clean-stop and
+    config-error files; its exit code as ``outcome`` reads it."""
+    with tempfile.TemporaryDirectory() as marks:
+        stop_file = os.path.join(marks, "clean-stop.json")
+        config_error_file = os.path.join(marks, "config-error.json")
+        env = {**os.environ, CLEAN_STOP_ENV: stop_file, CONFIG_ERROR_ENV: config_error_file}
+        child = subprocess.Popen(command, env=env)
 
         def forward(signum, frame):
             child.send_signal(signum)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, forward)
-        code = child.wait()
-        if code != 0 and os.path.exists(stop_file):
-            with open(stop_file) as f:
-                print(
-                    f"train_node.py: the trainer saved a checkpoint and stopped on a signal ({f.read().strip()}); "
-                    f"torchrun exited {code} because it was signalled too: a clean stop",
-                    file=sys.stderr,
-                )
-            return 0
-        return code
+        return outcome(child.wait(), stop_file, config_error_file)
+
+
+def outcome(code: int, stop_file: str, config_error_file: str) -> int:
+    """torchrun's exit ``code``, or what it stands for when it is not 0: EXIT_USAGE when a rank
+    exited on a configuration error (``config_error_file`` written), 0 when the trainer saved and
+    stopped on a signal (``stop_file`` written)."""
+    if code == 0:
+        return 0
+    if os.path.exists(config_error_file):
+        print(
+            f"train_node.py: the trainer rejected its configuration or data (its error: above); torchrun "
+            f"exited {code}; exiting {EXIT_USAGE}, which fails the Job at once: fix the arguments, then apply again",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if os.path.exists(stop_file):
+        with open(stop_file) as f:
+            print(
+                f"train_node.py: the trainer saved a checkpoint and stopped on a signal ({f.read().strip()}); "
+                f"torchrun exited {code} because it was signalled too: a clean stop",
+                file=sys.stderr,
+            )
+        return 0
+    return code
 
 
 def main(argv: list[str]) -> int:
