@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ import torch  # noqa: E402
 
 from pipeline import contract  # noqa: E402
 from pipeline.masking import mask_tokens  # noqa: E402
+from sample_shards import build_sample_shards  # noqa: E402
 from training.config import DataConfig  # noqa: E402
 from training.data import (  # noqa: E402
     Collator,
@@ -83,28 +83,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_shards(work: str, masking: str) -> str:
     """The data job on the sample with this masking, into work/<masking> (reused when there)."""
-    out = os.path.join(work, masking)
-    if os.path.exists(os.path.join(out, contract.MANIFEST_FILE)):
-        print(f"reusing {masking} shards in {out}", flush=True)
-        return out
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        f"output_dir={out}",
-        "tokenizer.vocab_size=30522",
-        "runner.direct_num_workers=1",
-        "runner.direct_running_mode=in_memory",
-        *MASKINGS[masking],
-    ]
-    print("building shards:", " ".join(cmd[3:]), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if done.returncode:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-        raise SystemExit(f"the pipeline failed (exit {done.returncode})")
-    print(f"  built in {time.perf_counter() - start:.1f} s", flush=True)
-    return out
+    return build_sample_shards(os.path.join(work, masking), "tokenizer.vocab_size=30522", *MASKINGS[masking])
 
 
 def open_data(data_dir: str, micro_batch: int, seed: int) -> PretrainingData:

@@ -30,12 +30,11 @@ import tempfile
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pipeline_throughput import run_job  # noqa: E402  (same directory: the shared job runner)
-
 from pipeline.config import CleaningConfig, SourceConfig, sample_corpus_path  # noqa: E402
 from pipeline.documents import prepare_document  # noqa: E402
 from pipeline.records import RawDocument  # noqa: E402
 from pipeline.sources import read_source  # noqa: E402
+from pipeline_throughput import run_job  # noqa: E402  (same directory: the shared job runner)
 
 WORKERS = 2
 SCALED = [

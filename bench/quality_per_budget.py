@@ -66,6 +66,7 @@ if REPO not in sys.path:
 import torch  # noqa: E402
 
 from pipeline import contract  # noqa: E402
+from sample_shards import build_sample_shards  # noqa: E402
 from training.config import DataConfig, OptimConfig  # noqa: E402
 from training.data import RunExpectations, model_inputs, open_pretraining_data  # noqa: E402
 from training.labels import IGNORE_INDEX  # noqa: E402
@@ -139,25 +140,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_shards(work: str) -> str:
     """The data job on the embedded Wikipedia sample (static masks, length 128) into work/shards."""
-    out = os.path.join(work, "shards")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        f"output_dir={out}",
-        "overwrite=true",
-        "instances.eval_fraction=0.05",
-        "runner.direct_num_workers=1",
-        "runner.direct_running_mode=in_memory",
-    ]
-    print("building shards: python", " ".join(cmd[1:]), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if done.returncode:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-        raise SystemExit(f"the data job failed (exit {done.returncode})")
-    print(f"  built in {time.perf_counter() - start:.1f} s", flush=True)
-    return out
+    return build_sample_shards(os.path.join(work, "shards"), "instances.eval_fraction=0.05", reuse=False)
 
 
 def model_config(manifest: contract.ShardManifest) -> BertConfig:

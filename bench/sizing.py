@@ -38,9 +38,6 @@ from dataclasses import dataclass
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pipeline_memory import copy_text, make_inputs, minilm_vocab, sample_documents  # noqa: E402
-from pipeline_throughput import run_job, timed  # noqa: E402
-
 from pipeline.config import CleaningConfig, SourceConfig, sample_corpus_path  # noqa: E402
 from pipeline.contract import ExampleColumns, example_schema, to_record_batch  # noqa: E402
 from pipeline.documents import prepare_document  # noqa: E402
@@ -51,6 +48,8 @@ from pipeline.records import RawDocument  # noqa: E402
 from pipeline.sources import read_source  # noqa: E402
 from pipeline.tokenization import SPECIAL_TOKENS, build_tokenizer, encode_sentences, masking_vocabulary  # noqa: E402
 from pipeline.vocab_training import WordCounter, train_wordpiece  # noqa: E402
+from pipeline_memory import copy_text, make_inputs, minilm_vocab, sample_documents  # noqa: E402
+from pipeline_throughput import run_job, timed  # noqa: E402
 
 DUPE_FACTOR = 5
 SHARD_TOKENS = 64_000_000  # output.target_shard_tokens: tokens x passes per shard

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from pipeline import contract  # noqa: E402
+from sample_shards import build_sample_shards  # noqa: E402
 from training.config import DataConfig, OptimConfig  # noqa: E402
 from training.data import RunExpectations, dense_mlm_labels, open_pretraining_data  # noqa: E402
 from training.labels import IGNORE_INDEX  # noqa: E402
@@ -136,29 +136,8 @@ def parse_args() -> argparse.Namespace:
 
 def build_shards(work: str, seq_len: int) -> str:
     """Run the data job on the real Wikipedia sample (static masks) into work/shards-<seq_len>."""
-    out = os.path.join(work, f"shards-{seq_len}")
-    if os.path.exists(os.path.join(out, contract.MANIFEST_FILE)):
-        print(f"reusing shards in {out}", flush=True)
-        return out
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        f"output_dir={out}",
-        "tokenizer.vocab_size=30522",
-        "runner.direct_num_workers=1",
-        "runner.direct_running_mode=in_memory",
-    ]
-    if seq_len != 128:  # the job's default
-        cmd.append(f"instances.max_seq_length={seq_len}")
-    print("building shards:", " ".join(cmd[1:]), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if done.returncode:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-        raise SystemExit(f"the pipeline failed (exit {done.returncode})")
-    print(f"  built in {time.perf_counter() - start:.1f} s", flush=True)
-    return out
+    length = [f"instances.max_seq_length={seq_len}"] if seq_len != 128 else []  # 128: the job's default
+    return build_sample_shards(os.path.join(work, f"shards-{seq_len}"), "tokenizer.vocab_size=30522", *length)
 
 
 def load_batches(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -47,6 +47,82 @@ class SourceConfig:
             raise ValueError("source.max_line_bytes and source.max_page_bytes must be at least 1024")
 
 
+def _gopher_top_ngrams() -> dict:
+    return {2: 0.20, 3: 0.18, 4: 0.16}
+
+
+def _gopher_duplicate_ngrams() -> dict:
+    return {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+
+
+@dataclass
+class FiltersConfig:
+    """Quality and language filters (``pipeline.filters``, ``pipeline.language``); a threshold set to
+    null turns its filter off. Presets: ``filters=default|web|none`` (conf/pipeline/filters/)."""
+
+    min_words: Optional[int] = None
+    """Reject a document of fewer words (Gopher: 50); null: only cleaning.min_document_chars applies."""
+    min_mean_word_length: Optional[float] = 3.0
+    """Reject a document whose words average fewer characters (Gopher: 3; CJK, Thai... not measured)."""
+    max_mean_word_length: Optional[float] = 10.0
+    """Reject a document whose words average more characters (Gopher: 10): URLs, base64, concatenated tokens."""
+    max_symbol_word_ratio: Optional[float] = 0.1
+    """Reject a document with more hashes and ellipses per word (Gopher: 0.1): tag lists, teasers."""
+    min_letter_word_fraction: Optional[float] = 0.8
+    """Reject a document where fewer words have a letter (Gopher: 0.8): tables of numbers, symbol soup."""
+    max_digit_fraction: Optional[float] = 0.25
+    """Reject a document with more of its non-space characters in digits (the sample's largest: 4.9%)."""
+    min_terminal_punctuation_fraction: Optional[float] = None
+    """Reject a document where fewer lines end a sentence (FineWeb: 0.12): menus, link lists, headlines."""
+    max_duplicate_line_fraction: Optional[float] = 0.3
+    """Reject a document with more of its lines repeating an earlier one (Gopher: 0.3)."""
+    max_top_ngram_fraction: Optional[Dict[int, float]] = field(default_factory=_gopher_top_ngrams)
+    """{n: limit}: reject when the most frequent word n-gram covers more of the characters (Gopher's)."""
+    max_duplicate_ngram_fraction: Optional[Dict[int, float]] = field(default_factory=_gopher_duplicate_ngrams)
+    """{n: limit}: reject when more of the characters are in repeated word n-grams (Gopher's)."""
+    remove_boilerplate_lines: bool = False
+    """Remove short cookie, policy and "enable JavaScript" notice lines (C4), and drop lorem ipsum pages."""
+    max_boilerplate_line_fraction: Optional[float] = 0.5
+    """With remove_boilerplate_lines: reject a document when more of its lines were notices."""
+    languages: List[str] = field(default_factory=list)
+    """Keep documents identified as one of these ISO 639-1 codes, e.g. [en]; []: no language identification."""
+    min_language_score: float = 0.5
+    """With languages: the identified language's probability must reach this."""
+
+    def __post_init__(self):
+        fractions = {
+            "max_symbol_word_ratio": self.max_symbol_word_ratio,
+            "min_letter_word_fraction": self.min_letter_word_fraction,
+            "max_digit_fraction": self.max_digit_fraction,
+            "min_terminal_punctuation_fraction": self.min_terminal_punctuation_fraction,
+            "max_duplicate_line_fraction": self.max_duplicate_line_fraction,
+            "max_boilerplate_line_fraction": self.max_boilerplate_line_fraction,
+            "min_language_score": self.min_language_score,
+            **{f"max_top_ngram_fraction.{n}": v for n, v in (self.max_top_ngram_fraction or {}).items()},
+            **{f"max_duplicate_ngram_fraction.{n}": v for n, v in (self.max_duplicate_ngram_fraction or {}).items()},
+        }
+        bad = [f"filters.{k}={v}" for k, v in fractions.items() if v is not None and not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: must be a fraction in [0, 1] (null turns a filter off)")
+        sizes = [*(self.max_top_ngram_fraction or {}), *(self.max_duplicate_ngram_fraction or {})]
+        if any(n < 1 for n in sizes):
+            raise ValueError(f"filters n-gram sizes must be >= 1, got {sorted(sizes)}")
+        low, high = self.min_mean_word_length, self.max_mean_word_length
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"filters.min_mean_word_length={low} is above max_mean_word_length={high}")
+        if self.min_words is not None and self.min_words < 1:
+            raise ValueError("filters.min_words must be >= 1 or null")
+        if self.languages:
+            from pipeline.language import unknown_languages
+
+            unknown = unknown_languages(self.languages)
+            if unknown:
+                raise ValueError(
+                    f"filters.languages: {unknown} not known to the language model "
+                    "(ISO 639-1 codes such as en, de, zh; pipeline.language.known_languages() lists them)"
+                )
+
+
 @dataclass
 class CleaningConfig:
     """Document-level filters applied after markup removal and normalisation."""
@@ -61,6 +137,43 @@ class CleaningConfig:
     def __post_init__(self):
         if self.min_document_chars < 0 or self.min_sentences < 1:
             raise ValueError("cleaning.min_document_chars must be >= 0 and cleaning.min_sentences >= 1")
+
+
+@dataclass
+class DedupConfig:
+    """Near-duplicate removal (``pipeline.near_duplicates``): MinHash over word n-grams, LSH bands, pairs
+    verified by estimated Jaccard similarity, one document kept per cluster. Presets: ``dedup=none|minhash``."""
+
+    enabled: bool = False
+    """Remove near-duplicates (a reject ``near_duplicate`` each, naming the document kept); false: exact duplicates only."""
+    shingle_words: int = 2
+    """Words per shingle (n-grams of the lowercased words): 2 keeps a copy with 3% of its words edited above 0.8."""
+    permutations: int = 128
+    """MinHash functions per signature (4 bytes each); the estimate's standard error is sqrt(J (1 - J) / permutations)."""
+    bands: int = 16
+    """LSH bands of permutations / bands rows: a pair of similarity s is a candidate with chance 1 - (1 - s^rows)^bands."""
+    threshold: float = 0.8
+    """A candidate pair is a near-duplicate when its estimated Jaccard similarity reaches this."""
+    max_bucket_documents: int = 100
+    """Documents of one LSH bucket paired with each other; each one beyond is paired with the bucket's first only."""
+
+    def __post_init__(self):
+        if self.shingle_words < 1 or self.permutations < 1 or self.bands < 1:
+            raise ValueError("dedup.shingle_words, dedup.permutations and dedup.bands must be >= 1")
+        if self.permutations % self.bands:
+            raise ValueError(
+                f"dedup.permutations={self.permutations} is not a multiple of dedup.bands={self.bands}: "
+                "each band takes the same number of rows (e.g. 128 and 16: 8 rows a band)"
+            )
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"dedup.threshold must be in (0, 1], got {self.threshold}")
+        if self.max_bucket_documents < 2:
+            raise ValueError("dedup.max_bucket_documents must be at least 2")
+
+    @property
+    def rows(self) -> int:
+        """Signature rows per band."""
+        return self.permutations // self.bands
 
 
 @dataclass
@@ -334,6 +447,8 @@ class PipelineConfig:
     """Local runs: print documents read, tokenized and examples made every this many seconds (0: off)."""
     source: SourceConfig = field(default_factory=SourceConfig)
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     instances: InstancesConfig = field(default_factory=InstancesConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)

@@ -45,6 +45,8 @@ class DocumentRecord:
     tokens: int
     format: str = ""  # how its source was read (a SourceFormat value: book_text, json_lines...)
     position: int = 0  # where in its source it starts, for rejects in input order; not in the table
+    language: str = ""  # identified language (filters.languages set), else ""
+    language_score: float | None = None  # its probability under the language model; null when not identified
 
 
 DOCUMENT_SCHEMA = pa.schema(
@@ -57,6 +59,8 @@ DOCUMENT_SCHEMA = pa.schema(
         ("sentences", pa.int32()),
         ("tokens", pa.int32()),
         ("format", pa.string()),
+        ("language", pa.string()),
+        ("language_score", pa.float32()),
     ],
     metadata={contract.SCHEMA_METADATA_KEY: str(contract.SCHEMA_VERSION).encode()},
 )

@@ -25,6 +25,7 @@ class RejectReason(str, enum.Enum):
     EMPTY = "empty"  # nothing left after markup removal / cleaning
     TOO_SHORT = "too_short"
     DUPLICATE = "duplicate"
+    NEAR_DUPLICATE = "near_duplicate"  # dedup=minhash: the detail names the document kept and the similarity
     INVALID_ENCODING = "invalid_encoding"
     MALFORMED_XML = "malformed_xml"
     MALFORMED_JSON = "malformed_json"
@@ -36,6 +37,19 @@ class RejectReason(str, enum.Enum):
     UNKNOWN_FORMAT = "unknown_format"
     CONTROL_CHARACTERS = "control_characters"  # NUL/control bytes removed; document kept
     NO_INSTANCES = "no_instances"  # too few tokens/sentences to form one example
+    # Quality and language filters (pipeline.filters, pipeline.language; the config's ``filters``):
+    # the detail gives the value measured and the limit.
+    FILTER_FEW_WORDS = "filter_few_words"
+    FILTER_WORD_LENGTH = "filter_word_length"  # mean word length out of range
+    FILTER_SYMBOLS = "filter_symbols"  # too many hashes and ellipses per word
+    FILTER_NO_LETTERS = "filter_no_letters"  # too few words with a letter
+    FILTER_DIGITS = "filter_digits"  # too much of the text in digits
+    FILTER_TERMINAL_PUNCTUATION = "filter_terminal_punctuation"  # too few lines end a sentence
+    FILTER_REPEATED_LINES = "filter_repeated_lines"
+    FILTER_REPEATED_NGRAMS = "filter_repeated_ngrams"
+    FILTER_BOILERPLATE = "filter_boilerplate"  # mostly notice lines, or lorem ipsum
+    FILTER_BOILERPLATE_LINES = "filter_boilerplate_lines"  # notice lines removed; document kept
+    FILTER_LANGUAGE = "filter_language"  # not one of the configured languages, or below the score
 
 
 class RejectAction(str, enum.Enum):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -14,6 +15,7 @@ from pipeline import contract, storage
 from pipeline.config import PipelineConfig
 from pipeline.contract import ShardManifest, SpecialTokens
 from pipeline.formats import ExampleFormat
+from pipeline.near_duplicates import FindNearDuplicates
 from pipeline.outputs import FAILURE_REPORT, WriteOutputs
 from pipeline.progress import InputTotals, ProgressReporter
 from pipeline.runner import beam_options, make_runner, runner_heap, worker_environment
@@ -31,6 +33,8 @@ from pipeline.transforms import (
 )
 
 OUTPUT_ENTRIES = ("train", "eval", "documents", "rejects", contract.VOCAB_FILE)
+
+log = logging.getLogger(__name__)
 
 
 class JobError(RuntimeError):
@@ -77,23 +81,37 @@ def input_totals(paths: list[str]) -> InputTotals:
     return InputTotals(files=len(paths), bytes=sum(sizes))
 
 
+TEMP_PREFIX = ".temp-"
+"""A run's working directory under output_dir (``.temp-<uuid>``), removed when the run succeeds."""
+
+
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuse an output_dir that holds a job's output, or with ``overwrite`` remove all of it:
     every shard, documents and rejects file of the earlier run whatever its shard count (an
     object store's "directories" included, so no stale part-*-of-<old n> is left for a glob
-    over ``train/*.arrow`` to read), vocab.txt, and the manifest first."""
+    over ``train/*.arrow`` to read), vocab.txt, the manifest first, and the ``.temp-*`` working
+    directories that runs which crashed left behind (without ``overwrite`` they are named in a
+    warning and left alone)."""
     existing = [
         e for e in (contract.MANIFEST_FILE,) + OUTPUT_ENTRIES if storage.exists(FileSystems.join(output_dir, e))
     ]
-    if not existing:
-        return
-    if not overwrite:
+    crashed = storage.directories_named(output_dir, TEMP_PREFIX)
+    if existing and not overwrite:
         raise JobError(
             f"{output_dir} already holds a job's output ({', '.join(existing)}); "
             "choose another output_dir or pass overwrite=true"
         )
-    # The manifest goes first: a directory without one is never mistaken for a finished output.
-    storage.delete_all([FileSystems.join(output_dir, e) for e in existing])
+    if overwrite:
+        # The manifest goes first: a directory without one is never mistaken for a finished output.
+        storage.delete_all([FileSystems.join(output_dir, e) for e in existing] + crashed)
+    elif crashed:
+        log.warning(
+            "%s holds the working directories of %d earlier runs that did not finish (%s): overwrite=true "
+            "removes them",
+            output_dir,
+            len(crashed),
+            ", ".join(crashed),
+        )
 
 
 def read_vocab_file(cfg) -> VocabInfo:
@@ -150,20 +168,26 @@ def build(
 ) -> None:
     """The job: input paths -> documents -> vocabulary -> tokens -> examples -> output_dir. Each
     stage passes its named outputs on (``pipeline.transforms``); large intermediate data goes
-    through chunk files under ``temp_dir`` (``pipeline.spill``)."""
+    through chunk files under ``temp_dir`` (``pipeline.spill``). With ``dedup.enabled`` the
+    near-duplicates found in the documents (``pipeline.near_duplicates``) are left out of the
+    vocabulary's counts and of the pools, as exact duplicates are."""
     spill = Spill(
         FileSystems.join(temp_dir, "spill"), cfg.shuffle.chunk_bytes, cfg.shuffle.pool_chunk_bytes, cfg.storage
     )
     example_format = example_format_for(cfg, fixed_vocab)
     read = p | "Inputs" >> beam.Create(paths) | "ReadSources" >> ReadSources(cfg.source, spill)
     prepared = read.documents | "PrepareDocuments" >> PrepareDocuments(
-        cfg.cleaning, cfg.instances.eval_fraction, spill, cfg.instances.min_eval_documents
+        cfg.cleaning, cfg.instances.eval_fraction, spill, cfg.instances.min_eval_documents, cfg.filters
     )
+    near = None
+    if cfg.dedup.enabled:
+        near = prepared.chunks | "NearDuplicates" >> FindNearDuplicates(cfg.dedup, cfg.seed, spill)
+    removed = near.removed if near else None
     if fixed_vocab is not None:
         vocab = p | "GivenVocabulary" >> beam.Create([fixed_vocab])
     else:
         vocab = prepared.chunks | "TrainVocabulary" >> TrainVocabulary(
-            cfg.tokenizer, spill, prepared.counts, prepared.held_out, cfg.cleaning.drop_duplicates
+            cfg.tokenizer, spill, prepared.counts, prepared.held_out, cfg.cleaning.drop_duplicates, removed
         )
     tokenized = prepared.chunks | "Tokenize" >> TokenizeDocuments(vocab, spill, prepared.held_out)
     made = tokenized.documents | "CreateExamples" >> CreateExamples(
@@ -176,6 +200,8 @@ def build(
         prepared.counts,
         spill,
         cfg.cleaning.drop_duplicates,
+        near_duplicates=removed,
+        held_out=prepared.held_out if near else None,
     )
     _ = made | "WriteOutputs" >> WriteOutputs(
         cfg,
@@ -187,7 +213,7 @@ def build(
         prepared.held_out,
         tokenized.split_words,
         rejects=(read.rejects, prepared.rejects),
-        stats=(read.stats, prepared.stats, tokenized.stats),
+        stats=(read.stats, prepared.stats, tokenized.stats, *((near.stats,) if near else ())),
     )
 
 
@@ -206,7 +232,7 @@ def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> ShardManifest:
     paths = expand_inputs(list(cfg.inputs))
     fixed_vocab = read_vocab_file(cfg.tokenizer) if cfg.tokenizer.vocab_file else None
     prepare_output_dir(cfg.output_dir, cfg.overwrite)
-    temp_dir = FileSystems.join(cfg.output_dir, f".temp-{uuid.uuid4().hex}")
+    temp_dir = FileSystems.join(cfg.output_dir, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
     start = time.perf_counter()
     every_s = cfg.progress_every_s if cfg.runner.runner == "DirectRunner" else 0
     with (

@@ -89,6 +89,23 @@ def files_under(directory: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([_prefix(directory) + "**"])[0].metadata_list)
 
 
+def directories_named(directory: str, prefix: str) -> list[str]:
+    """The directories directly under ``directory`` whose names start with ``prefix`` (e.g. the
+    ``.temp-*`` of earlier runs), sorted. Object stores: the first path part below ``directory``
+    of every object whose name starts there."""
+    if is_local(directory):
+        if not os.path.isdir(directory):
+            return []
+        return sorted(
+            os.path.join(directory, n)
+            for n in os.listdir(directory)
+            if n.startswith(prefix) and os.path.isdir(os.path.join(directory, n))
+        )
+    base = _prefix(directory)
+    found = FileSystems.match([base + prefix + "*/**"])[0].metadata_list
+    return sorted({base + m.path[len(base) :].split("/", 1)[0] for m in found})
+
+
 def is_directory(path: str) -> bool:
     """Local: os.path.isdir. Object stores: no object has this name while at least one lies
     under ``path/`` (an object and a prefix of the same name: the object wins)."""

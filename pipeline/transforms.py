@@ -22,12 +22,21 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import contract, progress, storage
 from pipeline.accents import stripped_characters
-from pipeline.config import CleaningConfig, InstancesConfig, MaskingConfig, OutputConfig, SourceConfig, TokenizerConfig
+from pipeline.config import (
+    CleaningConfig,
+    FiltersConfig,
+    InstancesConfig,
+    MaskingConfig,
+    OutputConfig,
+    SourceConfig,
+    TokenizerConfig,
+)
 from pipeline.documents import Document, prepare_document
 from pipeline.formats import DocumentRecord
 from pipeline.heldout import AssignSplit, DecideHeldOut
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
 from pipeline.masking import MaskingParams
+from pipeline.near_duplicates import NearDuplicate
 from pipeline.records import RawDocument, Rejection, RejectReason, WikitextPage
 from pipeline.seeding import unit_interval, unit_interval_of
 from pipeline.shard_sink import SpilledBatch, num_shards_for
@@ -39,7 +48,16 @@ from pipeline.sources import (
     read_source,
     wikitext_page_to_documents,
 )
-from pipeline.spill import ChunkWriter, KeyedChunkWriter, ReadChunks, Spill, SpillChunks, in_window, read_all
+from pipeline.spill import (
+    ChunkWriter,
+    KeyedChunkWriter,
+    ReadChunks,
+    Spill,
+    SpillChunks,
+    SpilledChunk,
+    in_window,
+    read_all,
+)
 from pipeline.stats import STATS_TAG, CountingDoFn, SumCounts
 from pipeline.tokenization import (
     SPECIAL_TOKENS,
@@ -220,11 +238,11 @@ class ReadSources(beam.PTransform):
 
 
 class _PrepareDocument(CountingDoFn):
-    def __init__(self, cfg: CleaningConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: CleaningConfig, filters: FiltersConfig):
+        self.cfg, self.filters = cfg, filters
 
     def process(self, raw: RawDocument):
-        doc, rejections = prepare_document(raw, self.cfg)
+        doc, rejections = prepare_document(raw, self.cfg, self.filters)
         for r in rejections:
             yield _reject(self, r)
         if doc is not None:
@@ -259,13 +277,21 @@ class PrepareDocuments(beam.PTransform):
     text and its pool a hash of the id, so copies meet in one pool, and the documents cross
     the shuffle once (for the pools) instead of twice."""
 
-    def __init__(self, cfg: CleaningConfig, eval_fraction: float, spill: Spill, min_eval_documents: int = 0):
+    def __init__(
+        self,
+        cfg: CleaningConfig,
+        eval_fraction: float,
+        spill: Spill,
+        min_eval_documents: int = 0,
+        filters: FiltersConfig | None = None,
+    ):
         super().__init__()
         self.cfg, self.eval_fraction, self.spill = cfg, eval_fraction, spill
         self.min_eval_documents = min_eval_documents
+        self.filters = FiltersConfig() if filters is None else filters
 
     def expand(self, raw_docs) -> PreparedDocuments:
-        prepared = raw_docs | "CleanAndSplit" >> beam.ParDo(_PrepareDocument(self.cfg)).with_outputs(
+        prepared = raw_docs | "CleanAndSplit" >> beam.ParDo(_PrepareDocument(self.cfg, self.filters)).with_outputs(
             REJECTS_TAG, STATS_TAG, main="documents"
         )
         held_out, counts = prepared.documents | "HeldOut" >> DecideHeldOut(self.eval_fraction, self.min_eval_documents)
@@ -319,8 +345,9 @@ def make_vocab_info(tokens, casing: CasingDecision | bool) -> VocabInfo:
 class _CountWords(beam.DoFn):
     """A sampled training document -> a Counter of its words, as BERT's WordPiece pre-tokeniser
     splits them; a copy other than the one in ``chosen`` (doc id -> (source, record id) of the
-    copy to count, for ids with several copies) gives nothing. Combiner lifting sums the
-    Counters within each bundle, so only per-bundle sums cross the shuffle."""
+    copy to count, for ids with several copies) gives nothing, nor does a text in ``removed``
+    (doc id -> NearDuplicate, the sampled near-duplicates). Combiner lifting sums the Counters
+    within each bundle, so only per-bundle sums cross the shuffle."""
 
     def __init__(self, casing: CasingDecision):
         self.casing = casing
@@ -328,7 +355,9 @@ class _CountWords(beam.DoFn):
     def setup(self):
         self._counter = WordCounter(self.casing.lowercase, self.casing.strip_accents, self.casing.keep_letters)
 
-    def process(self, doc: Document, chosen: dict):
+    def process(self, doc: Document, chosen: dict, removed: dict):
+        if doc.doc_id in removed:
+            return
         if chosen.get(doc.doc_id, (doc.source, doc.record_id)) == (doc.source, doc.record_id):
             yield self._counter.count(doc.sentences)
 
@@ -364,12 +393,23 @@ class TrainVocabulary(beam.PTransform):
     an exact duplicate is counted once, as the shards will hold it once: the sampled ids with
     several copies, and the copy to count, are found first (an id and a record name per sampled
     document cross the shuffle, not its counts); two copies with the same source and record
-    id as well as the same text are indistinguishable and both counted."""
+    id as well as the same text are indistinguishable and both counted. A near-duplicate
+    (``near_duplicates``: NearDuplicate of each text ``dedup=minhash`` removes, or None) is not
+    counted at all, as the shards will not hold it: the sampled ones reach every worker, so what
+    a worker holds is bounded by the sample, as for the copies."""
 
-    def __init__(self, cfg: TokenizerConfig, spill: Spill, doc_counts, held_out, drop_duplicates: bool = True):
+    def __init__(
+        self,
+        cfg: TokenizerConfig,
+        spill: Spill,
+        doc_counts,
+        held_out,
+        drop_duplicates: bool = True,
+        near_duplicates=None,
+    ):
         super().__init__()
         self.cfg, self.spill, self.doc_counts, self.drop_duplicates = cfg, spill, doc_counts, drop_duplicates
-        self.held_out = held_out
+        self.held_out, self.near_duplicates = held_out, near_duplicates
 
     def expand(self, doc_chunks):
         cfg = self.cfg
@@ -401,9 +441,26 @@ class TrainVocabulary(beam.PTransform):
             )
         else:
             chosen = doc_chunks.pipeline | "NoCopies" >> beam.Create([{}])
+        if self.near_duplicates is not None:
+            removed = (
+                self.near_duplicates
+                | "SampledNearDuplicates"
+                >> beam.FlatMap(
+                    lambda d, f: [(d.doc_id, d)] if unit_interval("vocab", d.doc_id) < f else [],
+                    f=beam.pvalue.AsSingleton(fraction),
+                )
+                | "NearDuplicatesToDict" >> beam.combiners.ToDict()
+            )
+        else:
+            removed = doc_chunks.pipeline | "NoNearDuplicates" >> beam.Create([{}])
         return (
             sampled("Count")
-            | "CountWords" >> beam.ParDo(_CountWords(casing), chosen=beam.pvalue.AsSingleton(chosen))
+            | "CountWords"
+            >> beam.ParDo(
+                _CountWords(casing),
+                chosen=beam.pvalue.AsSingleton(chosen),
+                removed=beam.pvalue.AsSingleton(removed),
+            )
             | "SumCounts" >> beam.CombineGlobally(SumCounts())
             | "Train"
             >> beam.Map(
@@ -487,6 +544,8 @@ class _Tokenize(CountingDoFn):
                     len(tdoc.ids),
                     format=doc.format,
                     position=doc.position,
+                    language=doc.language,
+                    language_score=doc.language_score,
                 ),
             ),
         )
@@ -572,7 +631,9 @@ class _ExamplesOfPoolPasses(CountingDoFn):
     reference leaves (see ``pipeline.shard_sink.SpilledBatch``).
 
     Copies of a text share its id, hence its pool: with ``drop_duplicates`` the first by
-    (source, record id) is kept and the others rejected. Group 0 of each pool reports what
+    (source, record id) is kept and the others rejected. A text removed as a near-duplicate
+    reaches each unit of its pool as a NearDuplicate beside the chunks: its first copy is
+    rejected as ``near_duplicate``, its other copies as duplicates. Group 0 of each pool reports what
     concerns documents (duplicates, the ``documents`` table, document counts), so a pool split
     over several units reports it once. Documents that give no example in a pass go to the
     ``empty`` output, once per pass."""
@@ -604,23 +665,21 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         if self._sha != vocab.sha256:
             self._vocab, self._sha = masking_vocabulary(vocab.tokens), vocab.sha256
             self._unk = vocab.tokens.index(UNK)
-        (split, _, group, groups), chunks = element
+        (split, _, group, groups), items = element
+        near = {item.doc_id: item for item in items if isinstance(item, NearDuplicate)}
+        chunks = [item for item in items if isinstance(item, SpilledChunk)]
         members = sorted(read_all(chunks), key=lambda m: (m[0].doc_id, m[1].source, m[1].record_id))
         kept: list = []
+        first = None  # the record of the current id's first copy
         for doc, record in members:
-            if self.drop_duplicates and kept and kept[-1][0].doc_id == doc.doc_id:
+            if self.drop_duplicates and first is not None and first.doc_id == doc.doc_id:
                 if group == 0:
-                    first = kept[-1][1]
-                    yield _reject(
-                        self,
-                        Rejection(
-                            record.source,
-                            record.record_id,
-                            RejectReason.DUPLICATE,
-                            f"same text as {first.source} record {first.record_id}",
-                            position=record.position,
-                        ),
-                    )
+                    yield _reject(self, _rejection(record, RejectReason.DUPLICATE, _same_text(first)))
+                continue
+            first = record
+            if doc.doc_id in near:
+                if group == 0:
+                    yield _reject(self, _rejection(record, RejectReason.NEAR_DUPLICATE, near[doc.doc_id].detail()))
                 continue
             kept.append((doc, record))
         if group == 0:
@@ -658,6 +717,14 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         self.count(f"sentence_pair_negatives/{split}", int(np.sum(cols.next_sentence_label == 1)))
 
 
+def _rejection(record: DocumentRecord, reason: RejectReason, detail: str) -> Rejection:
+    return Rejection(record.source, record.record_id, reason, detail, position=record.position)
+
+
+def _same_text(first: DocumentRecord) -> str:
+    return f"same text as {first.source} record {first.record_id}"
+
+
 @dataclass(frozen=True)
 class CreatedExamples:
     """What ``CreateExamples`` gives."""
@@ -665,8 +732,28 @@ class CreatedExamples:
     examples: beam.PCollection  # ((split, shard), SpilledBatch): one shard's examples of one unit
     shard_counts: beam.PCollection  # one {split: shards}
     documents: beam.PCollection  # DocumentRecord of every kept document
-    rejects: beam.PCollection  # Rejection: duplicates, documents with no example
+    rejects: beam.PCollection  # Rejection: duplicates, near-duplicates, documents with no example
     stats: beam.PCollection  # dict of per-bundle counters (``pipeline.stats``)
+
+
+def pool_of(doc_id: int, seed: int, pools: int) -> int:
+    """The pool of a document id among its split's ``pools``."""
+    return int(unit_interval("pool", seed, doc_id) * pools)
+
+
+class _NearDuplicatesToUnits(beam.DoFn):
+    """NearDuplicate -> (unit, NearDuplicate) for every unit of its text's pool (under ``rule``, the
+    singleton HeldOutRule, and ``pools``: {split: pools}), as ``_SpillToUnits`` sends the text."""
+
+    def __init__(self, seed: int, passes: int, min_units: int):
+        self.seed, self.passes, self.min_units = seed, passes, min_units
+
+    def process(self, removed: NearDuplicate, rule, pools: dict):
+        split = rule.split_of(removed.doc_id)
+        pool = pool_of(removed.doc_id, self.seed, pools[split])
+        groups = pass_groups(pools[split], self.passes, self.min_units)
+        for g in range(groups):
+            yield (split, pool, g, groups), removed
 
 
 class _SpillToUnits(beam.DoFn):
@@ -693,7 +780,7 @@ class _SpillToUnits(beam.DoFn):
     def process(self, element, pools: dict):
         self._pools = pools
         split, member = element
-        pool = int(unit_interval("pool", self.seed, member[0].doc_id) * pools[split])
+        pool = pool_of(member[0].doc_id, self.seed, pools[split])
         yield from self._units(self._writer.add((split, pool), element[1]))
 
     def finish_bundle(self):
@@ -714,7 +801,9 @@ class CreateExamples(beam.PTransform):
 
     Shards per split follow the split's tokens x passes (``output.target_shard_tokens``) unless
     ``output.num_shards`` is set (``CreatedExamples.shard_counts``). ``spill``: where the pools'
-    chunks and the example batches go."""
+    chunks and the example batches go. ``near_duplicates`` (NearDuplicate of each text to remove,
+    or None) go to their texts' pools under ``held_out`` (the singleton HeldOutRule): a pool holds
+    what it removes, never the corpus' list."""
 
     def __init__(
         self,
@@ -727,11 +816,16 @@ class CreateExamples(beam.PTransform):
         doc_counts,
         spill: Spill,
         drop_duplicates: bool = True,
+        near_duplicates=None,
+        held_out=None,
     ):
         super().__init__()
         self.instances, self.masking, self.output, self.seed = instances, masking, output, seed
         self.vocab, self.schema, self.drop_duplicates, self.spill = vocab, schema, drop_duplicates, spill
         self.doc_counts = doc_counts
+        if (near_duplicates is None) != (held_out is None):
+            raise ValueError("CreateExamples: near_duplicates needs held_out (the rule that places them in pools)")
+        self.near_duplicates, self.held_out = near_duplicates, held_out
 
     def expand(self, tokenized) -> CreatedExamples:
         pool_size, seed, out = self.instances.pool_size, self.seed, self.output
@@ -759,13 +853,19 @@ class CreateExamples(beam.PTransform):
                     position=position,
                 )
 
-        made = (
-            tokenized
-            | "AssignUnits"
-            >> beam.ParDo(
-                _SpillToUnits(self.spill, seed, passes, self.instances.min_work_units),
+        units = tokenized | "AssignUnits" >> beam.ParDo(
+            _SpillToUnits(self.spill, seed, passes, self.instances.min_work_units),
+            pools=beam.pvalue.AsSingleton(pools_per_split),
+        )
+        if self.near_duplicates is not None:
+            removed = self.near_duplicates | "NearDuplicatesToUnits" >> beam.ParDo(
+                _NearDuplicatesToUnits(seed, passes, self.instances.min_work_units),
+                rule=beam.pvalue.AsSingleton(self.held_out),
                 pools=beam.pvalue.AsSingleton(pools_per_split),
             )
+            units = (units, removed) | "UnitsAndNearDuplicates" >> beam.Flatten()
+        made = (
+            units
             | "GroupUnits" >> beam.GroupByKey()
             | "Examples"
             >> beam.ParDo(

@@ -166,6 +166,10 @@ class DataConfig:
     """Node-local directory into which an s3:// or gs:// data_dir is copied and verified (sha256)
     before training, and reused by later runs (training/shard_cache.py); null: <system temp
     dir>/bert-pretrain-cache. Unused for a local data_dir."""
+    cache_max_gb: Optional[float] = None
+    """Most the whole shard cache (every data_dir's copy under data.cache_dir) may hold: at start, other
+    data_dirs' copies are removed, least recently used first, until it fits; null: no limit. Files
+    the current manifest no longer lists are removed either way."""
 
     def __post_init__(self):
         _positive(
@@ -178,6 +182,8 @@ class DataConfig:
             _positive("data", eval_micro_batch_size=self.eval_micro_batch_size)
         if self.max_seq_length is not None and not 8 <= self.max_seq_length <= 65535:
             raise ConfigError(f"data.max_seq_length must be in [8, 65535] or null, got {self.max_seq_length}")
+        if self.cache_max_gb is not None and not self.cache_max_gb > 0:
+            raise ConfigError(f"data.cache_max_gb must be positive or null, got {self.cache_max_gb}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.train_split == self.eval_split:
@@ -410,6 +416,7 @@ RESUMABLE_KEYS: dict[str, str] = {
     "data.pin_memory": "as num_workers",
     "data.eval_micro_batch_size": "evaluation batching; its means are weighted by counts",
     "data.cache_dir": "where a node keeps its verified copy of object-store shards (compared as data_dir)",
+    "data.cache_max_gb": "how much of other data_dirs' copies a node keeps, not which shards are read",
     "storage": "how object-store shards are reached, not which: their content is compared as data_dir",
     "logger": "tracking only (every logger.* key); a resume continues the checkpoint's W&B run",
 }

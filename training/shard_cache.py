@@ -1,7 +1,7 @@
 """Shards on an object store (``data_dir=s3://...`` or ``gs://...``), copied into a node-local
 cache and verified against their manifest before training; the trainer then reads the local copy.
 
-    data_dir = cached_data_dir(cfg.data_dir, cfg.data.cache_dir, cfg.storage)  # every rank, before the group
+    data_dir = cached_data_dir(cfg.data_dir, cfg.data.cache_dir, cfg.storage, cfg.data.cache_max_gb)  # every rank
 
 A local ``data_dir`` is returned as it is. Otherwise the cache directory for it is
 ``<data.cache_dir>/<scheme>/<bucket>/<prefix>`` (data.cache_dir null: ``<system temp dir>/bert-pretrain-cache``),
@@ -23,14 +23,18 @@ Each start (every rank, ``open_data``, before the process group exists):
    written), check size and sha256, fsync, rename over the file (a run still memory-mapping the
    old file keeps its inode), then write the marker. A file that fails its sha256
    ``FETCH_ATTEMPTS`` times in a row stops the run;
-3. write manifest.json last, so a cache directory with a manifest names only verified files.
+3. write manifest.json last, so a cache directory with a manifest names only verified files;
+4. remove what the current manifest does not list: files of an older version of the data (a rerun
+   data job with other shard names), their markers, and ``.partial`` downloads a killed run left (a
+   run still memory-mapping a removed file keeps reading it: its inode lives until unmapped);
+5. with ``data.cache_max_gb``, when the whole cache (every data_dir's copy under the cache
+   directory) holds more, remove other data_dirs' copies, least recently used first (each start
+   touches ``<cache>/.last_used``), skipping any whose lock another process holds; never this run's.
 
 Several nodes each fill their own cache (a cache_dir on a filesystem shared by nodes also works
 where flock does, e.g. NFSv4). Errors are one line each, ``DataContractError`` (what the shards
 are) or ``ConfigError`` (how they are reached); credentials come only from the environment
 (boto3's chain, Google's Application Default Credentials), never from the config.
-
-Files of an older version of the data that the current manifest no longer lists stay in the cache.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ CACHE_SUBDIR = "bert-pretrain-cache"
 """Default cache under the system temp dir (``tempfile.gettempdir()``, i.e. $TMPDIR or /tmp)."""
 VERIFIED_DIR = ".verified"
 LOCK_FILE = ".lock"
+LAST_USED_FILE = ".last_used"
+"""Touched at each start: the order in which ``data.cache_max_gb`` removes other data_dirs' copies."""
 PARTIAL_SUFFIX = ".partial"
 FETCH_ATTEMPTS = 3
 """Downloads of one file before a sha256 mismatch is taken to be the bucket's, not the network's."""
@@ -87,10 +93,13 @@ def cache_dir_for(data_dir: str, cache_dir: Optional[str]) -> str:
     return os.path.join(os.path.abspath(cache_dir or default_cache_dir()), scheme, *parts)
 
 
-def cached_data_dir(data_dir: str, cache_dir: Optional[str], storage: StorageConfig) -> str:
+def cached_data_dir(
+    data_dir: str, cache_dir: Optional[str], storage: StorageConfig, max_gb: Optional[float] = None
+) -> str:
     """A local directory holding ``data_dir``'s manifest, vocabulary and shards, each verified
     against the manifest: ``data_dir`` itself when it is local, else its node-local cache, filled
-    (or checked) first as the module docstring says. Raises DataContractError / ConfigError."""
+    (or checked) first and pruned as the module docstring says (max_gb: ``data.cache_max_gb``).
+    Raises DataContractError / ConfigError."""
     if remote_scheme(data_dir) is None:
         return data_dir
     local = cache_dir_for(data_dir, cache_dir)
@@ -115,6 +124,12 @@ def cached_data_dir(data_dir: str, cache_dir: Optional[str], storage: StorageCon
         cache.check_free_space(stale, data_dir)
         fetched = [n for n in (cache.make_verified(f, source) for f in stale) if n]  # bytes of each download
         cache.write_manifest(manifest_bytes)
+        pruned = cache.remove_unlisted({f.name for f in files})
+        cache.touch_last_used()
+    if pruned:
+        log.info("shard cache %s: removed %d files the manifest no longer lists (%.1f MB)", local, *pruned)
+    if max_gb is not None:
+        limit_cache(os.path.abspath(cache_dir or default_cache_dir()), local, int(max_gb * 1e9))
     log.info(
         "shard cache %s: the %d files of %s verified, %d fetched (%.1f MB), in %.1f s",
         local,
@@ -308,6 +323,29 @@ class ShardCache:
         os.makedirs(os.path.dirname(marker), exist_ok=True)
         _write_atomically(marker, json.dumps(record, sort_keys=True).encode())
 
+    def remove_unlisted(self, listed: set[str]) -> Optional[tuple[int, float]]:
+        """Remove every file the manifest does not list (besides the manifest, the lock and the
+        last-use mark), with its marker; returns (files, MB) removed, or None."""
+        keep = listed | {contract.MANIFEST_FILE, LOCK_FILE, LAST_USED_FILE}
+        count, size = 0, 0
+        for root, _, names in os.walk(self.root):
+            for name in names:
+                path = os.path.join(root, name)
+                rel = os.path.relpath(path, self.root)
+                marker_of = (
+                    os.path.relpath(rel, VERIFIED_DIR)[: -len(".json")] if rel.startswith(VERIFIED_DIR) else None
+                )
+                if rel in keep or (marker_of is not None and marker_of in listed):
+                    continue
+                size += os.path.getsize(path)
+                os.remove(path)
+                count += 1
+        return (count, size / 1e6) if count else None
+
+    def touch_last_used(self) -> None:
+        with open(self.path(LAST_USED_FILE), "a"):
+            os.utime(self.path(LAST_USED_FILE))
+
     def check_free_space(self, stale: list[CachedFile], data_dir: str) -> None:
         """Fail before downloading when the cache's filesystem cannot take the files to fetch."""
         needed = sum(f.size or 0 for f in stale)
@@ -318,6 +356,45 @@ class ShardCache:
                 f"data_dir={data_dir} need {needed / 1e9:.1f} GB more: set data.cache_dir to a "
                 "larger node-local disk"
             )
+
+
+def limit_cache(cache_root: str, current: str, max_bytes: int) -> None:
+    """``data.cache_max_gb``: while the copies under ``cache_root`` hold more than ``max_bytes``,
+    remove the least recently used copy other than ``current`` whose lock nobody holds. A copy is a
+    directory with a lock file (``cache_dir_for``'s layout)."""
+    copies = [root for root, _, names in os.walk(cache_root) if LOCK_FILE in names]
+    sizes = {c: _tree_bytes(c) for c in copies}
+    total = sum(sizes.values())
+
+    def last_used(copy: str) -> float:
+        with contextlib.suppress(OSError):
+            return os.path.getmtime(os.path.join(copy, LAST_USED_FILE))
+        return 0.0
+
+    for copy in sorted((c for c in copies if c != current), key=last_used):
+        if total <= max_bytes:
+            break
+        with open(os.path.join(copy, LOCK_FILE), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("shard cache: %s is in use by another process; not removed", copy)
+                continue
+            shutil.rmtree(copy)
+        total -= sizes[copy]
+        log.info("shard cache: removed %s (%.1f MB, least recently used; data.cache_max_gb)", copy, sizes[copy] / 1e6)
+    if total > max_bytes:
+        log.warning(
+            "shard cache %s holds %.1f GB, more than data.cache_max_gb=%.1f, after removing what it could "
+            "(this run's shards alone may need more)",
+            cache_root,
+            total / 1e9,
+            max_bytes / 1e9,
+        )
+
+
+def _tree_bytes(root: str) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, names in os.walk(root) for f in names)
 
 
 def _stat_record(st: os.stat_result) -> dict:

@@ -109,7 +109,7 @@ def open_data(cfg: TrainConfig) -> tuple[BertConfig, PretrainingData]:
     from training.data import open_pretraining_data
     from training.shard_cache import cached_data_dir
 
-    cfg.data_dir = cached_data_dir(cfg.data_dir, cfg.data.cache_dir, cfg.storage)
+    cfg.data_dir = cached_data_dir(cfg.data_dir, cfg.data.cache_dir, cfg.storage, cfg.data.cache_max_gb)
     try:
         manifest = contract.read_manifest(cfg.data_dir)
     except ContractError as e:

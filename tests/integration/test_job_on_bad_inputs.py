@@ -70,6 +70,7 @@ def bad_job(tmp_path_factory):
         "tokenizer.vocab_size=500",
         "cleaning.min_document_chars=100",
         "instances.eval_fraction=0",
+        "filters=none",  # the test pages repeat one paragraph: the quality filters would drop them
         *IN_MEMORY,
     )
     with open(os.path.join(out, "rejects", "part-00000-of-00001.jsonl"), encoding="utf-8") as f:
@@ -191,7 +192,8 @@ def test_text_in_another_field_fails_naming_it_and_reads_with_the_setting(sample
 
 def test_overwrite_with_another_shard_count_leaves_no_stale_shard(sample_paragraphs, tmp_path):
     """Every earlier shard goes, whatever its count: a glob over train/*.arrow (as
-    datasets.load_dataset("arrow", ...) reads) must find only the new run's."""
+    datasets.load_dataset("arrow", ...) reads) must find only the new run's; so does the working
+    directory (.temp-*) of a run that was killed."""
     write_corpus(tmp_path / "in", sample_paragraphs)
     out = tmp_path / "out"
     small = (
@@ -203,6 +205,9 @@ def test_overwrite_with_another_shard_count_leaves_no_stale_shard(sample_paragra
     )
     run_job(out, "output.num_shards=3", *small)
     assert os.path.exists(out / "train" / "part-00002-of-00003.arrow")
+    crashed = out / ".temp-0123abcd" / "spill"  # the working directory a killed run left
+    crashed.mkdir(parents=True)
+    (crashed / "chunk-0").write_bytes(b"x" * 100)
     manifest = run_job(out, "output.num_shards=2", "overwrite=true", *small)
     files = sorted(os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out) for f in fs)
     shards = [f"train/part-{i:05d}-of-00002.arrow" for i in range(2)]

@@ -308,6 +308,50 @@ def test_two_ranks_on_one_node_fill_the_cache_once_and_both_train(s3, bucket_sha
     assert all(gets.count(f"shards/{n}") == 1 for n in needed if n != "manifest.json")  # the rest once
 
 
+def test_the_cache_keeps_what_the_manifest_lists_and_fits_its_limit(s3, bucket_shards, tmp_path):
+    """Files of an older version of the data (another shard name, its marker, a download a killed run
+    left) are removed at start; with data.cache_max_gb another data_dir's copy is removed, least
+    recently used first, and never the copy in use or one whose lock another process holds."""
+    import fcntl
+
+    from pipeline.config import StorageConfig
+    from training.shard_cache import cached_data_dir
+
+    url, needed = bucket_shards
+    cfg = StorageConfig(s3_endpoint_url=s3.server.endpoint_url)
+    local = cached_data_dir(url, str(tmp_path), cfg)
+    stale = ["train/part-00000-of-00009.arrow", ".verified/train/part-00000-of-00009.arrow.json"]
+    stale.append(f"{[n for n in needed if n.endswith('.arrow')][0]}.partial")
+    for name in stale:
+        os.makedirs(os.path.dirname(os.path.join(local, name)), exist_ok=True)
+        with open(os.path.join(local, name), "wb") as f:
+            f.write(b"x" * 1000)
+    s3.reset()
+    assert cached_data_dir(url, str(tmp_path), cfg) == local
+    assert s3.object_gets() == ["shards/manifest.json"]  # what is listed was kept, verified
+    assert not [n for n in stale if os.path.exists(os.path.join(local, n))]
+    assert all(os.path.exists(os.path.join(local, n)) for n in needed)
+
+    def other_copy(name: str, used_at: float) -> str:
+        copy = os.path.join(str(tmp_path), "s3", "other-bucket", name)
+        os.makedirs(copy)
+        with open(os.path.join(copy, "part.arrow"), "wb") as f:
+            f.write(b"y" * 3_000_000)
+        for mark in (".lock", ".last_used"):
+            open(os.path.join(copy, mark), "w").close()
+        os.utime(os.path.join(copy, ".last_used"), (used_at, used_at))
+        return copy
+
+    older, newer, busy = other_copy("older", 1e9), other_copy("newer", 2e9), other_copy("busy", 0.0)
+    ours = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(local) for f in fs)
+    limit_gb = (ours + 3_500_000 * 2) / 1e9  # room for ours and two others: one of three must go
+    with open(os.path.join(busy, ".lock")) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # "another run" holds the oldest copy
+        cached_data_dir(url, str(tmp_path), cfg, limit_gb)
+    assert os.path.exists(busy) and not os.path.exists(older) and os.path.exists(newer)
+    assert all(os.path.exists(os.path.join(local, n)) for n in needed)
+
+
 def test_cache_location_and_resumable_keys():
     from training.config import config_differences
     from training.shard_cache import cache_dir_for, remote_scheme
@@ -316,6 +360,9 @@ def test_cache_location_and_resumable_keys():
     assert remote_scheme("/data/shards") is None and remote_scheme("file:///data") is None
     assert cache_dir_for("gs://b/out/shards/", "/c") == "/c/gs/b/out/shards"
     # a run may resume from another cache or endpoint: the shards are compared by content
-    saved = {"data": {"cache_dir": None}, "storage": {"s3_endpoint_url": None}}
-    now = {"data": {"cache_dir": "/nvme/cache"}, "storage": {"s3_endpoint_url": "http://minio:9000"}}
+    saved = {"data": {"cache_dir": None, "cache_max_gb": None}, "storage": {"s3_endpoint_url": None}}
+    now = {
+        "data": {"cache_dir": "/nvme/cache", "cache_max_gb": 500.0},
+        "storage": {"s3_endpoint_url": "http://minio:9000"},
+    }
     assert config_differences(saved, now) == []

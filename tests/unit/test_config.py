@@ -26,7 +26,7 @@ PRESET_OVERRIDES = {
 
 
 def presets():
-    for group in ("tokenizer", "instances", "masking", "runner"):
+    for group in ("tokenizer", "instances", "masking", "runner", "filters"):
         for f in sorted(os.listdir(os.path.join(CONF, group))):
             yield group, f.removesuffix(".yaml")
 
