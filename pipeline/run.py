@@ -106,8 +106,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
         storage.delete_all([FileSystems.join(output_dir, e) for e in existing] + crashed)
     elif crashed:
         log.warning(
-            "%s holds the working directories of %d earlier runs that did not finish (%s): overwrite=true "
-            "removes them",
+            "%s holds the working directories of %d earlier runs that did not finish (%s): overwrite=true removes them",
             output_dir,
             len(crashed),
             ", ".join(crashed),
