@@ -252,7 +252,12 @@ def removed_by_transform(texts: list[Text], cfg: DedupConfig, work: str) -> dict
             pickle.dump([(d.doc_id, d.kept.record_id) for d in found], f)
 
     with beam.Pipeline(runner=fn_runner.FnApiRunner()) as p:
-        found = p | beam.Create(docs) | SpillChunks(spill, "documents") | FindNearDuplicates(cfg, 12345, spill)
+        found = (
+            p
+            | "Docs" >> beam.Create(docs)
+            | SpillChunks(spill, "documents")
+            | FindNearDuplicates(cfg, 12345, spill, p | "Counts" >> beam.Create([{"train": len(docs)}]))
+        )
         _ = found.removed | beam.combiners.ToList() | beam.Map(save)
     with open(result, "rb") as f:
         return {names[doc_id]: kept for doc_id, kept in pickle.load(f)}

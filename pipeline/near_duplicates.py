@@ -2,39 +2,44 @@
 hashing bands, candidate pairs verified by their estimated Jaccard similarity, clusters of the verified
 pairs, one document kept per cluster.
 
-The math first (no Beam): ``shingle_hashes``, ``MinHasher``, ``band_keys``, ``estimated_similarity``,
-``candidate_probability``. Then the composite transforms, chained by ``FindNearDuplicates``:
+The math first (no Beam): ``shingle_hashes``, ``MinHasher``, ``band_keys``, ``pairs_of_bucket``,
+``estimated_similarity``, ``candidate_probability``. Then the composite transforms, chained by
+``FindNearDuplicates``:
 
     chunks of Document
-      -Signatures->        (doc id, (DocumentName, signature))  one per distinct text (copies share an id)
-      -CandidatePairs->    (doc id, doc id)                      ids sharing a bucket of a band, once a pair
-      -PairSimilarities->  (name, name, similarity)              both signatures joined back to the pair
+      -Signatures->        nodes (doc id, name, signature) and bucket entries (band key, doc id)
+      -CandidatePairs->    (doc id, doc id) of the ids sharing a bucket
+      -PairSimilarities->  (name, name, similarity), each pair once, both signatures joined back to it
       -_Verify->           the pairs whose similarity reaches dedup.threshold
-      -Clusters->          (removed name, kept name)             connected components, least name kept
-      -PairSimilarities->  NearDuplicate                         the removed text, the kept copy, similarity
+      -Clusters->          (removed name, kept name): connected components, the least name kept
+      -PairSimilarities->  NearDuplicate: the removed text, the kept copy, their similarity
+
+Nodes, entries and pairs travel as chunk files (``pipeline.spill``) of ``parts_for(documents)``
+partitions, by a hash of the doc id or bucket key; only references pass through the runner, and a
+worker holds one partition at a time (about DOCUMENTS_PER_PART documents' signatures and entries).
+Only the clustering meets on one worker, and its input is the verified pairs (``Clusters``).
 
 A text is named by (source, position, record id, doc id) of its first copy: the kept one of a cluster
 is the first in input order (path, then place in the file), the same whatever the runner, the workers
-or the order the inputs are listed or read in. Exact copies of a text are one node, named by the copy
-``cleaning.drop_duplicates`` keeps. What crosses a shuffle per text is its ``bands`` bucket keys (two
-ints each) and its signature (``permutations`` x 4 bytes), never its words; only the clustering meets
-on one worker, and its input is the verified pairs (``Clusters``)."""
+or the order the inputs are listed or read in. Exact copies of a text are one node (they share an id,
+hence a partition), named by the copy ``cleaning.drop_duplicates`` keeps."""
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import re
 import zlib
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
 
+from pipeline import storage
 from pipeline.config import DedupConfig
 from pipeline.seeding import mix64, rng_for
-from pipeline.spill import ReadChunks, Spill
+from pipeline.spill import KeyedChunkWriter, ReadChunks, Spill, in_window
 from pipeline.stats import STATS_TAG, CountingDoFn
 
 # A word: a run of letters, digits or underscores; each CJK ideograph or kana on its own (those
@@ -114,13 +119,26 @@ def estimated_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(a == b)) / len(a)
 
 
-def band_keys(signature: np.ndarray, bands: int) -> list[tuple[int, int]]:
-    """[(band index, 64-bit hash of the band's rows)]: two signatures share a key exactly when they
-    agree on every row of that band (up to a 2**-64 collision)."""
+def band_keys(signature: np.ndarray, bands: int) -> list[int]:
+    """A 64-bit key per band, a hash of its index and its rows: two signatures share a band's key
+    exactly when they agree on every row of that band (up to a 2**-64 collision)."""
     rows = signature.reshape(bands, -1)
     return [
-        (i, int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little")) for i, r in enumerate(rows)
+        int.from_bytes(hashlib.blake2b(i.to_bytes(4, "little") + r.tobytes(), digest_size=8).digest(), "little")
+        for i, r in enumerate(rows)
     ]
+
+
+def pairs_of_bucket(ids: list[int], cap: int) -> Iterator[tuple[int, int]]:
+    """The candidate pairs of one bucket's ``ids`` (distinct, ascending), smaller id first: every two
+    of the ``cap`` smallest, and the smallest with each id beyond them (a bucket of thousands of
+    copies of one boilerplate page still joins one cluster, in a number of pairs linear in its size)."""
+    first = ids[:cap]
+    for i, a in enumerate(first):
+        for b in first[i + 1 :]:
+            yield a, b
+    for b in ids[cap:]:
+        yield ids[0], b
 
 
 def candidate_probability(similarity: float, bands: int, rows: int) -> float:
@@ -182,167 +200,239 @@ class NearDuplicates:
     stats: beam.PCollection  # dict of per-bundle counters under near_duplicates/ (``pipeline.stats``)
 
 
+# --- partitions -------------------------------------------------------------------------------
+
+DOCUMENTS_PER_PART = 20_000  # a partition's signatures (~700 B each), bucket entries (16 x ~40 B) and pairs: ~30 MB
+MIN_PARTS = 16  # partitions at least: units of work for every core of a large machine, even for a small corpus
+NODES, ENTRIES, PAIRS, HALVES = "nodes", "entries", "pairs", "halves"  # what a chunk of a partition holds
+
+
+def parts_for(documents: int) -> int:
+    """How many partitions the signatures, bucket entries and pairs are spread over."""
+    return max(MIN_PARTS, -(-documents // DOCUMENTS_PER_PART))
+
+
+def part_of(key: int, parts: int) -> int:
+    """The partition of a doc id or a bucket key (both uniform 64-bit hashes)."""
+    return key % parts
+
+
+def _nodes_of(chunks: Iterable) -> dict:
+    """Chunks of (doc id, DocumentName, signature bytes) -> {doc id: (name, signature)}, the name of
+    a text's copies the one ``cleaning.drop_duplicates`` keeps (least source, record id)."""
+    nodes: dict = {}
+    for chunk in chunks:
+        for doc_id, name, signature in chunk.read():
+            held = nodes.get(doc_id)
+            if held is None or _copy_order(name) < _copy_order(held[0]):
+                nodes[doc_id] = (name, signature)
+    return nodes
+
+
+def _copy_order(name: DocumentName) -> tuple:
+    return name.source, name.record_id, name.position
+
+
+class _SpillingDoFn(CountingDoFn):
+    """A counting DoFn that writes its values into chunk files of a partition each (``spill``)."""
+
+    def __init__(self, spill: Spill):
+        self.spill = spill
+
+    def setup(self):
+        storage.configure_filesystems(self.spill.storage_cfg)
+
+
+def _by_kind(kind: str):
+    return lambda part_chunk: (part_chunk[0], (kind, part_chunk[1]))
+
+
 # --- signatures ---------------------------------------------------------------------------------
 
 
-class _Sign(CountingDoFn):
-    """Document -> (doc id, (DocumentName, signature as bytes)); a document without a word -> nothing."""
+class _Sign(_SpillingDoFn):
+    """Document -> its node (doc id, DocumentName, signature bytes) into its id's partition, and one
+    bucket entry (band key, doc id) per band into the key's partition. Only (part, SpilledChunk)
+    references leave: nodes on the main output, entries on ``entries``. A document without a word
+    gives nothing (counted)."""
 
-    def __init__(self, cfg: DedupConfig, seed: int):
+    def __init__(self, cfg: DedupConfig, seed: int, spill: Spill):
+        super().__init__(spill)
         self.cfg, self.seed = cfg, seed
 
     def setup(self):
+        super().setup()
         self._hasher = MinHasher(self.cfg.permutations, self.seed)
 
-    def process(self, doc):
+    def start_bundle(self):
+        super().start_bundle()
+        self._writer = KeyedChunkWriter(self.spill, "signatures")
+
+    def _references(self, flushed, window=False):
+        for (kind, part), chunk in flushed:
+            ref = in_window((part, chunk)) if window else (part, chunk)
+            yield beam.pvalue.TaggedOutput(ENTRIES, ref) if kind == ENTRIES else ref
+
+    def process(self, doc, parts: int):
         signature = self._hasher.of_text(" ".join(doc.sentences), self.cfg.shingle_words)
         if signature is None:
             self.count(f"{STAT}/documents_without_words")
             return
         self.count(f"{STAT}/documents_signed")
-        yield doc.doc_id, (DocumentName(doc.source, doc.position, doc.record_id, doc.doc_id), signature.tobytes())
+        name = DocumentName(doc.source, doc.position, doc.record_id, doc.doc_id)
+        flushed = self._writer.add((NODES, part_of(doc.doc_id, parts)), (doc.doc_id, name, signature.tobytes()))
+        for key in band_keys(signature, self.cfg.bands):
+            flushed += self._writer.add((ENTRIES, part_of(key, parts)), (key, doc.doc_id))
+        yield from self._references(flushed)
+
+    def finish_bundle(self):
+        yield from self._references(self._writer.flush(), window=True)
+        yield from super().finish_bundle()
 
 
-def _copy_order(node) -> tuple:
-    """Exact copies are ordered as ``cleaning.drop_duplicates`` orders them, by (source, record id):
-    a text is named by the copy that stage keeps."""
-    name = node[0]
-    return name.source, name.record_id, name.position
+@dataclass(frozen=True)
+class Signed:
+    """What ``Signatures`` gives: references to chunk files, by partition."""
 
-
-def _first_copy(nodes: Iterable) -> tuple:
-    return min(nodes, key=_copy_order)
+    nodes: beam.PCollection  # (part, SpilledChunk of (doc id, DocumentName, signature bytes))
+    entries: beam.PCollection  # (part, SpilledChunk of (band key, doc id))
+    stats: beam.PCollection
 
 
 class Signatures(beam.PTransform):
-    """Chunks of Document -> (doc id, (DocumentName, signature bytes)), one per distinct text, named
-    by the copy the exact-duplicate step keeps (exact copies share an id and a signature; combined
-    where the copies are signed, so a key's copies are never held together)."""
+    """Chunks of Document -> Signed: every document's signature and bucket entries, written to the
+    chunk files of ``parts`` (a singleton int) partitions. Exact copies share an id, hence a
+    partition, where they become one node."""
 
-    def __init__(self, cfg: DedupConfig, seed: int, spill: Spill):
+    def __init__(self, cfg: DedupConfig, seed: int, spill: Spill, parts):
         super().__init__()
-        self.cfg, self.seed, self.spill = cfg, seed, spill
+        self.cfg, self.seed, self.spill, self.parts = cfg, seed, spill, parts
 
-    def expand(self, doc_chunks) -> Counted:
+    def expand(self, doc_chunks) -> Signed:
         signed = (
             doc_chunks
             | "Documents" >> ReadChunks(self.spill)
-            | "Sign" >> beam.ParDo(_Sign(self.cfg, self.seed)).with_outputs(STATS_TAG, main="signed")
+            | "Sign"
+            >> beam.ParDo(
+                _Sign(self.cfg, self.seed, self.spill), parts=beam.pvalue.AsSingleton(self.parts)
+            ).with_outputs(ENTRIES, STATS_TAG, main=NODES)
         )
-        return Counted(signed.signed | "FirstCopy" >> beam.CombinePerKey(_first_copy), signed[STATS_TAG])
+        return Signed(signed[NODES], signed[ENTRIES], signed[STATS_TAG])
 
 
 # --- candidate pairs ----------------------------------------------------------------------------
 
 
-def _bucket_keys(bands: int):
-    def keys(doc_id: int, node) -> Iterator[tuple[tuple[int, int], int]]:
-        for key in band_keys(np.frombuffer(node[1], dtype=SIGNATURE), bands):
-            yield key, doc_id
+class _PairsOfPartition(_SpillingDoFn):
+    """(part, chunks of bucket entries) -> (part, SpilledChunk of (doc id, doc id)): the pairs of each
+    bucket of the partition (``pairs_of_bucket``), each into its first id's partition. A worker
+    holds one partition's entries, sorted by key."""
 
-    return keys
-
-
-class _PairsOfBucket(CountingDoFn):
-    """((band, hash), doc ids sharing that band) -> (smaller id, larger id) for every two of the
-    ``cap`` smallest ids, and (the smallest, id) for each id beyond them (a bucket of thousands of
-    copies of one boilerplate page still joins one cluster, in ``cap`` ids of memory and a number
-    of pairs linear in the bucket). Ids are hashes of the texts: the ``cap`` kept do not depend on
-    arrival order. Reads the grouped ids twice when a bucket is over the cap."""
-
-    def __init__(self, cap: int):
+    def __init__(self, spill: Spill, cap: int):
+        super().__init__(spill)
         self.cap = cap
 
-    def process(self, element):
-        _, ids = element
-        first = heapq.nsmallest(self.cap, ids)
-        for i, a in enumerate(first):
-            for b in first[i + 1 :]:
-                yield a, b
-        if len(first) < self.cap:
-            return
-        held, beyond = set(first), 0
-        for doc_id in ids:
-            if doc_id not in held:
-                beyond += 1
-                yield first[0], doc_id
-        if beyond:
-            self.count(f"{STAT}/capped_buckets")
-            self.count(f"{STAT}/documents_beyond_bucket_cap", beyond)
+    def process(self, element, parts: int):
+        _, chunks = element
+        entries = sorted({entry for chunk in chunks for entry in chunk.read()})  # copies' entries repeat
+        writer = KeyedChunkWriter(self.spill, "pairs")
+        for _, bucket in groupby(entries, key=lambda entry: entry[0]):
+            ids = [doc_id for _, doc_id in bucket]
+            if len(ids) > self.cap:
+                self.count(f"{STAT}/capped_buckets")
+                self.count(f"{STAT}/documents_beyond_bucket_cap", len(ids) - self.cap)
+            for a, b in pairs_of_bucket(ids, self.cap):
+                yield from writer.add(part_of(a, parts), (a, b))
+        yield from writer.flush()
 
 
 class CandidatePairs(beam.PTransform):
-    """(doc id, (name, signature)) -> (doc id, doc id), smaller first: the texts that agree on every
-    row of at least one of ``cfg.bands`` bands, each pair once however many bands it shares."""
+    """(part, chunks of bucket entries) -> (part, SpilledChunk of (doc id, doc id)), smaller id first:
+    the texts that agree on every row of at least one of ``cfg.bands`` bands (a pair sharing several
+    bands is listed once per band, and counted once where it is verified)."""
 
-    def __init__(self, cfg: DedupConfig):
+    def __init__(self, cfg: DedupConfig, spill: Spill, parts):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.spill, self.parts = cfg, spill, parts
 
-    def expand(self, nodes) -> Counted:
+    def expand(self, entries) -> Counted:
         pairs = (
-            nodes
-            | "BucketKeys" >> beam.FlatMapTuple(_bucket_keys(self.cfg.bands))
-            | "Buckets" >> beam.GroupByKey()
-            | "PairsOfBucket"
-            >> beam.ParDo(_PairsOfBucket(self.cfg.max_bucket_documents)).with_outputs(STATS_TAG, main="pairs")
+            entries
+            | "ByPart" >> beam.GroupByKey()
+            | "PairsOfBuckets"
+            >> beam.ParDo(
+                _PairsOfPartition(self.spill, self.cfg.max_bucket_documents), parts=beam.pvalue.AsSingleton(self.parts)
+            ).with_outputs(STATS_TAG, main=PAIRS)
         )
-        return Counted(pairs.pairs | "OncePerPair" >> beam.Distinct(), pairs[STATS_TAG])
+        return Counted(pairs[PAIRS], pairs[STATS_TAG])
 
 
 # --- verification -------------------------------------------------------------------------------
 
 
-def _requests_with_node(doc_id: int, tagged: Iterable) -> Iterator:
-    """One id's group: its node (tag 0) and requests (tag 1) in any order -> (request, node) each.
-    Two passes over the group, so the requests stream past and are never held."""
-    node = next((value for tag, value in tagged if tag == 0), None)
-    if node is None:
-        return
-    for tag, value in tagged:
-        if tag == 1:
-            yield value, node
+class _WithFirstSignature(_SpillingDoFn):
+    """(part, [(NODES or PAIRS, chunk)...]) -> (part of b, SpilledChunk of (b, name a, signature a)):
+    each distinct pair (a, b) of the partition (a's) with a's node, sent on to b's partition. A
+    partition without pairs is not read."""
+
+    def process(self, element, parts: int):
+        _, tagged = element
+        pair_chunks = [chunk for kind, chunk in tagged if kind == PAIRS]
+        if not pair_chunks:
+            return
+        nodes = _nodes_of(chunk for kind, chunk in tagged if kind == NODES)
+        writer = KeyedChunkWriter(self.spill, "halves")
+        for a, b in sorted({pair for chunk in pair_chunks for pair in chunk.read()}):
+            name, signature = nodes[a]
+            yield from writer.add(part_of(b, parts), (b, name, signature))
+        yield from writer.flush()
 
 
-class _JoinNodes(beam.PTransform):
-    """(doc id, request) -> (request, (name, signature)) of that id: one GroupByKey of the nodes
-    with the requests (a CoGroupByKey that would list a key's requests in memory, streamed instead)."""
+class _Similarities(beam.DoFn):
+    """(part, [(NODES or HALVES, chunk)...]) -> (name a, name b, estimated similarity) for each half
+    pair (b, name a, signature a) of the partition (b's), read a chunk at a time."""
 
-    def __init__(self, nodes):
-        super().__init__()
-        self.nodes = nodes
+    def __init__(self, spill: Spill):
+        self.spill = spill
 
-    def expand(self, requests):
-        return (
-            (
-                self.nodes | "TagNodes" >> beam.MapTuple(lambda doc_id, node: (doc_id, (0, node))),
-                requests | "TagRequests" >> beam.MapTuple(lambda doc_id, request: (doc_id, (1, request))),
-            )
-            | "Together" >> beam.Flatten()
-            | "ById" >> beam.GroupByKey()
-            | "Join" >> beam.FlatMapTuple(_requests_with_node)
-        )
+    def setup(self):
+        storage.configure_filesystems(self.spill.storage_cfg)
 
-
-def _similarity(node_a, node_b) -> tuple[DocumentName, DocumentName, float]:
-    a, b = (np.frombuffer(node[1], dtype=SIGNATURE) for node in (node_a, node_b))
-    return node_a[0], node_b[0], estimated_similarity(a, b)
+    def process(self, element):
+        _, tagged = element
+        half_chunks = [chunk for kind, chunk in tagged if kind == HALVES]
+        if not half_chunks:
+            return
+        nodes = _nodes_of(chunk for kind, chunk in tagged if kind == NODES)
+        for chunk in half_chunks:
+            for b, name_a, signature_a in chunk.read():
+                name_b, signature_b = nodes[b]
+                a, b_ = (np.frombuffer(sig, dtype=SIGNATURE) for sig in (signature_a, signature_b))
+                yield name_a, name_b, estimated_similarity(a, b_)
 
 
 class PairSimilarities(beam.PTransform):
-    """(doc id a, doc id b) -> (name a, name b, estimated similarity): both signatures joined back
-    to the pair, by a, then by b (a pair carries one signature through the second shuffle)."""
+    """(part, SpilledChunk of (doc id a, doc id b)) -> (name a, name b, estimated similarity), once per
+    distinct pair: both signatures joined back to the pair in two grouped passes over ``nodes``
+    (Signed.nodes), by a's partition, then by b's (the pair carries a's signature to b's). Each pass
+    reads, partition by partition, only the partitions that have pairs."""
 
-    def __init__(self, nodes):
+    def __init__(self, nodes, spill: Spill, parts):
         super().__init__()
-        self.nodes = nodes
+        self.nodes, self.spill, self.parts = nodes, spill, parts
 
     def expand(self, pairs):
+        halves = (
+            (self.nodes | "FirstNodes" >> beam.Map(_by_kind(NODES)), pairs | "Pairs" >> beam.Map(_by_kind(PAIRS)))
+            | "NodesAndPairs" >> beam.Flatten()
+            | "ByFirst" >> beam.GroupByKey()
+            | "WithFirst" >> beam.ParDo(_WithFirstSignature(self.spill), parts=beam.pvalue.AsSingleton(self.parts))
+        )
         return (
-            pairs
-            | "WithFirst" >> _JoinNodes(self.nodes)  # (b, node a)
-            | "WithSecond" >> _JoinNodes(self.nodes)  # (node a, node b)
-            | "Similarity" >> beam.MapTuple(_similarity)
+            (self.nodes | "SecondNodes" >> beam.Map(_by_kind(NODES)), halves | "Halves" >> beam.Map(_by_kind(HALVES)))
+            | "NodesAndHalves" >> beam.Flatten()
+            | "BySecond" >> beam.GroupByKey()
+            | "Similarity" >> beam.ParDo(_Similarities(self.spill))
         )
 
 
@@ -357,6 +447,21 @@ class _Verify(CountingDoFn):
         if pair[2] >= self.threshold:
             self.count(f"{STAT}/verified_pairs")
             yield pair
+
+
+class _SpillPairs(_SpillingDoFn):
+    """(doc id a, doc id b) -> (part of a, SpilledChunk of pairs), for ``PairSimilarities``."""
+
+    def start_bundle(self):
+        super().start_bundle()
+        self._writer = KeyedChunkWriter(self.spill, "pairs")
+
+    def process(self, pair, parts: int):
+        yield from self._writer.add(part_of(pair[0], parts), pair)
+
+    def finish_bundle(self):
+        for ref in self._writer.flush():
+            yield in_window(ref)
 
 
 # --- clusters -----------------------------------------------------------------------------------
@@ -434,28 +539,32 @@ def _near_duplicate(threshold: float):
 
 class FindNearDuplicates(beam.PTransform):
     """Chunks of Document -> NearDuplicates: every text to remove, with the document kept in its
-    place and their estimated similarity (the chain in the module's docstring). Nothing here holds
-    the corpus or its signatures in one process: signatures and pairs meet by key in the runner's
-    shuffles; only ``Clusters`` gathers, and only the verified pairs."""
+    place and their estimated similarity (the chain in the module's docstring). ``doc_counts`` (one
+    {split: documents}) sizes the partitions (``parts_for``). Signatures, bucket entries and pairs
+    cross the shuffles as chunk files (``pipeline.spill``), a partition of at most about
+    DOCUMENTS_PER_PART documents' worth held by a worker at a time; only references pass through
+    the runner. Only ``Clusters`` gathers, and only the verified pairs."""
 
-    def __init__(self, cfg: DedupConfig, seed: int, spill: Spill):
+    def __init__(self, cfg: DedupConfig, seed: int, spill: Spill, doc_counts):
         super().__init__()
-        self.cfg, self.seed, self.spill = cfg, seed, spill
+        self.cfg, self.seed, self.spill, self.doc_counts = cfg, seed, spill, doc_counts
 
     def expand(self, doc_chunks) -> NearDuplicates:
-        signed = doc_chunks | "Signatures" >> Signatures(self.cfg, self.seed, self.spill)
-        nodes = signed.items
-        candidates = nodes | "CandidatePairs" >> CandidatePairs(self.cfg)
+        spill = self.spill
+        parts = self.doc_counts | "Parts" >> beam.Map(lambda counts: parts_for(sum(counts.values())))
+        signed = doc_chunks | "Signatures" >> Signatures(self.cfg, self.seed, spill, parts)
+        candidates = signed.entries | "CandidatePairs" >> CandidatePairs(self.cfg, spill, parts)
         verified = (
             candidates.items
-            | "Similarities" >> PairSimilarities(nodes)
+            | "Similarities" >> PairSimilarities(signed.nodes, spill, parts)
             | "Verify" >> beam.ParDo(_Verify(self.cfg.threshold)).with_outputs(STATS_TAG, main="verified")
         )
         clusters = verified.verified | "Clusters" >> Clusters()
         removed = (
             clusters.items
             | "RemovedAndKept" >> beam.MapTuple(lambda removed, kept: (removed.doc_id, kept.doc_id))
-            | "SimilarityToKept" >> PairSimilarities(nodes)
+            | "SpillRemovals" >> beam.ParDo(_SpillPairs(spill), parts=beam.pvalue.AsSingleton(parts))
+            | "SimilarityToKept" >> PairSimilarities(signed.nodes, spill, parts)
             | "NearDuplicate" >> beam.MapTuple(_near_duplicate(self.cfg.threshold))
         )
         stats = (signed.stats, candidates.stats, verified[STATS_TAG], clusters.stats) | "Stats" >> beam.Flatten()

@@ -180,7 +180,7 @@ def build(
     )
     near = None
     if cfg.dedup.enabled:
-        near = prepared.chunks | "NearDuplicates" >> FindNearDuplicates(cfg.dedup, cfg.seed, spill)
+        near = prepared.chunks | "NearDuplicates" >> FindNearDuplicates(cfg.dedup, cfg.seed, spill, prepared.counts)
     removed = near.removed if near else None
     if fixed_vocab is not None:
         vocab = p | "GivenVocabulary" >> beam.Create([fixed_vocab])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-PIPELINE_GROUPS = {"instances", "masking", "runner", "tokenizer"}
+PIPELINE_GROUPS = {"dedup", "filters", "instances", "masking", "runner", "tokenizer"}
 TRAINER_GROUPS = {"data", "deepspeed", "experiment", "logger", "model", "optim", "trainer"}
 # logger: the trainer's group (conf/train/logger), on fine-tuning's search path
 FINETUNE_GROUPS = {"task", "recipe", "logger"}

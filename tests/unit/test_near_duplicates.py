@@ -27,12 +27,12 @@ from pipeline.near_duplicates import (
     FindNearDuplicates,
     MinHasher,
     NearDuplicate,
-    _PairsOfBucket,
     _UnionFind,
     band_keys,
     candidate_probability,
     estimated_similarity,
     jaccard,
+    pairs_of_bucket,
     shingle_hashes,
     words_of,
 )
@@ -144,18 +144,11 @@ def test_clusters_keep_their_least_name_whatever_the_order_of_the_pairs():
 
 
 def test_a_bucket_over_the_cap_pairs_the_rest_with_its_least_id():
-    pairs_of = _PairsOfBucket(cap=4)
-    pairs_of.start_bundle()
-    ids = [17, 3, 99, 8, 42, 5, 61]
-    pairs = list(pairs_of.process(((0, 1), ids)))
+    ids = [3, 5, 8, 17, 42, 61, 99]
     first = [3, 5, 8, 17]
-    assert sorted(pairs) == sorted(
-        [(a, b) for i, a in enumerate(first) for b in first[i + 1 :]] + [(3, 42), (3, 61), (3, 99)]
-    )
-    again = _PairsOfBucket(cap=4)
-    again.start_bundle()
-    assert sorted(again.process(((0, 1), list(reversed(ids))))) == sorted(pairs)
-    assert pairs_of._counts == {"near_duplicates/capped_buckets": 1, "near_duplicates/documents_beyond_bucket_cap": 3}
+    expected = [(a, b) for i, a in enumerate(first) for b in first[i + 1 :]] + [(3, 42), (3, 61), (3, 99)]
+    assert list(pairs_of_bucket(ids, cap=4)) == expected
+    assert list(pairs_of_bucket([7], cap=4)) == [] and list(pairs_of_bucket([1, 2], cap=2)) == [(1, 2)]
 
 
 def test_a_near_duplicate_names_the_kept_document_and_the_similarity():
@@ -196,7 +189,9 @@ def removed_by(docs, tmp_path, chunk_bytes=400, seed=1, cfg=CFG):
     where = tmp_path / f"run-{chunk_bytes}-{seed}-{cfg.threshold}"
     spill = Spill(str(where / "spill"), chunk_bytes, 1000)
     with beam_pipeline() as p:
-        out = p | beam.Create(docs) | SpillChunks(spill, "documents") | FindNearDuplicates(cfg, seed, spill)
+        counts = p | "Counts" >> beam.Create([{"train": len(docs)}])
+        chunks = p | "Docs" >> beam.Create(docs) | SpillChunks(spill, "documents")
+        out = chunks | FindNearDuplicates(cfg, seed, spill, counts)
         _ = out.removed | "AllRemoved" >> beam.combiners.ToList() | "Keep" >> beam.Map(_save, str(where / "removed"))
         _ = out.stats | beam.CombineGlobally(SumCounts()) | "KeepStats" >> beam.Map(_save, str(where / "stats"))
     found = {d.doc_id: d for d in _load(where / "removed")}
@@ -243,6 +238,19 @@ def test_the_kept_document_is_the_same_whatever_the_arrival_order_and_chunking(c
     renamed = [Document(c.doc_id, "0.jsonl", c.record_id, "", c.sentences, c.chars, c.position) for c in copies]
     swapped, _ = removed_by(originals + renamed, tmp_path, chunk_bytes=2_000)
     assert {d.kept.source for d in swapped.values()} == {"0.jsonl"}
+
+
+def test_a_bucket_over_the_cap_still_makes_one_cluster(sample_paragraphs, tmp_path):
+    """Six versions of one article, each with one word changed, share most buckets: with at most 2
+    documents paired in full per bucket, the others pair with the bucket's first, and one cluster
+    keeps the first version."""
+    words = sample_paragraphs[0].split(" ")
+    versions = [" ".join(words[:k] + ["changed"] + words[k + 1 :]) for k in range(10, 70, 10)]
+    docs = [document(t, "a.jsonl", i) for i, t in enumerate(versions)]
+    found, stats = removed_by(docs, tmp_path, cfg=DedupConfig(enabled=True, max_bucket_documents=2))
+    assert sorted(found) == sorted(d.doc_id for d in docs[1:])
+    assert {d.kept.doc_id for d in found.values()} == {docs[0].doc_id}
+    assert stats["near_duplicates/capped_buckets"] >= 1 and stats["near_duplicates/clusters"] == 1
 
 
 def test_settings_change_what_is_found(corpus, tmp_path):
