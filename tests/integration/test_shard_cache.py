@@ -109,7 +109,7 @@ def cache_state(cache_root):
         for r, _, files in os.walk(cache_root)
         for f in files
         for st in [os.stat(os.path.join(r, f))]
-        if f != ".lock"
+        if f not in (".lock", ".last_used")  # the lock, and the mark each start touches (data.cache_max_gb's order)
     }
 
 
