@@ -260,45 +260,67 @@ def boilerplate_problem(text: str, cleaned: Boilerplate, cfg: FiltersConfig) -> 
 
 def quality_problem(text: str, cfg: FiltersConfig) -> QualityProblem | None:
     """The first heuristic ``text`` fails, in the order below (cheap measures first), or None.
-    A threshold set to null turns its filter off."""
-    words = words_of(text)
-    lines = lines_of(text)
+    A threshold set to null turns its filter off, and what no filter asks for is not measured
+    (``filters=none`` costs nothing)."""
+    words = lines = None
+    if (
+        cfg.min_words is not None
+        or cfg.min_mean_word_length is not None
+        or cfg.max_mean_word_length is not None
+        or cfg.max_symbol_word_ratio is not None
+        or cfg.min_letter_word_fraction is not None
+        or cfg.max_top_ngram_fraction
+        or cfg.max_duplicate_ngram_fraction
+    ):
+        words = words_of(text)
+    if cfg.min_terminal_punctuation_fraction is not None or cfg.max_duplicate_line_fraction is not None:
+        lines = lines_of(text)
     if cfg.min_words is not None and word_count(words) < cfg.min_words:
         return QualityProblem(RejectReason.FILTER_FEW_WORDS, f"{len(words)} words, minimum {cfg.min_words}")
-    length = mean_word_length(words)
-    if length is not None and _outside(length, cfg.min_mean_word_length, cfg.max_mean_word_length):
-        allowed = _allowed(cfg.min_mean_word_length, cfg.max_mean_word_length)
-        return QualityProblem(RejectReason.FILTER_WORD_LENGTH, f"mean word length {length:.1f}, {allowed}")
-    ratio = symbol_word_ratio(text, words)
-    if _outside(ratio, None, cfg.max_symbol_word_ratio):
-        return QualityProblem(
-            RejectReason.FILTER_SYMBOLS,
-            f"{ratio:.3f} hashes and ellipses per word, {_allowed(None, cfg.max_symbol_word_ratio)}",
-        )
-    letters = letter_word_fraction(words)
-    if _outside(letters, cfg.min_letter_word_fraction, None):
-        return QualityProblem(
-            RejectReason.FILTER_NO_LETTERS,
-            f"{letters:.1%} of words have a letter, minimum {_pct(cfg.min_letter_word_fraction)}",
-        )
-    digits = digit_fraction(text)
-    if _outside(digits, None, cfg.max_digit_fraction):
-        return QualityProblem(
-            RejectReason.FILTER_DIGITS, f"{digits:.1%} of characters are digits, maximum {_pct(cfg.max_digit_fraction)}"
-        )
-    ended = terminal_punctuation_fraction(lines)
-    if _outside(ended, cfg.min_terminal_punctuation_fraction, None):
-        return QualityProblem(
-            RejectReason.FILTER_TERMINAL_PUNCTUATION,
-            f"{ended:.1%} of {len(lines)} lines end in terminal punctuation, "
-            f"minimum {_pct(cfg.min_terminal_punctuation_fraction)}",
-        )
-    repeated = duplicate_line_fraction(lines)
-    if _outside(repeated, None, cfg.max_duplicate_line_fraction):
-        return QualityProblem(
-            RejectReason.FILTER_REPEATED_LINES,
-            f"{repeated:.1%} of {len(lines)} lines repeat an earlier line, maximum {_pct(cfg.max_duplicate_line_fraction)}",
-        )
+    if cfg.min_mean_word_length is not None or cfg.max_mean_word_length is not None:
+        length = mean_word_length(words)
+        if length is not None and _outside(length, cfg.min_mean_word_length, cfg.max_mean_word_length):
+            allowed = _allowed(cfg.min_mean_word_length, cfg.max_mean_word_length)
+            return QualityProblem(RejectReason.FILTER_WORD_LENGTH, f"mean word length {length:.1f}, {allowed}")
+    if cfg.max_symbol_word_ratio is not None:
+        ratio = symbol_word_ratio(text, words)
+        if _outside(ratio, None, cfg.max_symbol_word_ratio):
+            return QualityProblem(
+                RejectReason.FILTER_SYMBOLS,
+                f"{ratio:.3f} hashes and ellipses per word, {_allowed(None, cfg.max_symbol_word_ratio)}",
+            )
+    if cfg.min_letter_word_fraction is not None:
+        letters = letter_word_fraction(words)
+        if _outside(letters, cfg.min_letter_word_fraction, None):
+            return QualityProblem(
+                RejectReason.FILTER_NO_LETTERS,
+                f"{letters:.1%} of words have a letter, minimum {_pct(cfg.min_letter_word_fraction)}",
+            )
+    if cfg.max_digit_fraction is not None:
+        digits = digit_fraction(text)
+        if _outside(digits, None, cfg.max_digit_fraction):
+            return QualityProblem(
+                RejectReason.FILTER_DIGITS,
+                f"{digits:.1%} of characters are digits, maximum {_pct(cfg.max_digit_fraction)}",
+            )
+    if cfg.min_terminal_punctuation_fraction is not None:
+        ended = terminal_punctuation_fraction(lines)
+        if _outside(ended, cfg.min_terminal_punctuation_fraction, None):
+            return QualityProblem(
+                RejectReason.FILTER_TERMINAL_PUNCTUATION,
+                f"{ended:.1%} of {len(lines)} lines end in terminal punctuation, "
+                f"minimum {_pct(cfg.min_terminal_punctuation_fraction)}",
+            )
+    if cfg.max_duplicate_line_fraction is not None:
+        repeated = duplicate_line_fraction(lines)
+        if _outside(repeated, None, cfg.max_duplicate_line_fraction):
+            return QualityProblem(
+                RejectReason.FILTER_REPEATED_LINES,
+                f"{repeated:.1%} of {len(lines)} lines repeat an earlier line, "
+                f"maximum {_pct(cfg.max_duplicate_line_fraction)}",
+            )
+    if words is None:
+        return None
     return _ngram_problem(words, cfg)
 
 

@@ -35,7 +35,6 @@ from pipeline.documents import Document, prepare_document
 from pipeline.formats import DocumentRecord
 from pipeline.heldout import AssignSplit, DecideHeldOut
 from pipeline.instances import InstanceParams, TokenizedDocument, examples_for_document
-from pipeline.masking import MaskingParams
 from pipeline.near_duplicates import NearDuplicate
 from pipeline.records import RawDocument, Rejection, RejectReason, WikitextPage
 from pipeline.seeding import unit_interval, unit_interval_of
@@ -500,16 +499,19 @@ class _Tokenize(CountingDoFn):
         self._unknown: Counter = Counter()
         self._split_words: Counter = Counter()
 
-    def _count_fit(self, split: str, sentence: str, e) -> None:
+    def _count_fit(self, split: str, sentences: list[str], encodings) -> None:
+        """Words with a letter, their pieces, and those split into single characters, of one
+        document (counted once a document: a counter update costs more than a sentence's words)."""
         words = word_pieces = single = 0
-        for text, pieces in letter_words(sentence, e):
-            words += 1
-            word_pieces += len(pieces)
-            if split_into_characters(pieces):
-                single += 1
-                key = (text, " ".join(pieces))
-                if key in self._split_words or len(self._split_words) < MAX_SPLIT_WORDS_HELD:
-                    self._split_words[key] += 1
+        for sentence, e in zip(sentences, encodings):
+            for text, pieces in letter_words(sentence, e):
+                words += 1
+                word_pieces += len(pieces)
+                if split_into_characters(pieces):
+                    single += 1
+                    key = (text, " ".join(pieces))
+                    if key in self._split_words or len(self._split_words) < MAX_SPLIT_WORDS_HELD:
+                        self._split_words[key] += 1
         self.count(f"words/{split}", words)
         self.count(f"word_pieces/{split}", word_pieces)
         self.count(f"single_char_words/{split}", single)
@@ -522,13 +524,15 @@ class _Tokenize(CountingDoFn):
         split, doc = element
         sentences = list(doc.sentences)
         encodings = self._tokenizer.encode_batch(sentences, add_special_tokens=False)
+        stripped: Counter = Counter()
         for sentence, e in zip(sentences, encodings):
             if self._unk in e.ids:
                 self._unknown.update(sentence[a:b] for i, (a, b) in zip(e.ids, e.offsets) if i == self._unk)
-            self._count_fit(split, sentence, e)
             if casing.strip_accents:
-                for change, n in stripped_characters(sentence, casing.keep_letters, casing.lowercase).items():
-                    self.count(f"accents_stripped/{change}", n)
+                stripped.update(stripped_characters(sentence, casing.keep_letters, casing.lowercase))
+        self._count_fit(split, sentences, encodings)
+        for change, n in stripped.items():
+            self.count(f"accents_stripped/{change}", n)
         tdoc = TokenizedDocument.from_sentences(doc.doc_id, [e.ids for e in encodings])
         yield (
             split,
@@ -649,11 +653,7 @@ class _ExamplesOfPoolPasses(CountingDoFn):
         spill: Spill,
     ):
         self.params = InstanceParams(instances.max_seq_length, instances.short_seq_prob, instances.objective)
-        self.masking = (
-            MaskingParams(masking.masked_lm_prob, masking.predictions_cap(instances.max_seq_length), masking.whole_word)
-            if masking.mode == "static"
-            else None
-        )
+        self.masking = masking.masking_params(instances.max_seq_length) if masking.mode == "static" else None
         self.seed, self.schema, self.passes, self.drop_duplicates = seed, schema, passes, drop_duplicates
         self.spill = spill
 
