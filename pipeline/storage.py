@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import StorageConfig
+from pipeline.s3_clients import share_s3_clients
 
 _S3_FLAGS = ("s3_endpoint_url", "s3_region_name", "s3_verify")  # StorageConfig field = Beam's S3Options flag
 DELETE_BATCH = 1000  # objects per delete call (S3's DeleteObjects takes at most 1,000 keys)
@@ -46,7 +47,9 @@ def configure_filesystems(cfg: StorageConfig) -> None:
     """FileSystems in this process reach object stores with ``cfg``'s settings. Options the
     runner already gave this process (e.g. ``--project``, runner.extra) are kept and ``cfg``'s
     flags laid over them, so a worker pool serving several jobs uses the current job's.
-    Cheap and idempotent: DoFns call it in ``setup()``."""
+    Cheap and idempotent: DoFns call it in ``setup()``. S3 clients are then made once per process
+    and settings, not once per call (``pipeline.s3_clients``)."""
+    share_s3_clients()
     current = FileSystems._pipeline_options  # Beam's own slot; it has no getter
     given = current.get_all_options(drop_default=True, retain_unknown_options=True) if current else {}
     ours = PipelineOptions(storage_flags(cfg)).get_all_options(drop_default=True)
