@@ -60,8 +60,9 @@ MASKINGS = {
     "static": ["masking=static"],
     "dynamic": ["masking=dynamic"],
     "whole-word": ["masking=dynamic", "masking.whole_word=true"],
+    "span": ["masking=span"],
 }
-GOALS = {"static": 15_000, "dynamic": 15_000, "whole-word": 8_000}
+GOALS = {"static": 15_000, "dynamic": 15_000, "whole-word": 8_000, "span": 8_000}
 PATHS = ("per example", "batch")
 
 

@@ -13,6 +13,8 @@ from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
+from pipeline.masking import MaskingParams, check_span_lengths
+
 
 @dataclass
 class SourceConfig:
@@ -267,6 +269,12 @@ class MaskingConfig:
     """Cap on predictions per example; null: the recipe's for the length (``predictions_cap``: 20 at 128, 80 at 512)."""
     whole_word: bool = False
     """Mask whole words (## pieces with the word they continue)."""
+    spans: bool = False
+    """SpanBERT: mask spans of whole words (whatever whole_word says), 80/10/10 decided per span."""
+    span_p: float = 0.2
+    """With spans: span lengths in words are geometric(span_p) restricted to 1..max_span_words."""
+    max_span_words: int = 10
+    """With spans: the longest span, in words (SpanBERT's 0.2 and 10 give a mean of 3.8 words)."""
     dupe_factor: int = 5
     """Passes over the corpus, each with other instances and masks (static masking)."""
 
@@ -277,6 +285,21 @@ class MaskingConfig:
             raise ValueError("masking.masked_lm_prob must be in (0, 1)")
         if (self.max_predictions_per_seq is not None and self.max_predictions_per_seq < 1) or self.dupe_factor < 1:
             raise ValueError("masking.max_predictions_per_seq and masking.dupe_factor must be >= 1")
+        try:
+            check_span_lengths(self.span_p, self.max_span_words)
+        except ValueError as e:
+            raise ValueError(f"masking.{e}") from None
+
+    def masking_params(self, max_seq_length: int) -> MaskingParams:
+        """The rule's parameters for examples of ``max_seq_length`` tokens (the cap: ``predictions_cap``)."""
+        return MaskingParams(
+            masked_lm_prob=self.masked_lm_prob,
+            max_predictions_per_seq=self.predictions_cap(max_seq_length),
+            whole_word=self.whole_word,
+            spans=self.spans,
+            span_p=self.span_p,
+            max_span_words=self.max_span_words,
+        )
 
     def predictions_cap(self, max_seq_length: int) -> int:
         """The cap for examples of ``max_seq_length`` tokens: the one given, else what the rate asks

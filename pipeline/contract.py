@@ -266,6 +266,35 @@ class MaskingSpec:
     dupe_factor: int
     mask_prob: float = 0.8  # of the chosen positions: [MASK]
     random_prob: float = 0.1  # random token; the rest keep the original
+    # Added after the first manifests (SpanBERT span masking): the defaults read those as they were made.
+    spans: bool = False  # spans of whole words, 80/10/10 per span (``pipeline.masking.choose_spans``)
+    span_p: float = 0.2  # span lengths in words: geometric(span_p) on 1..max_span_words
+    max_span_words: int = 10
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MaskingSpec":
+        """The manifest's ``masking`` object; fields added later take their defaults when absent.
+        ContractError for a field this code does not know (a manifest from a newer version)."""
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ContractError(
+                f"the manifest's masking has fields this code does not know ({', '.join(unknown)}): "
+                "read the shards with the code that wrote them, or rebuild them"
+            )
+        return cls(**d)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that say how the shards are masked, for a fingerprint: the span fields are left
+        out while spans are off (they change no mask then), so a manifest from before them keeps its
+        fingerprint (``training.checkpoint.data_identity``)."""
+        d = dataclasses.asdict(self)
+        if not self.spans:
+            for name in _SPAN_FIELDS:
+                d.pop(name)
+        return d
+
+
+_SPAN_FIELDS = ("spans", "span_p", "max_span_words")
 
 
 @dataclass
@@ -359,7 +388,7 @@ class ShardManifest:
             raise ContractError(
                 f"manifest schema version {d.get('schema_version')!r}; this code reads {SCHEMA_VERSION}"
             )
-        d["masking"] = MaskingSpec(**d["masking"])
+        d["masking"] = MaskingSpec.from_dict(d["masking"])
         d["shards"] = [ShardInfo(**s) for s in d["shards"]]
         return cls(**d)
 

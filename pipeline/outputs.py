@@ -61,7 +61,16 @@ def summary_statistics(stats: dict) -> dict:
 
 def masking_spec(m: MaskingConfig, max_seq_length: int) -> MaskingSpec:
     """The manifest's record of how the examples were (or are to be) masked."""
-    return MaskingSpec(m.mode, m.masked_lm_prob, m.predictions_cap(max_seq_length), m.whole_word, m.dupe_factor)
+    return MaskingSpec(
+        m.mode,
+        m.masked_lm_prob,
+        m.predictions_cap(max_seq_length),
+        m.whole_word,
+        m.dupe_factor,
+        spans=m.spans,
+        span_p=m.span_p,
+        max_span_words=m.max_span_words,
+    )
 
 
 class _Finalize(beam.DoFn):

@@ -30,7 +30,6 @@ so it too names only complete tags. The newest ``keep_last_k`` complete tags are
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -85,7 +84,7 @@ def data_identity(manifest) -> dict:
         "special_tokens": manifest.special_tokens,
         "objective": manifest.objective,
         "max_seq_length": manifest.max_seq_length,
-        "masking": dataclasses.asdict(manifest.masking),
+        "masking": manifest.masking.identity(),
         "shards": shards,
     }
     fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

@@ -215,11 +215,13 @@ def _check_masking(manifest: ShardManifest, problems: list[str]) -> None:
             f"unknown masking mode {manifest.masking.mode!r} (expected one of "
             f"{contract.MASKING_MODES}): rebuild the shards"
         )
-    elif manifest.masking.mode == "dynamic":
+    else:  # static shards too: their settings (spans among them) say what the stored masks are
         try:
             masking_params(manifest)
         except ValueError as e:
-            problems.append(f"the manifest's dynamic masking settings are invalid ({e}): rebuild the shards")
+            problems.append(
+                f"the manifest's {manifest.masking.mode} masking settings are invalid ({e}): rebuild the shards"
+            )
 
 
 def _check_shard_files(manifest: ShardManifest, data_dir: str, problems: list[str]) -> None:
@@ -235,7 +237,9 @@ def _check_shard_files(manifest: ShardManifest, data_dir: str, problems: list[st
 
 
 def masking_params(manifest: ShardManifest) -> MaskingParams:
-    """The dynamic masking the manifest asks for, as ``mask_tokens`` takes it."""
+    """The masking the manifest records, as ``mask_tokens`` takes it: the rule the trainer applies to
+    dynamic shards, and the one static shards were masked with (``spans``: SpanBERT's spans). A
+    manifest from before span masking reads as spans off."""
     m = manifest.masking
     return MaskingParams(
         masked_lm_prob=m.masked_lm_prob,
@@ -243,6 +247,9 @@ def masking_params(manifest: ShardManifest) -> MaskingParams:
         whole_word=m.whole_word,
         mask_prob=m.mask_prob,
         random_prob=m.random_prob,
+        spans=m.spans,
+        span_p=m.span_p,
+        max_span_words=m.max_span_words,
     )
 
 

@@ -438,12 +438,15 @@ def test_dynamic_masks_follow_the_masking_rules(dynamic_data, loader_dynamic_job
     assert abs(frac[0] - 0.8) < 0.02 and abs(frac[1] - 0.1) < 0.02 and abs(frac[2] - 0.1) < 0.02
 
 
-@pytest.mark.parametrize("whole_word", [False, True], ids=["dynamic", "whole-word"])
-def test_batch_masks_equal_the_per_example_masks_on_real_rows(dynamic_data, whole_word):
+@pytest.mark.parametrize(
+    "whole_word, spans", [(False, False), (True, False), (False, True)], ids=["dynamic", "whole-word", "span"]
+)
+def test_batch_masks_equal_the_per_example_masks_on_real_rows(dynamic_data, whole_word, spans):
     """A worker masks a micro batch of 256 at once; each example's masks are still exactly those of
-    mask_tokens with its own generator, over 3,000 real rows (short ones among them), in either mode."""
+    mask_tokens with its own generator, over 3,000 real rows (short ones among them), in every mode."""
     masker = dynamic_data.masker()
-    masker = dataclasses.replace(masker, params=dataclasses.replace(masker.params, whole_word=whole_word))
+    params = dataclasses.replace(masker.params, whole_word=whole_word, spans=spans)
+    masker = dataclasses.replace(masker, params=params)
     dataset = PretrainingExamples(dynamic_data.split("train"), masker)
     indices = np.arange(min(len(dataset), 3000))
     stored = dataset.split.examples(indices)
@@ -573,3 +576,30 @@ def test_eval_is_unshuffled_disjoint_and_keeps_the_tail(static_data, dynamic_dat
     # dynamic eval masks are the same at every evaluation
     first, second = (next(iter(dynamic_data.eval_loader(micro_batch_size=8))) for _ in range(2))
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_span_masked_job_records_its_spans_and_the_loader_masks_spans(tmp_path):
+    """masking=span end to end: the manifest says spans, the loader masks runs of whole words with
+    one 80/10/10 outcome per run (SpanBERT)."""
+    from conftest import IN_MEMORY, SMALL_VOCAB, run_job
+
+    m = run_job(tmp_path, "masking=span", "instances=none", *SMALL_VOCAB, *IN_MEMORY)
+    assert m.masking.mode == "dynamic" and m.masking.spans and m.masking.span_p == 0.2
+    data = open_pretraining_data(str(tmp_path), IN_PROCESS, SEED, MLM_MODEL)
+    params = masking_params(m)
+    assert params.spans and params.max_span_words == 10
+    dataset = data.train_loader(micro_batch_size=8).dataset
+    indices = np.arange(min(len(dataset), 500))
+    runs, mixed = [], 0
+    special = data.special_tokens
+    for e, s in zip(dataset[BatchRequest(0, indices)], dataset.split.examples(indices)):
+        pos, original = np.asarray(e.masked_lm_positions), np.asarray(s.input_ids)
+        assert np.array_equal(e.masked_lm_labels, original[pos])
+        # contiguous runs of predicted positions; a run's tokens share one outcome unless two spans touch
+        for run in np.split(pos, np.flatnonzero(np.diff(pos) > 1) + 1):
+            runs.append(len(run))
+            new = np.asarray(e.input_ids)[run]
+            kinds = {0 if t == special.mask else 2 if t == o else 1 for t, o in zip(new, original[run])}
+            mixed += len(kinds) > 1
+    assert np.mean(runs) > 2.0  # spans of ~3 words; token masking gives runs of ~1.1
+    assert mixed < 0.15 * len(runs)
