@@ -16,7 +16,7 @@ backward and optimizer step. Warmup steps (compilation included) are not timed.
                  makes by default: T padded to the longest sequence (a multiple of
                  --pad-to-multiple-of), P = the shards' max_predictions_per_seq masked slots a row;
                  SDPA attention; the MLM head (H x V projection) on those slots only; no attention
-                 mask on a batch without padding (training.trainer.forward_inputs).
+                 mask on a batch without padding (training.objectives.mlm.forward_inputs).
   ours compiled: the same model under nn.Module.compile(fullgraph=True, dynamic=False), on the same
                  examples padded to one shape (T = max_seq_length, data.pad_to_max_length: what the
                  GPU presets run); a recompile during the timed steps fails the run.
@@ -54,9 +54,9 @@ from training.config import DataConfig, OptimConfig  # noqa: E402
 from training.data import RunExpectations, dense_mlm_labels, open_pretraining_data  # noqa: E402
 from training.labels import IGNORE_INDEX  # noqa: E402
 from training.model import PRESETS, BertConfig, BertForPreTraining, flops_per_token  # noqa: E402
+from training.objectives.mlm import forward_inputs  # noqa: E402
 from training.optim import build_optimizer, param_groups  # noqa: E402
 from training.throughput import mfu, resolve_peak_tflops  # noqa: E402
-from training.trainer import forward_inputs  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -297,20 +297,11 @@ CLIENT_STATE_KEY = "bert_trainer"
 """Our entry in DeepSpeed's model-states dict (one key, so it can never shadow one of DeepSpeed's)."""
 
 
-def client_state(
-    step: int, samples_consumed: int, loader_state: dict, tracker_run_id: Optional[str], cfg_hash: str
-) -> dict:
-    """What ``engine.save_checkpoint(client_state=...)`` stores beside the model (plain types)."""
-    return {
-        CLIENT_STATE_KEY: {
-            "version": CLIENT_STATE_VERSION,
-            "step": int(step),
-            "samples_consumed": int(samples_consumed),
-            "loader": dict(loader_state),
-            "tracker_run_id": tracker_run_id,
-            "config_hash": cfg_hash,
-        }
-    }
+def client_state(run_state: dict) -> dict:
+    """What ``engine.save_checkpoint(client_state=...)`` stores beside the model: the trainer's
+    ``state_dict()`` ({"step", "samples_consumed", "loader", "tracker_run_id", "config_hash"}, plain
+    types) under our one key, with its version."""
+    return {CLIENT_STATE_KEY: {"version": CLIENT_STATE_VERSION, **run_state}}
 
 
 def check_client_state(client: Optional[dict], tag: str) -> dict:

@@ -174,6 +174,19 @@ def export_hf(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig, data_di
     return out_dir
 
 
+HF_SUBDIR = "hf"
+"""Where a training run exports its final weights: output_dir/hf."""
+
+
+def export_checkpoint(objective, checkpoint_dir: str, tag: str, model_cfg, data_dir: str, out_dir: str) -> str:
+    """The Hugging Face export of a training run's checkpoint, as its objective writes it
+    (``training.objectives.Objective.export``). ``consolidated_state_dict_from_checkpoint`` reads
+    the fp32 masters of every ZeRO stage and world size from the checkpoint's files, so no rank has
+    to gather the model in memory, and a bf16 run exports its fp32 masters, not the bf16 working
+    copy. Returns out_dir."""
+    return objective.export(consolidated_state_dict_from_checkpoint(checkpoint_dir, tag), model_cfg, data_dir, out_dir)
+
+
 DEEPSPEED_MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
 """The model-states file of stages 0-2 (no model parallelism); ZeRO adds ``*_optim_states.pt`` files."""
 OPTIMIZER_STATES_FILES = "*_optim_states.pt"

@@ -5,7 +5,8 @@
 - ``Lamb``: layer-wise adaptive moments (You et al. 2019, "Large Batch Optimization for Deep
   Learning: Training BERT in 76 minutes"), written from the paper.
 - ``make_scheduler``: linear warmup, then linear or polynomial decay, as a torch ``LambdaLR``.
-- ``restore_schedule_position``: after a resume, the rates of a fresh run with this run's settings.
+- ``restore_schedule_position``: after a resume, the rates of a fresh run with this run's settings;
+  ``schedule_change`` says so when they are not the checkpoint's.
 - ``SkipNonFiniteStep``: an optimizer that skips a step whose gradients are not all finite, where
   DeepSpeed steps the optimizer as given (ZeRO stage 0) and so has no overflow check of its own.
 
@@ -15,7 +16,7 @@ The optimizer and scheduler are plain torch objects handed to ``deepspeed.initia
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -318,3 +319,29 @@ class SkipNonFiniteStep(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         self.optimizer.add_param_group(param_group)
+
+
+def schedule_change(
+    step: int,
+    saved_max_steps: Optional[int],
+    max_steps: int,
+    last_lr: Optional[float],
+    saved_next_lr: float,
+    next_lr: float,
+) -> Optional[str]:
+    """The line a resume prints when its schedule is not the checkpoint's: ``trainer.max_steps``
+    changed (``saved_max_steps``: the checkpoint's run_config.json), or the rate of the next step
+    differs (optim.* changed under force_resume). last_lr: the rate step ``step`` trained at
+    (steps.jsonl); saved_next_lr / next_lr: step + 1's under the checkpoint's schedule / this run's.
+    None when nothing changed."""
+    if saved_max_steps not in (None, max_steps):
+        what = f"with max_steps {max_steps} (was {saved_max_steps}): the schedule is recomputed for {max_steps} steps"
+    elif abs(saved_next_lr - next_lr) > 1e-6 * abs(next_lr):
+        what = "with other optim settings: the schedule is recomputed with them"
+    else:
+        return None
+    before = f"{last_lr:.1e} at step {step}" if last_lr is not None else f"{saved_next_lr:.1e}"
+    return (
+        f"resuming at step {step} {what} (as in a fresh run); learning rate "
+        f"{before} -> {next_lr:.1e} at step {step + 1} (the checkpoint's schedule would give {saved_next_lr:.1e})"
+    )

@@ -28,7 +28,7 @@ Where the numbers come from, all of it under output_dir:
   says "estimated". Without the shards' manifest there is no tokens-seen panel (noted).
 
 Resumed runs give one continuous curve. A resume truncates steps.jsonl to its checkpoint's step
-and ``training.trainer.drop_torn_steps_line`` first cuts a half-written last line; this reader,
+and ``training.run_log.drop_torn_steps_line`` first cuts a half-written last line; this reader,
 which never writes to the run, tolerates both anyway (a crashed run not yet resumed, a file
 appended to by other means): a last line without its newline, or not JSON, is skipped, and a
 record whose step is not above the one before starts a new attempt that supersedes every earlier
@@ -56,7 +56,7 @@ from pipeline.cli import exit_with
 from pipeline.plots import Plotted, Series, new_figure, rolling_mean, save
 from pipeline.report import read_split
 from training import checkpoint as ckpt
-from training.trainer import EVALS_FILE, STEPS_FILE
+from training.run_log import EVALS_FILE, STEPS_FILE
 
 REPORT_SUBDIR = "report"
 SMOOTH_FROM = 200

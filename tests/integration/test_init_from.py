@@ -93,12 +93,15 @@ def minilm_run(shards, output_dir, init_from, *extra):
 
 
 def test_minilm_is_loaded_onto_our_names_and_the_missing_heads_start_fresh(minilm_dir, minilm_shards, tmp_path):
-    from training.trainer import build_model, check_init_from, open_data
+    from training.init_from import check_init_from
+    from training.preflight import objective_for, open_data
+    from training.trainer import build_model
 
     cfg = compose(*minilm_run(minilm_shards, tmp_path, minilm_dir))
     bert_cfg, data = open_data(cfg)
     check_init_from(minilm_dir, bert_cfg, data.manifest)
-    model, report = build_model(bert_cfg, cfg, resuming=False)
+    objective = objective_for(cfg, data)
+    model, report = build_model(objective, bert_cfg, cfg, resuming=False)
     assert report == {"path": minilm_dir, "weights_file": "model.safetensors", "fresh": MINILM_FRESH, "unused": []}
     published = load_file(os.path.join(minilm_dir, "model.safetensors"))
     ours = model.state_dict()
@@ -111,7 +114,10 @@ def test_minilm_is_loaded_onto_our_names_and_the_missing_heads_start_fresh(minil
     )
     # the heads MiniLM lacks hold what a run without init_from starts with (same seed)
     fresh, _ = build_model(
-        bert_cfg, dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, init_from=None)), resuming=False
+        objective,
+        bert_cfg,
+        dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, init_from=None)),
+        resuming=False,
     )
     for key in MINILM_FRESH:
         assert torch.equal(ours[key], fresh.state_dict()[key]), key
@@ -188,7 +194,7 @@ def test_fitting_overrides_name_a_preset_when_there_is_one():
 
 
 def test_casing_other_than_the_checkpoints_is_refused(minilm_dir, minilm_shards, tmp_path):
-    from training.trainer import open_data
+    from training.preflight import open_data
 
     bert_cfg, data = open_data(compose(*minilm_run(minilm_shards, tmp_path, minilm_dir)))
     cased = dataclasses.replace(data.manifest, lowercase=False)

@@ -87,7 +87,7 @@ def test_a_failed_torchrun_after_a_clean_stop_is_a_clean_stop(tmp_path):
     """torchrun exits 1 when it is signalled itself although its workers saved and exited 0: with
     the trainer's clean-stop file written, the launcher passes the clean stop's code on; without it,
     torchrun's 1."""
-    from training.trainer import CLEAN_STOP_ENV
+    from training.clean_stop import CLEAN_STOP_ENV
 
     assert train_node.CLEAN_STOP_ENV == CLEAN_STOP_ENV
     write_checkpoint(str(tmp_path), 100, 1000)

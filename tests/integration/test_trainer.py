@@ -553,7 +553,7 @@ def test_dense_head_labels_give_the_sparse_head_loss(trainer_shards):
     from training.config import DataConfig
     from training.data import RunExpectations, open_pretraining_data
     from training.model import PRESETS, BertConfig, BertForPreTraining
-    from training.trainer import forward_inputs
+    from training.objectives.mlm import forward_inputs
 
     cfg = BertConfig(vocab_size=2000, **PRESETS["tiny"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     data = open_pretraining_data(
@@ -730,7 +730,7 @@ def test_eval_labels_of_one_class_are_named_at_start(trainer_shards, tmp_path):
     """The manifest's per-split label counts (examples/<split>, sentence_pair_negatives/<split>) read when present."""
     from training.config import DataConfig
     from training.data import RunExpectations, open_pretraining_data
-    from training.trainer import eval_split_warnings
+    from training.preflight import eval_split_warnings
 
     def warnings(statistics, name):
         shards = without_eval_split(trainer_shards, tmp_path / name, statistics)

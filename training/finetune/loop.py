@@ -456,7 +456,8 @@ def model_source(model_dir: str) -> dict:
     record (config, architecture, shard identity) and the shards' manifest, when they are there."""
     from pipeline import contract
     from training import checkpoint as ckpt
-    from training.trainer import HF_SUBDIR, STEPS_FILE
+    from training.export import HF_SUBDIR
+    from training.run_log import STEPS_FILE
 
     path = os.path.abspath(model_dir)
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:

@@ -1,5 +1,5 @@
 """The trainer's DeepSpeed engine on a CUDA GPU: ZeRO-2 under bf16 on one rank (NCCL), built by
-``training.trainer.build_engine`` from a TrainConfig, trains. Skipped without a GPU. CPU twins:
+``training.engine.build_engine`` from a TrainConfig, trains. Skipped without a GPU. CPU twins:
 tests/integration/test_engine_precision.py (bf16 engines of every stage on CPU, fp32 accumulation)
 and tests/integration/test_trainer.py::test_two_processes_loss_falls_under_zero (whole runs)."""
 
@@ -27,7 +27,7 @@ import torch, deepspeed
 from cuda_batches import collate, perturbed_model, random_examples, small_config
 from training.config import DataConfig, EngineConfig, OptimConfig, TrainConfig, TrainerConfig
 from training.data import model_inputs
-from training.trainer import build_engine
+from training.engine import build_engine
 
 torch.cuda.set_device(0)
 deepspeed.init_distributed(dist_backend="nccl", auto_mpi_discovery=False, verbose=False)

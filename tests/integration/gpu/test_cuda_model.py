@@ -96,7 +96,7 @@ def test_attention_runs_on_flash_or_memory_efficient_sdpa():
     """With SDPA restricted to its flash and memory-efficient kernels (the math kernel would keep
     T x T scores: bench/sizing.py), a padded bf16 training step runs (the additive mask takes the
     memory-efficient kernel), and a batch without padding, which goes without a mask
-    (training.trainer.forward_inputs), runs on flash alone. SDPA raises when no allowed kernel fits.
+    (training.objectives.mlm.forward_inputs), runs on flash alone. SDPA raises when no allowed kernel fits.
     CPU twin: none (CPU SDPA has other kernels); the attention's values: tests/unit/test_model.py."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
