@@ -26,7 +26,7 @@ and its tests.
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -58,12 +58,14 @@ class Objective(abc.ABC):
     statistics: tuple[str, ...]
     """Names of the statistics ``loss`` returns, fixed for the run (``LOSS`` is the trainer's)."""
 
-    def __init__(self, sentence_pair: str, sparse_head: bool = True):
+    def __init__(self, sentence_pair: str, sparse_head: bool = True, settings: Any = None):
         """sentence_pair: the shards' task (manifest "objective"); sparse_head: an MLM head on the
-        masked positions only (trainer.sparse_mlm_head), for objectives that have one."""
+        masked positions only (trainer.sparse_mlm_head), for objectives that have one; settings:
+        the objective's own config dataclass, for objectives that have one (None: its defaults)."""
         check_sentence_pair(self, sentence_pair)
         self.sentence_pair = sentence_pair
         self.sparse_head = sparse_head
+        self.settings = settings
 
     @abc.abstractmethod
     def build(self, model_cfg, unpad: bool) -> nn.Module:
@@ -106,15 +108,15 @@ def registered() -> dict[str, type[Objective]]:
     return {cls.name: cls for cls in (MaskedLanguageModeling,)}
 
 
-def create(name: str, sentence_pair: str, sparse_head: bool = True) -> Objective:
-    """The objective called ``name`` for shards of ``sentence_pair``; ConfigError for an unknown
-    name, DataContractError for shards it does not train on."""
+def create(name: str, sentence_pair: str, sparse_head: bool = True, settings: Any = None) -> Objective:
+    """The objective called ``name`` for shards of ``sentence_pair`` (``Objective.__init__`` for the
+    rest); ConfigError for an unknown name, DataContractError for shards it does not train on."""
     from training.config import ConfigError
 
     objectives = registered()
     if name not in objectives:
         raise ConfigError(f"unknown objective {name!r}: choose one of {sorted(objectives)}")
-    objective = objectives[name](sentence_pair, sparse_head)
+    objective = objectives[name](sentence_pair, sparse_head, settings)
     if LOSS in objective.statistics or len(set(objective.statistics)) != len(objective.statistics):
         raise ValueError(f"objective {name}: statistics {objective.statistics} repeat a name or use {LOSS!r}")
     return objective

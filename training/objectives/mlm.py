@@ -32,7 +32,9 @@ class MaskedLanguageModeling(Objective):
     batch_keys = MODEL_INPUTS
     sentence_pairs = SENTENCE_PAIR_TASKS
 
-    def __init__(self, sentence_pair: str, sparse_head: bool = True):
+    def __init__(self, sentence_pair: str, sparse_head: bool = True, settings: None = None):
+        if settings is not None:
+            raise ValueError(f"objective {self.name} has no settings, got {settings!r}")
         super().__init__(sentence_pair, sparse_head)
         self.with_sentence_head = sentence_pair != "none"
         self.statistics = MLM_STATISTICS + (SENTENCE_STATISTICS if self.with_sentence_head else ())

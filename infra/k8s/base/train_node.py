@@ -20,7 +20,7 @@ against ``backoffLimit``, and the trainer resumes exactly from that checkpoint.
 A torchrun that receives the SIGTERM itself (this pod's, forwarded here) hands it to its workers,
 waits for them to save and exit 0, and then exits 1 (it re-raises the signal as a SignalException).
 So torchrun is given ``BERT_CLEAN_STOP_FILE``, a file the trainer's local rank 0 writes once the
-checkpoint of such a stop is complete (``training/trainer.py``): torchrun's non-zero code with that
+checkpoint of such a stop is complete (``training/clean_stop.py``): torchrun's non-zero code with that
 file written is a clean stop like a zero one.
 
 torchrun also exits 1 when its workers exit 2 on a configuration or data-contract error (it reports
