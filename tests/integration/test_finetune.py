@@ -1,5 +1,5 @@
 """Fine-tuning (python -m training.finetune): metrics against hand-computed values, the GLUE and
-polarity readers on good and bad rows, folds and schedule, every preset composing, the CLI end to
+polarity readers on good and bad rows, folds, every preset composing, the CLI end to
 end on a hand-written GLUE-layout directory (tiny BERT), bad rows, the lr sweep, a W&B offline
 run read back, and k-fold cross-validation on the 200 real polarity sentences from a model this
 project pre-trained and from the published MiniLM encoder.
@@ -151,7 +151,7 @@ def test_polarity_file_is_cp1252_not_utf8():
     assert "\u2014" in rows[26].texts[0]  # line 27's 0x97 is cp1252's em dash
 
 
-# --- folds, schedule, optimizer groups ----------------------------------------------------------
+# --- folds (optimizer and schedule: tests/unit/test_finetune_optim.py) --------------------------
 
 
 def test_folds_cover_every_row_once_keep_the_class_balance_and_follow_the_seed():
@@ -164,33 +164,6 @@ def test_folds_cover_every_row_once_keep_the_class_balance_and_follow_the_seed()
     assert all(sum(strata[r] for r in f) == 20 for f in folds)
     assert fold_rows(200, 5, 42, strata) == folds and fold_rows(200, 5, 43, strata) != folds
     assert [len(f) for f in fold_rows(7, 3, 0)] == [3, 2, 2]
-
-
-def test_linear_warmup_then_decay_and_no_weight_decay_on_biases_and_layer_norm():
-    import torch
-
-    from training.finetune.config import OptimConfig
-    from training.finetune.loop import linear_warmup_decay, make_optimizer
-
-    assert [round(linear_warmup_decay(s, 2, 10), 4) for s in range(11)] == [
-        0.3333,
-        0.6667,
-        1.0,
-        0.875,
-        0.75,
-        0.625,
-        0.5,
-        0.375,
-        0.25,
-        0.125,
-        0.0,
-    ]
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
-    optimizer, scheduler = make_optimizer(model, OptimConfig(lr=1e-3, warmup_ratio=0.1), total_steps=20)
-    decay, no_decay = optimizer.param_groups
-    assert decay["weight_decay"] == 0.01 and [p.shape for p in decay["params"]] == [(4, 3)]
-    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3  # bias, LN weight and bias
-    assert scheduler.get_last_lr()[0] == pytest.approx(1e-3 / 3)  # warmup 2 of 20 steps
 
 
 # --- every preset composes -----------------------------------------------------------------------

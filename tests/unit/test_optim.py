@@ -46,6 +46,35 @@ def test_no_decay_group_is_exactly_layernorm_and_biases(with_nsp_head):
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
 
 
+def test_norms_without_bias_rmsnorm_and_transformers_own_norm_classes_are_not_decayed():
+    """Fine-tuning applies the rule to transformers' models: torch's LayerNorm with or without a bias
+    (ModernBERT's) and RMSNorm, and transformers' norm classes that subclass neither (DeBERTa's
+    LayerNorm, T5's and Llama's RMS norms) keep their gains free of decay; a plain weight does not."""
+    from transformers.models.deberta.modeling_deberta import DebertaLayerNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    model = torch.nn.ModuleDict(
+        {
+            "no_bias": torch.nn.LayerNorm(4, bias=False),
+            "rms": torch.nn.RMSNorm(4),
+            "deberta": DebertaLayerNorm(4),
+            "t5": T5LayerNorm(4),
+            "llama": LlamaRMSNorm(4),
+            "dense": torch.nn.Linear(4, 4, bias=False),
+        }
+    )
+    assert not any(isinstance(model[k], torch.nn.LayerNorm) for k in ("deberta", "t5", "llama"))
+    assert no_decay_parameter_names(model) == {
+        "no_bias.weight",
+        "rms.weight",
+        "deberta.weight",
+        "deberta.bias",
+        "t5.weight",
+        "llama.weight",
+    }
+
+
 def test_frozen_parameters_are_left_out():
     model = tiny_bert()
     model.bert.embeddings.position_embeddings.weight.requires_grad_(False)

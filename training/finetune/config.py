@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 from omegaconf import MISSING
 
 from pipeline.config import PipelineConfig
+from training import config as pretraining
 from training.config import ConfigError, LoggerConfig, check_adam_fields
 
 KINDS = ("classification", "regression", "token_classification", "question_answering")
@@ -111,19 +112,21 @@ class TaskConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup and linear decay to 0 (BERT's fine-tuning recipe)."""
+    """AdamW with linear warmup and linear decay to 0 (BERT's fine-tuning recipe): pre-training's
+    optimizer and schedule (training/optim.py) with these settings (``shared``)."""
 
     lr: Optional[float] = None
     """Peak learning rate; null: by the encoder's hidden size (training/finetune/recipe.py: 2e-5, the
     paper's, from H=768 up; 1e-4 for H 257-767; 3e-4 up to H=256). recipe=paper sets 2e-5."""
     weight_decay: float = 0.01
-    """Decoupled weight decay; never on biases and LayerNorm weights."""
+    """Decoupled weight decay; never on biases and norm weights (LayerNorm, RMSNorm)."""
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     """Adam's (beta1, beta2)."""
     eps: float = 1e-6
     """Added to sqrt(v) (BERT's 1e-6)."""
     warmup_ratio: float = 0.1
-    """Linear warmup over this fraction of all steps, then linear decay to 0."""
+    """Linear warmup over this fraction of all steps (step/warmup: the first update at lr 0), then linear
+    decay to 0."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 turns clipping off."""
 
@@ -132,6 +135,24 @@ class OptimConfig:
         check_adam_fields(self if self.lr is not None else dataclasses.replace(self, lr=1.0))
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def shared(self) -> pretraining.OptimConfig:
+        """These settings as pre-training's optim group, which training/optim.py builds: AdamW, warmup
+        over warmup_ratio of the run's steps, linear decay to 0. lr must be set (recipe.fill_in)."""
+        if self.lr is None:
+            raise ValueError("optim.lr is chosen (training/finetune/recipe.py) before the optimizer is built")
+        return pretraining.OptimConfig(
+            name="adamw",
+            lr=self.lr,
+            betas=list(self.betas),
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+            warmup_steps=None,
+            warmup_ratio=self.warmup_ratio,
+            schedule="linear",
+            end_lr=0.0,
+        )
 
 
 @dataclass
@@ -166,7 +187,8 @@ class FinetuneConfig:
     data_dir: str = MISSING
     """The task's own directory (e.g. GLUE's SST-2/), holding task.train_file and task.dev_files."""
     model_dir: str = MISSING
-    """A Hugging Face BERT directory (config.json, weights, vocab.txt): our export or a published one."""
+    """An encoder in Hugging Face layout (config.json, weights, tokenizer): this project's BERT or ModernBERT
+    export, its ELECTRA export's discriminator/, or a published one transformers' Auto classes load."""
     output_dir: str = MISSING
     """results.json (and the model if save_model) go here; a multirun job uses output_dir/<job number>."""
     seed: int = 42

@@ -1,7 +1,9 @@
 """Kind ``classification``: one label per text or text pair, predicted from [CLS].
 
-The head is transformers' ``BertForSequenceClassification`` (dropout and one linear layer on the
-pooled [CLS] state, cross-entropy loss) over the encoder of model_dir. Texts come from the
+The head is transformers' ``AutoModelForSequenceClassification`` of model_dir's architecture
+(``BertForSequenceClassification``: dropout and one linear layer on the pooled [CLS] state;
+``ModernBertForSequenceClassification``: a dense-GELU-norm block on [CLS], then the linear layer;
+``ElectraForSequenceClassification``: two layers on [CLS]), cross-entropy loss. Texts come from the
 readers in training/finetune/glue.py (task.format tsv or fasttext); a label that is not one of
 task.labels is a bad row. Metrics: accuracy, f1 (class 1 of two), matthews.
 """
@@ -32,8 +34,8 @@ def check(task: TaskConfig) -> None:
 
 
 def encode(tokenizer, examples: list[glue.TextExample], max_seq_length: int) -> dict[str, torch.Tensor]:
-    """input_ids, token_type_ids, attention_mask, each (N, max_seq_length): [CLS] a [SEP] (b [SEP]),
-    the longer text cut first."""
+    """input_ids, token_type_ids (when the tokenizer returns them: not ModernBERT's), attention_mask,
+    each (N, max_seq_length): [CLS] a [SEP] (b [SEP]), the longer text cut first."""
     first = [e.texts[0] for e in examples]
     second = [e.texts[1] for e in examples] if len(examples[0].texts) == 2 else None
     encoded = tokenizer(
@@ -77,10 +79,10 @@ def load(task: TaskConfig, path: str, tokenizer, *, split: str) -> TaskData:
 
 
 def build_model(model_dir: str, task: TaskConfig, label_names) -> tuple[torch.nn.Module, str]:
-    from transformers import BertForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     return from_pretrained(
-        BertForSequenceClassification,
+        AutoModelForSequenceClassification,
         model_dir,
         num_labels=len(label_names),
         problem_type="single_label_classification",

@@ -2,7 +2,8 @@
 
 Rows are strided windows over the contexts (training/finetune/squad.py); a dev file's windows are
 decoded together, the best span of each question over all its windows, and scored against the
-gold answers. The interface is training/finetune/kinds.py's.
+gold answers. The head is transformers' ``AutoModelForQuestionAnswering`` of model_dir's architecture
+(start and end logits from a linear layer on every position). The interface is training/finetune/kinds.py's.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def load(task, path: str, tokenizer, *, split: str) -> TaskData:
 
 
 def _padded(windows: List[QAWindow], length: int, pad_id: int) -> Dict[str, torch.Tensor]:
-    """(N, length) ids, attention mask and segments; (N,) answer start and end positions."""
+    """(N, length) ids, attention mask and segments (dropped by the loop for a model without them);
+    (N,) answer start and end positions."""
     input_ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
     token_types = torch.zeros((len(windows), length), dtype=torch.long)
     mask = torch.zeros((len(windows), length), dtype=torch.long)
@@ -109,9 +111,9 @@ def _padded(windows: List[QAWindow], length: int, pad_id: int) -> Dict[str, torc
 
 
 def build_model(model_dir: str, task, label_names: Optional[List[str]]) -> tuple[torch.nn.Module, str]:
-    from transformers import BertForQuestionAnswering
+    from transformers import AutoModelForQuestionAnswering
 
-    return from_pretrained(BertForQuestionAnswering, model_dir)
+    return from_pretrained(AutoModelForQuestionAnswering, model_dir)
 
 
 def evaluate(task, data: TaskData, outputs: Dict[str, np.ndarray]) -> Dict[str, float]:

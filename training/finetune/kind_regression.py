@@ -1,6 +1,7 @@
 """Kind ``regression``: one score per text or text pair (GLUE's STS-B), predicted from [CLS].
 
-transformers' ``BertForSequenceClassification`` with one output and mean squared error
+transformers' ``AutoModelForSequenceClassification`` (kind_classification's head) with one output and
+mean squared error
 (num_labels=1, problem_type regression). The label column must hold a number; task.labels is
 null. Metrics: pearson, spearman.
 """
@@ -49,9 +50,9 @@ def load(task: TaskConfig, path: str, tokenizer, *, split: str) -> TaskData:
 
 
 def build_model(model_dir: str, task: TaskConfig, label_names) -> tuple[torch.nn.Module, str]:
-    from transformers import BertForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    return from_pretrained(BertForSequenceClassification, model_dir, num_labels=1, problem_type="regression")
+    return from_pretrained(AutoModelForSequenceClassification, model_dir, num_labels=1, problem_type="regression")
 
 
 def evaluate(task: TaskConfig, data: TaskData, outputs: dict[str, np.ndarray]) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 Rows are word-piece windows of sentences (training/finetune/conll.py): the loss sees each word's
 tag on its first piece only; a dev file's windows are decoded back to one tag per word and the
-entities compared with the gold ones. The interface is training/finetune/kinds.py's.
+entities compared with the gold ones. The head is transformers' ``AutoModelForTokenClassification`` of
+model_dir's architecture (a linear layer on every position). The interface is training/finetune/kinds.py's.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def load(task, path: str, tokenizer, *, split: str) -> TaskData:
 
 
 def _padded(windows: List[TokenWindow], length: int, pad_id: int) -> Dict[str, torch.Tensor]:
-    """(N, length) tensors: the ids, a 1/0 attention mask, segment 0 everywhere, the labels."""
+    """(N, length) tensors: the ids, a 1/0 attention mask, segment 0 everywhere (dropped by the loop for a
+    model without segments), the labels."""
     input_ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
     labels = torch.full((len(windows), length), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(windows), length), dtype=torch.long)
@@ -108,11 +110,11 @@ def _padded(windows: List[TokenWindow], length: int, pad_id: int) -> Dict[str, t
 
 
 def build_model(model_dir: str, task, label_names: Optional[List[str]]) -> tuple[torch.nn.Module, str]:
-    from transformers import BertForTokenClassification
+    from transformers import AutoModelForTokenClassification
 
     names = list(label_names or task.labels)
     return from_pretrained(
-        BertForTokenClassification,
+        AutoModelForTokenClassification,
         model_dir,
         num_labels=len(names),
         id2label=dict(enumerate(names)),

@@ -20,12 +20,14 @@ functions; the loop (training/finetune/loop.py) knows nothing else about any of 
     ``end_positions``), for a dev file too when its labels allow a dev loss. Padding is on the
     right: in a training batch the loop cuts every (N, T) tensor (T = attention_mask's width) to
     the batch's longest row, so a (N, T) label tensor is cut with the inputs; dev batches are
-    not cut, so ``outputs`` below keep the full T.
+    not cut, so ``outputs`` below keep the full T. ``token_type_ids`` may be there for any model:
+    the loop drops it for one whose forward takes none (ModernBERT).
 
 ``build_model(model_dir: str, task: TaskConfig, label_names: list[str] | None) -> tuple[torch.nn.Module, str]``
     The pre-trained encoder of model_dir with the kind's new head, and one line saying which
     weights start fresh and which of model_dir's are dropped (``from_pretrained`` below gives
-    both). ``model(**batch)``, with ``batch`` a row slice of ``TaskData.inputs``, returns a
+    both, from a transformers Auto class: any architecture transformers has the head for).
+    ``model(**batch)``, with ``batch`` a row slice of ``TaskData.inputs``, returns a
     transformers ``ModelOutput``: ``loss`` (when the batch has labels) and the kind's prediction
     tensors (``logits``, or ``start_logits`` and ``end_logits``). ``label_names`` is the training
     TaskData's.
@@ -57,6 +59,7 @@ from types import ModuleType
 from typing import Any, BinaryIO, Optional, Sequence
 
 from training.config import ConfigError
+from training.finetune.encoder import load_pretrained
 
 KIND_FUNCTIONS = ("check", "load", "build_model", "evaluate")
 """What every kind module defines (see this module's docstring)."""
@@ -65,26 +68,39 @@ FIRST_SKIPPED_KEPT = 5
 """How many skipped rows are kept verbatim (file:line: reason) in results.json."""
 
 
-def from_pretrained(model_class, model_dir: str, **kwargs) -> tuple[Any, str]:
-    """``model_class.from_pretrained(model_dir, **kwargs)`` and one line naming the weights that start
-    fresh (the new head; anything else model_dir lacks) and model_dir's that the model has no place
-    for (the pre-training heads ``cls.*``). transformers' own table of them (its LOAD REPORT) shows
-    at log_level=DEBUG only (``loop.transformers_output``)."""
-    model, info = model_class.from_pretrained(model_dir, output_loading_info=True, **kwargs)
-    encoder = model.base_model_prefix + "."  # "bert.": what is not under it is the task head
+def from_pretrained(auto_class, model_dir: str, **kwargs) -> tuple[Any, str]:
+    """``auto_class.from_pretrained(model_dir, **kwargs)`` (a transformers Auto class: the task head
+    of model_dir's architecture, ``encoder.load_pretrained``) and one line naming the weights that start
+    fresh (the new head; anything else model_dir lacks), the pre-training head's weights the task head
+    takes over (ModernBERT's ``head.*``: the same dense-GELU-norm block before its classifier) and
+    model_dir's weights the model has no place for (the pre-training heads: BERT's ``cls.*``, ELECTRA's
+    ``discriminator_predictions.*``, ModernBERT's ``decoder.*``). transformers' own table of them (its
+    LOAD REPORT) shows at log_level=DEBUG only (``loop.transformers_output``)."""
+    model, info = load_pretrained(auto_class, model_dir, **kwargs)
+    encoder = model.base_model_prefix + "."  # "bert.", "model.", "electra.": what is not under it is a head
     missing, dropped = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
     head = [key for key in missing if not key.startswith(encoder)]
     parts = [f"new head: {', '.join(head)} start fresh" if head else "no new head weights"]
     lacking = [key for key in missing if key.startswith(encoder)]
     if lacking:
         parts.append(f"model_dir lacks {', '.join(lacking)}: they start fresh too")
-    if dropped:
-        prefixes = sorted({".".join(key.split(".")[: 2 if key.startswith(encoder) else 1]) + ".*" for key in dropped})
-        if prefixes == ["cls.*"]:
-            parts.append("pre-training heads cls.* dropped")
-        else:
-            parts.append(f"model_dir's {', '.join(prefixes)} dropped (this model has no place for them)")
+    taken = [key for key in model.state_dict() if not key.startswith(encoder) and key not in info["missing_keys"]]
+    kept = sorted({_prefix(key, encoder) for key in taken})
+    if kept:
+        parts.append(f"{', '.join(kept)} from model_dir's pre-training head")
+    heads = sorted({_prefix(key, encoder) for key in dropped if not key.startswith(encoder)})
+    if heads:
+        parts.append(f"pre-training heads {', '.join(heads)} dropped")
+    inside = sorted({_prefix(key, encoder) for key in dropped if key.startswith(encoder)})
+    if inside:
+        parts.append(f"model_dir's {', '.join(inside)} dropped (this model has no place for them)")
     return model, "; ".join(parts)
+
+
+def _prefix(key: str, encoder: str) -> str:
+    """The group a weight's name belongs to: cls.* for cls.predictions.bias, bert.pooler.* for
+    bert.pooler.dense.weight (one level below the encoder's prefix)."""
+    return ".".join(key.split(".")[: 2 if key.startswith(encoder) else 1]) + ".*"
 
 
 def open_task_file(path: str) -> BinaryIO:

@@ -16,14 +16,19 @@ trains k models, each evaluated on the fold it did not see. It writes ``output_d
                   pre-training run's record (run_config.json of its last checkpoint) and shard manifest
     config        the resolved config (secrets redacted); overrides; seconds
 
-Optimizer: AdamW, no weight decay on 1-D parameters (biases, LayerNorm weights); linear warmup
-over optim.warmup_ratio of all steps, then linear decay to 0; gradient norm clipped.
+The model is transformers' Auto class for the kind's head on model_dir (training/finetune/encoder.py:
+BERT, ModernBERT, ELECTRA's discriminator, or a published encoder); each batch gives it the inputs
+its forward takes. Optimizer and schedule are pre-training's (training/optim.py): AdamW, no weight
+decay on biases and norm weights (by module type); linear warmup over optim.warmup_ratio of all
+steps (step/warmup, so the first update runs at lr 0 when there is warmup), then linear decay to 0;
+gradient norm clipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -33,10 +38,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from training import optim
 from training.config import ConfigError
 from training.distributed import resolve_device
 from training.finetune import recipe
 from training.finetune.config import FinetuneConfig, OptimConfig, TaskConfig, TrainLoopConfig
+from training.finetune.encoder import read_encoder_config
 from training.finetune.kinds import TaskData, load_kind
 from training.tracking import Tracker, check_wandb_login, make_tracker, redact
 
@@ -52,30 +59,25 @@ NOT_COLLECTED = ("loss", "hidden_states", "attentions")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
-    """AdamW over two groups (1-D parameters without weight decay) and its LambdaLR schedule."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)  # biases, LayerNorm gains: 1-D
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        eps=cfg.eps,
-    )
-    warmup = int(round(cfg.warmup_ratio * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: linear_warmup_decay(step, warmup, total_steps)
-    )
-    return optimizer, scheduler
+    """Pre-training's optimizer and schedule (training/optim.py) with fine-tuning's settings: AdamW over
+    BERT's two weight-decay groups and a LambdaLR over ``lr_multiplier`` (warmup, linear decay to 0)."""
+    shared = cfg.shared()
+    optimizer = optim.build_optimizer(model, shared)
+    return optimizer, optim.make_scheduler(optimizer, shared, total_steps)
 
 
-def linear_warmup_decay(step: int, warmup: int, total: int) -> float:
-    """Multiplier of the peak lr for the update after ``step`` updates: step/warmup rising, then
-    (total - step)/(total - warmup) falling to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)  # never 0, so the first update moves the weights
-    return max(0.0, (total - step) / max(1, total - warmup))
+# --- inputs the model takes --------------------------------------------------------------------
+
+OPTIONAL_INPUTS = ("token_type_ids",)
+"""Inputs a kind writes for every model that some models do not take (ModernBERT has no segments)."""
+
+
+def accepted_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``inputs`` without the OPTIONAL_INPUTS that model.forward does not name. transformers' task
+    models also take ``**kwargs``, which would accept such an input and pass it on to where it does
+    not belong, so the named parameters decide."""
+    named = inspect.signature(model.forward).parameters
+    return {k: v for k, v in inputs.items() if k not in OPTIONAL_INPUTS or k in named}
 
 
 # --- batches, prediction, evaluation ---------------------------------------------------------
@@ -105,9 +107,10 @@ def predict(
     model.eval()
     collected: dict[str, list[np.ndarray]] = {}
     loss_sum, n = 0.0, data.num_rows
+    inputs = accepted_inputs(model, data.inputs)
     for start in range(0, n, batch_size):
         rows = torch.arange(start, min(start + batch_size, n))
-        out = model(**batch_at(data.inputs, rows, device))
+        out = model(**batch_at(inputs, rows, device))
         for key, value in out.items():
             if key not in NOT_COLLECTED and isinstance(value, torch.Tensor):
                 collected.setdefault(key, []).append(value.float().cpu().numpy())
@@ -189,6 +192,7 @@ def fit(
     steps_per_epoch = math.ceil(train.num_rows / loop.batch_size)
     total = steps_per_epoch * loop.epochs
     optimizer, scheduler = make_optimizer(model, optim_cfg, total)
+    inputs = accepted_inputs(model, train.inputs)
     order = torch.Generator().manual_seed(seed)
     records, step = [], 0
     for epoch in range(1, loop.epochs + 1):
@@ -197,7 +201,7 @@ def fit(
         epoch_loss, window = 0.0, []
         for start in range(0, train.num_rows, loop.batch_size):
             rows = permutation[start : start + loop.batch_size]
-            loss = model(**batch_at(train.inputs, rows, device, trim=True)).loss
+            loss = model(**batch_at(inputs, rows, device, trim=True)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if optim_cfg.grad_clip > 0:
@@ -269,8 +273,7 @@ def run(cfg: FinetuneConfig, resolved: dict, overrides: Sequence[str] = ()) -> d
     kind = load_kind(task.kind)
     kind.check(task)
     check_wandb_login(cfg.logger)
-    if not os.path.isfile(os.path.join(cfg.model_dir, "config.json")):
-        raise ConfigError(f"model_dir {cfg.model_dir} is not a Hugging Face model directory (no config.json)")
+    read_encoder_config(cfg.model_dir)
     if not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"data_dir {cfg.data_dir} is not a directory")
     device = resolve_device(cfg.train.device, "train.device")
