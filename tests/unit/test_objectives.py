@@ -56,7 +56,7 @@ def test_mlm_reports_the_sentence_statistics_only_for_shards_with_pairs():
 
 
 def test_an_unknown_objective_names_the_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown objective 'bert2'.*\['mlm'"):
+    with pytest.raises(ConfigError, match=r"unknown objective 'bert2'.*\['electra', 'mlm'"):
         create("bert2", "nsp")
 
 
@@ -164,11 +164,26 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("sparse_head", [True, False])
-@pytest.mark.parametrize("task", ["nsp", "none"])
-def test_a_training_micro_batch_reads_nothing_on_the_host(task, sparse_head):
+def objective_and_net(name: str, task: str, sparse_head: bool = True):
+    """A registered objective for ``task`` shards and the tiny network it builds (train mode)."""
+    objective = create(name, task, sparse_head=sparse_head)
+    torch.manual_seed(0)
+    return objective, objective.build(tiny_config(with_nsp_head=task != "none"), unpad=False).train()
+
+
+@pytest.mark.parametrize(
+    "name, task, sparse_head",
+    [
+        ("mlm", "nsp", True),
+        ("mlm", "nsp", False),
+        ("mlm", "none", True),
+        ("mlm", "none", False),
+        ("electra", "none", True),
+    ],
+)
+def test_a_training_micro_batch_reads_nothing_on_the_host(name, task, sparse_head):
     with_pairs = task != "none"
-    model, objective = tiny_model(with_pairs).train(), create("mlm", task, sparse_head=sparse_head)
+    objective, model = objective_and_net(name, task, sparse_head)
     layout = StatisticsLayout(objective.statistics)
     batch = collated(3, with_pairs=with_pairs)
     with HostReads() as reads:
@@ -179,10 +194,11 @@ def test_a_training_micro_batch_reads_nothing_on_the_host(task, sparse_head):
     assert row.shape == (layout.size,) and row.dtype == torch.float64
 
 
-def test_the_objective_step_compiles_once_over_batches_of_one_shape(fresh_dynamo):  # noqa: F811
+@pytest.mark.parametrize("name, task", [("mlm", "nsp"), ("electra", "none")])
+def test_the_objective_step_compiles_once_over_batches_of_one_shape(fresh_dynamo, name, task):  # noqa: F811
     """The model's loss and the statistics row under fullgraph: one graph for three batches of
     different contents, no data-dependent size (a recompile would raise)."""
-    model, objective = tiny_model(True).train(), create("mlm", "nsp")
+    objective, model = objective_and_net(name, task)
     layout = StatisticsLayout(objective.statistics)
     recorder = GraphRecorder()
 
@@ -193,7 +209,9 @@ def test_the_objective_step_compiles_once_over_batches_of_one_shape(fresh_dynamo
 
     for seed, lengths in enumerate([(16, 9, 4, 12), (7, 16, 16, 3), (11, 2, 8, 16)]):
         loss, row = micro_batch(
-            device_batch(collated(seed, lengths=lengths), objective.batch_keys, torch.device("cpu"))
+            device_batch(
+                collated(seed, with_pairs=task != "none", lengths=lengths), objective.batch_keys, torch.device("cpu")
+            )
         )
         loss.backward()
         assert torch.isfinite(row).all()
@@ -209,3 +227,21 @@ def test_device_batch_moves_the_objectives_keys_and_drops_the_mask_without_paddi
     assert "attention_mask" in moved
     full = collated(4, lengths=(16, 16, 16, 16))
     assert "attention_mask" not in device_batch(full, objective.batch_keys, torch.device("cpu"))
+
+
+def test_electra_trains_on_shards_without_sentence_pairs_and_reports_both_networks():
+    from training.objectives.electra import STAT_NAMES, ElectraConfig
+
+    assert create("electra", "none").statistics == STAT_NAMES
+    assert create("electra", "none").settings == ElectraConfig()
+    for task in ("nsp", "sop"):
+        with pytest.raises(DataContractError, match="instances=none"):
+            create("electra", task)
+    objective, net = objective_and_net("electra", "none")
+    layout = StatisticsLayout(objective.statistics)
+    batch = device_batch(collated(5, with_pairs=False), objective.batch_keys, torch.device("cpu"))
+    loss, stats = objective.loss(net, batch)
+    totals = layout.summarise(layout.device_row(loss, stats))
+    assert set(totals) >= {"loss", "mlm_loss", "rtd_loss", "rtd_accuracy"} and np.isfinite(totals["loss"])
+    assert 0.0 <= totals["rtd_accuracy"] <= 1.0
+    assert objective.flops_per_token(tiny_config(with_nsp_head=False), 16, 0.3) > 0

@@ -103,9 +103,10 @@ def check_sentence_pair(objective: Objective, sentence_pair: str) -> None:
 def registered() -> dict[str, type[Objective]]:
     """name -> class of every objective there is. Imported here, not at the top: each module
     imports this one for ``Objective``."""
+    from training.objectives.electra import ReplacedTokenDetection
     from training.objectives.mlm import MaskedLanguageModeling
 
-    return {cls.name: cls for cls in (MaskedLanguageModeling,)}
+    return {cls.name: cls for cls in (MaskedLanguageModeling, ReplacedTokenDetection)}
 
 
 def create(name: str, sentence_pair: str, sparse_head: bool = True, settings: Any = None) -> Objective:

@@ -40,6 +40,7 @@ from pipeline import contract
 from pipeline.tokenization import build_tokenizer, vocab_sha256
 from training import model as bert
 from training.config import ConfigError
+from training.data import MODEL_INPUTS
 from training.export import (
     CONFIG_FILE,
     SPECIAL_TOKENS_MAP_FILE,
@@ -64,6 +65,7 @@ from training.model import (
     additive_attention_mask,
     attention_dtype,
 )
+from training.objectives import Objective, Statistics
 
 DISCRIMINATOR_DIR = "discriminator"
 GENERATOR_DIR = "generator"
@@ -571,3 +573,44 @@ def _read_network(model: ElectraPreTraining, directory: str, network: str) -> di
             if copy not in weights and source in weights:
                 weights[copy] = weights[source]
     return weights
+
+
+# ------------------------------------------------------------------ the objective the trainer drives
+
+
+class ReplacedTokenDetection(Objective):
+    """``objective=electra``: the trainer's view of ``ElectraPreTraining``. The model config is the
+    discriminator's; the settings (``ElectraConfig``, defaults when None) size the generator. Trains
+    on shards without a sentence-pair task (ELECTRA has no sentence head): shards built with
+    instances=none, masked dynamically or statically."""
+
+    name = "electra"
+    batch_keys = tuple(k for k in MODEL_INPUTS if k != "next_sentence_label")
+    sentence_pairs = ("none",)
+
+    def __init__(self, sentence_pair: str, sparse_head: bool = True, settings: ElectraConfig | None = None):
+        super().__init__(sentence_pair, sparse_head, ElectraConfig() if settings is None else settings)
+        self.statistics = STAT_NAMES
+
+    def build(self, model_cfg: BertConfig, unpad: bool) -> nn.Module:
+        return ElectraPreTraining(model_cfg, self.settings, unpad=unpad)
+
+    def loss(self, net, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Statistics]:
+        # the generator's head always runs on the masked slots (sparse): it samples there only
+        return net(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            token_type_ids=batch.get("token_type_ids"),
+            masked_lm_positions=batch["masked_lm_positions"],
+            masked_lm_labels=batch["masked_lm_labels"],
+            unpad_index=batch.get("unpad_index"),
+            cu_seqlens=batch.get("cu_seqlens"),
+        )
+
+    def flops_per_token(self, model_cfg: BertConfig, seq_len: int, sparse_fraction: float | None) -> float:
+        return flops_per_token(model_cfg, self.settings, seq_len, sparse_fraction)
+
+    def export(self, state_dict: dict[str, torch.Tensor], model_cfg: BertConfig, data_dir: str, out_dir: str) -> str:
+        model = ElectraPreTraining(model_cfg, self.settings)
+        model.load_state_dict(state_dict)
+        return save_hf(model, out_dir, data_dir)
