@@ -138,13 +138,10 @@ def _write_json(path: str, obj: dict) -> None:
         f.write("\n")
 
 
-def export_hf(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig, data_dir: str, out_dir: str) -> str:
-    """Write a Hugging Face model directory for ``state_dict`` (our model's, e.g. from
-    ``consolidated_state_dict_from_checkpoint``) and the vocabulary of the shards in ``data_dir``.
-
-    Checks first that the vocabulary file is the one the manifest names (hash and size) and that
-    the model's vocabulary size and [PAD] id match it. Returns out_dir.
-    """
+def checked_vocabulary(data_dir: str, model_cfg: BertConfig) -> tuple[contract.ShardManifest, str, list[str]]:
+    """(manifest, vocab.txt path, its tokens) of the shards in ``data_dir``, once the vocabulary
+    file is the one the manifest names (hash and size) and the model's vocabulary size and [PAD] id
+    match it; ExportError otherwise."""
     manifest = contract.read_manifest(data_dir)
     vocab_path = os.path.join(data_dir, manifest.vocab_file)
     vocab = contract.read_vocab(vocab_path)
@@ -153,24 +150,44 @@ def export_hf(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig, data_di
             f"{vocab_path} is not the vocabulary the manifest names "
             f"({manifest.vocab_size} tokens, sha256 {manifest.vocab_sha256[:12]}...)"
         )
-    if bert_cfg.vocab_size != manifest.vocab_size:
-        raise ExportError(f"model vocab_size {bert_cfg.vocab_size} != the shards' {manifest.vocab_size}")
-    if bert_cfg.pad_token_id != manifest.special_tokens["pad"]:
+    if model_cfg.vocab_size != manifest.vocab_size:
+        raise ExportError(f"model vocab_size {model_cfg.vocab_size} != the shards' {manifest.vocab_size}")
+    if model_cfg.pad_token_id != manifest.special_tokens["pad"]:
         raise ExportError(
-            f"model pad_token_id {bert_cfg.pad_token_id} != the shards' [PAD] id {manifest.special_tokens['pad']}"
+            f"model pad_token_id {model_cfg.pad_token_id} != the shards' [PAD] id {manifest.special_tokens['pad']}"
         )
-    tensors = hf_weights(state_dict, bert_cfg)
+    return manifest, vocab_path, vocab
 
-    os.makedirs(out_dir, exist_ok=True)
-    _save_weights(tensors, os.path.join(out_dir, WEIGHTS_FILE))
-    _write_json(os.path.join(out_dir, CONFIG_FILE), {**bert_cfg.to_hf_config_dict(), "dtype": "float32"})
+
+def write_tokenizer(
+    out_dir: str, manifest: contract.ShardManifest, vocab_path: str, vocab: list[str], max_length: int
+) -> None:
+    """The shards' WordPiece tokenizer in ``out_dir``: vocab.txt, tokenizer_config.json,
+    special_tokens_map.json, and tokenizer.json where the slow tokenizer cannot say how the text
+    was normalised (``tokenizer_files``)."""
     shutil.copyfile(vocab_path, os.path.join(out_dir, contract.VOCAB_FILE))
-    tokenizer_config, special_tokens_map = tokenizer_files(manifest, bert_cfg.max_position_embeddings)
+    tokenizer_config, special_tokens_map = tokenizer_files(manifest, max_length)
     _write_json(os.path.join(out_dir, TOKENIZER_CONFIG_FILE), tokenizer_config)
     _write_json(os.path.join(out_dir, SPECIAL_TOKENS_MAP_FILE), special_tokens_map)
     if tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast":
         tokenizer = build_tokenizer(vocab, manifest.lowercase, manifest.strips_accents, manifest.keep_letters)
         tokenizer.save(os.path.join(out_dir, TOKENIZER_FILE))
+
+
+def export_hf(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig, data_dir: str, out_dir: str) -> str:
+    """Write a Hugging Face model directory for ``state_dict`` (our model's, e.g. from
+    ``consolidated_state_dict_from_checkpoint``) and the vocabulary of the shards in ``data_dir``.
+
+    Checks first that the vocabulary file is the one the manifest names (hash and size) and that
+    the model's vocabulary size and [PAD] id match it (``checked_vocabulary``). Returns out_dir.
+    """
+    manifest, vocab_path, vocab = checked_vocabulary(data_dir, bert_cfg)
+    tensors = hf_weights(state_dict, bert_cfg)
+
+    os.makedirs(out_dir, exist_ok=True)
+    _save_weights(tensors, os.path.join(out_dir, WEIGHTS_FILE))
+    _write_json(os.path.join(out_dir, CONFIG_FILE), {**bert_cfg.to_hf_config_dict(), "dtype": "float32"})
+    write_tokenizer(out_dir, manifest, vocab_path, vocab, bert_cfg.max_position_embeddings)
     return out_dir
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -36,21 +35,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline import contract
-from pipeline.tokenization import build_tokenizer, vocab_sha256
 from training import model as bert
 from training.config import ConfigError
 from training.data import MODEL_INPUTS
 from training.export import (
     CONFIG_FILE,
-    SPECIAL_TOKENS_MAP_FILE,
-    TOKENIZER_CONFIG_FILE,
-    TOKENIZER_FILE,
     WEIGHTS_FILE,
-    ExportError,
     _save_weights,
     _write_json,
-    tokenizer_files,
+    checked_vocabulary,
+    write_tokenizer,
 )
 from training.hf_checkpoint import ARCHITECTURE_KEYS, CheckpointError
 from training.labels import IGNORE_INDEX
@@ -490,8 +484,7 @@ def save_hf(model: ElectraPreTraining, directory: str, data_dir: str) -> str:
 
     ExportError when the vocabulary file is not the one the manifest names, or the model's
     vocabulary size or [PAD] id differ from the shards'."""
-    manifest, vocab_path = _checked_vocabulary(data_dir, model.config)
-    tokenizer_config, special_tokens_map = tokenizer_files(manifest, model.config.max_position_embeddings)
+    manifest, vocab_path, vocab = checked_vocabulary(data_dir, model.config)
     weights = {
         DISCRIMINATOR_DIR: _tensors_to_save(discriminator_hf_state_dict(model), {}),
         GENERATOR_DIR: _tensors_to_save(generator_hf_state_dict(model), GENERATOR_TIED_KEYS),
@@ -501,34 +494,8 @@ def save_hf(model: ElectraPreTraining, directory: str, data_dir: str) -> str:
         os.makedirs(out, exist_ok=True)
         _save_weights(tensors, os.path.join(out, WEIGHTS_FILE))
         _write_json(os.path.join(out, CONFIG_FILE), {**hf_config_dict(model, network), "dtype": "float32"})
-        shutil.copyfile(vocab_path, os.path.join(out, contract.VOCAB_FILE))
-        _write_json(os.path.join(out, TOKENIZER_CONFIG_FILE), tokenizer_config)
-        _write_json(os.path.join(out, SPECIAL_TOKENS_MAP_FILE), special_tokens_map)
-        if tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast":
-            vocab = contract.read_vocab(vocab_path)
-            tokenizer = build_tokenizer(vocab, manifest.lowercase, manifest.strips_accents, manifest.keep_letters)
-            tokenizer.save(os.path.join(out, TOKENIZER_FILE))
+        write_tokenizer(out, manifest, vocab_path, vocab, model.config.max_position_embeddings)
     return directory
-
-
-def _checked_vocabulary(data_dir: str, disc_cfg: BertConfig) -> tuple[contract.ShardManifest, str]:
-    """The shards' manifest and vocab.txt path, checked against each other and the model (as
-    ``training.export.export_hf`` checks them)."""
-    manifest = contract.read_manifest(data_dir)
-    vocab_path = os.path.join(data_dir, manifest.vocab_file)
-    vocab = contract.read_vocab(vocab_path)
-    if vocab_sha256(vocab) != manifest.vocab_sha256 or len(vocab) != manifest.vocab_size:
-        raise ExportError(
-            f"{vocab_path} is not the vocabulary the manifest names "
-            f"({manifest.vocab_size} tokens, sha256 {manifest.vocab_sha256[:12]}...)"
-        )
-    if disc_cfg.vocab_size != manifest.vocab_size:
-        raise ExportError(f"model vocab_size {disc_cfg.vocab_size} != the shards' {manifest.vocab_size}")
-    if disc_cfg.pad_token_id != manifest.special_tokens["pad"]:
-        raise ExportError(
-            f"model pad_token_id {disc_cfg.pad_token_id} != the shards' [PAD] id {manifest.special_tokens['pad']}"
-        )
-    return manifest, vocab_path
 
 
 def load_hf(model: ElectraPreTraining, directory: str) -> None:
