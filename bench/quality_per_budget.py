@@ -191,11 +191,22 @@ def snapshot_targets(budget_s: float, points: int) -> list[float]:
 # --- our trainer --------------------------------------------------------------------------------
 
 
-def run_ours(args, shards: str, init_dir: str, work: str, checkpoint_every: int) -> dict:
+def run_ours(
+    args,
+    shards: str,
+    init_dir: Optional[str],
+    work: str,
+    checkpoint_every: int,
+    name: str = "ours",
+    overrides: tuple[str, ...] = (),
+) -> dict:
     """`python -m training` until the deadline, then SIGTERM. Returns the step timeline observed in
-    steps.jsonl ({step: seconds since launch}, polled every 0.1 s), the exit code and the log."""
-    out = os.path.join(work, "ours")
-    log_path = os.path.join(work, "ours.log")
+    steps.jsonl ({step: seconds since launch}, polled every 0.1 s), the exit code and the log.
+    init_dir: the initial weights (trainer.init_from), None: the trainer's own seeded initialisation;
+    name: the run's directory and log under work; overrides: more key=value / group=option settings,
+    after this benchmark's own (bench/recipes_per_budget.py: the recipes)."""
+    out = os.path.join(work, name)
+    log_path = os.path.join(work, f"{name}.log")
     cmd = [
         sys.executable,
         "-m",
@@ -204,7 +215,7 @@ def run_ours(args, shards: str, init_dir: str, work: str, checkpoint_every: int)
         f"data_dir={shards}",
         f"output_dir={out}",
         f"seed={args.seed}",
-        f"trainer.init_from={init_dir}",
+        *([f"trainer.init_from={init_dir}"] if init_dir else []),
         f"trainer.max_steps={HUGE_MAX_STEPS}",
         f"trainer.global_batch_size={args.batch_size}",
         f"data.micro_batch_size={args.batch_size}",
@@ -216,8 +227,9 @@ def run_ours(args, shards: str, init_dir: str, work: str, checkpoint_every: int)
         "trainer.export_hf=false",
         f"optim.lr={args.lr}",
         f"optim.warmup_steps={args.warmup_steps}",
+        *overrides,
     ]
-    print("ours: python", " ".join(cmd[1:]), flush=True)
+    print(f"{name}: python", " ".join(cmd[1:]), flush=True)
     steps_path = os.path.join(out, "steps.jsonl")
     stamps: dict[int, float] = {}
     records: dict[int, dict] = {}
@@ -253,14 +265,21 @@ def run_ours(args, shards: str, init_dir: str, work: str, checkpoint_every: int)
                 term_at = now
             if term_at is not None and now > term_at + 600:
                 proc.kill()
-                raise SystemExit(f"our trainer did not stop within 600 s of SIGTERM: see {log_path}")
+                raise SystemExit(f"{name}: the trainer did not stop within 600 s of SIGTERM: see {log_path}")
             time.sleep(0.1)
         poll(time.monotonic() - t0)
     if proc.returncode:
         with open(log_path) as f:
             sys.stderr.write(f.read()[-4000:])
-        raise SystemExit(f"our trainer failed (exit {proc.returncode}): see {log_path}")
-    return {"output_dir": out, "log": log_path, "stamps": stamps, "records": records, "sigterm_s": term_at}
+        raise SystemExit(f"{name}: the trainer failed (exit {proc.returncode}): see {log_path}")
+    return {
+        "output_dir": out,
+        "log": log_path,
+        "stamps": stamps,
+        "records": records,
+        "sigterm_s": term_at,
+        "overrides": cmd[3:],
+    }
 
 
 def our_checkpoints(output_dir: str) -> list[tuple[int, str]]:

@@ -325,14 +325,16 @@ def preset_memory(cfg, vocab_size: int = 30522, math_attention: bool = False) ->
     """The estimate for a composed ``TrainConfig`` at BERT's vocabulary, its micro batch padded to
     data.max_seq_length, the data job's default masking cap for that length."""
     from pipeline.config import MaskingConfig
+    from training import models
     from training.deepspeed_config import bf16_weights
-    from training.model import BertConfig
 
     if cfg.data.max_seq_length is None:
         raise SystemExit("data.max_seq_length is null: give one (e.g. data=seq128) to size a step")
     if cfg.deepspeed.precision != "bf16":
         raise SystemExit(f"the estimate is for deepspeed.precision=bf16, not {cfg.deepspeed.precision}")
-    bert = BertConfig(**cfg.model.bert_config_kwargs(vocab_size, "nsp", 0))
+    if cfg.model.architecture != "bert":
+        raise SystemExit(f"the estimate counts BERT's layers, not model.architecture={cfg.model.architecture}")
+    bert = models.of_schema(cfg.model).model_config(cfg.model, vocab_size, "nsp", 0)
     slots = MaskingConfig().predictions_cap(cfg.data.max_seq_length) if cfg.trainer.sparse_mlm_head else None
     return training_step_memory(
         bert,

@@ -41,7 +41,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from training.config import ARCHITECTURE_FIELDS, ConfigError, config_differences
+from training import models
+from training.config import OBJECTIVE_NETWORK_KEYS, ConfigError, config_differences
 from training.tracking import redact
 
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -96,14 +97,16 @@ def data_identity(manifest) -> dict:
     }
 
 
-def run_record(resolved_config: dict, bert_cfg, data: dict) -> dict:
+def run_record(resolved_config: dict, model_cfg, data: dict) -> dict:
     """What ``run_config.json`` holds: the resolved config with its secrets redacted (as W&B gets
-    it), the model's architecture (``ARCHITECTURE_FIELDS`` of ``bert_cfg``, a
-    ``training.model.BertConfig``) and ``data_identity`` of the shards."""
+    it), the model's architecture (``training.models.Architecture.record`` of ``model_cfg``, the
+    network config: its name and the fields marked ``ARCHITECTURE``) and ``data_identity`` of the shards."""
+    from training.models import for_config
+
     return {
         "version": RUN_RECORD_VERSION,
         "config": redact(resolved_config),
-        "architecture": {name: getattr(bert_cfg, name) for name in ARCHITECTURE_FIELDS},
+        "architecture": for_config(model_cfg).record(model_cfg),
         "data": data,
     }
 
@@ -142,10 +145,9 @@ def check_resumable(saved: dict, current: dict, where: str, force: bool) -> list
             f"{where}/{RUN_CONFIG_FILE} has version {saved.get('version')!r}, this trainer "
             f"reads {RUN_RECORD_VERSION}: resume with the trainer that wrote it, or use another output_dir"
         )
-    lines = [
-        f"{key}: {_value(old)} -> {_value(new)}"
-        for key, old, new in config_differences(saved["config"], current["config"])
-    ]
+    saved = models.upgraded_record(saved)  # a record from before architectures were a choice: BERT's
+    differences = config_differences(saved["config"], current["config"])
+    lines = [f"{key}: {_value(old)} -> {_value(new)}" for key, old, new in differences]
     old_data, new_data = saved["data"], current["data"]
     if old_data["fingerprint"] != new_data["fingerprint"]:
         old_dir, new_dir = saved["config"].get("data_dir"), current["config"].get("data_dir")
@@ -160,6 +162,9 @@ def check_resumable(saved: dict, current: dict, where: str, force: bool) -> list
         f"{name} {_value(saved['architecture'].get(name))} -> {_value(value)}"
         for name, value in current["architecture"].items()
         if saved["architecture"].get(name) != value
+    ]
+    architecture += [  # another objective, or its networks at other sizes
+        f"{key} {_value(old)} -> {_value(new)}" for key, old, new in differences if key in OBJECTIVE_NETWORK_KEYS
     ]
     if architecture:
         raise ConfigError(

@@ -1,6 +1,6 @@
 """Dataclass schemas of the trainer's Hydra config (``conf/train/train.yaml``).
 
-One schema per swappable group (model, data, optim, deepspeed, trainer, logger), each stored in
+One schema per swappable group (model, objective, data, optim, deepspeed, trainer, logger), each stored in
 Hydra's ConfigStore, so a misspelt key or a bad value fails when the config is composed, not an
 hour into a run. Each component receives its own slice (``cfg.optim``, ``cfg.deepspeed``...).
 Checks that involve a single group live in that group's ``__post_init__``; checks across groups
@@ -13,12 +13,14 @@ Imports neither torch nor DeepSpeed, so composing a config is fast.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline.config import StorageConfig
+from pipeline.masking import MaskingParams
 
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULES = ("linear", "polynomial")
@@ -51,92 +53,87 @@ def _positive(group: str, **values) -> None:
 
 @dataclass
 class ModelConfig:
-    """Architecture of the encoder; the fields of ``training.model.BertConfig`` a preset chooses."""
+    """The ``model`` group: which architecture, and the fields every architecture's schema has.
 
-    hidden_size: int = 768
-    """Width H of every hidden state."""
-    num_hidden_layers: int = 12
-    """Number L of transformer layers."""
-    num_attention_heads: int = 12
-    """Attention heads per layer (H/64 in every published BERT); must divide hidden_size."""
-    intermediate_size: int = 3072
-    """Width of the feed-forward block (4H in every published BERT)."""
-    hidden_dropout_prob: float = 0.1
-    """Dropout on embeddings and on each residual branch."""
-    attention_probs_dropout_prob: float = 0.1
-    """Dropout on attention probabilities."""
+    Each architecture's schema subclasses this (``training.models``: ``bert_schema``,
+    ``modern_schema``); a preset YAML names its schema in its defaults list, so Hydra validates the
+    node against that architecture's fields and refuses any other key."""
+
+    architecture: str = "bert"
+    """The architecture (``training.models.registered``): bert or modern. Must be its schema's."""
     max_position_embeddings: int = 512
-    """Longest sequence the position table covers; 512 so phase 2 can start from phase 1's weights."""
-    type_vocab_size: int = 2
-    """Number of segment ids."""
-    layer_norm_eps: float = 1e-12
-    """LayerNorm epsilon, BERT's 1e-12."""
-    initializer_range: float = 0.02
-    """Std of the normal init of weight matrices and embeddings."""
+    """Longest sequence the model takes; must cover the shards' max_seq_length."""
     vocab_size: Optional[int] = None
     """Vocabulary size; null: the shards' manifest's. If set, it must equal the manifest's."""
-    with_nsp_head: Optional[bool] = None
-    """Build the sentence (NSP/SOP) head; null: from the manifest's objective (none -> no head)."""
+
+
+def check_model_fields(model: ModelConfig, positive: tuple[str, ...], fractions: tuple[str, ...]) -> None:
+    """The checks every architecture's schema shares, named under ``model.``: ``positive`` fields are
+    positive integers, ``fractions`` in [0, 1), hidden_size divisible by num_attention_heads."""
+    _positive("model", **{name: getattr(model, name) for name in positive})
+    if model.vocab_size is not None:
+        _positive("model", vocab_size=model.vocab_size)
+    if model.hidden_size % model.num_attention_heads:
+        raise ConfigError(
+            f"model.hidden_size {model.hidden_size} is not divisible by "
+            f"model.num_attention_heads {model.num_attention_heads}"
+        )
+    for name in fractions:
+        if not 0.0 <= getattr(model, name) < 1.0:
+            raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(model, name)!r}")
+
+
+def check_schema_is_the_architectures(model: ModelConfig, schema_name: str) -> None:
+    """ConfigError unless ``model.architecture`` is the architecture ``schema_name`` is the schema of."""
+    from training.models import architecture
+
+    architecture(model.architecture)  # a registered one, or the list of them
+    if model.architecture != schema_name:
+        raise ConfigError(
+            f"model.architecture={model.architecture} but the model preset is a {schema_name} one (its "
+            f"defaults name {schema_name}_schema): choose a {model.architecture} preset with model=<name> "
+            f"(conf/train/model/) instead of setting model.architecture"
+        )
+
+
+@dataclass
+class MaskingOverride:
+    """The dynamic masking rule the run trains with, field by field over the one the shards' manifest
+    records (``pipeline.masking.MaskingParams``'s names); null keeps the manifest's. Only for shards the
+    data job left unmasked (masking=dynamic or span): static shards' masks are stored. Evaluation keeps
+    the manifest's rule, so runs trained at different rates are scored on the same task (training.data)."""
+
+    masked_lm_prob: Optional[float] = None
+    """Fraction of each example's tokens to predict, in (0, 1): BERT 0.15, MosaicBERT and ModernBERT 0.3."""
+    max_predictions_per_seq: Optional[int] = None
+    """P, the fixed width of a batch's masked_lm_positions; null: the manifest's, or with masked_lm_prob
+    set, the data job's cap for that rate (rate x length rounded up to a multiple of 4: 40 for 0.3 at 128)."""
+    mask_prob: Optional[float] = None
+    """Share of the chosen positions replaced by [MASK]: BERT 0.8, ELECTRA 0.85."""
+    random_prob: Optional[float] = None
+    """Share of the chosen positions replaced by a random id: BERT 0.1, ELECTRA 0; the rest stay as they are."""
+    whole_word: Optional[bool] = None
+    """Predict whole words: ## pieces with the word they continue."""
+    spans: Optional[bool] = None
+    """Predict SpanBERT's spans of whole words, lengths as the manifest's span_p and max_span_words say."""
 
     def __post_init__(self):
-        _positive(
-            "model",
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            max_position_embeddings=self.max_position_embeddings,
-            type_vocab_size=self.type_vocab_size,
-        )
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"model.hidden_size {self.hidden_size} is not divisible by "
-                f"model.num_attention_heads {self.num_attention_heads}"
-            )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not (self.layer_norm_eps > 0 and self.initializer_range > 0):
-            raise ConfigError("model.layer_norm_eps and model.initializer_range must be positive")
-        if self.vocab_size is not None:
-            _positive("model", vocab_size=self.vocab_size)
+        # Each value alone, against MaskingParams' own checks; the sum mask_prob + random_prob is
+        # checked once the manifest's values are known (training.data.training_masking).
+        try:
+            MaskingParams(**{"mask_prob": 0.0, "random_prob": 0.0, **self.given()})
+        except ValueError as e:
+            raise ConfigError(f"data.masking.{e}") from None
 
-    def bert_config_kwargs(self, vocab_size: int, objective: str, pad_token_id: int) -> dict:
-        """Keyword arguments of ``training.model.BertConfig``, the nulls filled from the manifest.
-
-        vocab_size, objective ("nsp", "sop" or "none") and pad_token_id are the manifest's.
-        """
-        if self.vocab_size is not None and self.vocab_size != vocab_size:
-            raise ConfigError(
-                f"model.vocab_size is {self.vocab_size} but the shards' vocabulary has "
-                f"{vocab_size} entries; leave model.vocab_size null to take the manifest's"
-            )
-        has_pairs = objective != "none"
-        if self.with_nsp_head is not None and self.with_nsp_head != has_pairs:
-            raise ConfigError(
-                f"model.with_nsp_head is {self.with_nsp_head} but the shards' objective is "
-                f"{objective!r}; leave model.with_nsp_head null to follow the manifest"
-            )
-        return {
-            "vocab_size": vocab_size,
-            "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "intermediate_size": self.intermediate_size,
-            "max_position_embeddings": self.max_position_embeddings,
-            "type_vocab_size": self.type_vocab_size,
-            "hidden_dropout_prob": self.hidden_dropout_prob,
-            "attention_probs_dropout_prob": self.attention_probs_dropout_prob,
-            "layer_norm_eps": self.layer_norm_eps,
-            "initializer_range": self.initializer_range,
-            "pad_token_id": pad_token_id,
-            "with_nsp_head": has_pairs,
-        }
+    def given(self) -> dict:
+        """{field: value} of the fields set (not null)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
 
 @dataclass
 class DataConfig:
-    """Reading the shard directory (``data_dir``); masking parameters come from its manifest."""
+    """Reading the shard directory (``data_dir``); the masking rule comes from its manifest, where
+    ``masking`` overrides it for training on dynamic shards."""
 
     micro_batch_size: int = 32
     """Sequences per forward/backward pass on each GPU (DeepSpeed's train_micro_batch_size_per_gpu)."""
@@ -170,6 +167,8 @@ class DataConfig:
     """Most the whole shard cache (every data_dir's copy under data.cache_dir) may hold: at start, other
     data_dirs' copies are removed, least recently used first, until it fits; null: no limit. Files
     the current manifest no longer lists are removed either way."""
+    masking: MaskingOverride = field(default_factory=MaskingOverride)
+    """Training batches' dynamic masking over the manifest's rule (``MaskingOverride``); all null: the manifest's."""
 
     def __post_init__(self):
         _positive(
@@ -425,19 +424,6 @@ run and the run resuming it, each with why that is safe: none changes what the r
 compute. Any other difference stops the resume (``training.checkpoint.check_resumable``) unless
 ``trainer.force_resume=true``."""
 
-ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-    "with_nsp_head",
-)
-"""Fields of ``training.model.BertConfig`` that make the model's architecture: a checkpoint whose
-architecture differs in one of them can not be resumed at all, not even with trainer.force_resume."""
-
 
 def is_resumable_key(key: str) -> bool:
     """Whether a dotted config key is in RESUMABLE_KEYS or in a group listed there."""
@@ -459,15 +445,114 @@ ABSENT = "<absent>"
 """The value shown for a key that one of two compared configs does not have."""
 
 
+def objective_compared(flat: dict) -> dict:
+    """A flat config (``flat_config``) as a resume compares it: ``objective.name`` filled in where
+    the record predates the objective group (``OBJECTIVE_BEFORE_THE_GROUP``), and the settings of
+    the objectives not chosen left out (they change nothing the run computes)."""
+    name = flat.get("objective.name", OBJECTIVE_BEFORE_THE_GROUP)
+    unused = tuple(f"objective.{field_name}." for field_name in objective_settings_fields() - {name})
+    compared = {k: v for k, v in flat.items() if not k.startswith(unused)}
+    compared["objective.name"] = name
+    return compared
+
+
+@functools.lru_cache(maxsize=1)
+def schema_defaults() -> dict:
+    """{dotted key: default} of ``TrainConfig`` as the schema declares it (required keys as "???")."""
+    return flat_config(OmegaConf.to_container(OmegaConf.structured(TrainConfig), throw_on_missing=False))
+
+
+def with_added_keys(saved: dict, current: dict) -> dict:
+    """A saved flat config with the keys only ``current`` has filled in with their schema default.
+    A key added to the schema after a run was recorded defaults to what runs did before it existed
+    (``data.masking.*`` null: the manifest's masking; ``model.architecture`` bert; ``objective.name``
+    mlm), so a record without it reads as that default; a key the schema does not know stays absent."""
+    defaults = schema_defaults()
+    added = {k: defaults[k] for k in current.keys() - saved.keys() if k in defaults}
+    return {**saved, **added}
+
+
 def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
     """(key, saved value, current value) for every dotted key outside RESUMABLE_KEYS whose
-    values differ between two resolved configs (nested dicts), sorted by key."""
-    old, new = flat_config(saved), flat_config(current)
+    values differ between two resolved configs (nested dicts), sorted by key. A key the saved config
+    lacks reads as its schema default (``with_added_keys``); of the objective group, only the name
+    and the chosen objective's settings count (``objective_compared``)."""
+    new = objective_compared(flat_config(current))
+    old = objective_compared(with_added_keys(flat_config(saved), new))
     return [
         (key, old.get(key, ABSENT), new.get(key, ABSENT))
         for key in sorted(old.keys() | new.keys())
         if not is_resumable_key(key) and old.get(key, ABSENT) != new.get(key, ABSENT)
     ]
+
+
+@dataclass
+class ElectraConfig:
+    """The ELECTRA objective (``training.objectives.electra``); the discriminator's architecture is the model's."""
+
+    generator_size_fraction: float = 0.25
+    """Generator width (hidden, heads, feed-forward) over the discriminator's; paper: 1/4 Small, Large; 1/3 Base."""
+    discriminator_weight: float = 50.0
+    """lambda: weight of the discriminator's binary cross-entropy against the generator's MLM loss (paper: 50)."""
+    temperature: float = 1.0
+    """Softmax temperature of the generator's samples (1: its own distribution, as in the paper)."""
+    embedding_size: Optional[int] = None
+    """Width E of the shared embedding tables; None: the discriminator's hidden size (Base, Large); Small: 128."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.generator_size_fraction <= 1.0:
+            raise ConfigError(
+                f"objective.electra.generator_size_fraction={self.generator_size_fraction} must be in (0, 1] "
+                "(the paper found 1/4 to 1/2 best)"
+            )
+        if not self.discriminator_weight > 0.0:
+            raise ConfigError(
+                f"objective.electra.discriminator_weight={self.discriminator_weight} must be positive (paper: 50)"
+            )
+        if not self.temperature > 0.0:
+            raise ConfigError(
+                f"objective.electra.temperature={self.temperature} must be positive (1.0 samples the softmax)"
+            )
+        if self.embedding_size is not None and (
+            not isinstance(self.embedding_size, int) or isinstance(self.embedding_size, bool) or self.embedding_size < 1
+        ):
+            raise ConfigError(
+                f"objective.electra.embedding_size={self.embedding_size!r} must be a positive int or null"
+            )
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the run trains (group ``objective``): one of ``training.objectives.registered()`` by name,
+    checked before anything is built (``training.preflight.objective_for``). The settings of the
+    objective called X, where it has any, are the field named X (a dataclass); only the chosen
+    objective's are read, compared on a resume and shown as the run's."""
+
+    name: str = "mlm"
+    """mlm (BERT's masked LM, with the shards' NSP/SOP head if any) or electra (replaced-token detection)."""
+    electra: ElectraConfig = field(default_factory=ElectraConfig)
+    """ELECTRA's settings (objective=electra): generator size, loss weight, sampling temperature, embedding width."""
+
+    def settings(self):
+        """The chosen objective's settings dataclass, None for an objective without settings (mlm)."""
+        return getattr(self, self.name) if self.name in objective_settings_fields() else None
+
+
+def objective_settings_fields() -> set[str]:
+    """The fields of ``ObjectiveConfig`` that hold an objective's settings, each named as its objective."""
+    return {f.name for f in dataclasses.fields(ObjectiveConfig)} - {"name"}
+
+
+OBJECTIVE_NETWORK_KEYS = (
+    "objective.name",
+    "objective.electra.generator_size_fraction",
+    "objective.electra.embedding_size",
+)
+"""Objective keys that shape the network trained: a checkpoint that differs in one can not be
+resumed at all, not even with trainer.force_resume (``training.checkpoint.check_resumable``)."""
+
+OBJECTIVE_BEFORE_THE_GROUP = "mlm"
+"""What every run trained before the config chose its objective: a run record without ``objective`` keys."""
 
 
 @dataclass
@@ -511,11 +596,14 @@ class TrainConfig:
     seed: int = 1234
     """Seeds initialisation, dropout, shuffling and dynamic masking (with rank, epoch and sample)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The architecture and its size: a preset of conf/train/model/, validated by its architecture's schema."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: EngineConfig = field(default_factory=EngineConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """What the run trains and that objective's settings (conf/train/objective/)."""
     storage: StorageConfig = field(default_factory=StorageConfig)
     """How an s3:// data_dir is reached (endpoint, region, CA bundle); credentials only from the environment."""
 
@@ -556,7 +644,23 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     that a ``+key=value`` override appended: Hydra lets those past the schema and
     ``to_object`` would drop them silently (a misspelt ``+optim.lr_peak`` would do nothing).
     """
-    return checked_object(cfg, "training/config.py")
+    train_cfg = checked_object(cfg, "training/config.py")
+    check_model_schema(train_cfg.model)
+    return train_cfg
+
+
+def check_model_schema(model: ModelConfig) -> None:
+    """ConfigError unless the ``model`` node was validated by its architecture's schema: a preset
+    YAML without ``defaults: [<architecture>_schema, _self_]`` composes against the common fields only."""
+    from training.models import architecture
+
+    schema = architecture(model.architecture).schema
+    if type(model) is not schema:
+        raise ConfigError(
+            f"the model preset was validated as {type(model).__name__}, not model.architecture="
+            f"{model.architecture}'s {schema.__name__}: begin its YAML with 'defaults: [{model.architecture}_schema, "
+            f"_self_]' (as conf/train/model/base.yaml)"
+        )
 
 
 def checked_object(cfg: DictConfig, schema_file: str):
@@ -584,5 +688,9 @@ def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore so a misspelt key fails at composition."""
     from hydra.core.config_store import ConfigStore
 
+    from training.models import registered
+
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    for name, arch in registered().items():  # each preset YAML names its architecture's schema
+        cs.store(group="model", name=f"{name}_schema", node=arch.schema)

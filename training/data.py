@@ -15,11 +15,13 @@ mask (dynamic masking) and collate, so any ``num_workers`` yields the same batch
 Static masks are used as stored. Dynamic masks are those ``pipeline.masking.mask_tokens`` draws
 with a generator seeded from ("dynamic_masking", seed, epoch, example_id): the same example gets
 the same masks in the same epoch, whichever rank, worker or resumed run reads it. A worker masks
-a whole micro batch at once (``pipeline.masking.mask_examples``, equal masks). Eval batches are
-masked as in epoch 0, so every evaluation scores the same predictions.
+a whole micro batch at once (``pipeline.masking.mask_examples``, equal masks). Training batches
+follow the manifest's rule with data.masking's fields over it (``training_masking``: 30% masking or
+ELECTRA's 85/15/0 without new shards); eval batches follow the manifest's rule as it is, masked as
+in epoch 0, so every evaluation of every run on these shards scores the same predictions.
 
 Batches have the shapes the GPU wants: T padded to a multiple of data.pad_to_multiple_of (or to
-the shards' max_seq_length with data.pad_to_max_length), P to the shards' max_predictions_per_seq,
+the shards' max_seq_length with data.pad_to_max_length), P to the rule's max_predictions_per_seq,
 the last eval batch to the eval micro batch size with padding rows, so a compiled model sees
 one shape; with ``unpad`` the collator also gives the unpadded layout, so the device never waits
 on a data-dependent size.
@@ -40,11 +42,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import contract
+from pipeline.config import MaskingConfig
 from pipeline.contract import ContractError, ShardManifest, SpecialTokens
-from pipeline.masking import MaskingParams, mask_examples
+from pipeline.masking import MaskingParams, mask_examples, num_to_predict
 from pipeline.seeding import rng_for
 from pipeline.tokenization import masking_vocabulary
-from training.config import DataConfig
+from training.config import ConfigError, DataConfig, MaskingOverride
 from training.labels import IGNORE_INDEX
 from training.sampler import BatchRequest, EvalBatchPlan, TrainBatchPlan
 
@@ -94,7 +97,8 @@ class RunExpectations:
     def of_model(
         cls, model_cfg: Any, max_seq_length: Optional[int] = None, vocab_sha256: Optional[str] = None
     ) -> "RunExpectations":
-        """From a ``training.model.BertConfig`` (or anything with the same fields)."""
+        """From a network config of ``training.models`` (BertConfig, ModernConfig: vocab_size,
+        max_position_embeddings, with_nsp_head, pad_token_id)."""
         return cls(
             vocab_size=model_cfg.vocab_size,
             max_position_embeddings=model_cfg.max_position_embeddings,
@@ -250,6 +254,72 @@ def masking_params(manifest: ShardManifest) -> MaskingParams:
         spans=m.spans,
         span_p=m.span_p,
         max_span_words=m.max_span_words,
+    )
+
+
+def training_masking(manifest: ShardManifest, override: MaskingOverride) -> MaskingParams:
+    """The rule training batches are masked with: the manifest's (``masking_params``) with each field
+    data.masking sets in its place. Where masked_lm_prob is set and max_predictions_per_seq is not, P
+    is the data job's cap for that rate at the shards' max_seq_length (``MaskingConfig.predictions_cap``:
+    rate x length rounded up to a multiple of 4, so 20 for 0.15 and 40 for 0.3 at 128): at least the
+    budget of a full example (round(rate x length)), so the rate is never cut short, and the P that
+    shards built at that rate carry. ConfigError, naming the keys, for an override of static shards
+    or a rule MaskingParams refuses (mask_prob + random_prob over 1)."""
+    given = override.given()
+    rule = masking_params(manifest)
+    if not given:
+        return rule
+    keys = ", ".join(f"data.masking.{k}={v}" for k, v in given.items())
+    if manifest.masking.mode != "dynamic":
+        raise ConfigError(
+            f"{keys} changes dynamic masking, but these shards were built with masking={manifest.masking.mode}: "
+            "their masks are stored. Rebuild them with the data job's masking=dynamic (or masking=span), or "
+            "leave data.masking unset"
+        )
+    if "masked_lm_prob" in given and "max_predictions_per_seq" not in given:
+        cap = MaskingConfig(masked_lm_prob=given["masked_lm_prob"]).predictions_cap(manifest.max_seq_length)
+        given["max_predictions_per_seq"] = cap
+    try:
+        return dataclasses.replace(rule, **given)
+    except ValueError as e:
+        raise ConfigError(f"{keys} over the manifest's rule: {e}") from None
+
+
+def full_example_budget(params: MaskingParams, max_seq_length: int) -> int:
+    """Predictions the rate asks of an example of max_seq_length tokens, before the cap P."""
+    return num_to_predict(max_seq_length, dataclasses.replace(params, max_predictions_per_seq=max_seq_length))
+
+
+def describe_masking(params: MaskingParams, max_seq_length: int) -> str:
+    """A rule in words, e.g. "30% of tokens, at most 40 per example (38 of a full 128), 80% [MASK] /
+    10% random / 10% kept, single pieces"."""
+    unit = "spans of whole words" if params.spans else "whole words" if params.whole_word else "single pieces"
+    mask, random, kept = (
+        _percent(p) for p in (params.mask_prob, params.random_prob, 1.0 - params.mask_prob - params.random_prob)
+    )
+    return (
+        f"{_percent(params.masked_lm_prob)} of tokens, at most {params.max_predictions_per_seq} per example "
+        f"({full_example_budget(params, max_seq_length)} of a full {max_seq_length}), {mask} [MASK] / "
+        f"{random} random / {kept} kept, {unit}"
+    )
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.4g}%"
+
+
+def predictions_cap_warning(params: MaskingParams, max_seq_length: int) -> str:
+    """A P below what the rate asks of a full example, in one line ("" when none): such examples get
+    P predictions, fewer than the rate (BERT's create_pretraining_data caps the same way)."""
+    wanted = full_example_budget(params, max_seq_length)
+    cap = params.max_predictions_per_seq
+    if cap >= wanted:
+        return ""
+    return (
+        f"data.masking.max_predictions_per_seq={cap} caps the predictions of a full {max_seq_length}-token example "
+        f"at {cap} ({cap / max_seq_length:.1%} of its tokens), below masked_lm_prob={params.masked_lm_prob} "
+        f"({wanted} positions): examples longer than about {int(cap / params.masked_lm_prob)} tokens are masked "
+        f"at less than the rate. BERT caps the same way; leave it null for a P that never caps"
     )
 
 
@@ -615,7 +685,7 @@ class Collator:
         if most > self.predictions_per_seq:
             raise ValueError(
                 f"example {int(example_id[counts.argmax()])} has {most} masked positions, more than the "
-                f"collator's predictions_per_seq={self.predictions_per_seq} (the manifest's "
+                f"collator's predictions_per_seq={self.predictions_per_seq} (the masking rule's "
                 f"max_predictions_per_seq): the shards' masks do not follow their manifest; rebuild them"
             )
         return self.predictions_per_seq
@@ -775,13 +845,41 @@ class PretrainingData:
     def split(self, split: str) -> ShardedSplit:
         return ShardedSplit(self.data_dir, self.manifest, split).open()
 
-    def masker(self) -> Optional[DynamicMasker]:
-        """None for static masking (masks are stored)."""
+    def masking_rule(self, training: bool = True) -> MaskingParams:
+        """The rule of training batches (``training_masking``: data.masking over the manifest's) or,
+        training=False, of eval batches: the manifest's, whatever data.masking says, so held-out loss
+        and accuracy of runs trained at different rates measure the same task."""
+        return training_masking(self.manifest, self.cfg.masking) if training else masking_params(self.manifest)
+
+    def masking_summary(self) -> str:
+        """The masking training and evaluation use, in one line for the log at start."""
+        length = self.manifest.max_seq_length
+        if self.manifest.masking.mode != "dynamic":
+            return f"masking: static, as stored ({describe_masking(self.masking_rule(False), length)})"
+        train, held_out = self.masking_rule(True), self.masking_rule(False)
+        if train == held_out:
+            return f"masking: dynamic, the manifest's rule ({describe_masking(train, length)})"
+        return (
+            f"masking: dynamic, training {describe_masking(train, length)} (data.masking); evaluation keeps "
+            f"the manifest's {describe_masking(held_out, length)}"
+        )
+
+    def masking_warnings(self) -> list[str]:
+        """What the training rule does that the run may not have meant: a data.masking.max_predictions_per_seq
+        below what the rate asks of a full example (``predictions_cap_warning``)."""
+        if "max_predictions_per_seq" not in self.cfg.masking.given():
+            return []
+        line = predictions_cap_warning(self.masking_rule(True), self.manifest.max_seq_length)
+        return [line] if line else []
+
+    def masker(self, training: bool = True) -> Optional[DynamicMasker]:
+        """None for static masking (masks are stored); else the masker of training batches or, with
+        training=False, of eval batches (``masking_rule``)."""
         if self.manifest.masking.mode != "dynamic":
             return None
         tables = masking_vocabulary(self.vocab)
         return DynamicMasker(
-            masking_params(self.manifest),
+            self.masking_rule(training),
             tables.never_mask,
             tables.is_continuation,
             tables.mask_id,
@@ -789,14 +887,15 @@ class PretrainingData:
             self.seed,
         )
 
-    def collator(self, batch_size: Optional[int] = None) -> Collator:
-        """Batches of fixed P (the shards' max_predictions_per_seq), T padded by data.pad_to_multiple_of
-        or, with data.pad_to_max_length, to the shards' max_seq_length; ``batch_size`` rows if given."""
+    def collator(self, batch_size: Optional[int] = None, training: bool = True) -> Collator:
+        """Batches of fixed P (the max_predictions_per_seq of training's or evaluation's ``masking_rule``),
+        T padded by data.pad_to_multiple_of or, with data.pad_to_max_length, to the shards'
+        max_seq_length; ``batch_size`` rows if given."""
         return Collator(
             self.special_tokens.pad,
             self.has_sentence_label,
             pad_to_multiple_of=self.pad_to_multiple_of or self.cfg.pad_to_multiple_of,
-            predictions_per_seq=masking_params(self.manifest).max_predictions_per_seq,
+            predictions_per_seq=self.masking_rule(training).max_predictions_per_seq,
             pad_to_length=self.manifest.max_seq_length if self.cfg.pad_to_max_length else None,
             batch_size=batch_size,
             unpad=self.unpad,
@@ -816,13 +915,14 @@ class PretrainingData:
         ranks may run a different number of batches (by one): evaluate without per-batch collectives
         and reduce the sums once at the end. Empty when the pipeline held out no eval rows.
         Micro batch size: data.eval_micro_batch_size, else data.micro_batch_size; a rank's last,
-        shorter batch is filled with padding rows (example_id -1, no labels) to keep its shape."""
+        shorter batch is filled with padding rows (example_id -1, no labels) to keep its shape.
+        Dynamic masks: the manifest's rule as in epoch 0 (``masking_rule(training=False)``), whatever
+        data.masking says."""
         split = self.split(self.cfg.eval_split)
         size = micro_batch_size or self.cfg.eval_micro_batch_size or self.cfg.micro_batch_size
         plan = EvalBatchPlan(len(split), size, rank, world_size)
-        return _data_loader(
-            PretrainingExamples(split, self.masker()), plan.requests(EVAL_MASKING_EPOCH), self.collator(size), self.cfg
-        )
+        examples = PretrainingExamples(split, self.masker(training=False))
+        return _data_loader(examples, plan.requests(EVAL_MASKING_EPOCH), self.collator(size, training=False), self.cfg)
 
 
 def open_pretraining_data(
@@ -834,7 +934,8 @@ def open_pretraining_data(
     unpad: bool = False,
 ) -> PretrainingData:
     """Read ``data_dir``'s manifest and validate it against the run and ``cfg``'s split names
-    (DataContractError on any mismatch), before any training.
+    (DataContractError on any mismatch) and data.masking (``training_masking``: ConfigError), before
+    any training.
 
     ``expect.max_seq_length`` defaults to ``cfg.max_seq_length``. ``pad_to_multiple_of``, if
     given, replaces data.pad_to_multiple_of (T up to a multiple; 1 pads to the longest sequence of
@@ -847,6 +948,7 @@ def open_pretraining_data(
     if expect.max_seq_length is None and cfg.max_seq_length is not None:
         expect = dataclasses.replace(expect, max_seq_length=cfg.max_seq_length)
     vocab = validate_manifest(manifest, data_dir, expect)
+    training_masking(manifest, cfg.masking)  # ConfigError for an override the shards can not take
     splits = sorted({s.split for s in manifest.shards})
     if cfg.train_split not in splits:
         raise DataContractError(

@@ -126,19 +126,21 @@ def _umask() -> int:
         return mask
 
 
-def _save_weights(tensors: dict[str, torch.Tensor], path: str) -> None:
+def save_weights(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """``tensors`` as a safetensors file at ``path``, with the mode a plain ``open(path, "w")`` gives."""
     # safetensors writes a private temporary (mode 0600) and renames it into place.
     save_file(tensors, path, metadata={"format": "pt"})
     os.chmod(path, 0o666 & ~_umask())
 
 
-def _write_json(path: str, obj: dict) -> None:
+def write_json(path: str, obj: dict) -> None:
+    """``obj`` as sorted, indented JSON (config.json and the tokenizer files)."""
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
 
 
-def checked_vocabulary(data_dir: str, model_cfg: BertConfig) -> tuple[contract.ShardManifest, str, list[str]]:
+def checked_vocabulary(data_dir: str, model_cfg) -> tuple[contract.ShardManifest, str, list[str]]:
     """(manifest, vocab.txt path, its tokens) of the shards in ``data_dir``, once the vocabulary
     file is the one the manifest names (hash and size) and the model's vocabulary size and [PAD] id
     match it; ExportError otherwise."""
@@ -167,8 +169,8 @@ def write_tokenizer(
     was normalised (``tokenizer_files``)."""
     shutil.copyfile(vocab_path, os.path.join(out_dir, contract.VOCAB_FILE))
     tokenizer_config, special_tokens_map = tokenizer_files(manifest, max_length)
-    _write_json(os.path.join(out_dir, TOKENIZER_CONFIG_FILE), tokenizer_config)
-    _write_json(os.path.join(out_dir, SPECIAL_TOKENS_MAP_FILE), special_tokens_map)
+    write_json(os.path.join(out_dir, TOKENIZER_CONFIG_FILE), tokenizer_config)
+    write_json(os.path.join(out_dir, SPECIAL_TOKENS_MAP_FILE), special_tokens_map)
     if tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast":
         tokenizer = build_tokenizer(vocab, manifest.lowercase, manifest.strips_accents, manifest.keep_letters)
         tokenizer.save(os.path.join(out_dir, TOKENIZER_FILE))
@@ -185,8 +187,8 @@ def export_hf(state_dict: dict[str, torch.Tensor], bert_cfg: BertConfig, data_di
     tensors = hf_weights(state_dict, bert_cfg)
 
     os.makedirs(out_dir, exist_ok=True)
-    _save_weights(tensors, os.path.join(out_dir, WEIGHTS_FILE))
-    _write_json(os.path.join(out_dir, CONFIG_FILE), {**bert_cfg.to_hf_config_dict(), "dtype": "float32"})
+    save_weights(tensors, os.path.join(out_dir, WEIGHTS_FILE))
+    write_json(os.path.join(out_dir, CONFIG_FILE), {**bert_cfg.to_hf_config_dict(), "dtype": "float32"})
     write_tokenizer(out_dir, manifest, vocab_path, vocab, bert_cfg.max_position_embeddings)
     return out_dir
 

@@ -1,8 +1,9 @@
 """``trainer.init_from``: the weights a fresh run starts from, checked before anything is built.
 
-Either a Hugging Face directory (our export, or a published BERT such as MiniLM: config.json and
-weights, read by ``training.hf_checkpoint``, which checks its vocabulary and architecture against
-the run's) or a model.safetensors in our own parameter names (phase 1's output_dir/hf). Not used
+Either a Hugging Face directory of the run's architecture (``training.models``: for bert our export or
+a published BERT such as MiniLM, read by ``training.hf_checkpoint``; for modern our export or a
+ModernBertForMaskedLM of the same shape), its vocabulary and architecture checked against the run's,
+or a model.safetensors in our own parameter names (phase 1's output_dir/hf). Not used
 when the run resumes a checkpoint: the checkpoint's run record keeps saying where its first
 weights came from (``saved_init_report``).
 """
@@ -15,7 +16,7 @@ from typing import Optional
 
 from training import checkpoint as ckpt
 from training.config import ConfigError
-from training.model import BertConfig, BertForPreTraining
+from training.models import Architecture, for_config, registered
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +34,41 @@ def init_weights_path(init_from: str) -> str:
     return path
 
 
-def check_init_from(init_from: str, bert_cfg: BertConfig, manifest) -> None:
-    """Before anything is built: ``trainer.init_from`` exists, and a Hugging Face directory (our
-    export or a published BERT) has the shards' vocabulary and the configured architecture
-    (``hf_checkpoint.check_fits``). manifest: the shards' ``ShardManifest``. Raises ConfigError."""
+def check_init_from(init_from: str, model_cfg, manifest) -> None:
+    """Before anything is built: ``trainer.init_from`` exists, and a Hugging Face directory is of the
+    run's architecture (``directory_architecture``) with the shards' vocabulary and the configured
+    shape (``Architecture.check_init_from``). model_cfg: the run's network config; manifest: the
+    shards' ``ShardManifest``. Raises ConfigError."""
     from training import hf_checkpoint
 
     if hf_checkpoint.is_hf_directory(init_from):
-        hf_checkpoint.check_fits(hf_checkpoint.HFCheckpoint.open(init_from, "trainer.init_from"), bert_cfg, manifest)
+        directory_architecture(init_from, model_cfg).check_init_from(init_from, model_cfg, manifest)
     else:
         init_weights_path(init_from)
 
 
-def load_init_weights(model: BertForPreTraining, init_from: str) -> dict:
+def directory_architecture(init_from: str, model_cfg) -> Architecture:
+    """The run's architecture, once the config.json in ``init_from`` names its model_type; ConfigError
+    naming both architectures (a BERT export for a modern run, or the reverse) otherwise."""
+    import json
+
+    from training.export import CONFIG_FILE
+
+    with open(os.path.join(init_from, CONFIG_FILE), encoding="utf-8") as f:
+        model_type = json.load(f).get("model_type")
+    run = for_config(model_cfg)
+    if model_type != run.hf_model_type:
+        theirs = next((a.name for a in registered().values() if a.hf_model_type == model_type), None)
+        hint = f"start from it with a {theirs} preset (conf/train/model/)" if theirs else "this trainer builds none"
+        raise ConfigError(
+            f"trainer.init_from={init_from} is a {model_type!r} model (config.json model_type) but this run's "
+            f"model.architecture={run.name} starts from {run.hf_model_type!r} weights: {hint}, or give a "
+            f"{run.name} export"
+        )
+    return run
+
+
+def load_init_weights(model, init_from: str) -> dict:
     """Copy ``trainer.init_from``'s weights into the freshly initialised ``model``; returns what
     was done, for the log and the run's record: ``hf_checkpoint.InitReport.to_dict()``.
 
@@ -55,12 +78,12 @@ def load_init_weights(model: BertForPreTraining, init_from: str) -> dict:
     from training import hf_checkpoint
 
     if hf_checkpoint.is_hf_directory(init_from):
-        return hf_checkpoint.load_into(model, hf_checkpoint.HFCheckpoint.open(init_from, "trainer.init_from")).to_dict()
+        return directory_architecture(init_from, model.config).load_init_from(model, init_from)
     from safetensors.torch import load_file
 
     path = init_weights_path(init_from)
     weights = load_file(path)
-    expected, bert_cfg = model.state_dict(), model.config
+    expected, model_cfg = model.state_dict(), model.config
     wrong = [
         f"{k} {tuple(v.shape)}, this model {tuple(expected[k].shape)}"
         for k, v in weights.items()
@@ -70,8 +93,8 @@ def load_init_weights(model: BertForPreTraining, init_from: str) -> dict:
     if wrong or loaded.missing_keys or loaded.unexpected_keys:
         missing, unexpected = (loaded.missing_keys, loaded.unexpected_keys) if loaded else ([], [])
         raise ConfigError(
-            f"trainer.init_from={init_from} does not fit this model ({bert_cfg.num_hidden_layers} "
-            f"layers of {bert_cfg.hidden_size}, vocabulary {bert_cfg.vocab_size:,}): "
+            f"trainer.init_from={init_from} does not fit this model ({model_cfg.num_hidden_layers} "
+            f"layers of {model_cfg.hidden_size}, vocabulary {model_cfg.vocab_size:,}): "
             f"{len(wrong)} tensors of another shape {wrong[:2]}, {len(missing)} missing {missing[:2]}, "
             f"{len(unexpected)} unexpected {unexpected[:2]}; use the model preset and shards it was trained with"
         )

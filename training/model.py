@@ -13,32 +13,34 @@ tokens of an unpadded batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.labels import IGNORE_INDEX
+from training.models import ARCHITECTURE
 
 
 @dataclass
 class BertConfig:
-    """Architecture of a BERT encoder and its pre-training heads."""
+    """Architecture of a BERT encoder and its pre-training heads. Fields marked ``ARCHITECTURE`` are
+    what a run record keeps (``training.models.Architecture.record``)."""
 
-    vocab_size: int
+    vocab_size: int = field(metadata=ARCHITECTURE)
     """Number of WordPiece ids; the tokenizer's vocabulary size."""
-    hidden_size: int
+    hidden_size: int = field(metadata=ARCHITECTURE)
     """Width H of every hidden state."""
-    num_hidden_layers: int
+    num_hidden_layers: int = field(metadata=ARCHITECTURE)
     """Number L of transformer layers."""
-    num_attention_heads: int
+    num_attention_heads: int = field(metadata=ARCHITECTURE)
     """Attention heads per layer; must divide hidden_size."""
-    intermediate_size: int
+    intermediate_size: int = field(metadata=ARCHITECTURE)
     """Width of the feed-forward block (4H in every published BERT)."""
-    max_position_embeddings: int = 512
+    max_position_embeddings: int = field(default=512, metadata=ARCHITECTURE)
     """Longest sequence the learned position table covers."""
-    type_vocab_size: int = 2
+    type_vocab_size: int = field(default=2, metadata=ARCHITECTURE)
     """Number of segment ids (0 = sentence A, 1 = sentence B)."""
     hidden_dropout_prob: float = 0.1
     """Dropout on embeddings and on each residual branch."""
@@ -50,7 +52,7 @@ class BertConfig:
     """Std of the normal init of every weight matrix and embedding."""
     pad_token_id: int = 0
     """Id of [PAD]; its input embedding starts at zero and gets no gradient from the input side."""
-    with_nsp_head: bool = True
+    with_nsp_head: bool = field(default=True, metadata=ARCHITECTURE)
     """Build the pooler and the 2-way sentence head (NSP or SOP); False for objective "none"."""
 
     def __post_init__(self) -> None:

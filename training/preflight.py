@@ -3,7 +3,8 @@
     run = prepare_run(cfg, resolved)      # before the process group: ConfigError / DataContractError
     ... init_distributed, then check_ranks_agree(ctx, cfg.output_dir, agreement_record(...), error) ...
 
-In order: the shards (an object store's copied to the node's cache) and their manifest, the
+In order: the objective's name and what it can start from (``check_objective``: ConfigError) ->
+the shards (an object store's copied to the node's cache) and their manifest, the
 objective against the shards' sentence-pair task, the model's config from both, the manifest
 check (``DataContractError``) -> the resume check (the newest complete checkpoint's
 run_config.json against this run: ``ConfigError`` naming what differs) -> ``trainer.init_from``
@@ -17,28 +18,24 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from training import checkpoint as ckpt
-from training import objectives
+from training import models, objectives
 from training.config import ConfigError, TrainConfig
 from training.data import DataContractError, PretrainingData, RunExpectations
 from training.init_from import check_init_from
-from training.model import BertConfig
 from training.objectives import Objective
 from training.run_log import EVALS_FILE
 
 log = logging.getLogger(__name__)
-
-OBJECTIVE = "mlm"
-"""The objective every run trains (``training.objectives.registered``), until the config selects one."""
 
 
 @dataclass
 class PreparedRun:
     """What this rank's checks found: everything the run is built from."""
 
-    model_cfg: BertConfig
+    model_cfg: Any
     """The architecture, from the config and the shards' manifest."""
     data: PretrainingData
     """The validated shards."""
@@ -50,8 +47,9 @@ class PreparedRun:
     """The checkpoint to resume (``checkpoint_to_resume``), or None: a fresh run."""
 
 
-def open_data(cfg: TrainConfig) -> tuple[BertConfig, PretrainingData]:
-    """The model's config from the manifest and the config, and the validated shards.
+def open_data(cfg: TrainConfig) -> tuple[Any, PretrainingData]:
+    """The model's config (its architecture's: ``training.models``) from the manifest and the
+    config, and the validated shards.
     Raises DataContractError / ConfigError with what to change, before anything is built.
 
     An s3:// or gs:// data_dir is first copied into the node-local cache and verified
@@ -71,18 +69,41 @@ def open_data(cfg: TrainConfig) -> tuple[BertConfig, PretrainingData]:
             f"cannot use data_dir={cfg.data_dir} as training data: {e} (data_dir is the "
             f"data job's output_dir: python -m pipeline output_dir=...)"
         ) from e
-    bert_cfg = BertConfig(
-        **cfg.model.bert_config_kwargs(manifest.vocab_size, manifest.objective, manifest.special_tokens["pad"])
-    )
-    expect = RunExpectations.of_model(bert_cfg, max_seq_length=cfg.data.max_seq_length)
-    return bert_cfg, open_pretraining_data(cfg.data_dir, cfg.data, cfg.seed, expect, unpad=cfg.trainer.unpad)
+    arch = models.of_schema(cfg.model)
+    model_cfg = arch.model_config(cfg.model, manifest.vocab_size, manifest.objective, manifest.special_tokens["pad"])
+    expect = RunExpectations.of_model(model_cfg, max_seq_length=cfg.data.max_seq_length)
+    return model_cfg, open_pretraining_data(cfg.data_dir, cfg.data, cfg.seed, expect, unpad=cfg.trainer.unpad)
+
+
+def check_objective(cfg: TrainConfig) -> None:
+    """Before the shards are read: objective.name is a registered objective, and trainer.init_from
+    is one it can start from. Raises ConfigError with what to change."""
+    chosen = objectives.objective_class(cfg.objective.name)
+    if chosen.architectures is not None and cfg.model.architecture not in chosen.architectures:
+        raise ConfigError(
+            f"objective={chosen.name} trains {' or '.join(chosen.architectures)} networks, not "
+            f"model.architecture={cfg.model.architecture}: choose a model preset of "
+            f"{' or '.join(chosen.architectures)} (e.g. model=base), or objective=mlm for this model"
+        )
+    if cfg.trainer.init_from and not chosen.starts_from_init_from:
+        raise ConfigError(
+            f"trainer.init_from={cfg.trainer.init_from} with objective={chosen.name}: init_from loads a BERT or "
+            f"ModernBERT masked-LM export into the one network objective=mlm trains, and objective={chosen.name} "
+            "trains another (a generator and a discriminator sharing their embeddings). Set trainer.init_from=null "
+            f"to start {chosen.name} from random weights, or rerun the command of an interrupted "
+            f"{chosen.name} run to resume it from its output_dir"
+        )
 
 
 def objective_for(cfg: TrainConfig, data: PretrainingData) -> Objective:
-    """The run's objective for the shards' sentence-pair task; DataContractError (naming
-    data_dir) for shards it does not train on."""
+    """The configured objective (``cfg.objective``: its name and settings) for the shards'
+    sentence-pair task; ConfigError for an unknown name, DataContractError (naming data_dir) for
+    shards it does not train on."""
+    chosen = cfg.objective
     try:
-        return objectives.create(OBJECTIVE, data.manifest.objective, sparse_head=cfg.trainer.sparse_mlm_head)
+        return objectives.create(
+            chosen.name, data.manifest.objective, sparse_head=cfg.trainer.sparse_mlm_head, settings=chosen.settings()
+        )
     except DataContractError as e:
         raise DataContractError(f"data_dir={data.data_dir}: {e}") from e
 
@@ -196,6 +217,7 @@ def prepare_run(cfg: TrainConfig, resolved: dict) -> PreparedRun:
     """This rank's checks before the process group: the shards (model config from their manifest),
     the objective, the run record, the checkpoint to resume (or None), init_from and the precision.
     Raises DataContractError / ConfigError with what to change."""
+    check_objective(cfg)  # before the shards are read (an object store's copied)
     model_cfg, data = open_data(cfg)  # fails on a mismatch before any process group or model
     objective = objective_for(cfg, data)
     record = ckpt.run_record(resolved, model_cfg, ckpt.data_identity(data.manifest))

@@ -567,6 +567,9 @@ def train(cfg: TrainConfig, resolved: dict) -> int:
         drop_torn_steps_line(cfg.output_dir)
         for line in eval_split_warnings(run.data, cfg.trainer.eval_every):
             log.warning(line)
+        console.info(run.data.masking_summary())
+        for line in run.data.masking_warnings():
+            log.warning(line)
     model, init_report = build_model(run.objective, run.model_cfg, cfg, resuming=run.resume_tag is not None)
     if init_report is not None and ctx.is_main:
         log_init_report(init_report)

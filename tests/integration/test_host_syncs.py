@@ -5,7 +5,8 @@ Between optimizer steps nothing is read: no read in any forward, backward or non
 ``engine.step``, and none of the trainer's own outside the reads of its statistics at logging
 steps, saves and evaluation. What remains per optimizer step is DeepSpeed's check of the gradient
 norm at the boundary (it decides whether the step is applied; the trainer's non-finite rule rests
-on it), counted here so a change shows.
+on it), counted here so a change shows. Over both architectures (training.models): BERT on NSP
+shards, the ModernBERT-style encoder on instances=none shards, padded and unpadded.
 """
 
 import collections
@@ -17,6 +18,7 @@ import sys
 import pytest
 
 from launch_helpers import REPO, trainer_env
+from test_modern_trainer import TINY_MODERN, modern_shards  # noqa: F401 (a fixture)
 from test_trainer import overrides
 
 STEPS, LOG_EVERY, ACCUMULATION = 6, 3, 4
@@ -34,18 +36,28 @@ def probe_command(*args: str) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module", params=["zero2-fp32", "zero1-bf16", "zero0-bf16"])
-def probed_run(request, trainer_shards, tmp_path_factory):
+MODERN = {"modern": TINY_MODERN, "modern-unpad": (*TINY_MODERN, "trainer.unpad=true")}
+"""Overrides of the modern encoder's runs (on modern_shards), padded and unpadded."""
+
+
+@pytest.fixture(
+    scope="module",
+    params=["zero2-fp32", "zero1-bf16", "zero0-bf16", "modern-zero2-fp32", "modern-unpad-zero1-bf16"],
+)
+def probed_run(request, trainer_shards, modern_shards, tmp_path_factory):  # noqa: F811
     """ZeRO-2 with DeepSpeed's ZeRO optimizer; ZeRO-1 under bf16 with its BF16 optimizer; ZeRO-0
-    under torch autocast with our optimizer wrapped in optim.SkipNonFiniteStep."""
-    stage, precision = request.param.split("-")
+    under torch autocast with our optimizer wrapped in optim.SkipNonFiniteStep; the modern encoder
+    under the first two (unpadded under bf16)."""
+    *model, stage, precision = request.param.split("-")
+    model_overrides = MODERN.get("-".join(model), ())
     out = tmp_path_factory.mktemp(f"syncs_{request.param}")
     probe_dir = out / "probe"
     probe_dir.mkdir()
     command = probe_command(
         *overrides(
-            trainer_shards,
+            modern_shards if model else trainer_shards,
             out / "run",
+            *model_overrides,
             f"deepspeed={stage}",
             f"deepspeed.precision={precision}",
             f"trainer.max_steps={STEPS}",

@@ -245,3 +245,69 @@ def test_electra_trains_on_shards_without_sentence_pairs_and_reports_both_networ
     assert set(totals) >= {"loss", "mlm_loss", "rtd_loss", "rtd_accuracy"} and np.isfinite(totals["loss"])
     assert 0.0 <= totals["rtd_accuracy"] <= 1.0
     assert objective.flops_per_token(tiny_config(with_nsp_head=False), 16, 0.3) > 0
+
+
+# --- the modern architecture (training.models: model.architecture=modern) under the same checks ---------
+
+
+def modern_objective_and_net(unpad: bool):
+    """MLM on shards without sentence pairs, and a tiny ModernBERT-style network (train mode):
+    3 layers, the middle two local with a window of 8 of the 16 tokens, so both routes run."""
+    from training.models.modern import ModernConfig
+
+    cfg = ModernConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=48,
+        local_attention=8,
+        pad_token_id=PAD,
+    )
+    objective = create("mlm", "none")
+    torch.manual_seed(0)
+    return objective, objective.build(cfg, unpad=unpad).train()
+
+
+def modern_batch(seed: int, unpad: bool, lengths=(16, 9, 4, 12)) -> dict[str, torch.Tensor]:
+    """A device batch as the trainer gives it; unpadded, the collator's layout with N marked dynamic."""
+    collate = Collator(pad_id=PAD, with_sentence_label=False, predictions_per_seq=P, pad_to_length=T, unpad=unpad)
+    batch = device_batch(collate(examples(seed, with_pairs=False, lengths=lengths)), MLM_KEYS, torch.device("cpu"))
+    if unpad:
+        torch._dynamo.mark_dynamic(batch["unpad_index"], 0)  # N differs per batch
+    return batch
+
+
+MLM_KEYS = create("mlm", "none").batch_keys
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+def test_a_modern_training_micro_batch_reads_nothing_on_the_host(unpad):
+    objective, model = modern_objective_and_net(unpad)
+    layout = StatisticsLayout(objective.statistics)
+    batch = modern_batch(3, unpad)
+    with HostReads() as reads:
+        loss, stats = objective.loss(model, batch)
+        row = layout.device_row(loss, stats)
+        loss.backward()
+    assert reads.seen == []
+    assert row.shape == (layout.size,) and torch.isfinite(row).all()
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+def test_the_modern_mlm_step_compiles_once_padded_and_unpadded(fresh_dynamo, unpad):  # noqa: F811
+    objective, model = modern_objective_and_net(unpad)
+    layout = StatisticsLayout(objective.statistics)
+    recorder = GraphRecorder()
+
+    @torch.compile(fullgraph=True, backend=recorder, dynamic=False)
+    def micro_batch(batch):
+        loss, stats = objective.loss(model, batch)
+        return loss, layout.device_row(loss, stats)
+
+    for seed, lengths in enumerate([(16, 9, 4, 12), (7, 16, 16, 3), (11, 2, 8, 16)]):
+        loss, row = micro_batch(modern_batch(seed, unpad, lengths))
+        loss.backward()
+        assert torch.isfinite(row).all()
+    assert recorder.frame_count == 1
+    assert recorder.data_dependent_sizes() == []

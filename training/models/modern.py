@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
@@ -52,6 +52,7 @@ from training.model import (
     attention_dtype,
     jagged_attention,
 )
+from training.models import ARCHITECTURE
 
 if TYPE_CHECKING:
     from pipeline.contract import ShardManifest
@@ -63,27 +64,28 @@ INIT_CUTOFF = 2.0
 
 @dataclass
 class ModernConfig:
-    """Architecture of a ModernBERT-style encoder and its MLM head."""
+    """Architecture of a ModernBERT-style encoder and its MLM head. Fields marked ``ARCHITECTURE`` are
+    what a run record keeps (``training.models.Architecture.record``)."""
 
-    vocab_size: int
+    vocab_size: int = field(metadata=ARCHITECTURE)
     """Number of WordPiece ids; the tokenizer's vocabulary size."""
-    hidden_size: int
+    hidden_size: int = field(metadata=ARCHITECTURE)
     """Width H of every hidden state."""
-    num_hidden_layers: int
+    num_hidden_layers: int = field(metadata=ARCHITECTURE)
     """Number L of transformer layers."""
-    num_attention_heads: int
+    num_attention_heads: int = field(metadata=ARCHITECTURE)
     """Attention heads per layer; must divide hidden_size into an even head size (rotary pairs)."""
-    intermediate_size: int
+    intermediate_size: int = field(metadata=ARCHITECTURE)
     """GeGLU inner width I: Wi projects H to 2I (value and gate), Wo projects I back to H."""
-    max_position_embeddings: int = 512
+    max_position_embeddings: int = field(default=512, metadata=ARCHITECTURE)
     """Longest sequence accepted (rotary positions have no table; transformers' config records it)."""
-    global_attn_every_n_layers: int = 3
+    global_attn_every_n_layers: int = field(default=3, metadata=ARCHITECTURE)
     """Layer i attends globally when i % n == 0 (the first layer included), through a window otherwise."""
-    local_attention: int = 128
+    local_attention: int = field(default=128, metadata=ARCHITECTURE)
     """Window width of local layers, in tokens: each token sees local_attention/2 on either side."""
-    global_rope_theta: float = 160_000.0
+    global_rope_theta: float = field(default=160_000.0, metadata=ARCHITECTURE)
     """Rotary base of global layers."""
-    local_rope_theta: float = 10_000.0
+    local_rope_theta: float = field(default=10_000.0, metadata=ARCHITECTURE)
     """Rotary base of local layers."""
     norm_eps: float = 1e-5
     """LayerNorm epsilon."""
@@ -133,6 +135,11 @@ class ModernConfig:
     def head_size(self) -> int:
         """Width hs of one attention head."""
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def with_nsp_head(self) -> bool:
+        """No sentence (NSP/SOP) head: the model trains on shards built with instances=none only."""
+        return False
 
     @property
     def window_half(self) -> int:
@@ -716,9 +723,9 @@ def save_hf(
         TOKENIZER_FILE,
         WEIGHTS_FILE,
         ExportError,
-        _save_weights,
-        _write_json,
+        save_weights,
         tokenizer_files,
+        write_json,
     )
 
     cfg = model.config
@@ -735,14 +742,14 @@ def save_hf(
         raise ExportError(f"model pad_token_id {cfg.pad_token_id} != [PAD] id {special.pad} in {vocab_file}")
 
     os.makedirs(directory, exist_ok=True)
-    _save_weights(to_hf_state_dict(model), os.path.join(directory, WEIGHTS_FILE))
+    save_weights(to_hf_state_dict(model), os.path.join(directory, WEIGHTS_FILE))
     hf_config = cfg.to_hf_config_dict(cls_token_id=special.cls, sep_token_id=special.sep, mask_token_id=special.mask)
-    _write_json(os.path.join(directory, CONFIG_FILE), {**hf_config, "dtype": "float32"})
+    write_json(os.path.join(directory, CONFIG_FILE), {**hf_config, "dtype": "float32"})
     shutil.copyfile(vocab_file, os.path.join(directory, contract.VOCAB_FILE))
     tokenizer_config, special_tokens_map = tokenizer_files(casing, cfg.max_position_embeddings)
     tokenizer_config["model_input_names"] = MODEL_INPUT_NAMES
-    _write_json(os.path.join(directory, TOKENIZER_CONFIG_FILE), tokenizer_config)
-    _write_json(os.path.join(directory, SPECIAL_TOKENS_MAP_FILE), special_tokens_map)
+    write_json(os.path.join(directory, TOKENIZER_CONFIG_FILE), tokenizer_config)
+    write_json(os.path.join(directory, SPECIAL_TOKENS_MAP_FILE), special_tokens_map)
     # Always written: transformers 5 maps model_type modernbert to the tokenizers backend, which
     # reads tokenizer.json and ignores tokenizer_class; this one is the job's own tokenizer.
     tokenizer = build_tokenizer(vocab, casing.lowercase, casing.strips_accents, casing.keep_letters)

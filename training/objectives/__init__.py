@@ -26,7 +26,7 @@ and its tests.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -57,6 +57,11 @@ class Objective(abc.ABC):
     """The shards' sentence-pair tasks (of ``SENTENCE_PAIR_TASKS``) it trains on."""
     statistics: tuple[str, ...]
     """Names of the statistics ``loss`` returns, fixed for the run (``LOSS`` is the trainer's)."""
+    architectures: ClassVar[Optional[tuple[str, ...]]] = None
+    """The model architectures (``training.models.registered``) it can train; None: any."""
+    starts_from_init_from: ClassVar[bool] = True
+    """Whether ``trainer.init_from`` (a BERT or ModernBERT masked-LM export, ``training.init_from``)
+    can give the network ``build`` makes its starting weights."""
 
     def __init__(self, sentence_pair: str, sparse_head: bool = True, settings: Any = None):
         """sentence_pair: the shards' task (manifest "objective"); sparse_head: an MLM head on the
@@ -109,15 +114,22 @@ def registered() -> dict[str, type[Objective]]:
     return {cls.name: cls for cls in (MaskedLanguageModeling, ReplacedTokenDetection)}
 
 
-def create(name: str, sentence_pair: str, sparse_head: bool = True, settings: Any = None) -> Objective:
-    """The objective called ``name`` for shards of ``sentence_pair`` (``Objective.__init__`` for the
-    rest); ConfigError for an unknown name, DataContractError for shards it does not train on."""
+def objective_class(name: str) -> type[Objective]:
+    """The class of the objective called ``name``; ConfigError naming the registered ones otherwise."""
     from training.config import ConfigError
 
     objectives = registered()
     if name not in objectives:
-        raise ConfigError(f"unknown objective {name!r}: choose one of {sorted(objectives)}")
-    objective = objectives[name](sentence_pair, sparse_head, settings)
+        raise ConfigError(
+            f"unknown objective {name!r} (objective.name): choose one of {sorted(objectives)} (objective=<name>)"
+        )
+    return objectives[name]
+
+
+def create(name: str, sentence_pair: str, sparse_head: bool = True, settings: Any = None) -> Objective:
+    """The objective called ``name`` for shards of ``sentence_pair`` (``Objective.__init__`` for the
+    rest); ConfigError for an unknown name, DataContractError for shards it does not train on."""
+    objective = objective_class(name)(sentence_pair, sparse_head, settings)
     if LOSS in objective.statistics or len(set(objective.statistics)) != len(objective.statistics):
         raise ValueError(f"objective {name}: statistics {objective.statistics} repeat a name or use {LOSS!r}")
     return objective

@@ -27,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +34,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from training import model as bert
-from training.config import ConfigError
+from training.config import ConfigError, ElectraConfig  # ElectraConfig: the objective group's schema
 from training.data import MODEL_INPUTS
 from training.export import (
     CONFIG_FILE,
     WEIGHTS_FILE,
-    _save_weights,
-    _write_json,
     checked_vocabulary,
+    save_weights,
+    write_json,
     write_tokenizer,
 )
 from training.hf_checkpoint import ARCHITECTURE_KEYS, CheckpointError
@@ -81,35 +79,6 @@ STAT_NAMES = (
 """The statistics ``ElectraPreTraining.forward`` returns, in this order."""
 
 
-@dataclass
-class ElectraConfig:
-    """The ELECTRA objective; the discriminator's architecture is a ``training.model.BertConfig``."""
-
-    generator_size_fraction: float = 0.25
-    """Generator width (hidden, heads, feed-forward) over the discriminator's; paper: 1/4 Small, Large; 1/3 Base."""
-    discriminator_weight: float = 50.0
-    """lambda: weight of the discriminator's binary cross-entropy against the generator's MLM loss (paper: 50)."""
-    temperature: float = 1.0
-    """Softmax temperature of the generator's samples (1: its own distribution, as in the paper)."""
-    embedding_size: Optional[int] = None
-    """Width E of the shared embedding tables; None: the discriminator's hidden size (Base, Large); Small: 128."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.generator_size_fraction <= 1.0:
-            raise ConfigError(
-                f"electra.generator_size_fraction={self.generator_size_fraction} must be in (0, 1] "
-                "(the paper found 1/4 to 1/2 best)"
-            )
-        if not self.discriminator_weight > 0.0:
-            raise ConfigError(f"electra.discriminator_weight={self.discriminator_weight} must be positive (paper: 50)")
-        if not self.temperature > 0.0:
-            raise ConfigError(f"electra.temperature={self.temperature} must be positive (1.0 samples the softmax)")
-        if self.embedding_size is not None and (
-            not isinstance(self.embedding_size, int) or isinstance(self.embedding_size, bool) or self.embedding_size < 1
-        ):
-            raise ConfigError(f"electra.embedding_size={self.embedding_size!r} must be a positive int or null")
-
-
 def embedding_width(disc_cfg: BertConfig, cfg: ElectraConfig) -> int:
     """E: the configured embedding size, else the discriminator's hidden size."""
     return disc_cfg.hidden_size if cfg.embedding_size is None else cfg.embedding_size
@@ -125,8 +94,8 @@ def generator_config(disc_cfg: BertConfig, cfg: ElectraConfig) -> BertConfig:
     intermediate = round(disc_cfg.intermediate_size * fraction)
     if hidden < 1 or intermediate < 1 or hidden % heads:
         raise ConfigError(
-            f"electra.generator_size_fraction={fraction} gives the generator hidden {hidden}, {heads} heads and "
-            f"feed-forward {intermediate} from the discriminator's {disc_cfg.hidden_size}, "
+            f"objective.electra.generator_size_fraction={fraction} gives the generator hidden {hidden}, "
+            f"{heads} heads and feed-forward {intermediate} from the discriminator's {disc_cfg.hidden_size}, "
             f"{disc_cfg.num_attention_heads}, {disc_cfg.intermediate_size}: choose a fraction that keeps the "
             "hidden size a positive multiple of the heads (1/4, 1/3, 1/2 for the published sizes)"
         )
@@ -492,8 +461,8 @@ def save_hf(model: ElectraPreTraining, directory: str, data_dir: str) -> str:
     for network, tensors in weights.items():
         out = os.path.join(directory, network)
         os.makedirs(out, exist_ok=True)
-        _save_weights(tensors, os.path.join(out, WEIGHTS_FILE))
-        _write_json(os.path.join(out, CONFIG_FILE), {**hf_config_dict(model, network), "dtype": "float32"})
+        save_weights(tensors, os.path.join(out, WEIGHTS_FILE))
+        write_json(os.path.join(out, CONFIG_FILE), {**hf_config_dict(model, network), "dtype": "float32"})
         write_tokenizer(out, manifest, vocab_path, vocab, model.config.max_position_embeddings)
     return directory
 
@@ -554,9 +523,13 @@ class ReplacedTokenDetection(Objective):
     name = "electra"
     batch_keys = tuple(k for k in MODEL_INPUTS if k != "next_sentence_label")
     sentence_pairs = ("none",)
+    architectures = ("bert",)  # both networks are BERT encoders (training.model's layers)
+    starts_from_init_from = False  # init_from holds one MLM network; ELECTRA trains two, embeddings shared
 
     def __init__(self, sentence_pair: str, sparse_head: bool = True, settings: ElectraConfig | None = None):
-        super().__init__(sentence_pair, sparse_head, ElectraConfig() if settings is None else settings)
+        # The generator's head runs on the masked slots only, whatever trainer.sparse_mlm_head says
+        # (it samples there only): sparse_head is always True, as the FLOPs count needs it.
+        super().__init__(sentence_pair, True, ElectraConfig() if settings is None else settings)
         self.statistics = STAT_NAMES
 
     def build(self, model_cfg: BertConfig, unpad: bool) -> nn.Module:

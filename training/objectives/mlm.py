@@ -6,8 +6,9 @@ instances=none.
 
 Statistics (``training.objectives``): mlm_loss and mlm_accuracy over the predicted tokens (masked
 slots with a label), nsp_loss and nsp_accuracy over the sequences with a sentence label (only when
-the shards have them; reported under the nsp_ names for SOP too). The network is
-``training.model.BertForPreTraining``; the losses are computed inside its forward (so a compiled
+the shards have them; reported under the nsp_ names for SOP too). The network is the model
+architecture's (``training.models``: ``BertForPreTraining`` for bert, ``ModernBertForMaskedLM`` for
+modern, which has no sentence head); the losses are computed inside its forward (so a compiled
 forward includes them) and returned with their counts, on the device.
 """
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from training.data import MODEL_INPUTS, dense_mlm_labels
-from training.model import BertConfig, BertForPreTraining, flops_per_token
+from training.models import for_config
 from training.objectives import SENTENCE_PAIR_TASKS, Objective, Statistics, device_batch
 
 MLM_STATISTICS = ("mlm_loss", "mlm_accuracy")
@@ -39,13 +40,13 @@ class MaskedLanguageModeling(Objective):
         self.with_sentence_head = sentence_pair != "none"
         self.statistics = MLM_STATISTICS + (SENTENCE_STATISTICS if self.with_sentence_head else ())
 
-    def build(self, model_cfg: BertConfig, unpad: bool) -> nn.Module:
+    def build(self, model_cfg, unpad: bool) -> nn.Module:
         if model_cfg.with_nsp_head != self.with_sentence_head:
             raise ValueError(
                 f"the model's with_nsp_head={model_cfg.with_nsp_head} does not match the shards' "
                 f"sentence-pair task {self.sentence_pair!r}"
             )
-        return BertForPreTraining(model_cfg, unpad=unpad)
+        return for_config(model_cfg).build_mlm(model_cfg, unpad)
 
     def loss(self, net, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Statistics]:
         out = net(**network_inputs(batch, self.sparse_head))
@@ -60,13 +61,11 @@ class MaskedLanguageModeling(Objective):
             stats["nsp_accuracy"] = (out.nsp_correct, out.nsp_count)
         return out.loss, stats
 
-    def flops_per_token(self, model_cfg: BertConfig, seq_len: int, sparse_fraction: float | None) -> float:
-        return flops_per_token(model_cfg, seq_len, sparse_fraction)
+    def flops_per_token(self, model_cfg, seq_len: int, sparse_fraction: float | None) -> float:
+        return for_config(model_cfg).flops_per_token(model_cfg, seq_len, sparse_fraction)
 
-    def export(self, state_dict: dict[str, torch.Tensor], model_cfg: BertConfig, data_dir: str, out_dir: str) -> str:
-        from training.export import export_hf
-
-        return export_hf(state_dict, model_cfg, data_dir, out_dir)
+    def export(self, state_dict: dict[str, torch.Tensor], model_cfg, data_dir: str, out_dir: str) -> str:
+        return for_config(model_cfg).export_mlm(state_dict, model_cfg, data_dir, out_dir)
 
 
 def network_inputs(batch: dict[str, torch.Tensor], sparse_head: bool) -> dict[str, torch.Tensor]:
