@@ -15,7 +15,7 @@ import torch
 
 from conftest import IN_MEMORY, run_job
 from launch_helpers import read_steps, run, single_process_command
-from test_trainer import assert_same_steps
+from test_trainer import assert_same_steps, interrupt_at_step
 from training import checkpoint as ckpt
 from training.export import HF_SUBDIR, consolidated_state_dict_from_checkpoint
 
@@ -90,10 +90,22 @@ def test_a_run_logs_evaluates_checkpoints_and_records_the_architecture(straight_
 
 
 def test_resume_is_exact(modern_shards, straight_run, tmp_path):
-    half = STEPS // 2
-    trained(modern_shards, tmp_path, f"trainer.max_steps={half}", "trainer.unpad=true", "trainer.export_hf=false")
-    resumed = trained(modern_shards, tmp_path, f"trainer.max_steps={STEPS}", "trainer.unpad=true")
-    assert f"at step {half}" in resumed.stdout
+    """SIGTERM after step 2 (the run saves and exits 0), then the same command in a new process: every
+    step (losses, lr, example ids) and the final weights equal the straight run's to the last bit. The
+    same max_steps both times: a shorter first run would decay its learning rate on another schedule."""
+    command = single_process_command(
+        *SMOKE,
+        *TINY_MODERN,
+        f"data_dir={modern_shards}",
+        f"output_dir={tmp_path}",
+        f"trainer.max_steps={STEPS}",
+        "trainer.unpad=true",
+    )
+    code, log, stopped = interrupt_at_step(command, 2, tmp_path)
+    assert code == 0 and 2 <= stopped < STEPS, log[-3000:]
+    resumed = run(command)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    assert f"at step {stopped}" in resumed.stdout
     assert_same_steps(read_steps(tmp_path), read_steps(straight_run[0]))
     ours, reference = final_weights(tmp_path), final_weights(straight_run[0])
     assert ours.keys() == reference.keys()
