@@ -485,7 +485,8 @@ def main() -> None:
             reach = reach_ratio(recipes[MAIN]["points"], finals[other], args.budget_s)
             goals.append(
                 {
-                    "what": f"{MAIN} reaches {other}'s final held-out MLM loss {finals[other]:.4f}",
+                    "what": f"{MAIN} reaches {other}{'' if other.endswith('s') else chr(39) + 's'} final held-out "
+                    f"MLM loss {finals[other]:.4f}",
                     "reach": reach,
                     "goal": share,
                     "met": reach["ratio"] is not None and reach["ratio"] <= share,
