@@ -10,10 +10,12 @@
 # 2. bench/train_throughput.py --model base, ours eager and compiled against transformers, at length 128
 #    (micro batch 256, with a torch.profiler trace of a few steps) and 512 (micro batch 64);
 # 3. the trainer itself, experiment=bert_base_phase1 for 60 steps on the sample's shards at ZeRO 0, 1
-#    and 2 (bf16, compiled), with its own tokens/s and MFU (read back from its W&B offline log).
+#    and 2 (bf16, compiled), with its own tokens/s and MFU (read back from its W&B offline log);
+# 4. the modern recipes (experiment=modernbert_base, electra_base, bert_base_mlm30) for 60 steps each on
+#    no-NSP dynamic shards of the sample, with their tokens/s and MFU.
 #
 # Everything goes under RESULTS_DIR: summary.txt (what ran, the figures), one log per step, profile/
-# (traces), work/ (the shards, built here from the Wikipedia sample) and train-zero*/ (the runs,
+# (traces), work/ (the shards, built here from the Wikipedia sample) and train-*/ (the runs,
 # checkpoints removed). It stops at the first failure and says where its log is. docs/gpu.md has more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +64,27 @@ print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), deepspeed {deepsp
 EOF
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || say "(nvidia-smi not found; the device line above comes from torch)"
 
+# report_run RUN LABEL: tokens/s, MFU and memory per logging interval of a trainer run, from its W&B offline log.
+report_run() {
+  python - "$1" "$2" <<'EOF' | tee -a "$SUMMARY"
+import sys
+
+from training.report import tracked_history
+
+run, label = sys.argv[1], sys.argv[2]
+rows, _, notes = tracked_history(run)
+rows = [r for r in rows if "perf/tokens_per_s" in r]
+if not rows:
+    sys.exit(f"no perf/tokens_per_s in {run}'s W&B offline log ({notes})")
+for r in rows:  # the first interval includes compilation
+    mfu = f"{r['perf/mfu']:.1%}" if "perf/mfu" in r else "n/a (peak unknown: trainer.peak_tflops)"
+    print(
+        f"   {label} steps to {r['step']}: {r['perf/tokens_per_s']:,.0f} tokens/s, MFU {mfu}, "
+        f"peak memory {r.get('perf/memory_gb', float('nan')):.1f} GB, loss {r['train/loss']:.3f}"
+    )
+EOF
+}
+
 # --- 1. CUDA tests -----------------------------------------------------------------------------
 step cuda-tests python -m pytest -q -rs -p no:cacheprovider tests/integration/gpu tests/unit/test_unpadded_attention.py \
   --junitxml="$OUT/cuda-tests.xml"
@@ -88,23 +111,20 @@ for stage in 0 1 2; do
     trainer.max_steps=60 trainer.log_every=20 trainer.eval_every=0 trainer.eval_steps=5 \
     trainer.checkpoint_every=1000 trainer.export_hf=false optim.warmup_steps=10
   rm -rf "$run/checkpoints"  # 1.3 GB each; the logs and steps.jsonl stay
-  python - "$run" "$stage" <<'EOF' | tee -a "$SUMMARY"
-import sys
+  report_run "$run" "ZeRO-$stage"
+done
 
-from training.report import tracked_history
-
-run, stage = sys.argv[1], sys.argv[2]
-rows, _, notes = tracked_history(run)
-rows = [r for r in rows if "perf/tokens_per_s" in r]
-if not rows:
-    sys.exit(f"no perf/tokens_per_s in {run}'s W&B offline log ({notes})")
-for r in rows:  # the first interval includes compilation
-    mfu = f"{r['perf/mfu']:.1%}" if "perf/mfu" in r else "n/a (peak unknown: trainer.peak_tflops)"
-    print(
-        f"   ZeRO-{stage} steps to {r['step']}: {r['perf/tokens_per_s']:,.0f} tokens/s, MFU {mfu}, "
-        f"peak memory {r.get('perf/memory_gb', float('nan')):.1f} GB, loss {r['train/loss']:.3f}"
-    )
-EOF
+# --- 4. the modern recipes: ModernBERT-style MLM at 30%, ELECTRA, BERT at 30%; 60 steps each ------
+step shards-none python -m pipeline output_dir="$OUT/work/shards-none" instances=none masking=dynamic overwrite=true
+for recipe in modernbert_base electra_base bert_base_mlm30; do
+  run="$OUT/train-$recipe"
+  rm -rf "$run"
+  step "train-$recipe" python -m training "experiment=$recipe" \
+    data_dir="$OUT/work/shards-none" output_dir="$run" logger=wandb_offline \
+    trainer.max_steps=60 trainer.log_every=20 trainer.eval_every=0 trainer.eval_steps=5 \
+    trainer.checkpoint_every=1000 trainer.export_hf=false optim.warmup_steps=10 optim.warmup_ratio=null
+  rm -rf "$run/checkpoints"
+  report_run "$run" "$recipe"
 done
 
 say "all checks passed; figures above, logs and traces in $OUT"
