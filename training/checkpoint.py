@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from training import models
-from training.config import OBJECTIVE_NETWORK_KEYS, ConfigError, config_differences
+from training.config import ConfigError, config_differences, objective_network_keys
 from training.tracking import redact
 
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -164,7 +164,7 @@ def check_resumable(saved: dict, current: dict, where: str, force: bool) -> list
         if saved["architecture"].get(name) != value
     ]
     architecture += [  # another objective, or its networks at other sizes
-        f"{key} {_value(old)} -> {_value(new)}" for key, old, new in differences if key in OBJECTIVE_NETWORK_KEYS
+        f"{key} {_value(old)} -> {_value(new)}" for key, old, new in differences if key in objective_network_keys()
     ]
     if architecture:
         raise ConfigError(

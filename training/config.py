@@ -486,17 +486,22 @@ def config_differences(saved: dict, current: dict) -> list[tuple[str, object, ob
     ]
 
 
+SHAPES_NETWORK = {"shapes_network": True}
+"""dataclasses.field metadata of an objective's setting that changes the shapes of the network it
+trains: a checkpoint differing in one never resumes (``objective_network_keys``)."""
+
+
 @dataclass
 class ElectraConfig:
     """The ELECTRA objective (``training.objectives.electra``); the discriminator's architecture is the model's."""
 
-    generator_size_fraction: float = 0.25
+    generator_size_fraction: float = field(default=0.25, metadata=SHAPES_NETWORK)
     """Generator width (hidden, heads, feed-forward) over the discriminator's; paper: 1/4 Small, Large; 1/3 Base."""
     discriminator_weight: float = 50.0
     """lambda: weight of the discriminator's binary cross-entropy against the generator's MLM loss (paper: 50)."""
     temperature: float = 1.0
     """Softmax temperature of the generator's samples (1: its own distribution, as in the paper)."""
-    embedding_size: Optional[int] = None
+    embedding_size: Optional[int] = field(default=None, metadata=SHAPES_NETWORK)
     """Width E of the shared embedding tables; None: the discriminator's hidden size (Base, Large); Small: 128."""
 
     def __post_init__(self) -> None:
@@ -543,13 +548,20 @@ def objective_settings_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(ObjectiveConfig)} - {"name"}
 
 
-OBJECTIVE_NETWORK_KEYS = (
-    "objective.name",
-    "objective.electra.generator_size_fraction",
-    "objective.electra.embedding_size",
-)
-"""Objective keys that shape the network trained: a checkpoint that differs in one can not be
-resumed at all, not even with trainer.force_resume (``training.checkpoint.check_resumable``)."""
+def objective_network_keys() -> set[str]:
+    """Objective keys that shape the network trained (the name, and each objective's settings marked
+    ``SHAPES_NETWORK``): a checkpoint that differs in one can not be resumed at all, not even with
+    trainer.force_resume (``training.checkpoint.check_resumable``)."""
+    keys = {"objective.name"}
+    for settings in dataclasses.fields(ObjectiveConfig):
+        if settings.name != "name":
+            keys |= {
+                f"objective.{settings.name}.{f.name}"
+                for f in dataclasses.fields(settings.default_factory)
+                if f.metadata.get("shapes_network")
+            }
+    return keys
+
 
 OBJECTIVE_BEFORE_THE_GROUP = "mlm"
 """What every run trained before the config chose its objective: a run record without ``objective`` keys."""
