@@ -55,8 +55,8 @@ def _positive(group: str, **values) -> None:
 class ModelConfig:
     """The ``model`` group: which architecture, and the fields every architecture's schema has.
 
-    Each architecture's schema subclasses this (``training.models``: ``bert_schema``,
-    ``modern_schema``); a preset YAML names its schema in its defaults list, so Hydra validates the
+    Each architecture's schema subclasses this (``training.models``: ``bert_model_schema``,
+    ``modern_model_schema``); a preset YAML names its schema in its defaults list, so Hydra validates the
     node against that architecture's fields and refuses any other key."""
 
     architecture: str = "bert"
@@ -91,7 +91,7 @@ def check_schema_is_the_architectures(model: ModelConfig, schema_name: str) -> N
     if model.architecture != schema_name:
         raise ConfigError(
             f"model.architecture={model.architecture} but the model preset is a {schema_name} one (its "
-            f"defaults name {schema_name}_schema): choose a {model.architecture} preset with model=<name> "
+            f"defaults name /{schema_name}_model_schema@_here_): choose a {model.architecture} preset with model=<name> "
             f"(conf/train/model/) instead of setting model.architecture"
         )
 
@@ -663,15 +663,15 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
 
 def check_model_schema(model: ModelConfig) -> None:
     """ConfigError unless the ``model`` node was validated by its architecture's schema: a preset
-    YAML without ``defaults: [<architecture>_schema, _self_]`` composes against the common fields only."""
+    YAML without ``defaults: [/<architecture>_model_schema@_here_, _self_]`` composes against the common fields only."""
     from training.models import architecture
 
     schema = architecture(model.architecture).schema
     if type(model) is not schema:
         raise ConfigError(
             f"the model preset was validated as {type(model).__name__}, not model.architecture="
-            f"{model.architecture}'s {schema.__name__}: begin its YAML with 'defaults: [{model.architecture}_schema, "
-            f"_self_]' (as conf/train/model/base.yaml)"
+            f"{model.architecture}'s {schema.__name__}: begin its YAML with 'defaults: "
+            f"[/{model.architecture}_model_schema@_here_, _self_]' (as conf/train/model/base.yaml)"
         )
 
 
@@ -705,4 +705,5 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for name, arch in registered().items():  # each preset YAML names its architecture's schema
-        cs.store(group="model", name=f"{name}_schema", node=arch.schema)
+        # outside the model group, so --help lists presets only; a preset pulls it in at its own package
+        cs.store(name=f"{name}_model_schema", node=arch.schema)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 PIPELINE_GROUPS = {"dedup", "filters", "instances", "masking", "runner", "tokenizer"}
-TRAINER_GROUPS = {"data", "deepspeed", "experiment", "logger", "model", "optim", "trainer"}
+TRAINER_GROUPS = {"data", "deepspeed", "experiment", "logger", "model", "objective", "optim", "trainer"}
 # logger: the trainer's group (conf/train/logger), on fine-tuning's search path
 FINETUNE_GROUPS = {"task", "recipe", "logger"}
 PROGRESS_LINE = re.compile(

@@ -69,7 +69,7 @@ def test_appended_keys_and_another_architecture_than_the_presets_are_refused():
         compose_train(REQUIRED + ["model=modern_small", "model.architecture=bert"])
     with pytest.raises((ConfigError, ValueError), match="unknown model.architecture 'gpt'"):
         compose_train(REQUIRED + ["model.architecture=gpt"])
-    with pytest.raises(ConfigError, match=r"defaults: \[bert_schema, _self_\]"):
+    with pytest.raises(ConfigError, match=r"defaults: \[/bert_model_schema@_here_, _self_\]"):
         check_model_schema(ModelConfig())  # a preset YAML that names no schema
 
 

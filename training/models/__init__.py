@@ -12,7 +12,7 @@ An architecture is two modules: its entry here (``bert.py``, ``modernbert.py``: 
 schema, a dataclass Hydra validates, and an ``Architecture`` subclass; no torch at import, so composing a
 config stays fast) and its network, which imports torch alone and takes one config dataclass
 (``training/model.py``, ``training/models/modern.py``). Presets are YAML only (conf/train/model/*.yaml),
-each naming its schema in its defaults list (``- bert_schema``). The run record's architecture is the
+each naming its schema in its defaults list (``- /bert_model_schema@_here_``). The run record's architecture is the
 network config's fields marked ``ARCHITECTURE``: a checkpoint differing in one of them never resumes.
 
 Adding an architecture: its network module, its entry module with the schema and the ``Architecture``
@@ -44,7 +44,7 @@ class Architecture(abc.ABC):
     name: ClassVar[str]
     """The registry name, ``model.architecture``."""
     schema: ClassVar[type]
-    """The ``model`` group's dataclass (Hydra schema), stored as ``model/<name>_schema``."""
+    """The ``model`` group's dataclass (Hydra schema), stored as ``<name>_model_schema``."""
     hf_model_type: ClassVar[str]
     """``model_type`` in the config.json of its export (how an init_from directory is recognised)."""
     hf_class: ClassVar[str]

@@ -17,7 +17,7 @@ from training.models import Architecture
 
 @dataclass
 class BertModelConfig(ModelConfig):
-    """The ``model`` node of a BERT (``bert_schema``); the fields of ``training.model.BertConfig`` a preset chooses."""
+    """The ``model`` node of a BERT (``bert_model_schema``); the fields of ``training.model.BertConfig`` a preset chooses."""
 
     architecture: str = "bert"
     """bert: this schema's architecture."""

@@ -19,7 +19,7 @@ from training.models import Architecture
 
 @dataclass
 class ModernModelConfig(ModelConfig):
-    """The ``model`` node of a ModernBERT-style encoder (``modern_schema``); defaults are ModernBERT-base's."""
+    """The ``model`` node of a ModernBERT-style encoder (``modern_model_schema``); defaults are ModernBERT-base's."""
 
     architecture: str = "modern"
     """modern: this schema's architecture."""
