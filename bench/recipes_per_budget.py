@@ -485,7 +485,7 @@ def main() -> None:
             reach = reach_ratio(recipes[MAIN]["points"], finals[other], args.budget_s)
             goals.append(
                 {
-                    "what": f"{MAIN} reaches {other}{'' if other.endswith('s') else chr(39) + 's'} final held-out "
+                    "what": f"{MAIN} reaches {other}{chr(39) if other.endswith('s') else chr(39) + 's'} final held-out "
                     f"MLM loss {finals[other]:.4f}",
                     "reach": reach,
                     "goal": share,
