@@ -1,8 +1,8 @@
 """Quality per unit of compute of the pre-training recipes: same corpus, same wall-clock budget, same seed.
 
     python bench/recipes_per_budget.py [--budget-s 600] [--recipes bert2018 modern30 electra transformers]
-                                       [--inputs PATH ...] [--eval-points 8] [--out bench/results] [--work DIR]
-                                       [--skip-downstream]
+                                       [--inputs PATH ...] [--eval-fraction 0.05] [--eval-points 8]
+                                       [--out bench/results] [--work DIR] [--skip-downstream]
 
 Each recipe trains for the same --budget-s of wall clock on this machine, one after the other, and
 is stopped as bench/quality_per_budget.py stops it (SIGTERM at the deadline; the budget counts from
@@ -22,20 +22,31 @@ the launch of the training process: start-up, every step, the checkpoints saved 
 Every recipe uses the same batch (32 sequences of up to 128 tokens), peak learning rate, warmup,
 AdamW settings and seed; bert2018 and transformers start from the same weights.
 
-One held-out evaluation for all: the no-NSP shards' eval split (the data job holds the same
-documents out whatever the instances) with 15% masks, 80/10/10, drawn once by the trainer's fixed
-evaluation masking. MLM loss and accuracy over the masked positions come from transformers'
-masked-LM class of each export (BertForMaskedLM, ModernBertForMaskedLM; for ELECTRA the generator's
-ElectraForMaskedLM, labelled as such: a network a quarter of the others' width, so its loss says how
-good the replacements are, not how good the discriminator is). Downstream, each final encoder (for
+Two held-out evaluations for all, on the same held-out documents (the data job holds the same
+documents out whatever the instances), both with 15% masks, 80/10/10:
+
+  single   the no-NSP shards' eval split: one segment per example, masks drawn once by the
+           trainer's fixed evaluation masking. What modern30 and electra trained on.
+  pairs    the NSP shards' eval split: two segments per example ([CLS] A [SEP] B [SEP], token types
+           0 and 1), the data job's static masks. What bert2018 and transformers trained on.
+
+The goals are judged on both. MLM loss and accuracy over the masked positions come from
+transformers' masked-LM class of each export (BertForMaskedLM, ModernBertForMaskedLM; for ELECTRA
+the generator's ElectraForMaskedLM, labelled as such: a network a quarter of the others' width, so
+its loss says how good the replacements are, not how good the discriminator is). Downstream, each final encoder (for
 ELECTRA the discriminator): the Lee document-similarity correlation (`python -m training.evaluate`)
 and polarity accuracy by 5-fold cross-validation (`python -m training.finetune task=polarity`).
 
 Goal (issue 19): modern30 reaches bert2018's final held-out MLM loss in at most half the budget, and
 transformers' in at most a quarter. The figures are reported whatever they are.
 
-Writes <out>/recipes_per_budget.png (held-out MLM loss and accuracy against wall time, every recipe)
-and <out>/recipes_per_budget.json (every figure), and prints a table.
+A corpus of one document per line (gensim's lee_background.cor) goes in as JSON lines, one object
+per line: the data job reads plain text as books (a file is a document). bench/README.md gives the
+command.
+
+Writes <out>/recipes_per_budget.png (held-out MLM loss and accuracy against wall time, every recipe,
+both evaluations) and <out>/recipes_per_budget.json (every figure), and prints a table; --tag NAME
+writes recipes_per_budget_NAME.{png,json} instead, for a second corpus beside the first.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ import importlib.util
 import io
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -65,10 +77,12 @@ from pipeline import contract  # noqa: E402
 from sample_shards import build_sample_shards  # noqa: E402
 from training.labels import IGNORE_INDEX  # noqa: E402
 
-PLOT_FILE = "recipes_per_budget.png"
-JSON_FILE = "recipes_per_budget.json"
-EVAL_FRACTION = "instances.eval_fraction=0.05"
-"""3 held-out documents of the sample (~1,500 examples) rather than the default 1%'s one."""
+STEM = "recipes_per_budget"
+EVALUATIONS = {
+    "single": "held-out single segments (no-NSP shards)",
+    "pairs": "held-out sentence pairs (NSP shards)",
+}
+"""The two held-out evaluations, by the shard set whose eval split each reads."""
 
 
 @dataclass(frozen=True)
@@ -118,8 +132,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="the data job's inputs (default its embedded Wikipedia sample); e.g. gensim's lee_background.cor",
     )
+    p.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=0.05,
+        help="the data job's instances.eval_fraction (default 0.05: 3 held-out documents of the sample, not 1%%'s one)",
+    )
     p.add_argument("--eval-points", type=int, default=8, help="evaluated snapshots per recipe (default 8)")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
+    p.add_argument("--tag", default="", help="suffix of the output files: recipes_per_budget_TAG.{json,png}")
     p.add_argument("--work", default=None, help="shards, checkpoints, snapshots (default: a temporary directory)")
     p.add_argument("--keep-work", action="store_true")
     p.add_argument("--batch-size", type=int, default=32)
@@ -132,21 +153,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.budget_s <= 0 or args.eval_points < 1 or args.batch_size < 1:
         p.error("--budget-s, --eval-points and --batch-size must be positive")
+    if not 0 < args.eval_fraction < 1:
+        p.error("--eval-fraction must be between 0 and 1")
     return args
 
 
-# --- shards and the one evaluation ----------------------------------------------------------------
+# --- shards and the two evaluations ----------------------------------------------------------------
 
 
-def build_shards(work: str, inputs: Optional[list[str]]) -> dict[str, str]:
-    """{"pairs": NSP shards with static masks, "single": no-NSP shards with dynamic masks}, same corpus."""
+def corpus_name(inputs: Optional[list[str]]) -> str:
+    return ", ".join(os.path.basename(i) for i in inputs) if inputs else "the embedded Wikipedia sample"
+
+
+def output_path(out: str, tag: str, suffix: str) -> str:
+    return os.path.join(out, f"{STEM}_{tag}{suffix}" if tag else f"{STEM}{suffix}")
+
+
+def build_shards(work: str, inputs: Optional[list[str]], eval_fraction: float) -> dict[str, str]:
+    """{"pairs": NSP shards with static masks, "single": no-NSP shards with dynamic masks}, same corpus,
+    same vocabulary (checked: one model reads both evaluations)."""
     given = [f"inputs=[{','.join(inputs)}]"] if inputs else []
-    return {
-        "pairs": build_sample_shards(os.path.join(work, "shards_pairs"), EVAL_FRACTION, *given),
+    held_out = f"instances.eval_fraction={eval_fraction}"
+    shards = {
+        "pairs": build_sample_shards(os.path.join(work, "shards_pairs"), held_out, *given),
         "single": build_sample_shards(
-            os.path.join(work, "shards_single"), EVAL_FRACTION, "instances=none", "masking=dynamic", *given
+            os.path.join(work, "shards_single"), held_out, "instances=none", "masking=dynamic", *given
         ),
     }
+    vocabularies = [pathlib.Path(path, contract.VOCAB_FILE).read_bytes() for path in shards.values()]
+    if vocabularies[0] != vocabularies[1]:
+        raise SystemExit(f"the two shard sets have different vocabularies ({shards}): not one evaluation")
+    return shards
 
 
 def held_out_documents(shards: str) -> Optional[int]:
@@ -186,8 +223,9 @@ def masked_lm_head(model):
 
 
 @torch.no_grad()
-def evaluate_masked_lm(model_dir: str, batches: list[dict]) -> dict:
-    """Held-out MLM loss and accuracy over every masked position of ``batches``, no dropout."""
+def evaluate_masked_lm(model_dir: str, evals: dict[str, list[dict]]) -> dict[str, dict]:
+    """{evaluation: held-out MLM loss and accuracy over every masked position of its batches}, no
+    dropout, one load of the model for all evaluations."""
     import torch.nn.functional as F
     import transformers
 
@@ -195,17 +233,33 @@ def evaluate_masked_lm(model_dir: str, batches: list[dict]) -> dict:
     transformers.logging.set_verbosity_error()  # a BertForPreTraining export's NSP head is unused here
     model = transformers.AutoModelForMaskedLM.from_pretrained(model_dir).eval()
     encode, head = masked_lm_head(model)
-    loss, correct, count = 0.0, 0, 0
-    for b in batches:
-        positions, labels = b["masked_lm_positions"], b["masked_lm_labels"]  # (B, P)
-        real = labels != IGNORE_INDEX  # (B, P)
-        rows = torch.arange(positions.shape[0])[:, None].expand_as(positions)  # (B, P)
-        logits = head(encode(b)[rows[real], positions[real]])  # (N, V)
-        target = labels[real]  # (N,)
-        loss += float(F.cross_entropy(logits.float(), target, reduction="sum"))
-        correct += int((logits.argmax(-1) == target).sum())
-        count += int(target.numel())
-    return {"mlm_loss": loss / count, "mlm_accuracy": correct / count, "mlm_predictions": count}
+    scores = {}
+    for evaluation, batches in evals.items():
+        loss, correct, count = 0.0, 0, 0
+        for b in batches:
+            positions, labels = b["masked_lm_positions"], b["masked_lm_labels"]  # (B, P)
+            real = labels != IGNORE_INDEX  # (B, P)
+            rows = torch.arange(positions.shape[0])[:, None].expand_as(positions)  # (B, P)
+            logits = head(encode(b)[rows[real], positions[real]])  # (N, V)
+            target = labels[real]  # (N,)
+            loss += float(F.cross_entropy(logits.float(), target, reduction="sum"))
+            correct += int((logits.argmax(-1) == target).sum())
+            count += int(target.numel())
+        scores[evaluation] = {"mlm_loss": loss / count, "mlm_accuracy": correct / count, "mlm_predictions": count}
+    return scores
+
+
+def on(points: list[dict], evaluation: str) -> list[dict]:
+    """The curve of one evaluation: points with that evaluation's ``mlm_loss`` and ``mlm_accuracy``
+    at the top level, which is where quality_per_budget's time_to_reach and bracket read them."""
+    return [{**p, **p[evaluation]} for p in points]
+
+
+def count_masked(batches: list[dict]) -> dict:
+    return {
+        "examples": sum(int(b["input_ids"].shape[0]) for b in batches),
+        "masked": sum(int((b["masked_lm_labels"] != IGNORE_INDEX).sum()) for b in batches),
+    }
 
 
 # --- our trainer's runs -----------------------------------------------------------------------------
@@ -267,15 +321,20 @@ def snapshot_point(
 
 
 def print_point(name: str, p: dict) -> None:
-    print(
-        f"  {name:<13}{p['t_s']:7.1f} s  step {p['step']:6d}  mlm loss {p['mlm_loss']:.4f}  acc {p['mlm_accuracy']:.2%}",
-        flush=True,
+    scores = "  ".join(
+        f"{evaluation} mlm loss {p[evaluation]['mlm_loss']:.4f} acc {p[evaluation]['mlm_accuracy']:.2%}"
+        for evaluation in EVALUATIONS
+        if evaluation in p
     )
+    print(f"  {name:<13}{p['t_s']:7.1f} s  step {p['step']:6d}  {scores}", flush=True)
 
 
-def refine(name: str, recipe: Recipe, points: list[dict], extra: dict, target: float, work: str, evals) -> list:
-    """More of the run's checkpoints between the two evaluated points around where it crosses ``target``."""
-    span = qpb.bracket(points, target)
+def refine(
+    name: str, recipe: Recipe, points: list[dict], extra: dict, target: float, evaluation: str, work: str, evals
+) -> list:
+    """More of the run's checkpoints between the two evaluated points around where it crosses ``target``
+    on ``evaluation``."""
+    span = qpb.bracket(on(points, evaluation), target)
     if not span:
         return points
     have = {p["step"] for p in points}
@@ -346,26 +405,28 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for entry in result["recipes"].values():
-        pts = entry["points"]
-        t = [p["t_s"] for p in pts]
-        style = "s--" if entry.get("mlm_label") else "o-"
-        ax_loss.plot(t, [p["mlm_loss"] for p in pts], style, label=entry["label"])
-        ax_acc.plot(t, [100 * p["mlm_accuracy"] for p in pts], style, label=entry["label"])
-    for name, value in result["comparison"]["final_losses"].items():
-        if name in (REFERENCE, TRANSFORMERS):
-            ax_loss.axhline(value, color="grey", ls=":", lw=1)
-    for ax, what in ((ax_loss, "held-out MLM loss (15% masks)"), (ax_acc, "held-out MLM accuracy (%)")):
-        ax.axvline(result["setup"]["budget_s"], color="grey", ls="--", lw=1)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("wall time since the training process started (s)")
-        ax.set_ylabel(what)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(EVALUATIONS), 2, figsize=(12, 4.2 * len(EVALUATIONS)), squeeze=False)
+    for (ax_loss, ax_acc), (evaluation, title) in zip(axes, EVALUATIONS.items()):
+        for entry in result["recipes"].values():
+            pts = on(entry["points"], evaluation)
+            t = [p["t_s"] for p in pts]
+            style = "s--" if entry.get("mlm_label") else "o-"
+            ax_loss.plot(t, [p["mlm_loss"] for p in pts], style, label=entry["label"])
+            ax_acc.plot(t, [100 * p["mlm_accuracy"] for p in pts], style, label=entry["label"])
+        for name, value in result["comparison"][evaluation]["final_losses"].items():
+            if name in (REFERENCE, TRANSFORMERS):
+                ax_loss.axhline(value, color="grey", ls=":", lw=1)
+        for ax, what in ((ax_loss, "MLM loss (15% masks)"), (ax_acc, "MLM accuracy (%)")):
+            ax.axvline(result["setup"]["budget_s"], color="grey", ls="--", lw=1)
+            ax.set_xlim(left=0)
+            ax.set_xlabel("wall time since the training process started (s)")
+            ax.set_ylabel(what)
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.suptitle(
-        f"recipes at the mini size, batch {result['setup']['batch_size']}, {result['setup']['budget_s']:.0f} s "
-        f"each, {result['setup']['machine']} (dashed: ELECTRA's generator)",
+        f"recipes at the mini size on {result['setup']['corpus']}, batch {result['setup']['batch_size']}, "
+        f"{result['setup']['budget_s']:.0f} s each, {result['setup']['machine']} (dashed: ELECTRA's generator)",
         fontsize=10,
     )
     fig.tight_layout()
@@ -373,38 +434,76 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
-def print_report(r: dict, out: str) -> None:
+def print_report(r: dict, paths: tuple[str, str]) -> None:
     s = r["setup"]
     print()
+    print(f"corpus        {s['corpus']}")
     print(f"device        {s['machine']}; transformers {s['transformers']}")
     print(
         f"setup         batch {s['batch_size']}, lr {s['lr']:g} after {s['warmup_steps']} warmup steps, "
-        f"{s['budget_s']:.0f} s per recipe; {s['eval_examples']} held-out examples, {s['eval_masked']} masked tokens"
+        f"{s['budget_s']:.0f} s per recipe"
     )
+    for evaluation, title in EVALUATIONS.items():
+        size = s["evaluations"][evaluation]
+        print(f"{evaluation:<14}{title}: {size['examples']} examples, {size['masked']} masked tokens")
     print()
-    print(f"{'recipe':<14}{'steps':>7}{'final MLM loss':>16}{'MLM acc':>9}{'Lee r':>8}{'polarity':>10}")
+    header = "".join(f"{evaluation + ' loss':>14}{'acc':>8}" for evaluation in EVALUATIONS)
+    print(f"{'recipe':<14}{'steps':>7}{header}{'Lee r':>8}{'polarity':>10}")
     for name, e in r["recipes"].items():
         final = e["points"][-1]
         down = r["downstream"].get(name, {})
         lee = lee_pearson(down.get("lee", {})) if down else None
         pol = (down.get("polarity") or {}).get("accuracy") if down else None
         note = f"  ({e['mlm_label']})" if e.get("mlm_label") else ""
+        scores = "".join(
+            f"{final[evaluation]['mlm_loss']:>14.4f}{final[evaluation]['mlm_accuracy']:>8.2%}"
+            for evaluation in EVALUATIONS
+        )
         print(
-            f"{name:<14}{e['steps']:>7}{final['mlm_loss']:>16.4f}{final['mlm_accuracy']:>9.2%}"
+            f"{name:<14}{e['steps']:>7}{scores}"
             f"{(f'{lee:.3f}' if lee is not None else '-'):>8}{(f'{pol:.1%}' if pol is not None else '-'):>10}{note}"
         )
     print()
-    for goal in r["comparison"]["goals"]:
-        reach = goal["reach"]
-        if reach["measured_s"] is None:
-            print(f"{goal['what']}: not reached within the budget (goal <= {goal['goal']})")
-        else:
+    for evaluation in EVALUATIONS:
+        for goal in r["comparison"][evaluation]["goals"]:
+            reach = goal["reach"]
+            if reach["measured_s"] is None:
+                print(f"{goal['what']}: not reached within the budget (goal <= {goal['goal']})")
+                continue
+            interpolated = (
+                f", {reach['ratio_interpolated']:.2f} interpolated" if reach["ratio_interpolated"] is not None else ""
+            )
             print(
-                f"{goal['what']}: at {reach['measured_s']:.0f} s = {reach['ratio']:.2f} x budget "
+                f"{goal['what']}: at {reach['measured_s']:.0f} s = {reach['ratio']:.2f} x budget{interpolated} "
                 f"(goal <= {goal['goal']}: {'met' if goal['met'] else 'NOT met'})"
             )
     print(f"took          {r['seconds']['total']:.0f} s in all")
-    print(f"wrote         {os.path.join(out, PLOT_FILE)}, {os.path.join(out, JSON_FILE)}")
+    print(f"wrote         {paths[0]}, {paths[1]}")
+
+
+def goals_on(evaluation: str, recipes: dict, extras: dict, budget: float, work: str, evals: dict) -> dict:
+    """The final losses on ``evaluation`` and whether MAIN reaches REFERENCE's (in half the budget) and
+    transformers' (in a quarter): MAIN's curve is refined around each crossing first."""
+    finals = {name: e["points"][-1][evaluation]["mlm_loss"] for name, e in recipes.items()}
+    goals = []
+    if MAIN in recipes:
+        for other, share in ((REFERENCE, 0.5), (TRANSFORMERS, 0.25)):
+            if other not in finals:
+                continue
+            recipes[MAIN]["points"] = refine(
+                MAIN, RECIPES[MAIN], recipes[MAIN]["points"], extras[MAIN], finals[other], evaluation, work, evals
+            )
+            reach = reach_ratio(on(recipes[MAIN]["points"], evaluation), finals[other], budget)
+            possessive = "'" if other.endswith("s") else "'s"
+            goals.append(
+                {
+                    "what": f"{MAIN} reaches {other}{possessive} final {evaluation} loss {finals[other]:.4f}",
+                    "reach": reach,
+                    "goal": share,
+                    "met": reach["ratio"] is not None and reach["ratio"] <= share,
+                }
+            )
+    return {"final_losses": finals, "goals": goals}
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -421,7 +520,7 @@ def main() -> None:
     work = args.work or tmp
     os.makedirs(work, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
-    shards = build_shards(work, args.inputs)
+    shards = build_shards(work, args.inputs, args.eval_fraction)
     held_out = {kind: held_out_documents(path) for kind, path in shards.items()}
     if None not in held_out.values() and len(set(held_out.values())) != 1:
         raise SystemExit(f"the two shard sets hold out different documents ({held_out}): not one evaluation")
@@ -429,9 +528,14 @@ def main() -> None:
     pairs_cfg = qpb.model_config(contract.read_manifest(shards["pairs"]))
     single_cfg = qpb.model_config(contract.read_manifest(shards["single"]))
     init_dir = qpb.write_initial_weights(pairs_cfg, shards["pairs"], os.path.join(work, "init"), args.seed)
-    evals = qpb.eval_batches(shards["single"], single_cfg, args.eval_batch_size, args.seed, args.eval_examples)
-    n_eval = sum(int(b["input_ids"].shape[0]) for b in evals)
-    n_masked = sum(int((b["masked_lm_labels"] != IGNORE_INDEX).sum()) for b in evals)
+    model_cfgs = {"pairs": pairs_cfg, "single": single_cfg}
+    evals = {
+        evaluation: qpb.eval_batches(
+            shards[evaluation], model_cfgs[evaluation], args.eval_batch_size, args.seed, args.eval_examples
+        )
+        for evaluation in EVALUATIONS
+    }
+    sizes = {evaluation: count_masked(batches) for evaluation, batches in evals.items()}
     step_s = qpb.seconds_per_step(pairs_cfg, shards["pairs"], args.batch_size, args.seed)
     checkpoint_every = max(1, int(args.budget_s / step_s / (2 * args.eval_points)))
     print(f"calibration: {step_s:.2f} s per mini BERT step -> a checkpoint every {checkpoint_every} steps", flush=True)
@@ -451,7 +555,7 @@ def main() -> None:
             )
         walls[name] = time.perf_counter() - clock
 
-    print(f"evaluating on {n_eval} held-out examples ({n_masked} masked tokens)", flush=True)
+    print(f"evaluating on {sizes}", flush=True)
     recipes, extras = {}, {}
     for name in args.recipes:
         if name == TRANSFORMERS:
@@ -465,33 +569,18 @@ def main() -> None:
             continue
         recipe = RECIPES[name]
         points, extras[name] = trained_points(name, recipe, runs[name], targets, work, evals)
+        timeline = qpb.ours_timeline(runs[name], checkpoint_every)
         recipes[name] = {
             "label": recipe.label + (f" [{recipe.mlm_label}]" if recipe.mlm_label else ""),
             "overrides": list(recipe.overrides),
             "points": points,
-            "steps": qpb.ours_timeline(runs[name], checkpoint_every)["steps"],
-            "first_step_s": qpb.ours_timeline(runs[name], checkpoint_every)["first_step_s"],
+            "steps": timeline["steps"],
+            "first_step_s": timeline["first_step_s"],
             "mlm_label": recipe.mlm_label,
         }
-    finals = {name: e["points"][-1]["mlm_loss"] for name, e in recipes.items()}
-    goals = []
-    if MAIN in recipes:
-        for other, share in ((REFERENCE, 0.5), (TRANSFORMERS, 0.25)):
-            if other not in finals:
-                continue
-            recipes[MAIN]["points"] = refine(
-                MAIN, RECIPES[MAIN], recipes[MAIN]["points"], extras[MAIN], finals[other], work, evals
-            )
-            reach = reach_ratio(recipes[MAIN]["points"], finals[other], args.budget_s)
-            goals.append(
-                {
-                    "what": f"{MAIN} reaches {other}{chr(39) if other.endswith('s') else chr(39) + 's'} final held-out "
-                    f"MLM loss {finals[other]:.4f}",
-                    "reach": reach,
-                    "goal": share,
-                    "met": reach["ratio"] is not None and reach["ratio"] <= share,
-                }
-            )
+    comparison = {
+        evaluation: goals_on(evaluation, recipes, extras, args.budget_s, work, evals) for evaluation in EVALUATIONS
+    }
 
     down: dict = {}
     if not args.skip_downstream:
@@ -507,28 +596,30 @@ def main() -> None:
             "lr": args.lr,
             "warmup_steps": args.warmup_steps,
             "seed": args.seed,
-            "inputs": args.inputs or "the data job's embedded Wikipedia sample",
+            "inputs": args.inputs,
+            "corpus": corpus_name(args.inputs),
             "shards": shards,
+            "eval_fraction": args.eval_fraction,
             "held_out_documents": held_out,
-            "eval_examples": n_eval,
-            "eval_masked": n_masked,
+            "evaluations": sizes,
             "machine": qpb.machine(),
             "transformers": transformers.__version__,
             "checkpoint_every": checkpoint_every,
             "process_wall_s": walls,
         },
         "recipes": recipes,
-        "comparison": {"final_losses": finals, "goals": goals},
+        "comparison": comparison,
         "downstream": down,
         "seconds": {"total": time.perf_counter() - started},
     }
     for e in recipes.values():
         for p in e["points"]:
             p["snapshot"] = os.path.relpath(p["snapshot"], work)
-    with open(os.path.join(args.out, JSON_FILE), "w") as f:
+    paths = output_path(args.out, args.tag, ".png"), output_path(args.out, args.tag, ".json")
+    with open(paths[1], "w") as f:
         json.dump(result, f, indent=1, default=str)
-    plot(result, os.path.join(args.out, PLOT_FILE))
-    print_report(result, args.out)
+    plot(result, paths[0])
+    print_report(result, paths)
     if tmp is not None and not args.keep_work:
         shutil.rmtree(tmp, ignore_errors=True)
 
