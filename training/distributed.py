@@ -32,6 +32,7 @@ from typing import Optional
 
 import torch
 
+from training.build_locks import warn_of_stale_build_locks
 from training.config import ABSENT, ConfigError
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,8 @@ def init_distributed(backend: Optional[str] = None, timeout_minutes: int = 30) -
         dist.init_process_group(backend, **group)  # env:// (MASTER_ADDR/PORT) without a store
         if elastic:
             warn_if_nodes_cannot_rejoin()
+        if local_rank == 0:
+            warn_of_stale_build_locks()  # DeepSpeed builds its CPU ops next: a stale lock hangs it silently
         with deepspeed_output_held_back():  # DeepSpeed adopts the group torch.distributed holds
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
     return DistributedContext(
