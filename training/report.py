@@ -4,17 +4,22 @@
 
 Writes into ``<output_dir>/report/`` unless ``--out`` says otherwise, and prints each path:
 
-    loss.png           train loss (total, MLM, NSP) per step and the evaluation losses; against step and tokens seen
-    accuracy.png       MLM and NSP accuracy per step and at each evaluation; against step and tokens seen
+    loss.png           train loss (total, and each ``*_loss`` the objective logs: MLM, NSP, ELECTRA's
+                       detection loss) per step and the evaluation losses; against step and tokens seen
+    accuracy.png       the objective's other statistics (MLM and NSP accuracy; ELECTRA's detection
+                       accuracy and per-class rates) per step and at each evaluation; likewise
     learning_rate.png  the learning rate each step's update used
     throughput.png     non-padding tokens/s per logging interval
 
 Where the numbers come from, all of it under output_dir:
 
-- ``steps.jsonl`` (``Trainer.write_step``, rank 0, one line per optimizer step): step, loss,
-  mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (no NSP keys for objective none), lr,
-  samples_consumed, example_ids (``trainer.record_example_ids``), and on the first step of a
-  resumed attempt resumed_from (the checkpoint's step: each resume is marked on every plot).
+- ``steps.jsonl`` (``training.run_log``, rank 0, one line per optimizer step): step, loss and the
+  objective's statistics under their own names (mlm: mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy,
+  no NSP keys without sentence pairs; electra: the generator's mlm_* and the discriminator's rtd_*
+  and rates), lr, samples_consumed, example_ids (``trainer.record_example_ids``), and on the first
+  step of a resumed attempt resumed_from (the checkpoint's step: each resume is marked on every
+  plot). Every statistic found is plotted, named as its objective labels it
+  (``Objective.statistic_labels``, read from the run's config).
 - ``evals.jsonl`` (rank 0, one line per evaluation: ``eval/*`` every ``trainer.eval_every``
   steps and at the end), whatever the logger.
 - Throughput (``perf/tokens_per_s`` every ``trainer.log_every`` steps) goes to the tracker only.
@@ -56,9 +61,13 @@ from pipeline.cli import exit_with
 from pipeline.plots import Plotted, Series, new_figure, rolling_mean, save
 from pipeline.report import read_split
 from training import checkpoint as ckpt
-from training.run_log import EVALS_FILE, STEPS_FILE
+from training.run_log import EVAL_FIELDS, EVAL_PREFIX, EVALS_FILE, STEP_FIELDS, STEPS_FILE
 
 REPORT_SUBDIR = "report"
+LOSS = "loss"
+LOSS_SUFFIX = "_loss"
+"""Statistics named ``loss`` or ``*_loss`` go on the loss plot, the others (accuracies, rates) on the accuracy plot."""
+
 SMOOTH_FROM = 200
 """Curves of at least this many steps get a rolling mean over 1% of them drawn on top."""
 
@@ -352,6 +361,53 @@ def plot_curves(
     return plotted
 
 
+# --- which statistics, named how ------------------------------------------------------------------
+
+
+def statistic_names(steps: list[dict], evals: list[dict]) -> list[str]:
+    """The statistics the run logged, in first-logged order: a steps.jsonl record's numeric values
+    other than ``STEP_FIELDS``, and evals.jsonl's ``eval/<name>`` other than ``EVAL_FIELDS``. Whatever
+    the objective (``training.objectives``), the trainer logs its statistics under their own names."""
+    names: dict[str, None] = {}
+    for record in steps:
+        for key, value in record.items():
+            if key not in STEP_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                names[key] = None
+    for record in evals:
+        for key in record:
+            if key.startswith(EVAL_PREFIX) and key not in EVAL_FIELDS:
+                names[key[len(EVAL_PREFIX) :]] = None
+    return list(names)
+
+
+def default_label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def statistic_labels(config: dict) -> tuple[dict[str, str], Optional[str]]:
+    """The run's objective's names for its statistics (``Objective.statistic_labels``), from the
+    run's config (no ``objective`` key: a run from before there was a choice, so mlm); with a
+    note when the objective is not one this code knows (the names are then shown as logged)."""
+    from training.config import ConfigError, ObjectiveConfig
+    from training.objectives import objective_class  # torch: imported when a report is drawn only
+
+    name = (config.get("objective") or {}).get("name", ObjectiveConfig.name)
+    try:
+        return dict(objective_class(name).statistic_labels), None
+    except ConfigError as e:
+        return {}, f"statistics shown under their logged names: {e}"
+
+
+def train_and_eval_curves(names: list[str], labels: dict[str, str], steps: list[dict], evals: list[dict]) -> list:
+    """Per statistic, its train curve and its evaluation points, in one colour."""
+    curves = []
+    for i, name in enumerate(names):
+        label, color = labels.get(name, default_label(name)), f"C{i % 10}"
+        curves.append(curve(f"train {label}", steps, name, color))
+        curves.append(curve(f"eval {label}", evals, f"{EVAL_PREFIX}{name}", color, points=True))
+    return curves
+
+
 @dataclass
 class Report:
     plots: dict[str, Plotted] = field(default_factory=dict)
@@ -410,15 +466,14 @@ def write_report(output_dir: str, out_dir: Optional[str] = None, data_dir: Optio
     out_dir = out_dir or os.path.join(output_dir, REPORT_SUBDIR)
     out = lambda name: os.path.join(out_dir, f"{name}.png")  # noqa: E731
     steps, tokens, resumed = report.steps, report.tokens, report.resumed
+    names = statistic_names(steps, evals)
+    labels, why = statistic_labels(config)
+    if why:
+        report.notes.append(why)
+    losses = [n for n in names if n == LOSS or n.endswith(LOSS_SUFFIX)]
+    rates = [n for n in names if n not in losses]
     report.plots["loss"] = plot_curves(
-        [
-            curve("train loss", steps, "loss", "C0"),
-            curve("train MLM loss", steps, "mlm_loss", "C1"),
-            curve("train NSP loss", steps, "nsp_loss", "C2"),
-            curve("eval loss", evals, "eval/loss", "C0", points=True),
-            curve("eval MLM loss", evals, "eval/mlm_loss", "C1", points=True),
-            curve("eval NSP loss", evals, "eval/nsp_loss", "C2", points=True),
-        ],
+        train_and_eval_curves(losses, labels, steps, evals),
         tokens,
         out("loss"),
         f"Loss ({len(steps):,} steps, {len(evals)} evaluations)",
@@ -426,16 +481,11 @@ def write_report(output_dir: str, out_dir: Optional[str] = None, data_dir: Optio
         resumed,
     )
     report.plots["accuracy"] = plot_curves(
-        [
-            curve("train MLM accuracy", steps, "mlm_accuracy", "C1"),
-            curve("train NSP accuracy", steps, "nsp_accuracy", "C2"),
-            curve("eval MLM accuracy", evals, "eval/mlm_accuracy", "C1", points=True),
-            curve("eval NSP accuracy", evals, "eval/nsp_accuracy", "C2", points=True),
-        ],
+        train_and_eval_curves(rates, labels, steps, evals),
         tokens,
         out("accuracy"),
-        "MLM and NSP accuracy",
-        "accuracy",
+        "Accuracies and rates",
+        "fraction",
         resumed,
     )
     report.plots["learning_rate"] = plot_curves(

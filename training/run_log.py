@@ -26,6 +26,11 @@ console = logging.getLogger("training.console")
 
 STEPS_FILE = "steps.jsonl"
 EVALS_FILE = "evals.jsonl"  # rank 0: one line per evaluation, {"step": ..., "eval/...": ...}, whatever the logger
+STEP_FIELDS = ("step", "lr", "samples_consumed", "example_ids", "resumed_from")
+"""The keys of a steps.jsonl line that are not the objective's statistics."""
+EVAL_PREFIX = "eval/"
+EVAL_FIELDS = ("step", "eval/batches_per_rank")
+"""The keys of an evals.jsonl line that are not ``eval/<statistic>``."""
 
 
 def show_console() -> None:

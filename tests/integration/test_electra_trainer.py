@@ -106,11 +106,17 @@ def test_steps_and_evals_carry_every_electra_statistic(straight_run):
     assert result.stdout.count("eval mlm_loss=") == 2 and "rtd_accuracy=" in result.stdout
     record = ckpt.read_run_record(os.path.join(out, "checkpoints"), ckpt.tag_for(STEPS))
     assert record["config"]["objective"]["name"] == "electra"
-    # training.report plots what it knows of any objective's steps (here loss and the generator's MLM)
+    # training.report plots every statistic the run logged, named as ELECTRA names them
     from training.report import write_report
 
     report = write_report(out)
     assert {"loss", "accuracy", "learning_rate"} <= set(report.plots)
+    with open(os.path.join(out, "steps.jsonl")) as f:
+        steps = [json.loads(line) for line in f]
+    rates, losses = report.plots["accuracy"].series, report.plots["loss"].series
+    assert rates["step/train replaced tokens found"].y == [s["replaced_recall"] for s in steps]
+    assert losses["step/train generator MLM loss"].y == [s["mlm_loss"] for s in steps]
+    assert losses["step/eval detection loss"].x == [4, 8]
 
 
 def test_a_resume_in_a_new_process_repeats_the_straight_run_exactly(straight_run, electra_shards, tmp_path):

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from training.data import DataContractError
+from training.run_log import STEP_FIELDS
 
 Statistics = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """name -> (numerator, denominator), each a 0-d tensor on the device, summed over micro batches and ranks."""
@@ -59,6 +60,9 @@ class Objective(abc.ABC):
     """Names of the statistics ``loss`` returns, fixed for the run (``LOSS`` is the trainer's)."""
     architectures: ClassVar[Optional[tuple[str, ...]]] = None
     """The model architectures (``training.models.registered``) it can train; None: any."""
+    statistic_labels: ClassVar[dict[str, str]] = {}
+    """How plots name its statistics (``training.report``: "train <label>", "eval <label>"); a
+    name without an entry is shown with spaces for underscores."""
     starts_from_init_from: ClassVar[bool] = True
     """Whether ``trainer.init_from`` (a BERT or ModernBERT masked-LM export, ``training.init_from``)
     can give the network ``build`` makes its starting weights."""
@@ -130,8 +134,9 @@ def create(name: str, sentence_pair: str, sparse_head: bool = True, settings: An
     """The objective called ``name`` for shards of ``sentence_pair`` (``Objective.__init__`` for the
     rest); ConfigError for an unknown name, DataContractError for shards it does not train on."""
     objective = objective_class(name)(sentence_pair, sparse_head, settings)
-    if LOSS in objective.statistics or len(set(objective.statistics)) != len(objective.statistics):
-        raise ValueError(f"objective {name}: statistics {objective.statistics} repeat a name or use {LOSS!r}")
+    taken = (LOSS, *STEP_FIELDS)  # a steps.jsonl line's own keys
+    if set(objective.statistics) & set(taken) or len(set(objective.statistics)) != len(objective.statistics):
+        raise ValueError(f"objective {name}: statistics {objective.statistics} repeat a name or use one of {taken}")
     return objective
 
 

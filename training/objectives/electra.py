@@ -525,6 +525,15 @@ class ReplacedTokenDetection(Objective):
     sentence_pairs = ("none",)
     architectures = ("bert",)  # both networks are BERT encoders (training.model's layers)
     starts_from_init_from = False  # init_from holds one MLM network; ELECTRA trains two, embeddings shared
+    statistic_labels = {
+        "mlm_loss": "generator MLM loss",
+        "mlm_accuracy": "generator MLM accuracy",
+        "rtd_loss": "detection loss",
+        "rtd_accuracy": "detection accuracy",
+        "replaced_recall": "replaced tokens found",
+        "original_accuracy": "original tokens kept",
+        "replaced_fraction": "fraction replaced",
+    }
 
     def __init__(self, sentence_pair: str, sparse_head: bool = True, settings: ElectraConfig | None = None):
         # The generator's head runs on the masked slots only, whatever trainer.sparse_mlm_head says

@@ -32,6 +32,12 @@ class MaskedLanguageModeling(Objective):
     name = "mlm"
     batch_keys = MODEL_INPUTS
     sentence_pairs = SENTENCE_PAIR_TASKS
+    statistic_labels = {
+        "mlm_loss": "MLM loss",
+        "mlm_accuracy": "MLM accuracy",
+        "nsp_loss": "NSP loss",  # SOP shards' too: one head, one name
+        "nsp_accuracy": "NSP accuracy",
+    }
 
     def __init__(self, sentence_pair: str, sparse_head: bool = True, settings: None = None):
         if settings is not None:
