@@ -4,9 +4,10 @@
 #
 #   bash bench/gpu_check.sh [RESULTS_DIR]        # default bench/results/gpu-<date>; about 20 minutes
 #
-# 1. the CUDA tests (tests/integration/gpu/ and the CUDA tests of tests/unit/test_unpadded_attention.py):
-#    parity with transformers in bf16, a ZeRO-2 bf16 engine that learns, flash or memory-efficient
-#    SDPA, unpadded = padded, no recompiles over batches of one shape; a skip here is a failure;
+# 1. the CUDA tests (tests/integration/gpu/, and tests/unit/test_unpadded_attention.py and
+#    test_modern_model.py with their CUDA tests): parity with transformers in bf16, a ZeRO-2 bf16 engine
+#    that learns, flash or memory-efficient SDPA, unpadded = padded (BERT, and ModernBERT's windowed
+#    varlen route), no recompiles over batches of one shape; a skip here is a failure;
 # 2. bench/train_throughput.py --model base, ours eager and compiled against transformers, at length 128
 #    (micro batch 256, with a torch.profiler trace of a few steps) and 512 (micro batch 64);
 # 3. the trainer itself, experiment=bert_base_phase1 for 60 steps on the sample's shards at ZeRO 0, 1
@@ -87,7 +88,7 @@ EOF
 
 # --- 1. CUDA tests -----------------------------------------------------------------------------
 step cuda-tests python -m pytest -q -rs -p no:cacheprovider tests/integration/gpu tests/unit/test_unpadded_attention.py \
-  --junitxml="$OUT/cuda-tests.xml"
+  tests/unit/test_modern_model.py --junitxml="$OUT/cuda-tests.xml"
 quote cuda-tests "passed|failed"
 if grep -qE "[0-9]+ skipped" "$OUT/cuda-tests.log"; then
   say "FAILED: tests were skipped on a CUDA machine (their reasons are in $OUT/cuda-tests.log)"
