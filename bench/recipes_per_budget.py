@@ -266,30 +266,18 @@ def count_masked(batches: list[dict]) -> dict:
 
 
 class RunExporter:
-    """Hugging Face directories of a run's checkpoints, written by the run's own objective
-    (``training.export.export_checkpoint``), from its config composed again from the run's overrides."""
+    """Hugging Face directories of a run's checkpoints, as ``python -m training.export`` writes them
+    (``training.export.export_run``: the run's objective and architecture from each checkpoint's record)."""
 
-    def __init__(self, output_dir: str, overrides: list[str]):
-        from hydra import compose, initialize_config_dir
-
-        from training import checkpoint as ckpt
-        from training import preflight
-        from training.config import register_configs, to_train_config
-
-        register_configs()
-        with initialize_config_dir(config_dir=os.path.join(REPO, "conf", "train"), version_base="1.3"):
-            cfg = to_train_config(compose(config_name="train", overrides=overrides))
-        self.checkpoint_dir = os.path.join(output_dir, ckpt.CHECKPOINTS_SUBDIR)
-        self.model_cfg, data = preflight.open_data(cfg)
-        self.objective = preflight.objective_for(cfg, data)
-        self.data_dir = cfg.data_dir
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
 
     def export(self, tag: str, dest: str) -> str:
-        from training.export import export_checkpoint
+        from training.export import export_run
 
         quiet = io.StringIO()
         with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # DeepSpeed's reader's chatter
-            return export_checkpoint(self.objective, self.checkpoint_dir, tag, self.model_cfg, self.data_dir, dest)
+            return export_run(self.output_dir, tag, dest)
 
 
 def trained_points(
@@ -304,7 +292,7 @@ def trained_points(
     final = checkpoints[-1][0]
     candidates = [(run["stamps"][s], s) for s, _ in checkpoints[:-1]]
     chosen = (qpb.pick_nearest(candidates, targets) if candidates else []) + [final]
-    exporter = RunExporter(run["output_dir"], run["overrides"])
+    exporter = RunExporter(run["output_dir"])
     points = [snapshot_point(name, recipe, exporter, s, every[s], s == final, work, evals) for s in chosen]
     return points, {"every": every, "exporter": exporter}
 

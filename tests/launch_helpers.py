@@ -66,6 +66,11 @@ def single_process_command(*overrides: str) -> list[str]:
     return [sys.executable, "-m", "training", *overrides]
 
 
+def export_command(output_dir, *args: str) -> list[str]:
+    """``python -m training.export <output_dir> [--tag T] [--out DIR] [--data-dir DIR]``."""
+    return [sys.executable, "-m", "training.export", str(output_dir), *args]
+
+
 def torchrun_command(nproc: int, *overrides: str) -> list[str]:
     return [
         sys.executable,

@@ -661,6 +661,25 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     return train_cfg
 
 
+def train_config_from_record(config: dict) -> TrainConfig:
+    """The TrainConfig of a run from its record's resolved config (``run_config.json``'s "config",
+    as ``training.models.upgraded_record`` reads it): the model node validated by its
+    architecture's schema, keys a newer schema added at their defaults, every check of
+    ``to_train_config`` run; ConfigError for a key this schema does not have."""
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    from training.models import NAME_KEY, architecture
+
+    base = OmegaConf.structured(TrainConfig)
+    model = config.get("model") or {}
+    base.model = OmegaConf.structured(architecture(model.get(NAME_KEY, ModelConfig.architecture)).schema)
+    try:
+        merged = OmegaConf.merge(base, config)
+    except (ConfigKeyError, ValidationError) as e:
+        raise ConfigError(f"the run's recorded config does not fit this trainer's schema: {e.msg}") from e
+    return to_train_config(merged)
+
+
 def check_model_schema(model: ModelConfig) -> None:
     """ConfigError unless the ``model`` node was validated by its architecture's schema: a preset
     YAML without ``defaults: [/<architecture>_model_schema@_here_, _self_]`` composes against the common fields only."""

@@ -334,3 +334,90 @@ def _masters_of_bf16_optimizer(model_states: dict, optimizer_states: list[dict])
         buffer = model_states["module"][name]
         weights[name] = buffer.float() if buffer.is_floating_point() else buffer
     return weights
+
+
+# --- the command: a run's checkpoint, exported after the run -------------------------------------
+
+
+def export_run(
+    output_dir: str, tag: Optional[str] = None, out_dir: Optional[str] = None, data_dir: Optional[str] = None
+) -> str:
+    """The Hugging Face export of a run's checkpoint ``tag`` (default: its newest complete one), as
+    the run itself exports its last (``objective.export``): the objective, architecture and shapes
+    come from the checkpoint's ``run_config.json``, the tokenizer from the run's shards (its
+    data_dir, or ``data_dir`` when they have moved; checked against the record's vocabulary).
+    out_dir defaults to ``<output_dir>/hf-<tag>``. ExportError / ConfigError / DataContractError
+    with what to change; returns out_dir."""
+    from training import checkpoint as ckpt
+    from training import preflight
+    from training.config import train_config_from_record
+    from training.models import for_config, upgraded_record
+
+    checkpoint_dir = os.path.join(output_dir, ckpt.CHECKPOINTS_SUBDIR)
+    complete = ckpt.complete_tags(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []
+    if not complete:
+        raise ExportError(
+            f"{checkpoint_dir} holds no complete checkpoint: not a training output_dir, or none saved yet"
+        )
+    tag = tag or ckpt.latest_complete(checkpoint_dir)
+    if tag not in complete:
+        raise ExportError(f"no complete checkpoint {tag!r} in {checkpoint_dir}; complete ones: {', '.join(complete)}")
+    record = ckpt.read_run_record(checkpoint_dir, tag)
+    if record is None:
+        raise ExportError(f"{tag} has no {ckpt.RUN_CONFIG_FILE} (written by trainers since the run record existed)")
+    record = upgraded_record(record)
+    config = dict(record["config"], data_dir=data_dir or record["config"]["data_dir"])
+    cfg = train_config_from_record(config)
+    model_cfg, data = preflight.open_data(cfg)
+    recorded, now = record["data"].get("vocab_sha256"), data.manifest.vocab_sha256
+    if recorded is not None and recorded != now:
+        raise ExportError(
+            f"the shards in {config['data_dir']} have another vocabulary (sha256 {now[:12]}) than the run "
+            f"trained on ({recorded[:12]}): give --data-dir the run's shards"
+        )
+    shapes = for_config(model_cfg).record(model_cfg)
+    differ = sorted(
+        k for k in set(shapes) | set(record["architecture"]) if shapes.get(k) != record["architecture"].get(k)
+    )
+    if differ:
+        raise ExportError(
+            f"the network these shards make differs from the run's in {', '.join(differ)}: give --data-dir the run's shards"
+        )
+    objective = preflight.objective_for(cfg, data)
+    return export_checkpoint(
+        objective,
+        checkpoint_dir,
+        tag,
+        model_cfg,
+        cfg.data_dir,
+        out_dir or os.path.join(output_dir, f"{HF_SUBDIR}-{tag}"),
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    import argparse
+
+    from pipeline.cli import exit_with
+    from training.config import ConfigError
+    from training.data import DataContractError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training.export",
+        description="Export a training run's checkpoint as the run exports its last: transformers "
+        "directories (its objective's: BertForPreTraining, ModernBertForMaskedLM, ELECTRA's two) with "
+        "the shards' tokenizer.",
+    )
+    parser.add_argument("output_dir", help="the run's output_dir (holds checkpoints/)")
+    parser.add_argument("--tag", help="the checkpoint, e.g. step00001000 (default: the newest complete one)")
+    parser.add_argument("--out", help="where to write (default: <output_dir>/hf-<tag>)")
+    parser.add_argument("--data-dir", help="the run's shards, if not where its config says")
+    args = parser.parse_args(argv)
+    try:
+        out = export_run(args.output_dir, args.tag, args.out, args.data_dir)
+    except (ExportError, ConfigError, DataContractError, contract.ContractError) as e:
+        exit_with(str(e))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

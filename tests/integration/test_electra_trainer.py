@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import IN_MEMORY, run_job
-from launch_helpers import read_steps, run, single_process_command, torchrun_command
+from launch_helpers import export_command, read_steps, run, single_process_command, torchrun_command
 from paths import CONF
 from test_trainer import interrupt_at_step
 from training import checkpoint as ckpt
@@ -175,6 +175,19 @@ def test_the_export_loads_in_transformers_with_our_logits(straight_run, electra_
     for network in (DISCRIMINATOR_DIR, GENERATOR_DIR):
         tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(out, "hf", network))
         assert len(tokenizer) == model_cfg.vocab_size == 2000
+
+
+def test_the_export_command_writes_both_networks_as_the_run_did(straight_run, tmp_path):
+    """python -m training.export on the final checkpoint: discriminator/ and generator/, file for file
+    the run's own output_dir/hf."""
+    out, _ = straight_run
+    result = run(export_command(out, "--out", str(tmp_path / "again")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for network in (DISCRIMINATOR_DIR, GENERATOR_DIR):
+        ours, theirs = tmp_path / "again" / network, os.path.join(out, "hf", network)
+        assert sorted(os.listdir(ours)) == sorted(os.listdir(theirs))
+        for name in os.listdir(ours):
+            assert (ours / name).read_bytes() == open(os.path.join(theirs, name), "rb").read(), name
 
 
 def test_init_from_is_refused_before_anything_is_built(straight_run, electra_shards, tmp_path):

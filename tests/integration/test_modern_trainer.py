@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import IN_MEMORY, run_job
-from launch_helpers import read_steps, run, single_process_command
+from launch_helpers import export_command, read_steps, run, single_process_command
 from test_trainer import assert_same_steps, interrupt_at_step
 from training import checkpoint as ckpt
 from training.export import HF_SUBDIR, consolidated_state_dict_from_checkpoint
@@ -137,6 +137,16 @@ def test_the_export_is_transformers_modernbert_with_our_logits_and_fill_mask(str
     fill = transformers.pipeline("fill-mask", model=out_dir, tokenizer=out_dir)
     predictions = fill(f"the history of the {tokenizer.mask_token} began")
     assert len(predictions) == 5 and all(p["token_str"] for p in predictions)
+
+
+def test_the_export_command_writes_what_the_run_exported(straight_run, tmp_path):
+    """python -m training.export on the final checkpoint: the run's own output_dir/hf, file for file."""
+    out, _ = straight_run
+    result = run(export_command(out, "--out", str(tmp_path / "again")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "again")) == sorted(os.listdir(os.path.join(out, "hf")))
+    for name in os.listdir(tmp_path / "again"):
+        assert (tmp_path / "again" / name).read_bytes() == open(os.path.join(out, "hf", name), "rb").read(), name
 
 
 def test_init_from_reads_the_export_back_into_a_padded_run(modern_shards, straight_run, tmp_path):

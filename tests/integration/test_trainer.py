@@ -19,6 +19,7 @@ import torch
 from conftest import IN_MEMORY, run_job
 from launch_helpers import (
     REPO,
+    export_command,
     fault_injecting_command,
     read_steps,
     run,
@@ -83,6 +84,38 @@ def test_single_process_loss_falls_and_checkpoints(reference_run):
     # (DeepSpeed also drops its own conversion scripts there: zero_to_fp32.py, and zero_to_torch.py from 0.19.8)
     kept = sorted(n for n in os.listdir(os.path.join(out, "checkpoints")) if not n.endswith(".py"))
     assert kept == ["latest", "step00000020", "step00000030"]
+
+
+def test_the_export_command_writes_any_kept_checkpoint(reference_run, trainer_shards, tmp_path):
+    """python -m training.export: the newest complete checkpoint by default, or --tag; its fp32
+    weights as transformers' BertForPreTraining with the shards' tokenizer. A pruned tag is one line."""
+    import transformers
+
+    from training.export import consolidated_state_dict_from_checkpoint
+
+    out, _ = reference_run
+    checkpoints = os.path.join(out, "checkpoints")
+    for tag, args in (("step00000030", ()), ("step00000020", ("--tag", "step00000020"))):
+        result = run(export_command(out, *args, "--out", str(tmp_path / tag)))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.splitlines()[-1] == str(tmp_path / tag)
+        model = transformers.BertForPreTraining.from_pretrained(tmp_path / tag)
+        saved = consolidated_state_dict_from_checkpoint(checkpoints, tag)
+        mine = model.state_dict()
+        assert all(torch.equal(mine[name], saved[name]) for name in saved)
+        assert (tmp_path / tag / "vocab.txt").read_text() == open(os.path.join(trainer_shards, "vocab.txt")).read()
+        assert len(transformers.AutoTokenizer.from_pretrained(tmp_path / tag)) == model.config.vocab_size
+    last = transformers.BertForPreTraining.from_pretrained(tmp_path / "step00000030").state_dict()
+    earlier = transformers.BertForPreTraining.from_pretrained(tmp_path / "step00000020").state_dict()
+    assert not torch.equal(last["bert.pooler.dense.weight"], earlier["bert.pooler.dense.weight"])
+
+    pruned = run(export_command(out, "--tag", "step00000010"))
+    assert pruned.returncode == 2 and pruned.stdout == ""
+    assert pruned.stderr.strip().splitlines()[-1] == (
+        f"error: no complete checkpoint 'step00000010' in {checkpoints}; complete ones: step00000020, step00000030"
+    )
+    nothing = run(export_command(tmp_path / "nowhere"))
+    assert nothing.returncode == 2 and "holds no complete checkpoint" in nothing.stderr
 
 
 TWO_PROCESS_STEPS = 20

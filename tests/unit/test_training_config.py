@@ -394,3 +394,30 @@ def test_deepspeed_config_has_no_timer_and_fp32_accumulation_under_bf16(preset):
 
 def _zero_of(engine, cfg):
     return build_deepspeed_config(engine, cfg.trainer, cfg.data, cfg.optim, 1, 10**8)["zero_optimization"]
+
+
+# --- a run's config read back from its record (python -m training.export) ----------------------
+
+
+@pytest.mark.parametrize(
+    "experiment", ["cpu_smoke", "modernbert_small", "electra_small", "bert_base_mlm30", "bert_large_lamb_phase1"]
+)
+def test_a_recorded_config_reads_back_as_the_config_the_run_composed(experiment):
+    from training.config import train_config_from_record
+
+    composed = compose_train([f"experiment={experiment}", "data_dir=/d", "output_dir=/o"])
+    recorded = OmegaConf.to_container(OmegaConf.structured(composed), resolve=True)  # as run_config.json keeps it
+    assert train_config_from_record(recorded) == composed
+
+
+def test_a_record_from_before_a_key_existed_reads_it_at_its_default_and_an_unknown_key_is_refused():
+    from training.config import train_config_from_record
+
+    composed = compose_train(["experiment=cpu_smoke", "data_dir=/d", "output_dir=/o"])
+    recorded = OmegaConf.to_container(OmegaConf.structured(composed), resolve=True)
+    old = {k: v for k, v in recorded.items() if k != "objective"}
+    old["data"] = {k: v for k, v in recorded["data"].items() if k != "masking"}
+    old["model"] = {k: v for k, v in recorded["model"].items() if k != "architecture"}
+    assert train_config_from_record(old) == composed
+    with pytest.raises(ConfigError, match="recorded config does not fit.*rope"):
+        train_config_from_record({**recorded, "model": {**recorded["model"], "rope_theta": 1.0}})
