@@ -3,7 +3,7 @@
     python bench/quality_per_budget.py [--budget-s 600] [--shards DIR] [--out bench/results]
                                        [--eval-points 10] [--polarity-data DIR] [--work DIR]
 
-Both sides pre-train the mini BERT (training.model.PRESETS["mini"]) on the same shards, from the
+Both sides pre-train the mini BERT (training.models.preset_fields("mini"), the YAML preset) on the same shards, from the
 same initial weights, with the same batch (32), peak learning rate, warmup and AdamW settings
 (BERT's: betas 0.9/0.999, eps 1e-6, weight decay 0.01 off LayerNorm and biases, clipping at 1.0),
 each for the same wall-clock budget on this machine, one after the other:
@@ -70,7 +70,8 @@ from sample_shards import build_sample_shards  # noqa: E402
 from training.config import DataConfig, OptimConfig  # noqa: E402
 from training.data import RunExpectations, model_inputs, open_pretraining_data  # noqa: E402
 from training.labels import IGNORE_INDEX  # noqa: E402
-from training.model import PRESETS, BertConfig, BertForPreTraining  # noqa: E402
+from training.model import BertConfig, BertForPreTraining  # noqa: E402
+from training.models import preset_fields  # noqa: E402
 
 MODEL = "mini"
 SIDES = ("ours", "transformers")
@@ -149,7 +150,7 @@ def model_config(manifest: contract.ShardManifest) -> BertConfig:
         vocab_size=manifest.vocab_size,
         pad_token_id=manifest.special_tokens["pad"],
         with_nsp_head=manifest.objective != "none",
-        **PRESETS[MODEL],
+        **preset_fields(MODEL),
     )
 
 

@@ -53,7 +53,8 @@ from sample_shards import build_sample_shards  # noqa: E402
 from training.config import DataConfig, OptimConfig  # noqa: E402
 from training.data import RunExpectations, dense_mlm_labels, open_pretraining_data  # noqa: E402
 from training.labels import IGNORE_INDEX  # noqa: E402
-from training.model import PRESETS, BertConfig, BertForPreTraining, flops_per_token  # noqa: E402
+from training.model import BertConfig, BertForPreTraining, flops_per_token  # noqa: E402
+from training.models import bert_presets, preset_fields  # noqa: E402
 from training.objectives.mlm import forward_inputs  # noqa: E402
 from training.optim import build_optimizer, param_groups  # noqa: E402
 from training.throughput import mfu, resolve_peak_tflops  # noqa: E402
@@ -64,9 +65,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--model",
-        choices=sorted(PRESETS),
+        choices=sorted(bert_presets()),
         default="base" if cuda else "mini",
-        help="preset of training.model.PRESETS (default: base on GPU, mini on CPU)",
+        help="a BERT preset of conf/train/model/ (default: base on GPU, mini on CPU)",
     )
     p.add_argument("--micro-batch", type=int, default=32, help="sequences per step (default 32)")
     p.add_argument(
@@ -507,7 +508,7 @@ def main() -> None:
         vocab_size=manifest.vocab_size,
         max_position_embeddings=max(512, args.seq_len),
         with_nsp_head=manifest.objective != "none",
-        **PRESETS[args.model],
+        **preset_fields(args.model),
     )
 
     per_round = args.warmup + args.steps

@@ -719,10 +719,10 @@ def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore so a misspelt key fails at composition."""
     from hydra.core.config_store import ConfigStore
 
-    from training.models import registered
+    from training.models import SCHEMA_SUFFIX, registered
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for name, arch in registered().items():  # each preset YAML names its architecture's schema
         # outside the model group, so --help lists presets only; a preset pulls it in at its own package
-        cs.store(name=f"{name}_model_schema", node=arch.schema)
+        cs.store(name=f"{name}{SCHEMA_SUFFIX}", node=arch.schema)

@@ -37,7 +37,8 @@ from pipeline import contract
 from pipeline.tokenization import vocab_sha256
 from training.config import ConfigError
 from training.export import CONFIG_FILE, TIED_KEYS, TOKENIZER_CONFIG_FILE, WEIGHTS_FILE
-from training.model import PRESETS, BertConfig, BertForPreTraining, BertModel
+from training.model import BertConfig, BertForPreTraining, BertModel
+from training.models import bert_presets
 
 PYTORCH_WEIGHTS_FILE = "pytorch_model.bin"
 WEIGHTS_FILES = (WEIGHTS_FILE, PYTORCH_WEIGHTS_FILE)
@@ -56,7 +57,7 @@ ARCHITECTURE_KEYS = (
 """config.json keys that must equal the model's (same names in our BertConfig and ModelConfig)."""
 
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-"""The keys a ``model=`` preset sets (conf/train/model/*.yaml, training.model.PRESETS)."""
+"""The keys a BERT ``model=`` preset sets (conf/train/model/*.yaml, ``training.models.presets``)."""
 
 ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.")
 """Top-level modules of transformers' bare BertModel; in BertForPreTraining they sit under ``bert.``."""
@@ -216,7 +217,7 @@ def fitting_overrides(arch: dict) -> str:
     """The ``model=`` preset or ``model.*`` overrides that give a model of architecture ``arch``
     (ARCHITECTURE_KEYS), e.g. ``model=base`` or ``model.hidden_size=384 model.num_hidden_layers=6 ...``."""
     shape = {key: arch[key] for key in SHAPE_KEYS}
-    preset = next((name for name, fields in PRESETS.items() if fields == shape), None)
+    preset = next((name for name, fields in bert_presets().items() if fields == shape), None)
     parts = [f"model={preset}"] if preset else [f"model.{key}={value}" for key, value in shape.items()]
     defaults = BertConfig(vocab_size=1, **shape)
     parts += [

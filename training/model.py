@@ -111,29 +111,6 @@ class BertConfig:
         }
 
 
-def _grid_shape(layers: int, hidden: int) -> dict:
-    """Google's small-BERT rule: 64-wide heads, feed-forward 4H."""
-    return {
-        "num_hidden_layers": layers,
-        "hidden_size": hidden,
-        "num_attention_heads": hidden // 64,
-        "intermediate_size": 4 * hidden,
-    }
-
-
-PRESETS: dict[str, dict] = {
-    "tiny": _grid_shape(2, 128),
-    "mini": _grid_shape(4, 256),
-    "small": _grid_shape(4, 512),
-    "medium": _grid_shape(8, 512),
-    "base": _grid_shape(12, 768),
-    "large": _grid_shape(24, 1024),
-    # all-MiniLM-L6-v2 (32-wide heads, off the grid): continued pre-training from the published encoder
-    "minilm_l6": {"num_hidden_layers": 6, "hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536},
-}
-"""Architecture fields of the published BERT sizes; use as `BertConfig(vocab_size=V, **PRESETS[name])`."""
-
-
 def flops_per_token(cfg: BertConfig, seq_len: int, sparse_fraction: float | None = None) -> float:
     """Training FLOPs (forward + backward) per token: the model FLOPs that MFU counts.
 

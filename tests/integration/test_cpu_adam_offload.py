@@ -6,13 +6,14 @@ optimizer tests are in tests/unit/test_optim.py."""
 import torch
 
 from training.config import OptimConfig
-from training.model import PRESETS, BertConfig, BertForPreTraining
+from training.model import BertConfig, BertForPreTraining
+from training.models import preset_fields
 from training.optim import build_optimizer
 
 
 def tiny_bert() -> BertForPreTraining:
     torch.manual_seed(0)
-    return BertForPreTraining(BertConfig(vocab_size=100, **PRESETS["tiny"]))
+    return BertForPreTraining(BertConfig(vocab_size=100, **preset_fields("tiny")))
 
 
 def test_offload_uses_deepspeed_cpu_adam():

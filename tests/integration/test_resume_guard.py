@@ -23,6 +23,7 @@ from launch_helpers import read_steps, run, single_process_command
 from test_trainer import overrides
 from training import checkpoint as ckpt
 from training.config import OptimConfig
+from training.models import preset_fields
 from training.optim import lr_multiplier
 
 BASE = ("trainer.max_steps=4", "trainer.checkpoint_every=4", "trainer.eval_every=0")
@@ -234,10 +235,10 @@ def test_check_resumable_compares_shards_by_content_and_always_refuses_another_a
 
 
 def test_run_record_redacts_secrets():
-    from training.model import PRESETS, BertConfig
+    from training.model import BertConfig
 
     record = ckpt.run_record(
-        {"logger": {"api_key": "k"}, "seed": 1}, BertConfig(vocab_size=10, **PRESETS["tiny"]), {"fingerprint": ""}
+        {"logger": {"api_key": "k"}, "seed": 1}, BertConfig(vocab_size=10, **preset_fields("tiny")), {"fingerprint": ""}
     )
     assert record["config"] == {"logger": {"api_key": "<redacted>"}, "seed": 1}
     assert json.loads(json.dumps(record))["architecture"]["vocab_size"] == 10

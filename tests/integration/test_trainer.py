@@ -28,6 +28,7 @@ from launch_helpers import (
     trainer_env,
 )
 from training import checkpoint as ckpt
+from training.models import preset_fields
 
 # Tiny model, accumulation 2 (global 8 = micro 4 x 2 x 1 rank), a learning rate high enough for a
 # clear fall within a few dozen steps, no Hugging Face export (the export has its own tests).
@@ -585,10 +586,12 @@ def test_dense_head_labels_give_the_sparse_head_loss(trainer_shards):
     """trainer.sparse_mlm_head=false: the dense labels built from a batch score the same tokens."""
     from training.config import DataConfig
     from training.data import RunExpectations, open_pretraining_data
-    from training.model import PRESETS, BertConfig, BertForPreTraining
+    from training.model import BertConfig, BertForPreTraining
     from training.objectives.mlm import forward_inputs
 
-    cfg = BertConfig(vocab_size=2000, **PRESETS["tiny"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(
+        vocab_size=2000, **preset_fields("tiny"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     data = open_pretraining_data(
         trainer_shards,
         DataConfig(num_workers=0, pin_memory=False, micro_batch_size=4),

@@ -29,6 +29,7 @@ from training.data import (
     validate_manifest,
 )
 from training.labels import IGNORE_INDEX
+from training.models import preset_fields
 from training.sampler import BatchRequest, TrainBatchPlan, epoch_order
 
 NSP_MODEL = RunExpectations(vocab_size=8000, max_position_embeddings=512, with_nsp_head=True)
@@ -208,9 +209,9 @@ def test_shards_whose_columns_disagree_with_the_manifest(loader_static_job, tmp_
 
 
 def test_expectations_from_the_model_config():
-    from training.model import PRESETS, BertConfig
+    from training.model import BertConfig
 
-    cfg = BertConfig(vocab_size=8000, max_position_embeddings=128, with_nsp_head=False, **PRESETS["tiny"])
+    cfg = BertConfig(vocab_size=8000, max_position_embeddings=128, with_nsp_head=False, **preset_fields("tiny"))
     assert RunExpectations.of_model(cfg) == RunExpectations(8000, 128, False, 0, None, None)
 
 
@@ -500,14 +501,14 @@ def test_batch_shapes_follow_the_data_config(static_data, loader_dynamic_job):
 
 def test_padding_rows_change_no_loss(static_data):
     """The last eval batch filled with padding rows scores what the short batch scores."""
-    from training.model import PRESETS, BertConfig, BertForPreTraining
+    from training.model import BertConfig, BertForPreTraining
 
     examples = static_data.split("eval").batch(np.arange(5))
     short = dataclasses.replace(static_data.collator(), batch_size=None)(examples)
     padded = static_data.collator(batch_size=8)(examples)
     assert padded["input_ids"].shape[0] == 8 and padded["num_examples"].item() == 5
     torch.manual_seed(0)
-    model = BertForPreTraining(BertConfig(vocab_size=8000, with_nsp_head=True, **PRESETS["tiny"])).eval()
+    model = BertForPreTraining(BertConfig(vocab_size=8000, with_nsp_head=True, **preset_fields("tiny"))).eval()
     with torch.no_grad():
         a, b = model(**model_inputs(short)), model(**model_inputs(padded))
     assert torch.isfinite(b.loss) and torch.allclose(a.loss, b.loss, atol=1e-6)
@@ -518,7 +519,7 @@ def test_padding_rows_change_no_loss(static_data):
 
 
 def test_real_batches_fit_the_model(static_data, dynamic_data):
-    from training.model import PRESETS, BertConfig, BertForPreTraining
+    from training.model import BertConfig, BertForPreTraining
 
     for data, nsp in ((static_data, True), (dynamic_data, False)):
         batch = next(iter(data.train_loader(micro_batch_size=8)))
@@ -530,7 +531,7 @@ def test_real_batches_fit_the_model(static_data, dynamic_data):
         assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
         assert (batch["masked_lm_positions"] < lengths[:, None]).all()
         torch.manual_seed(0)
-        model = BertForPreTraining(BertConfig(vocab_size=8000, with_nsp_head=nsp, **PRESETS["tiny"]))
+        model = BertForPreTraining(BertConfig(vocab_size=8000, with_nsp_head=nsp, **preset_fields("tiny")))
         out = model(**model_inputs(batch))
         assert torch.isfinite(out.loss) and out.mlm_count.item() == (batch["masked_lm_labels"] != IGNORE_INDEX).sum()
 

@@ -28,6 +28,7 @@ from training import model as bert
 from training.config import ConfigError
 from training.export import ExportError
 from training.hf_checkpoint import CheckpointError
+from training.models import preset_fields
 from training.objectives.electra import (
     DISCRIMINATOR_DIR,
     GENERATOR_DIR,
@@ -113,7 +114,7 @@ def ratio(stats, name) -> float:
 
 
 def test_generator_is_a_fraction_of_the_discriminator_as_in_the_paper():
-    base = bert.BertConfig(vocab_size=V, **bert.PRESETS["base"])
+    base = bert.BertConfig(vocab_size=V, **preset_fields("base"))
     gen = generator_config(base, ElectraConfig(generator_size_fraction=1 / 3))
     assert (gen.hidden_size, gen.num_attention_heads, gen.intermediate_size) == (256, 4, 1024)  # ELECTRA-Base
     assert gen.num_hidden_layers == base.num_hidden_layers

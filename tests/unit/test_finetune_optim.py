@@ -14,7 +14,8 @@ from test_modern_model import hf_config, tiny_config
 from training import config as pretraining
 from training.finetune.config import OptimConfig
 from training.finetune.loop import accepted_inputs, make_optimizer
-from training.model import PRESETS, BertConfig, BertForPreTraining
+from training.model import BertConfig, BertForPreTraining
+from training.models import preset_fields
 from training.models.modern import ModernBertForMaskedLM
 from training.objectives.electra import DISCRIMINATOR_DIR, hf_config_dict
 from training.optim import build_optimizer, make_scheduler, no_decay_parameter_names
@@ -22,7 +23,7 @@ from training.optim import build_optimizer, make_scheduler, no_decay_parameter_n
 
 def bert_pair():
     """Our BERT and transformers' sequence classifier over the same architecture; encoder prefix."""
-    cfg = BertConfig(vocab_size=100, **PRESETS["tiny"])
+    cfg = BertConfig(vocab_size=100, **preset_fields("tiny"))
     theirs = transformers.BertForSequenceClassification(transformers.BertConfig(**cfg.to_hf_config_dict()))
     return BertForPreTraining(cfg), theirs, "bert."
 

@@ -13,7 +13,8 @@ import pytest
 from paths import REPO
 from training.config import ConfigError
 from training.deepspeed_config import build_deepspeed_config
-from training.model import PRESETS, BertConfig
+from training.model import BertConfig
+from training.models import preset_fields
 
 
 def _load_sizing():
@@ -159,7 +160,7 @@ def test_activations_per_layer_agree_with_the_published_count(name):
     """Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models") count
     34·s·b·h bytes a layer with 16-bit activations, plus 5·a·s²·b for the attention scores: ours
     counts the tensors this model keeps and lands within 10% of both terms."""
-    shape = PRESETS[name]
+    shape = preset_fields(name)
     h, heads, T = shape["hidden_size"], shape["num_attention_heads"], 128
     flash = sizing.encoder_layer_bytes_per_token(h, shape["intermediate_size"], heads, T, math_attention=False)
     math = sizing.encoder_layer_bytes_per_token(h, shape["intermediate_size"], heads, T, math_attention=True)
@@ -170,5 +171,5 @@ def test_activations_per_layer_agree_with_the_published_count(name):
 def test_parameter_count_on_the_meta_device_is_the_model_s():
     from training.model import BertForPreTraining
 
-    cfg = BertConfig(vocab_size=97, **PRESETS["tiny"])
+    cfg = BertConfig(vocab_size=97, **preset_fields("tiny"))
     assert sizing.parameter_count(cfg) == sum(p.numel() for p in BertForPreTraining(cfg).parameters())

@@ -12,11 +12,11 @@ import transformers
 
 import training.model as model_module
 from training.model import (
-    PRESETS,
     BertConfig,
     BertForPreTraining,
     flops_per_token,
 )
+from training.models import bert_presets, preset_fields
 
 VOCAB = 97
 LENGTHS = (12, 9, 5)  # real tokens per sequence; T = 12, the rest is padding
@@ -496,9 +496,9 @@ def test_initialization_follows_bert():
 # ---------------------------------------------------------------- config, presets, FLOPs
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(bert_presets()))
 def test_preset_parameter_count_equals_transformers(name):
-    cfg = BertConfig(vocab_size=30522, **PRESETS[name])
+    cfg = BertConfig(vocab_size=30522, **preset_fields(name))
     assert cfg.intermediate_size == 4 * cfg.hidden_size
     assert name == "minilm_l6" or cfg.num_attention_heads * 64 == cfg.hidden_size  # MiniLM: 32-wide heads
     with torch.device("meta"):  # shapes only: no memory, no init cost, so base and large are cheap
@@ -510,13 +510,13 @@ def test_preset_parameter_count_equals_transformers(name):
 def test_published_sizes():
     def count(name):
         with torch.device("meta"):
-            return unique_param_count(BertForPreTraining(BertConfig(vocab_size=30522, **PRESETS[name])))
+            return unique_param_count(BertForPreTraining(BertConfig(vocab_size=30522, **preset_fields(name))))
 
     assert count("base") == 110_106_428  # "110M"
     # 336.2M with the pre-training heads; the paper rounds BERT-Large to "340M".
     assert 330e6 < count("large") < 345e6
-    assert (PRESETS["tiny"]["num_hidden_layers"], PRESETS["tiny"]["hidden_size"]) == (2, 128)
-    assert (PRESETS["large"]["num_hidden_layers"], PRESETS["large"]["num_attention_heads"]) == (24, 16)
+    assert (preset_fields("tiny")["num_hidden_layers"], preset_fields("tiny")["hidden_size"]) == (2, 128)
+    assert (preset_fields("large")["num_hidden_layers"], preset_fields("large")["num_attention_heads"]) == (24, 16)
 
 
 def test_config_rejects_inconsistent_shapes():
@@ -549,7 +549,7 @@ def test_hf_config_dict_round_trips_through_transformers():
 
 
 def test_flops_per_token_follows_reference_formula():
-    cfg = BertConfig(vocab_size=30522, **PRESETS["base"])
+    cfg = BertConfig(vocab_size=30522, **preset_fields("base"))
     h, L, V, s = 768, 12, 30522, 128
     body = 72 * h**2 * L + 12 * s * h * L
     head = 6 * h**2 + 6 * h * V

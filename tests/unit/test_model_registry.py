@@ -150,3 +150,25 @@ def test_modern_flops_per_token_through_the_registry_equal_a_hand_count():
     assert create("mlm", "none").flops_per_token(cfg, s, 0.25) == dense + attention + 0.25 * head
     bert = BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
     assert create("mlm", "nsp").flops_per_token(bert, s, None) == for_config(bert).flops_per_token(bert, s, None)
+
+
+def test_presets_are_read_from_the_yaml_with_their_architecture():
+    """training.models.presets: every conf/train/model/*.yaml, its architecture from the key or the
+    schema its defaults list names, and the fields it sets; preset_fields without the architecture."""
+    from training.models import bert_presets, preset_fields, presets
+
+    found = presets()
+    assert sorted(found) == options("model")
+    assert {name for name, p in found.items() if p["architecture"] == "modern"} == {"modern_small", "modern_base"}
+    assert preset_fields("base") == {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    }
+    assert preset_fields("modern_base")["global_attn_every_n_layers"] == 3 and "architecture" not in preset_fields(
+        "modern_base"
+    )
+    assert "modern_small" not in bert_presets() and bert_presets()["tiny"] == preset_fields("tiny")
+    with pytest.raises(KeyError, match="no model preset 'huge'"):
+        preset_fields("huge")

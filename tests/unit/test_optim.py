@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from training.config import ConfigError, OptimConfig
-from training.model import PRESETS, BertConfig, BertForPreTraining
+from training.model import BertConfig, BertForPreTraining
+from training.models import preset_fields
 from training.optim import (
     Lamb,
     build_optimizer,
@@ -21,7 +22,7 @@ from training.optim import (
 
 def tiny_bert(with_nsp_head=True) -> BertForPreTraining:
     torch.manual_seed(0)
-    return BertForPreTraining(BertConfig(vocab_size=100, with_nsp_head=with_nsp_head, **PRESETS["tiny"]))
+    return BertForPreTraining(BertConfig(vocab_size=100, with_nsp_head=with_nsp_head, **preset_fields("tiny")))
 
 
 # --- weight-decay groups ----------------------------------------------------------------------

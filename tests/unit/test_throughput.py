@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from training.model import PRESETS, BertConfig, flops_per_token
+from training.model import BertConfig, flops_per_token
+from training.models import preset_fields
 from training.throughput import ThroughputMeter, mfu, peak_tflops_for, resolve_peak_tflops
 
 
@@ -37,7 +38,7 @@ def test_config_override_wins_and_cpu_has_no_peak():
 
 
 def test_mfu_of_bert_base_at_128():
-    cfg = BertConfig(vocab_size=30522, **PRESETS["base"])
+    cfg = BertConfig(vocab_size=30522, **preset_fields("base"))
     f = flops_per_token(cfg, 128, sparse_fraction=0.15)  # ~545.4 MFLOP/token (REFERENCE)
     # 8 H100s at 989 TFLOP/s each, 50% MFU: 8 * 494.5e12 / f tokens/s.
     tokens_per_s = 8 * 0.5 * 989e12 / f

@@ -18,7 +18,7 @@ from omegaconf.errors import ValidationError
 from paths import CONF as CONF_ROOT
 from training.config import ConfigError, TrainConfig, register_configs, to_train_config
 from training.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps
-from training.model import PRESETS
+from training.models import preset_fields
 
 CONF = os.path.join(CONF_ROOT, "train")
 GROUPS = ("model", "objective", "data", "optim", "deepspeed", "trainer", "logger")
@@ -79,10 +79,29 @@ def test_the_default_config_composes():
     assert cfg.data.max_seq_length == 128 and cfg.trainer.init_from is None
 
 
-@pytest.mark.parametrize("name", [n for n in options("model") if not n.startswith("modern")])
+PUBLISHED = {
+    # name: (layers, hidden, heads): Google's small-BERT grid (Turc et al. 2019), BERT-Base and -Large
+    # (Devlin et al. 2018), all-MiniLM-L6-v2's config.json
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+    "minilm_l6": (6, 384, 12),
+}
+
+
+def test_every_bert_preset_has_a_published_shape():
+    bert = sorted(n for n in options("model") if not n.startswith("modern"))
+    assert bert == sorted(PUBLISHED)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_bert_presets_follow_the_published_shapes(name):
     model = compose_train(REQUIRED + [f"model={name}"]).model
-    assert {k: getattr(model, k) for k in PRESETS[name]} == PRESETS[name]
+    assert (model.num_hidden_layers, model.hidden_size, model.num_attention_heads) == PUBLISHED[name]
+    assert {k: getattr(model, k) for k in preset_fields(name)} == preset_fields(name)  # as presets() reads them
     assert model.intermediate_size == 4 * model.hidden_size
     if name != "minilm_l6":  # Google's grid: 64-wide heads (MiniLM's are 32 wide)
         assert model.num_attention_heads == model.hidden_size // 64

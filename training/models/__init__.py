@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from typing import Any, ClassVar
 
 DEFAULT_ARCHITECTURE = "bert"
@@ -36,6 +37,9 @@ shapes or what they mean); the run record keeps these (``Architecture.record``).
 
 NAME_KEY = "architecture"
 """The key naming the architecture, in the ``model`` config node and in a run record's architecture."""
+
+SCHEMA_SUFFIX = "_model_schema"
+"""An architecture's schema is stored as ``<name>_model_schema`` (``training.config.register_configs``)."""
 
 
 class Architecture(abc.ABC):
@@ -109,6 +113,48 @@ def registered() -> dict[str, Architecture]:
     from training.models.modernbert import ModernBert
 
     return {cls.name: cls() for cls in (Bert, ModernBert)}
+
+
+PRESET_GROUP = "model"
+"""The config group of the presets: conf/train/model/<name>.yaml, in the package ``training.conf``."""
+
+
+@functools.lru_cache(maxsize=None)
+def presets() -> dict[str, dict]:
+    """name -> what the ``model=<name>`` preset sets: its ``architecture`` (the key, or the schema its
+    defaults list names) and every field it gives. Read from the YAML, the one place presets are
+    written, for code that builds a network without composing a run (hf_checkpoint's advice,
+    benchmarks, tests)."""
+    import importlib.resources
+
+    import yaml
+
+    found = {}
+    for path in sorted(importlib.resources.files("training.conf").joinpath(PRESET_GROUP).iterdir()):
+        if not path.name.endswith(".yaml"):
+            continue
+        node = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        schemas = [d.split("@")[0].strip("/") for d in node.pop("defaults", []) if isinstance(d, str)]
+        named = [s.removesuffix(SCHEMA_SUFFIX) for s in schemas if s.endswith(SCHEMA_SUFFIX)]
+        found[path.name.removesuffix(".yaml")] = {
+            NAME_KEY: node.pop(NAME_KEY, None) or (named or [DEFAULT_ARCHITECTURE])[0],
+            **node,
+        }
+    return found
+
+
+def preset_fields(name: str) -> dict:
+    """The network config fields the preset sets, without ``architecture``:
+    ``BertConfig(vocab_size=V, **preset_fields("base"))``. KeyError naming the presets otherwise."""
+    known = presets()
+    if name not in known:
+        raise KeyError(f"no model preset {name!r}: {sorted(known)}")
+    return {k: v for k, v in known[name].items() if k != NAME_KEY}
+
+
+def bert_presets() -> dict[str, dict]:
+    """name -> ``preset_fields`` of every BERT preset (the shapes of Google's grid, base, large, MiniLM)."""
+    return {name: preset_fields(name) for name, p in presets().items() if p[NAME_KEY] == "bert"}
 
 
 def architecture(name: str) -> Architecture:
