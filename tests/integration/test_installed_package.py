@@ -45,3 +45,22 @@ def test_an_installed_wheel_composes_every_commands_config(installed, command, o
     )
     assert composed.returncode == 0, composed.stderr
     assert all(line in composed.stdout for line in shown), composed.stdout
+
+
+def test_an_installed_wheel_reads_the_model_presets_from_its_yaml(installed):
+    """training.models.presets reads conf/train/model/*.yaml as the installed package's data."""
+    venv, run_dir = installed
+    read = subprocess.run(
+        [venv.python, "-c", "from training.models import presets; print(sorted(presets()), presets()['base'])"],
+        cwd=run_dir,
+        env=venv.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert read.returncode == 0, read.stderr
+    assert (
+        "'modern_small'" in read.stdout
+        and "'hidden_size': 768" in read.stdout
+        and "'architecture': 'bert'" in read.stdout
+    )
