@@ -32,31 +32,25 @@ def installed(tmp_path_factory):
     return build_installed_venv(work), work / "elsewhere"  # checks `pipeline` and `training` are installed copies
 
 
+def run_installed(installed, *args: str) -> subprocess.CompletedProcess:
+    """The installed venv's python with ``args``, run from outside the repository."""
+    venv, run_dir = installed
+    return subprocess.run(
+        [venv.python, *args], cwd=run_dir, env=venv.env(), capture_output=True, text=True, timeout=120
+    )
+
+
 @pytest.mark.parametrize("command, overrides, shown", COMMANDS, ids=[c[0] for c in COMMANDS])
 def test_an_installed_wheel_composes_every_commands_config(installed, command, overrides, shown):
-    venv, run_dir = installed
-    composed = subprocess.run(
-        [venv.python, "-m", command, "--cfg", "job", *overrides],
-        cwd=run_dir,
-        env=venv.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    composed = run_installed(installed, "-m", command, "--cfg", "job", *overrides)
     assert composed.returncode == 0, composed.stderr
     assert all(line in composed.stdout for line in shown), composed.stdout
 
 
 def test_an_installed_wheel_reads_the_model_presets_from_its_yaml(installed):
     """training.models.presets reads conf/train/model/*.yaml as the installed package's data."""
-    venv, run_dir = installed
-    read = subprocess.run(
-        [venv.python, "-c", "from training.models import presets; print(sorted(presets()), presets()['base'])"],
-        cwd=run_dir,
-        env=venv.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    read = run_installed(
+        installed, "-c", "from training.models import presets; print(sorted(presets()), presets()['base'])"
     )
     assert read.returncode == 0, read.stderr
     assert (
