@@ -359,7 +359,7 @@ def export_run(
         raise ExportError(
             f"{checkpoint_dir} holds no complete checkpoint: not a training output_dir, or none saved yet"
         )
-    tag = tag or ckpt.latest_complete(checkpoint_dir)
+    tag = tag or complete[-1]  # complete_tags is in step order
     if tag not in complete:
         raise ExportError(f"no complete checkpoint {tag!r} in {checkpoint_dir}; complete ones: {', '.join(complete)}")
     record = ckpt.read_run_record(checkpoint_dir, tag)

@@ -61,10 +61,9 @@ from pipeline.cli import exit_with
 from pipeline.plots import Plotted, Series, new_figure, rolling_mean, save
 from pipeline.report import read_split
 from training import checkpoint as ckpt
-from training.run_log import EVAL_FIELDS, EVAL_PREFIX, EVALS_FILE, STEP_FIELDS, STEPS_FILE
+from training.run_log import EVAL_FIELDS, EVAL_PREFIX, EVALS_FILE, LOSS, STEP_FIELDS, STEPS_FILE
 
 REPORT_SUBDIR = "report"
-LOSS = "loss"
 LOSS_SUFFIX = "_loss"
 """Statistics named ``loss`` or ``*_loss`` go on the loss plot, the others (accuracies, rates) on the accuracy plot."""
 
@@ -459,7 +458,7 @@ def write_report(output_dir: str, out_dir: Optional[str] = None, data_dir: Optio
     if os.path.exists(evals_path):  # written by every run, whatever its logger
         evals = continuous(read_steps_file(evals_path).records)
     else:  # a run from before evals.jsonl: its W&B files, if any
-        evals = [r for r in report.history if "eval/loss" in r]
+        evals = [r for r in report.history if EVAL_PREFIX + LOSS in r]
     if not evals:
         report.notes.append(f"no evaluation points: no {EVALS_FILE} and no W&B run file with any in {logger_dir}")
 

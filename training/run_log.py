@@ -26,10 +26,13 @@ console = logging.getLogger("training.console")
 
 STEPS_FILE = "steps.jsonl"
 EVALS_FILE = "evals.jsonl"  # rank 0: one line per evaluation, {"step": ..., "eval/...": ...}, whatever the logger
+LOSS = "loss"
+"""The statistic the trainer adds for every objective: the backpropagated loss, one per micro batch."""
 STEP_FIELDS = ("step", "lr", "samples_consumed", "example_ids", "resumed_from")
 """The keys of a steps.jsonl line that are not the objective's statistics."""
 EVAL_PREFIX = "eval/"
-EVAL_FIELDS = ("step", "eval/batches_per_rank")
+EVAL_BATCHES = EVAL_PREFIX + "batches_per_rank"
+EVAL_FIELDS = ("step", EVAL_BATCHES)
 """The keys of an evals.jsonl line that are not ``eval/<statistic>``."""
 
 

@@ -84,7 +84,15 @@ from training.init_from import load_init_weights, log_init_report, saved_init_re
 from training.objectives import LOSS, Objective, device_batch
 from training.optim import restore_schedule_position, schedule_change
 from training.preflight import PreparedRun, agreement_record, eval_split_warnings, prepare_run
-from training.run_log import RunLog, console, drop_torn_steps_line, show_console, truncate_steps
+from training.run_log import (
+    EVAL_BATCHES,
+    EVAL_PREFIX,
+    RunLog,
+    console,
+    drop_torn_steps_line,
+    show_console,
+    truncate_steps,
+)
 from training.step_statistics import (
     HOST_COUNTS,
     StatisticsLayout,
@@ -393,9 +401,9 @@ class Trainer:
                 on_device += self.micro_batch(batch)[1]
         self.engine.train()
         summary = self.layout.summarise(all_reduce_sum(on_device, self.ctx.device))
-        metrics = {f"eval/{name}": value for name, value in summary.items() if name != LOSS}
-        metrics[f"eval/{LOSS}"] = summary.get(LOSS, 0.0)
-        metrics["eval/batches_per_rank"] = batches
+        metrics = {f"{EVAL_PREFIX}{name}": value for name, value in summary.items() if name != LOSS}
+        metrics[f"{EVAL_PREFIX}{LOSS}"] = summary.get(LOSS, 0.0)
+        metrics[EVAL_BATCHES] = batches
         return metrics
 
     # -- logging --
@@ -516,7 +524,7 @@ class Trainer:
             self.tracker.log(metrics, self.state.step)
             self.run_log.write_eval(self.state.step, metrics)
             console.info(
-                "eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in metrics.items() if k != "eval/batches_per_rank")
+                "eval " + " ".join(f"{k[len(EVAL_PREFIX) :]}={v:.4f}" for k, v in metrics.items() if k != EVAL_BATCHES)
             )
         return metrics
 

@@ -32,16 +32,13 @@ import torch
 from torch import nn
 
 from training.data import DataContractError
-from training.run_log import STEP_FIELDS
+from training.run_log import LOSS, STEP_FIELDS  # LOSS: the trainer's statistic, named with the run log's keys
 
 Statistics = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """name -> (numerator, denominator), each a 0-d tensor on the device, summed over micro batches and ranks."""
 
 SENTENCE_PAIR_TASKS = ("nsp", "sop", "none")
 """What the shards' manifest may say under "objective" (``pipeline.contract.OBJECTIVES``)."""
-
-LOSS = "loss"
-"""The statistic the trainer adds for every objective: the backpropagated loss, one per micro batch."""
 
 
 class Objective(abc.ABC):
